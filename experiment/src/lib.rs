@@ -1,0 +1,19 @@
+//! The lab's shared vocabulary, used alike by the simulator (`quorumlab-sim`) and the real-cluster
+//! driver (`quorumlab-cluster`).
+//!
+//! Six words run through quorumlab, after etcd's robustness tests: a **scenario** (a TOML data file)
+//! names a topology, a **workload** and a schedule of **faults**; running it records a **history** of
+//! client operations; a **checker** judges the history; a **report** shows what happened. Nothing here
+//! does I/O beyond reading a scenario file, and nothing knows whether the cluster was simulated or real.
+
+pub mod checker;
+pub mod history;
+pub mod measure;
+pub mod report;
+
+pub mod scenario;
+
+pub use checker::{check_history, CheckLimits, Verdict};
+pub use history::{History, Op, OpKind, Outcome};
+pub use measure::{Distribution, RunSummary};
+pub use scenario::{Fault, FaultStep, NodeRef, Scenario, ScenarioError};

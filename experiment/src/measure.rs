@@ -1,0 +1,92 @@
+//! Measurements: one run's summary and distributions over many runs.
+//!
+//! The same [`RunSummary`] comes out of a simulated run and a real one, so a sweep over seeds and a
+//! series of real runs reduce to the same [`Distribution`]s and can be put side by side.
+
+use serde::{Deserialize, Serialize};
+
+use crate::checker::Verdict;
+use crate::history::OutcomeCounts;
+
+/// What one run of a scenario measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed (simulator) or run number (real cluster).
+    pub seed: u64,
+    /// Nodes in the cluster.
+    pub nodes: usize,
+    /// When the first leadership-disrupting fault fired, in milliseconds.
+    pub fault_at_ms: Option<u64>,
+    /// From that fault to a leader elected in a newer term, in milliseconds.
+    pub election_ms: Option<u64>,
+    /// Longest client-visible stretch with no write acknowledged, from the fault on, in milliseconds.
+    pub write_unavailable_ms: u64,
+    /// Operation outcomes.
+    pub ops: OutcomeCounts,
+    /// Elections won over the whole run.
+    pub leaders_elected: u64,
+    /// The linearizability checker's verdict.
+    pub verdict: Verdict,
+    /// Invariant violations seen while the run was going on (empty when all is well).
+    pub invariant_violations: Vec<String>,
+}
+
+impl RunSummary {
+    /// Whether the run kept every safety property.
+    pub fn is_safe(&self) -> bool {
+        self.invariant_violations.is_empty()
+            && !matches!(self.verdict, Verdict::NotLinearizable { .. })
+    }
+}
+
+/// Percentiles of one metric over many runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Distribution {
+    /// Number of samples.
+    pub count: usize,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile (nearest rank).
+    pub p99: f64,
+    /// Largest sample.
+    pub max: f64,
+    /// Smallest sample.
+    pub min: f64,
+    /// Arithmetic mean.
+    pub mean: f64,
+}
+
+impl Distribution {
+    /// Summarises samples; `None` when there are none.
+    pub fn of(samples: impl IntoIterator<Item = f64>) -> Option<Distribution> {
+        let mut v: Vec<f64> = samples.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Some(Distribution {
+            count: v.len(),
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: v[v.len() - 1],
+            min: v[0],
+            mean: v.iter().sum::<f64>() / v.len() as f64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let d = Distribution::of((1..=100).map(f64::from)).unwrap();
+        assert_eq!((d.p50, d.p99, d.max, d.min), (50.0, 99.0, 100.0, 1.0));
+        assert_eq!(Distribution::of([7.0]).unwrap().p99, 7.0);
+        assert!(Distribution::of([]).is_none());
+    }
+}

@@ -1,0 +1,565 @@
+//! Scenarios: what to run, as data.
+//!
+//! A scenario file (TOML, in `scenarios/`) names the system under test, its topology, the client
+//! workload, a schedule of faults and how long to run. The simulator and the real driver read the
+//! same file, so a prediction and a measurement always answer the same question. The built-in
+//! scenarios are compiled into the binary; any other `.toml` path works too, so a user can write a
+//! new scenario without touching Rust.
+//!
+//! Faults name nodes symbolically (`leader`, `follower`, `rest`, `n3`): the runner resolves them at
+//! the moment the fault fires, because which node leads is only known then.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Scenario files shipped with quorumlab, by name.
+const BUILTIN: &[(&str, &str)] = &[
+    (
+        "etcd-leader-kill",
+        include_str!("../../scenarios/etcd-leader-kill.toml"),
+    ),
+    (
+        "etcd-leader-isolate",
+        include_str!("../../scenarios/etcd-leader-isolate.toml"),
+    ),
+    (
+        "etcd-minority-partition",
+        include_str!("../../scenarios/etcd-minority-partition.toml"),
+    ),
+    (
+        "etcd-bridge-partition",
+        include_str!("../../scenarios/etcd-bridge-partition.toml"),
+    ),
+    (
+        "etcd-chaos",
+        include_str!("../../scenarios/etcd-chaos.toml"),
+    ),
+];
+
+/// Largest cluster a scenario may ask for; Raft clusters beyond 7 voters are not a lab topic.
+pub const NODES_MAX: usize = 7;
+
+/// Why a scenario could not be loaded. Each message is one line that names the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// Neither a built-in name nor a readable file.
+    #[error("unknown scenario '{name}' (built-in: {known}; or give a path to a .toml file)")]
+    Unknown {
+        /// What the user asked for.
+        name: String,
+        /// Comma-separated built-in names.
+        known: String,
+    },
+    /// The file exists but could not be read.
+    #[error("cannot read scenario file {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// The file is not valid TOML for a scenario.
+    #[error("malformed scenario {source_name}: {reason}")]
+    Malformed {
+        /// File path or built-in name.
+        source_name: String,
+        /// What the parser said, folded to one line.
+        reason: String,
+    },
+    /// The file parsed but describes something that cannot run.
+    #[error("invalid scenario {name}: {reason}")]
+    Invalid {
+        /// Scenario name.
+        name: String,
+        /// What is impossible about it.
+        reason: String,
+    },
+}
+
+/// The database system a scenario exercises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum System {
+    /// An etcd cluster: Raft consensus under a linearizable key-value store.
+    Etcd,
+}
+
+/// A complete scenario: topology, timing, workload, faults and duration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Name used on the command line and in reports.
+    pub name: String,
+    /// One or two sentences for the learner: what happens and what to look for.
+    #[serde(default)]
+    pub description: String,
+    /// System under test.
+    pub system: System,
+    /// Nodes and their timing.
+    pub topology: Topology,
+    /// Simulated network defaults (the real driver uses the real network).
+    #[serde(default)]
+    pub network: Network,
+    /// The clients and what they send.
+    pub workload: Workload,
+    /// Total run time, in milliseconds.
+    pub duration_ms: u64,
+    /// Faults at fixed times.
+    #[serde(default)]
+    pub faults: Vec<FaultStep>,
+    /// Faults drawn at random from the seed, in addition to `faults`.
+    #[serde(default)]
+    pub chaos: Option<Chaos>,
+}
+
+/// Cluster shape and Raft timing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// Number of voting members (3 or 5 in the shipped scenarios).
+    pub nodes: usize,
+    /// Leader heartbeat interval (etcd `--heartbeat-interval`, default 100 ms).
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Election timeout (etcd `--election-timeout`, default 1000 ms); randomized in [t, 2t).
+    #[serde(default = "default_election_timeout_ms")]
+    pub election_timeout_ms: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    100
+}
+
+fn default_election_timeout_ms() -> u64 {
+    1000
+}
+
+/// Simulated one-way message latency bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Lowest one-way latency, in milliseconds.
+    pub latency_ms_min: u64,
+    /// Highest one-way latency, in milliseconds.
+    pub latency_ms_max: u64,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            latency_ms_min: 1,
+            latency_ms_max: 5,
+        }
+    }
+}
+
+/// Client workload: how many clients, how fast, which operations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Number of independent clients; each has at most one operation in flight.
+    pub clients: usize,
+    /// Total operations per second across all clients (open loop, divided evenly).
+    pub rate_per_s: u64,
+    /// Relative weight of `put`.
+    pub put: u32,
+    /// Relative weight of `get`.
+    pub get: u32,
+    /// Relative weight of compare-and-swap.
+    pub cas: u32,
+    /// Number of distinct keys.
+    pub keys: u32,
+    /// How long a client waits for one attempt before giving up on it.
+    pub timeout_ms: u64,
+    /// How many further attempts after a definite refusal (not-leader); a timeout is never retried,
+    /// because its outcome is unknown.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_retries() -> u32 {
+    3
+}
+
+/// A fault and when it fires. (Unknown keys are caught by [`Fault`], which this flattens.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultStep {
+    /// Time since the start of the run, in milliseconds.
+    pub at_ms: u64,
+    /// What happens.
+    #[serde(flatten)]
+    pub fault: Fault,
+}
+
+/// One fault. Nodes are named symbolically and resolved when the fault fires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Fault {
+    /// Cut one node off from every other node (clients still reach it).
+    Isolate {
+        /// The node to cut off.
+        node: NodeRef,
+    },
+    /// Split the nodes into groups that cannot reach each other.
+    Partition {
+        /// The groups; `rest` stands for every node not named elsewhere.
+        groups: Vec<Vec<NodeRef>>,
+    },
+    /// Drop messages in one direction only.
+    PartitionOneway {
+        /// Sender whose messages are dropped.
+        from: NodeRef,
+        /// Receiver that no longer hears `from`.
+        to: NodeRef,
+    },
+    /// Two halves that reach each other only through one bridge node.
+    Bridge {
+        /// The node in both halves.
+        bridge: NodeRef,
+    },
+    /// Kill a node's process (`kill -9`): its persisted Raft log and hard state survive.
+    Crash {
+        /// The node to kill.
+        node: NodeRef,
+    },
+    /// Start a crashed node again.
+    Restart {
+        /// The node to start (`crashed` restarts every crashed node).
+        node: NodeRef,
+    },
+    /// Raise the highest one-way message latency on every link.
+    Delay {
+        /// Highest latency, in milliseconds.
+        ms_max: u64,
+    },
+    /// Drop each message with this probability.
+    Loss {
+        /// Probability in [0, 1].
+        rate: f64,
+    },
+    /// Deliver each message twice with this probability.
+    Duplicate {
+        /// Probability in [0, 1].
+        rate: f64,
+    },
+    /// Repair every link and remove delay, loss and duplication (crashed nodes stay down).
+    Heal,
+}
+
+impl Fault {
+    /// Short label for timelines and reports, e.g. `isolate leader`.
+    pub fn label(&self) -> String {
+        match self {
+            Fault::Isolate { node } => format!("isolate {node}"),
+            Fault::Partition { groups } => {
+                let groups: Vec<String> = groups
+                    .iter()
+                    .map(|g| {
+                        g.iter()
+                            .map(NodeRef::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .collect();
+                format!("partition {}", groups.join(" | "))
+            }
+            Fault::PartitionOneway { from, to } => format!("drop {from} -> {to}"),
+            Fault::Bridge { bridge } => format!("bridge via {bridge}"),
+            Fault::Crash { node } => format!("crash {node}"),
+            Fault::Restart { node } => format!("restart {node}"),
+            Fault::Delay { ms_max } => format!("delay up to {ms_max} ms"),
+            Fault::Loss { rate } => format!("loss {:.0}%", rate * 100.0),
+            Fault::Duplicate { rate } => format!("duplicate {:.0}%", rate * 100.0),
+            Fault::Heal => "heal".to_string(),
+        }
+    }
+
+    /// Whether this fault can cost the cluster its leader (and so starts an election clock).
+    pub fn disrupts_leadership(&self) -> bool {
+        !matches!(
+            self,
+            Fault::Heal | Fault::Restart { .. } | Fault::Delay { .. } | Fault::Duplicate { .. }
+        )
+    }
+
+    fn node_refs(&self) -> Vec<&NodeRef> {
+        match self {
+            Fault::Isolate { node } | Fault::Crash { node } | Fault::Restart { node } => vec![node],
+            Fault::Partition { groups } => groups.iter().flatten().collect(),
+            Fault::PartitionOneway { from, to } => vec![from, to],
+            Fault::Bridge { bridge } => vec![bridge],
+            Fault::Delay { .. } | Fault::Loss { .. } | Fault::Duplicate { .. } | Fault::Heal => {
+                vec![]
+            }
+        }
+    }
+}
+
+/// A node named in a fault: a role resolved when the fault fires, or a fixed node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum NodeRef {
+    /// The current leader (highest term).
+    Leader,
+    /// A follower not otherwise named in the same fault (lowest id first).
+    Follower,
+    /// Every node not named elsewhere in the same fault.
+    Rest,
+    /// Every node currently crashed.
+    Crashed,
+    /// Node `n{1-based index}`.
+    Node(usize),
+}
+
+impl FromStr for NodeRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "leader" => Ok(NodeRef::Leader),
+            "follower" => Ok(NodeRef::Follower),
+            "rest" => Ok(NodeRef::Rest),
+            "crashed" => Ok(NodeRef::Crashed),
+            _ => s
+                .strip_prefix('n')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|&n| n >= 1)
+                .map(NodeRef::Node)
+                .ok_or_else(|| {
+                    format!(
+                        "'{s}' is not a node (use leader, follower, rest, crashed or n1, n2, ...)"
+                    )
+                }),
+        }
+    }
+}
+
+impl TryFrom<String> for NodeRef {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<NodeRef> for String {
+    fn from(r: NodeRef) -> String {
+        r.to_string()
+    }
+}
+
+impl fmt::Display for NodeRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeRef::Leader => f.write_str("leader"),
+            NodeRef::Follower => f.write_str("follower"),
+            NodeRef::Rest => f.write_str("rest"),
+            NodeRef::Crashed => f.write_str("crashed"),
+            NodeRef::Node(n) => write!(f, "n{n}"),
+        }
+    }
+}
+
+/// Random faults drawn from the seed, VOPR-style: the drawn schedule is printed with the run so
+/// any failure can be replayed with the same seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chaos {
+    /// How many faults to draw; each is followed by a heal (and a restart, for crashes).
+    pub faults: u32,
+    /// Earliest fault time, in milliseconds.
+    pub from_ms: u64,
+    /// Latest heal time, in milliseconds.
+    pub to_ms: u64,
+}
+
+impl Scenario {
+    /// Names of the scenarios compiled into quorumlab.
+    pub fn builtin_names() -> Vec<&'static str> {
+        BUILTIN.iter().map(|(name, _)| *name).collect()
+    }
+
+    /// Loads a built-in scenario by name, or a scenario file by path.
+    pub fn load(name_or_path: &str) -> Result<Scenario, ScenarioError> {
+        if let Some((name, text)) = BUILTIN.iter().find(|(name, _)| *name == name_or_path) {
+            return Scenario::parse(text, name);
+        }
+        let path = Path::new(name_or_path);
+        if path.extension().is_some_and(|e| e == "toml") || path.exists() {
+            let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Read {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            return Scenario::parse(&text, &path.display().to_string());
+        }
+        Err(ScenarioError::Unknown {
+            name: name_or_path.to_string(),
+            known: Scenario::builtin_names().join(", "),
+        })
+    }
+
+    /// Parses and validates scenario TOML; `source_name` names it in errors.
+    pub fn parse(text: &str, source_name: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Malformed {
+            source_name: source_name.to_string(),
+            reason: e.message().replace('\n', " "),
+        })?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    /// Returns the scenario with a different node count, validated again.
+    pub fn with_nodes(mut self, nodes: usize) -> Result<Scenario, ScenarioError> {
+        self.topology.nodes = nodes;
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Checks everything that would make the scenario impossible to run.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        let invalid = |reason: String| ScenarioError::Invalid {
+            name: self.name.clone(),
+            reason,
+        };
+        let nodes = self.topology.nodes;
+        if nodes == 0 || nodes > NODES_MAX {
+            return Err(invalid(format!(
+                "topology.nodes is {nodes}; it must be 1 to {NODES_MAX}"
+            )));
+        }
+        let t = &self.topology;
+        if t.heartbeat_ms == 0 || t.election_timeout_ms < 2 * t.heartbeat_ms {
+            return Err(invalid(format!(
+                "election_timeout_ms ({}) must be at least twice heartbeat_ms ({}), which must be > 0",
+                t.election_timeout_ms, t.heartbeat_ms
+            )));
+        }
+        if self.network.latency_ms_min > self.network.latency_ms_max {
+            return Err(invalid(
+                "network.latency_ms_min exceeds latency_ms_max".into(),
+            ));
+        }
+        let w = &self.workload;
+        if w.clients == 0 || w.keys == 0 || w.timeout_ms == 0 {
+            return Err(invalid(
+                "workload.clients, keys and timeout_ms must be > 0".into(),
+            ));
+        }
+        if w.put + w.get + w.cas == 0 {
+            return Err(invalid(
+                "workload mix is empty: put + get + cas weights are 0".into(),
+            ));
+        }
+        if self.duration_ms == 0 {
+            return Err(invalid("duration_ms must be > 0".into()));
+        }
+        for step in &self.faults {
+            if step.at_ms > self.duration_ms {
+                return Err(invalid(format!(
+                    "fault '{}' at {} ms is after the end of the run ({} ms)",
+                    step.fault.label(),
+                    step.at_ms,
+                    self.duration_ms
+                )));
+            }
+            for node in step.fault.node_refs() {
+                if let NodeRef::Node(n) = node {
+                    if *n > nodes {
+                        return Err(invalid(format!(
+                            "fault '{}' names {node}, but the cluster has only {nodes} nodes (n1..n{nodes})",
+                            step.fault.label()
+                        )));
+                    }
+                }
+            }
+            match &step.fault {
+                Fault::Partition { groups }
+                    if groups.len() < 2 || groups.iter().any(Vec::is_empty) =>
+                {
+                    return Err(invalid(
+                        "a partition needs at least two non-empty groups".into(),
+                    ));
+                }
+                Fault::Loss { rate } | Fault::Duplicate { rate } if !(0.0..=1.0).contains(rate) => {
+                    return Err(invalid(format!(
+                        "rate {rate} is not a probability in [0, 1]"
+                    )));
+                }
+                Fault::Delay { ms_max } if *ms_max < self.network.latency_ms_min => {
+                    return Err(invalid(
+                        "delay ms_max is below network.latency_ms_min".into(),
+                    ));
+                }
+                Fault::Bridge { .. } if nodes < 3 => {
+                    return Err(invalid("a bridge partition needs at least 3 nodes".into()));
+                }
+                _ => {}
+            }
+        }
+        if let Some(chaos) = &self.chaos {
+            if chaos.from_ms >= chaos.to_ms || chaos.to_ms > self.duration_ms {
+                return Err(invalid(
+                    "chaos window must satisfy from_ms < to_ms <= duration_ms".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_scenario_parses_and_validates() {
+        for name in Scenario::builtin_names() {
+            let s = Scenario::load(name).unwrap();
+            assert_eq!(s.name, name);
+        }
+    }
+
+    #[test]
+    fn unknown_scenario_names_the_builtins() {
+        let err = Scenario::load("etcd-nope").unwrap_err().to_string();
+        assert!(err.contains("unknown scenario 'etcd-nope'"), "{err}");
+        assert!(err.contains("etcd-leader-kill"), "{err}");
+    }
+
+    #[test]
+    fn malformed_toml_is_one_line() {
+        let err = Scenario::parse("name = ", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("malformed scenario x.toml"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn zero_nodes_and_missing_nodes_are_rejected() {
+        let base = Scenario::load("etcd-leader-isolate").unwrap();
+        let err = base.clone().with_nodes(0).unwrap_err().to_string();
+        assert!(err.contains("topology.nodes is 0"), "{err}");
+        let mut s = base;
+        s.faults.push(FaultStep {
+            at_ms: 10,
+            fault: Fault::Crash {
+                node: NodeRef::Node(9),
+            },
+        });
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("names n9"), "{err}");
+    }
+
+    #[test]
+    fn node_refs_round_trip() {
+        for s in ["leader", "follower", "rest", "crashed", "n4"] {
+            assert_eq!(s.parse::<NodeRef>().unwrap().to_string(), s);
+        }
+        assert!("n0".parse::<NodeRef>().is_err());
+        assert!("boss".parse::<NodeRef>().is_err());
+    }
+}

@@ -1,0 +1,449 @@
+//! turmoil adapters: the I/O edge around the pure models.
+//!
+//! [`node_host`] runs one [`EtcdNode`] on a turmoil host: it turns UDP datagrams into
+//! `step`/`request` calls, a simulated-time interval into `tick`, and the node's outputs back into
+//! datagrams and trace events. [`client_task`] is one client of the workload: it sends requests to
+//! the node it believes leads, times out, retries on a definite refusal and records every operation
+//! in the history. Everything shared between hosts lives in [`LabState`] behind an `Rc`, which is
+//! safe because turmoil runs every host on one thread, in a fixed order.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use quorumlab_experiment::history::{Key, Op, OpKind, Outcome, Value};
+use raft::storage::MemStorage;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use turmoil::net::UdpSocket;
+
+use crate::invariants::Monitor;
+use crate::node::{EtcdNode, NodeConfig, Output, Role};
+use crate::trace::{Event, EventKind};
+use crate::wire::{Packet, Reply, Request};
+
+/// UDP port every node listens on.
+pub const NODE_PORT: u16 = 2380;
+/// First UDP port of the client sockets (client i binds `CLIENT_PORT_BASE + i`).
+pub const CLIENT_PORT_BASE: u16 = 9000;
+/// Largest datagram a host reads.
+const DATAGRAM_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// What the lab knows of one node at this instant (for resolving `leader` in faults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeView {
+    /// Current role (`Down` while crashed).
+    pub role: Role,
+    /// Current term.
+    pub term: u64,
+    /// Highest committed index the node knows of.
+    pub commit: u64,
+}
+
+/// Message loss and duplication applied by senders (turmoil has links that fail, not lossy ones).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lossiness {
+    /// Probability that a message is dropped.
+    pub loss: f64,
+    /// Probability that a message is sent twice.
+    pub duplicate: f64,
+}
+
+/// A Raft message drawn in the report's sequence diagram.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MessageRecord {
+    /// Sender node (1-based).
+    pub from: u64,
+    /// Receiver node (1-based).
+    pub to: u64,
+    /// Message type, e.g. `MsgRequestVote`.
+    pub kind: String,
+    /// Sender's term.
+    pub term: u64,
+    /// When it was sent, in microseconds.
+    pub send_us: u64,
+    /// When it was delivered, if it was.
+    pub recv_us: Option<u64>,
+}
+
+/// State shared by all hosts of one run and by the driver.
+#[derive(Default)]
+pub struct LabState {
+    /// The trace so far.
+    pub events: Vec<Event>,
+    /// Safety monitor.
+    pub monitor: Monitor,
+    /// Per-node view, index 0 is n1.
+    pub views: Vec<NodeView>,
+    /// Completed client operations (ids are assigned when the run ends).
+    pub ops: Vec<Op>,
+    /// Current loss and duplication.
+    pub lossiness: Lossiness,
+    /// Record Raft messages sent in this window (microseconds), for the sequence diagram.
+    pub message_window_us: Option<(u64, u64)>,
+    /// Recorded messages.
+    pub messages: Vec<MessageRecord>,
+    message_index: BTreeMap<(u64, u64), usize>,
+    /// Which node stores which persisted Raft state (index 0 is n1); survives crashes.
+    pub stores: Vec<MemStorage>,
+    /// The Raft tick: one heartbeat interval, in microseconds.
+    pub heartbeat_us: u64,
+    /// Whether to snapshot every node's view at every event (for `--step`).
+    pub record_views: bool,
+    /// The snapshots, one per event, when `record_views` is on.
+    pub view_log: Vec<Vec<NodeView>>,
+    violations_reported: usize,
+}
+
+/// Shared handle to the run's state.
+pub type Lab = Rc<RefCell<LabState>>;
+
+/// Upper bound on recorded messages, so a long window cannot blow up a report.
+const MESSAGES_RECORDED_MAX: usize = 2_000;
+
+/// Simulated time since the run started, in microseconds.
+pub fn now_us() -> u64 {
+    turmoil::elapsed().as_micros() as u64
+}
+
+impl LabState {
+    fn push(&mut self, node: String, what: EventKind) {
+        self.record(now_us(), node, what);
+    }
+
+    /// Appends an event to the trace (and a snapshot of every node, when recording views).
+    pub fn record(&mut self, at_us: u64, node: String, what: EventKind) {
+        debug_assert!(
+            self.events.last().is_none_or(|e| e.at_us <= at_us),
+            "trace out of order"
+        );
+        self.events.push(Event { at_us, node, what });
+        if self.record_views {
+            self.view_log.push(self.views.clone());
+        }
+    }
+
+    fn record_send(&mut self, from: u64, packet_id: u64, msg: &raft::eraftpb::Message) {
+        let now = now_us();
+        let Some((start, end)) = self.message_window_us else {
+            return;
+        };
+        if now < start || now > end || self.messages.len() >= MESSAGES_RECORDED_MAX {
+            return;
+        }
+        self.message_index
+            .insert((from, packet_id), self.messages.len());
+        self.messages.push(MessageRecord {
+            from,
+            to: msg.to,
+            kind: format!("{:?}", msg.get_msg_type()),
+            term: msg.term,
+            send_us: now,
+            recv_us: None,
+        });
+    }
+
+    fn record_receive(&mut self, from: u64, packet_id: u64) {
+        if let Some(&i) = self.message_index.get(&(from, packet_id)) {
+            self.messages[i].recv_us.get_or_insert(now_us());
+        }
+    }
+}
+
+/// The simulated address of node `id` (1-based).
+pub fn node_addr(id: u64) -> SocketAddr {
+    SocketAddr::new(turmoil::lookup(format!("n{id}")), NODE_PORT)
+}
+
+/// Runs node `config.id` until the host is crashed. Called again by turmoil on restart, with the
+/// same durable store and a fresh incarnation seed.
+pub async fn node_host(lab: Lab, config: NodeConfig, store: MemStorage) -> turmoil::Result {
+    let id = config.id;
+    let name = format!("n{id}");
+    let tick = Duration::from_micros(lab.borrow().heartbeat_us);
+    let socket = UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), NODE_PORT)).await?;
+    let mut rng = SmallRng::seed_from_u64(config.rng_seed ^ 0x5eed_1055);
+    let peers: Vec<SocketAddr> = (1..=config.voters).map(node_addr).collect();
+    let mut node = EtcdNode::start(config, store);
+    let mut clients: BTreeMap<u32, SocketAddr> = BTreeMap::new();
+    let mut packet_id: u64 = 0;
+    // Real members' tick timers are not in phase: start each at a seeded offset within one tick.
+    let phase = Duration::from_micros(rng.gen_range(0..tick.as_micros() as u64));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
+    {
+        let mut state = lab.borrow_mut();
+        state.push(name.clone(), EventKind::Process { up: true });
+        state.views[id as usize - 1] = NodeView {
+            role: node.role(),
+            term: node.term(),
+            commit: node.commit_index(),
+        };
+    }
+    loop {
+        tokio::select! {
+            biased;
+            received = socket.recv_from(&mut buf) => {
+                let (len, from) = received?;
+                match Packet::decode(&buf[..len]) {
+                    Ok(Packet::Raft { packet_id, msg }) => {
+                        lab.borrow_mut().record_receive(msg.from, packet_id);
+                        node.step(*msg);
+                    }
+                    Ok(Packet::Request(request)) => {
+                        clients.insert(request.client, from);
+                        node.request(request);
+                    }
+                    Ok(Packet::Reply { .. }) | Err(_) => {}
+                }
+            }
+            _ = ticker.tick() => node.tick(),
+        }
+        let outputs: Vec<Output> = node.drain().collect();
+        let mut state = lab.borrow_mut();
+        state.views[id as usize - 1] = NodeView {
+            role: node.role(),
+            term: node.term(),
+            commit: node.commit_index(),
+        };
+        let lossiness = state.lossiness;
+        for output in outputs {
+            match output {
+                Output::Send(msg) => {
+                    if rng.gen_bool(lossiness.loss) {
+                        continue;
+                    }
+                    packet_id += 1;
+                    state.record_send(id, packet_id, &msg);
+                    let to = peers[msg.to as usize - 1];
+                    let bytes = Packet::Raft {
+                        packet_id,
+                        msg: Box::new(msg),
+                    }
+                    .encode();
+                    let copies = if rng.gen_bool(lossiness.duplicate) {
+                        2
+                    } else {
+                        1
+                    };
+                    for _ in 0..copies {
+                        // A full send buffer drops the datagram, as UDP would.
+                        let _ = socket.try_send_to(&bytes, to);
+                    }
+                }
+                Output::Reply { client, seq, reply } => {
+                    if let Some(&to) = clients.get(&client) {
+                        let _ =
+                            socket.try_send_to(&Packet::Reply { client, seq, reply }.encode(), to);
+                    }
+                }
+                Output::Role { role, term, .. } => {
+                    if role == Role::Leader {
+                        let store = node.store().clone();
+                        state.monitor.on_leader(id, term, &store);
+                    }
+                    state.push(name.clone(), EventKind::Role { role, term });
+                }
+                Output::VoteGranted { to, term, pre_vote } => {
+                    state.push(
+                        name.clone(),
+                        EventKind::VoteGranted {
+                            to: format!("n{to}"),
+                            term,
+                            pre_vote,
+                        },
+                    );
+                }
+                Output::Applied { index, term, data } => {
+                    state.monitor.on_applied(id, index, term, &data)
+                }
+            }
+        }
+        let reported = state.violations_reported;
+        let new: Vec<String> = state.monitor.violations()[reported..].to_vec();
+        state.violations_reported += new.len();
+        for what in new {
+            state.push(name.clone(), EventKind::Violation { what });
+        }
+    }
+}
+
+/// What one client sends and how patiently.
+#[derive(Debug, Clone)]
+pub struct ClientPlan {
+    /// Client number (0-based).
+    pub client: u32,
+    /// Number of nodes.
+    pub nodes: u64,
+    /// Time between operation starts.
+    pub period: Duration,
+    /// Weights of put, get, cas.
+    pub mix: [u32; 3],
+    /// Number of keys.
+    pub keys: Key,
+    /// How long to wait for one attempt.
+    pub timeout: Duration,
+    /// Further attempts after a definite refusal.
+    pub retries: u32,
+    /// Stop issuing operations at this time since the start.
+    pub until: Duration,
+    /// Seed for this client's choices.
+    pub seed: u64,
+    /// Send gets to a random node instead of the leader (goes with the stale-read switch).
+    pub reads_anywhere: bool,
+}
+
+/// Runs one client: an operation every `period`, at most one in flight, each recorded.
+pub async fn client_task(lab: Lab, plan: ClientPlan) -> turmoil::Result {
+    let port = CLIENT_PORT_BASE + plan.client as u16;
+    let socket = UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)).await?;
+    let mut rng = SmallRng::seed_from_u64(plan.seed);
+    let mut leader: u64 = 1 + plan.client as u64 % plan.nodes;
+    let mut seq: u64 = 0;
+    let mut last_seen: BTreeMap<Key, Value> = BTreeMap::new();
+    let mut writes: u64 = 0;
+    let mut ticker = tokio::time::interval(plan.period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut buf = vec![0u8; 1024];
+    let name = format!("client{}", plan.client);
+    let total: u32 = plan.mix.iter().sum();
+    loop {
+        ticker.tick().await;
+        if turmoil::elapsed() >= plan.until {
+            return Ok(());
+        }
+        let key = rng.gen_range(0..plan.keys);
+        let pick = rng.gen_range(0..total);
+        let value = || -> Value { (u64::from(plan.client) + 1) * 1_000_000_000 };
+        let op = if pick < plan.mix[0] {
+            writes += 1;
+            OpKind::Put {
+                key,
+                value: value() + writes,
+            }
+        } else if pick < plan.mix[0] + plan.mix[1] {
+            OpKind::Get { key }
+        } else {
+            writes += 1;
+            let expect = last_seen.get(&key).copied().unwrap_or(0);
+            OpKind::Cas {
+                key,
+                expect,
+                new: value() + writes,
+            }
+        };
+        let invoke_us = now_us();
+        let mut attempt = 0;
+        let (outcome, node) = loop {
+            seq += 1;
+            let target = if plan.reads_anywhere && !op.is_write() {
+                rng.gen_range(1..=plan.nodes)
+            } else {
+                leader
+            };
+            let request = Packet::Request(Request {
+                client: plan.client,
+                seq,
+                op,
+            })
+            .encode();
+            let _ = socket.try_send_to(&request, node_addr(target));
+            let reply = tokio::time::timeout(plan.timeout, async {
+                loop {
+                    let (len, _) = socket.recv_from(&mut buf).await?;
+                    if let Ok(Packet::Reply { seq: s, reply, .. }) = Packet::decode(&buf[..len]) {
+                        if s == seq {
+                            return Ok::<Reply, std::io::Error>(reply);
+                        }
+                    }
+                }
+            })
+            .await;
+            match reply {
+                Err(_elapsed) => {
+                    // No answer: a write may still commit, so its outcome is unknown; a read
+                    // changed nothing, so it simply failed.
+                    leader = leader % plan.nodes + 1;
+                    break (
+                        if op.is_write() {
+                            Outcome::Info
+                        } else {
+                            Outcome::Fail
+                        },
+                        None,
+                    );
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(Reply::NotLeader { hint })) => {
+                    leader = if hint != 0 {
+                        hint
+                    } else {
+                        leader % plan.nodes + 1
+                    };
+                    attempt += 1;
+                    if attempt > plan.retries {
+                        break (Outcome::Fail, None);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Ok(reply)) => {
+                    let outcome = match reply {
+                        Reply::Get(read) => {
+                            if let Some(v) = read {
+                                last_seen.insert(key, v);
+                            }
+                            Outcome::Ok {
+                                read: Some(read),
+                                swapped: None,
+                            }
+                        }
+                        Reply::Cas(swapped) => Outcome::Ok {
+                            read: None,
+                            swapped: Some(swapped),
+                        },
+                        _ => Outcome::Ok {
+                            read: None,
+                            swapped: None,
+                        },
+                    };
+                    if let OpKind::Put { value, .. } = op {
+                        last_seen.insert(key, value);
+                    }
+                    if let (OpKind::Cas { new, .. }, Reply::Cas(true)) = (op, reply) {
+                        last_seen.insert(key, new);
+                    }
+                    break (outcome, Some(format!("n{target}")));
+                }
+            }
+        };
+        let op = Op {
+            id: 0,
+            client: plan.client,
+            kind: op,
+            invoke_us,
+            complete_us: now_us(),
+            outcome,
+            node,
+        };
+        let mut state = lab.borrow_mut();
+        let outcome = match op.outcome {
+            Outcome::Ok { .. } => "ok",
+            Outcome::Fail => "fail",
+            Outcome::Info => "unknown",
+        };
+        let what = op.describe_brief();
+        let index = state.ops.len();
+        state.ops.push(op);
+        state.push(
+            name.clone(),
+            EventKind::Op {
+                op: index,
+                outcome: outcome.to_string(),
+                what,
+            },
+        );
+    }
+}

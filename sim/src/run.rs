@@ -1,0 +1,496 @@
+//! One simulated run of a scenario: build the turmoil world, drive it step by step, fire the
+//! scenario's faults on time, then judge the history and summarise.
+//!
+//! Everything random — network latency, election timeouts, the workload, chaos faults — derives
+//! from the one seed, and nothing reads the wall clock, so a run is a pure function of
+//! (scenario, seed, [`RunConfig`]): the trace is the same, byte for byte, every time.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use quorumlab_experiment::checker::{check_history, CheckLimits, Verdict};
+use quorumlab_experiment::history::History;
+use quorumlab_experiment::measure::RunSummary;
+use quorumlab_experiment::scenario::{Fault, FaultStep, NodeRef, Scenario};
+use raft::storage::MemStorage;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::host::{
+    client_task, node_host, ClientPlan, Lab, LabState, Lossiness, MessageRecord, NodeView,
+};
+use crate::node::{NodeConfig, Role};
+use crate::trace::{Event, EventKind};
+
+/// How to run a scenario, beyond the scenario itself.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The seed every random choice derives from.
+    pub seed: u64,
+    /// The deliberately broken build: gets are served from any node's local state.
+    pub stale_reads: bool,
+    /// Record Raft messages around the first fault, for the sequence diagram.
+    pub record_messages: bool,
+    /// Record every node's state at every event, for `--step`.
+    pub record_views: bool,
+    /// turmoil's step: simulated time advanced per step of the world.
+    pub step: Duration,
+    /// Budget for the linearizability check.
+    pub check_limits: CheckLimits,
+}
+
+impl RunConfig {
+    /// Defaults for a seed: correct build, no recording, 1 ms steps, 10 s checker budget.
+    pub fn seeded(seed: u64) -> RunConfig {
+        RunConfig {
+            seed,
+            stale_reads: false,
+            record_messages: false,
+            record_views: false,
+            step: Duration::from_millis(
+                std::env::var("QSTEP")
+                    .map(|s| s.parse().unwrap())
+                    .unwrap_or(1),
+            ),
+            check_limits: CheckLimits::default(),
+        }
+    }
+}
+
+/// Why a run could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// A simulated host returned an error (a bug in the model or adapter).
+    #[error("simulated host failed at {at_ms} ms: {reason}")]
+    Host {
+        /// Simulated time of the failure.
+        at_ms: u64,
+        /// What the host said.
+        reason: String,
+    },
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunOutput {
+    /// The scenario as run (after `--nodes`).
+    pub scenario: Scenario,
+    /// The seed.
+    pub seed: u64,
+    /// The fault schedule, including faults drawn by chaos.
+    pub schedule: Vec<FaultStep>,
+    /// What happened, in order.
+    pub trace: Vec<Event>,
+    /// Client operations.
+    pub history: History,
+    /// Measurements and verdicts.
+    pub summary: RunSummary,
+    /// Raft messages around the first fault (only with `record_messages`).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub messages: Vec<MessageRecord>,
+    /// Node states at each trace event (only with `record_views`).
+    #[serde(skip)]
+    pub views: Vec<Vec<NodeView>>,
+}
+
+/// Runs `scenario` once.
+pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimError> {
+    let nodes = scenario.topology.nodes;
+    let duration = Duration::from_millis(scenario.duration_ms);
+    let schedule = fault_schedule(scenario, config.seed);
+
+    let lab: Lab = Rc::new(RefCell::new(LabState::default()));
+    {
+        let mut state = lab.borrow_mut();
+        state.views = vec![
+            NodeView {
+                role: Role::Follower,
+                term: 0,
+                commit: 0
+            };
+            nodes
+        ];
+        state.stores = (0..nodes).map(|_| MemStorage::new()).collect();
+        state.heartbeat_us = scenario.topology.heartbeat_ms * 1000;
+        state.record_views = config.record_views;
+    }
+    if config.record_messages {
+        if let Some(first) = schedule.iter().find(|s| s.fault.disrupts_leadership()) {
+            let start = first.at_ms.saturating_sub(300) * 1000;
+            lab.borrow_mut().message_window_us = Some((start, start + 3_300_000));
+        }
+    }
+
+    let net = &scenario.network;
+    let mut sim = turmoil::Builder::new()
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        .simulation_duration(duration + Duration::from_secs(60))
+        .tick_duration(config.step)
+        .min_message_latency(Duration::from_millis(net.latency_ms_min))
+        .max_message_latency(Duration::from_millis(net.latency_ms_max))
+        .rng_seed(config.seed)
+        .build();
+
+    let election_ticks =
+        (scenario.topology.election_timeout_ms / scenario.topology.heartbeat_ms) as usize;
+    for id in 1..=nodes as u64 {
+        let lab = lab.clone();
+        let store = lab.borrow().stores[id as usize - 1].clone();
+        let incarnation = Rc::new(RefCell::new(0u64));
+        let (seed, stale_reads) = (config.seed, config.stale_reads);
+        sim.host(format!("n{id}"), move || {
+            *incarnation.borrow_mut() += 1;
+            let node_config = NodeConfig {
+                id,
+                voters: nodes as u64,
+                election_ticks,
+                rng_seed: mix(seed, id, *incarnation.borrow()),
+                stale_reads,
+            };
+            node_host(lab.clone(), node_config, store.clone())
+        });
+    }
+
+    let w = &scenario.workload;
+    let plans: Vec<ClientPlan> = (0..w.clients as u32)
+        .map(|client| ClientPlan {
+            client,
+            nodes: nodes as u64,
+            period: Duration::from_micros(1_000_000 * w.clients as u64 / w.rate_per_s.max(1)),
+            mix: [w.put, w.get, w.cas],
+            keys: w.keys,
+            timeout: Duration::from_millis(w.timeout_ms),
+            retries: w.retries,
+            until: duration,
+            seed: mix(config.seed, 1000 + u64::from(client), 0),
+            reads_anywhere: config.stale_reads,
+        })
+        .collect();
+    let client_lab = lab.clone();
+    sim.client("clients", async move {
+        let tasks: Vec<_> = plans
+            .into_iter()
+            .map(|plan| tokio::task::spawn_local(client_task(client_lab.clone(), plan)))
+            .collect();
+        for task in tasks {
+            task.await.map_err(|e| e.to_string())??;
+        }
+        Ok(())
+    });
+
+    let mut pending = schedule.iter().peekable();
+    let mut crashed: Vec<bool> = vec![false; nodes];
+    let mut fault_at_ms: Option<u64> = None;
+    let mut term_at_fault: u64 = 0;
+    while sim.elapsed() < duration {
+        let now_ms = sim.elapsed().as_millis() as u64;
+        while let Some(step) = pending.next_if(|s| s.at_ms <= now_ms) {
+            if fault_at_ms.is_none() && step.fault.disrupts_leadership() {
+                fault_at_ms = Some(now_ms);
+                term_at_fault = lab.borrow().views.iter().map(|v| v.term).max().unwrap_or(0);
+            }
+            apply_fault(&mut sim, &lab, scenario, &step.fault, &mut crashed, now_ms);
+        }
+        sim.step().map_err(|e| SimError::Host {
+            at_ms: sim.elapsed().as_millis() as u64,
+            reason: e.to_string(),
+        })?;
+    }
+
+    let mut state = lab.borrow_mut();
+    let stores = state.stores.clone();
+    state.monitor.check_log_matching(&stores);
+    let history = History {
+        ops: std::mem::take(&mut state.ops),
+    };
+    let verdict = check_history(&history, config.check_limits);
+    if let Verdict::NotLinearizable { kind, key, .. } = &verdict {
+        let what = format!("linearizability: {kind} on k{key}");
+        state.record(
+            duration.as_micros() as u64,
+            "checker".into(),
+            EventKind::Violation { what },
+        );
+    }
+    let events = std::mem::take(&mut state.events);
+    let election_ms = fault_at_ms.and_then(|at| {
+        events.iter().find_map(|e| match e.what {
+            EventKind::Role {
+                role: Role::Leader,
+                term,
+            } if term > term_at_fault && e.at_us >= at * 1000 => Some(e.at_us / 1000 - at),
+            _ => None,
+        })
+    });
+    let end_us = duration.as_micros() as u64;
+    let summary = RunSummary {
+        scenario: scenario.name.clone(),
+        seed: config.seed,
+        nodes,
+        fault_at_ms,
+        election_ms,
+        write_unavailable_ms: history.longest_write_gap_us(fault_at_ms.unwrap_or(0) * 1000, end_us)
+            / 1000,
+        ops: history.counts(),
+        leaders_elected: state.monitor.leaders_elected(),
+        verdict,
+        invariant_violations: state.monitor.violations().to_vec(),
+    };
+    let views = std::mem::take(&mut state.view_log);
+    Ok(RunOutput {
+        scenario: scenario.clone(),
+        seed: config.seed,
+        schedule,
+        trace: events,
+        history,
+        summary,
+        messages: std::mem::take(&mut state.messages),
+        views,
+    })
+}
+
+/// Derives an independent seed for a component (node id, incarnation, client) from the run seed.
+fn mix(seed: u64, a: u64, b: u64) -> u64 {
+    let mut x =
+        seed ^ a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^ (x >> 33)
+}
+
+/// The scenario's faults plus those chaos draws from the seed, in time order.
+pub fn fault_schedule(scenario: &Scenario, seed: u64) -> Vec<FaultStep> {
+    let mut schedule = scenario.faults.clone();
+    if let Some(chaos) = &scenario.chaos {
+        let mut rng = SmallRng::seed_from_u64(mix(seed, 0xc4a05, 0));
+        let slot = (chaos.to_ms - chaos.from_ms) / u64::from(chaos.faults.max(1));
+        for i in 0..u64::from(chaos.faults) {
+            let start = chaos.from_ms + i * slot;
+            let at_ms = start + rng.gen_range(0..=slot / 4);
+            let heal_ms = at_ms + rng.gen_range(slot / 4..=slot / 2).max(1);
+            let fault = match rng.gen_range(0..8) {
+                0 => Fault::Isolate {
+                    node: NodeRef::Leader,
+                },
+                1 => Fault::Partition {
+                    groups: vec![
+                        vec![NodeRef::Leader, NodeRef::Follower],
+                        vec![NodeRef::Rest],
+                    ],
+                },
+                2 => Fault::PartitionOneway {
+                    from: NodeRef::Leader,
+                    to: NodeRef::Follower,
+                },
+                3 => Fault::Bridge {
+                    bridge: NodeRef::Follower,
+                },
+                4 => Fault::Crash {
+                    node: NodeRef::Leader,
+                },
+                5 => Fault::Loss { rate: 0.2 },
+                6 => Fault::Duplicate { rate: 0.3 },
+                _ => Fault::Delay { ms_max: 80 },
+            };
+            if matches!(fault, Fault::Crash { .. }) {
+                schedule.push(FaultStep {
+                    at_ms: heal_ms,
+                    fault: Fault::Restart {
+                        node: NodeRef::Crashed,
+                    },
+                });
+            }
+            schedule.push(FaultStep { at_ms, fault });
+            schedule.push(FaultStep {
+                at_ms: heal_ms,
+                fault: Fault::Heal,
+            });
+        }
+    }
+    schedule.sort_by_key(|s| s.at_ms);
+    schedule
+}
+
+/// Resolves the symbolic nodes of one fault to node ids (1-based), group by group.
+fn resolve(refs: &[Vec<NodeRef>], views: &[NodeView], crashed: &[bool]) -> Vec<Vec<u64>> {
+    let n = views.len() as u64;
+    let leader = (1..=n)
+        .filter(|&id| views[id as usize - 1].role == Role::Leader && !crashed[id as usize - 1])
+        .max_by_key(|&id| (views[id as usize - 1].term, std::cmp::Reverse(id)))
+        .or_else(|| {
+            (1..=n)
+                .filter(|&id| !crashed[id as usize - 1])
+                .max_by_key(|&id| views[id as usize - 1].term)
+        })
+        .unwrap_or(1);
+    let mut taken: Vec<u64> = Vec::new();
+    let mut groups: Vec<Vec<u64>> = refs
+        .iter()
+        .map(|group| {
+            let mut ids = Vec::new();
+            for r in group {
+                let chosen: Vec<u64> = match r {
+                    NodeRef::Leader => vec![leader],
+                    NodeRef::Node(i) => vec![*i as u64],
+                    NodeRef::Crashed => (1..=n).filter(|&id| crashed[id as usize - 1]).collect(),
+                    NodeRef::Follower => (1..=n)
+                        .find(|id| {
+                            *id != leader && !taken.contains(id) && !group_mentions(refs, *id)
+                        })
+                        .into_iter()
+                        .collect(),
+                    NodeRef::Rest => vec![],
+                };
+                taken.extend(&chosen);
+                ids.extend(chosen);
+            }
+            ids
+        })
+        .collect();
+    for (group, refs) in groups.iter_mut().zip(refs) {
+        if refs.contains(&NodeRef::Rest) {
+            group.extend((1..=n).filter(|id| !taken.contains(id)));
+        }
+    }
+    groups
+}
+
+fn group_mentions(refs: &[Vec<NodeRef>], id: u64) -> bool {
+    refs.iter()
+        .flatten()
+        .any(|r| *r == NodeRef::Node(id as usize))
+}
+
+fn host_name(id: u64) -> String {
+    format!("n{id}")
+}
+
+fn names(ids: &[u64]) -> String {
+    ids.iter()
+        .map(|&id| host_name(id))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Fires one fault on the simulated world and records it in the trace.
+fn apply_fault(
+    sim: &mut turmoil::Sim,
+    lab: &Lab,
+    scenario: &Scenario,
+    fault: &Fault,
+    crashed: &mut [bool],
+    now_ms: u64,
+) {
+    let nodes = scenario.topology.nodes as u64;
+    let views = lab.borrow().views.clone();
+    let one = |r: NodeRef| resolve(&[vec![r]], &views, crashed).remove(0);
+    let cut = |sim: &turmoil::Sim, a: &[u64], b: &[u64]| {
+        for &x in a {
+            for &y in b {
+                if x != y {
+                    sim.partition(host_name(x), host_name(y));
+                }
+            }
+        }
+    };
+    let resolved = match fault {
+        Fault::Isolate { node } => {
+            let target = one(*node);
+            let others: Vec<u64> = (1..=nodes).filter(|id| !target.contains(id)).collect();
+            cut(sim, &target, &others);
+            names(&target)
+        }
+        Fault::Partition { groups } => {
+            let ids = resolve(groups, &views, crashed);
+            for (i, a) in ids.iter().enumerate() {
+                for b in &ids[i + 1..] {
+                    cut(sim, a, b);
+                }
+            }
+            ids.iter().map(|g| names(g)).collect::<Vec<_>>().join(" | ")
+        }
+        Fault::PartitionOneway { from, to } => {
+            let ids = resolve(&[vec![*from], vec![*to]], &views, crashed);
+            for &a in &ids[0] {
+                for &b in &ids[1] {
+                    sim.partition_oneway(host_name(a), host_name(b));
+                }
+            }
+            format!("{} -> {}", names(&ids[0]), names(&ids[1]))
+        }
+        Fault::Bridge { bridge } => {
+            let b = one(*bridge);
+            let others: Vec<u64> = (1..=nodes).filter(|id| !b.contains(id)).collect();
+            let (left, right) = others.split_at(others.len() / 2);
+            cut(sim, left, right);
+            format!("{} | {} | {}", names(left), names(&b), names(right))
+        }
+        Fault::Crash { node } => {
+            let ids = one(*node);
+            for &id in &ids {
+                if !crashed[id as usize - 1] {
+                    sim.crash(host_name(id));
+                    crashed[id as usize - 1] = true;
+                    let mut state = lab.borrow_mut();
+                    state.views[id as usize - 1].role = Role::Down;
+                    let term = state.views[id as usize - 1].term;
+                    state.record(
+                        now_ms * 1000,
+                        host_name(id),
+                        EventKind::Process { up: false },
+                    );
+                    state.record(
+                        now_ms * 1000,
+                        host_name(id),
+                        EventKind::Role {
+                            role: Role::Down,
+                            term,
+                        },
+                    );
+                }
+            }
+            names(&ids)
+        }
+        Fault::Restart { node } => {
+            let ids = one(*node);
+            for &id in &ids {
+                if crashed[id as usize - 1] {
+                    sim.bounce(host_name(id));
+                    crashed[id as usize - 1] = false;
+                }
+            }
+            names(&ids)
+        }
+        Fault::Delay { ms_max } => {
+            sim.set_max_message_latency(Duration::from_millis(*ms_max));
+            String::new()
+        }
+        Fault::Loss { rate } => {
+            lab.borrow_mut().lossiness.loss = *rate;
+            String::new()
+        }
+        Fault::Duplicate { rate } => {
+            lab.borrow_mut().lossiness.duplicate = *rate;
+            String::new()
+        }
+        Fault::Heal => {
+            for a in 1..=nodes {
+                for b in a + 1..=nodes {
+                    sim.repair(host_name(a), host_name(b));
+                }
+            }
+            sim.set_max_message_latency(Duration::from_millis(scenario.network.latency_ms_max));
+            lab.borrow_mut().lossiness = Lossiness::default();
+            String::new()
+        }
+    };
+    let label = if resolved.is_empty() {
+        fault.label()
+    } else {
+        format!("{} ({resolved})", fault.label())
+    };
+    lab.borrow_mut()
+        .record(now_ms * 1000, "lab".into(), EventKind::Fault { label });
+}

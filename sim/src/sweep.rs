@@ -1,0 +1,98 @@
+//! Many seeds of one scenario, in parallel, reduced to distributions.
+//!
+//! Each seed is an independent, deterministic run, so seeds spread over all cores with rayon and
+//! the result does not depend on the order they finish in.
+
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use quorumlab_experiment::measure::{Distribution, RunSummary};
+use quorumlab_experiment::scenario::Scenario;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::run::{run, RunConfig, SimError};
+
+/// The outcome of a sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepReport {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seeds run.
+    pub seeds: u64,
+    /// Fault to new leader, over seeds where a new leader was needed and elected (ms).
+    pub election_ms: Option<Distribution>,
+    /// Seeds where a leadership-disrupting fault fired but no newer leader was seen.
+    pub seeds_without_new_leader: u64,
+    /// Write unavailability window (ms).
+    pub write_unavailable_ms: Option<Distribution>,
+    /// Seeds whose history the checker could not decide in time.
+    pub seeds_unknown: Vec<u64>,
+    /// Seeds that broke an invariant or linearizability, with the first problem; replay with `--seed`.
+    pub unsafe_seeds: Vec<(u64, String)>,
+}
+
+/// Runs `seeds` of `scenario`; `progress` is called with the number of seeds finished so far.
+pub fn sweep(
+    scenario: &Scenario,
+    seeds: RangeInclusive<u64>,
+    template: &RunConfig,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(SweepReport, Vec<RunSummary>), SimError> {
+    let done = AtomicU64::new(0);
+    let mut summaries: Vec<RunSummary> = seeds
+        .clone()
+        .into_par_iter()
+        .map(|seed| {
+            let config = RunConfig {
+                seed,
+                ..template.clone()
+            };
+            let out = run(scenario, &config).map(|o| o.summary);
+            progress(done.fetch_add(1, Ordering::Relaxed) + 1);
+            out
+        })
+        .collect::<Result<_, _>>()?;
+    summaries.sort_by_key(|s| s.seed);
+    Ok((reduce(scenario, &summaries), summaries))
+}
+
+/// Reduces per-seed summaries to a report.
+pub fn reduce(scenario: &Scenario, summaries: &[RunSummary]) -> SweepReport {
+    let disrupted: Vec<&RunSummary> = summaries
+        .iter()
+        .filter(|s| s.fault_at_ms.is_some())
+        .collect();
+    SweepReport {
+        scenario: scenario.name.clone(),
+        seeds: summaries.len() as u64,
+        election_ms: Distribution::of(
+            disrupted
+                .iter()
+                .filter_map(|s| s.election_ms)
+                .map(|v| v as f64),
+        ),
+        seeds_without_new_leader: disrupted.iter().filter(|s| s.election_ms.is_none()).count()
+            as u64,
+        write_unavailable_ms: Distribution::of(
+            summaries.iter().map(|s| s.write_unavailable_ms as f64),
+        ),
+        seeds_unknown: summaries
+            .iter()
+            .filter(|s| matches!(s.verdict, quorumlab_experiment::Verdict::Unknown { .. }))
+            .map(|s| s.seed)
+            .collect(),
+        unsafe_seeds: summaries
+            .iter()
+            .filter(|s| !s.is_safe())
+            .map(|s| {
+                let why = s
+                    .invariant_violations
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| s.verdict.headline());
+                (s.seed, why)
+            })
+            .collect(),
+    }
+}

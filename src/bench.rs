@@ -1,0 +1,100 @@
+//! `quorumlab sim bench`: the simulator's and the checker's speed, as JSON.
+//!
+//! Four figures, each against a stated target: simulated seconds per wall second for a 5-node
+//! cluster under 200 client ops/s; a many-seed sweep of `etcd-leader-isolate`; and the
+//! linearizability checker on a 10,000-operation and a 100,000-operation history recorded by the
+//! simulator itself (so they have real concurrency, timeouts and unknown outcomes).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use quorumlab_experiment::checker::{check_history, CheckLimits};
+use quorumlab_experiment::Scenario;
+use quorumlab_sim::sweep::sweep;
+use quorumlab_sim::RunConfig;
+use serde_json::json;
+
+fn scenario_with(name: &str, f: impl FnOnce(&mut Scenario)) -> Result<Scenario> {
+    let mut s = Scenario::load(name)?;
+    f(&mut s);
+    s.validate()?;
+    Ok(s)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Runs every benchmark and prints one JSON document.
+pub fn run(sweep_seeds: u64) -> Result<()> {
+    eprintln!("bench 1/4: 5-node cluster, 200 ops/s, 30 s simulated (3 seeds)");
+    let five = scenario_with("etcd-minority-partition", |s| {
+        s.workload.rate_per_s = 200;
+        s.duration_ms = 30_000;
+    })?;
+    let started = Instant::now();
+    for seed in 1..=3 {
+        quorumlab_sim::run(&five, &RunConfig::seeded(seed))?;
+    }
+    let wall = started.elapsed().as_secs_f64() / 3.0;
+    let sim_speed = 30.0 / wall;
+
+    eprintln!("bench 2/4: sweep of etcd-leader-isolate, {sweep_seeds} seeds x 30 s simulated");
+    let isolate = Scenario::load("etcd-leader-isolate")?;
+    let started = Instant::now();
+    let (report, _) = sweep(&isolate, 1..=sweep_seeds, &RunConfig::seeded(0), &|_| {})?;
+    let sweep_wall = started.elapsed().as_secs_f64();
+
+    eprintln!("bench 3/4: checker on a 10,000-operation history from 5 clients");
+    let ten_k = scenario_with("etcd-leader-isolate", |s| {
+        s.workload.clients = 5;
+        s.workload.rate_per_s = 200;
+        s.workload.keys = 1;
+        s.duration_ms = 51_000;
+    })?;
+    let history = quorumlab_sim::run(&ten_k, &RunConfig::seeded(7))?.history;
+    let limits = CheckLimits {
+        time_max: Duration::from_secs(30),
+    };
+    let started = Instant::now();
+    let verdict_10k = check_history(&history, limits);
+    let check_10k = started.elapsed().as_secs_f64();
+
+    eprintln!("bench 4/4: checker on a 100,000-operation multi-key history");
+    let hundred_k = scenario_with("etcd-leader-isolate", |s| {
+        s.workload.clients = 10;
+        s.workload.rate_per_s = 1000;
+        s.workload.keys = 64;
+        s.duration_ms = 101_000;
+        s.faults.iter_mut().for_each(|f| f.at_ms *= 3);
+    })?;
+    let big = quorumlab_sim::run(&hundred_k, &RunConfig::seeded(7))?.history;
+    let started = Instant::now();
+    let verdict_100k = check_history(&big, limits);
+    let check_100k = started.elapsed().as_secs_f64();
+
+    let doc = json!({
+        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "cpu": cpu_model() },
+        "sim_5_nodes_200_ops": { "simulated_s_per_wall_s": round(sim_speed), "wall_s_per_30_simulated_s": round(wall) },
+        "sweep_etcd_leader_isolate": {
+            "seeds": sweep_seeds, "wall_s": round(sweep_wall),
+            "aggregate_simulated_s_per_wall_s": round(sweep_seeds as f64 * 30.0 / sweep_wall),
+            "target_wall_s_for_1000_seeds": 60, "unsafe_seeds": report.unsafe_seeds.len(),
+        },
+        "checker_10k_ops_5_clients": { "ops": history.ops.len(), "wall_s": round(check_10k), "target_wall_s": 1, "verdict": verdict_10k.headline() },
+        "checker_100k_ops_multi_key": { "ops": big.ops.len(), "wall_s": round(check_100k), "target_wall_s": 10, "verdict": verdict_100k.headline() },
+    });
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

@@ -1,0 +1,120 @@
+//! Project automation, the `cargo xtask` way: plain Rust instead of shell scripts.
+//!
+//! - `cargo xtask demo`: install what is missing, then run the simulator demo.
+//! - `cargo xtask test`: install what is missing, then run every check and test (what CI runs).
+//!
+//! "What is missing" is a fixed list of Debian packages, each checked by the command it provides;
+//! nothing is installed twice, so both commands are safe to repeat.
+
+use std::env;
+use std::process::{exit, Command};
+
+/// Debian packages the workspace needs, with the command that shows each is present.
+/// `protoc` is needed by the build scripts of the gRPC crates (`etcd-client`, the node agent).
+const PACKAGES: &[(&str, &str)] = &[("protobuf-compiler", "protoc")];
+
+fn main() {
+    let task = env::args().nth(1).unwrap_or_default();
+    let result = match task.as_str() {
+        "demo" => ensure_packages().and_then(|()| {
+            cargo(&[
+                "run",
+                "--release",
+                "--quiet",
+                "--bin",
+                "quorumlab",
+                "--",
+                "demo",
+            ])
+        }),
+        "test" => ensure_packages().and_then(|()| test()),
+        _ => {
+            eprintln!("usage: cargo xtask <demo|test>\n  demo  install what is missing, run the simulator demo\n  test  install what is missing, run formatting, lints and every test");
+            exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e}");
+        exit(1);
+    }
+}
+
+fn test() -> Result<(), String> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&["test", "--workspace", "--release"])
+}
+
+fn cargo(args: &[&str]) -> Result<(), String> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).args(args))
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    let shown = format!("{command:?}").replace('"', "");
+    eprintln!("xtask: {shown}");
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot start {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed ({status})"))
+    }
+}
+
+fn has_command(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs the missing packages with apt-get (as root, or through sudo).
+fn ensure_packages() -> Result<(), String> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, cmd)| !has_command(cmd))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let prefix: Vec<&str> = if is_root {
+        vec![]
+    } else if has_command("sudo") {
+        vec!["sudo", "-n"]
+    } else {
+        return Err(format!(
+            "missing packages {missing:?}; install them as root: apt-get install -y {}",
+            missing.join(" ")
+        ));
+    };
+    let apt = |args: &[&str]| {
+        let mut all: Vec<&str> = prefix.clone();
+        all.push("apt-get");
+        all.extend(args);
+        let mut command = Command::new(all[0]);
+        command
+            .args(&all[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut command)
+    };
+    eprintln!("xtask: installing missing packages: {}", missing.join(" "));
+    apt(&["update", "-qq"])?;
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    apt(&install)
+}
