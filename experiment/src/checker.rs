@@ -244,7 +244,7 @@ fn check_register(ops: &[&Op], deadline: Instant) -> Search {
 
     while entries[0].next != NIL {
         iterations += 1;
-        if iterations % 4096 == 0 && Instant::now() >= deadline {
+        if iterations.is_multiple_of(4096) && Instant::now() >= deadline {
             return Search::TimedOut;
         }
         assert!(

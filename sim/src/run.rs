@@ -42,18 +42,15 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// Defaults for a seed: correct build, no recording, 1 ms steps, 10 s checker budget.
+    /// Defaults for a seed: correct build, no recording, 2 ms steps (message latencies are rounded
+    /// up to whole steps), 10 s checker budget.
     pub fn seeded(seed: u64) -> RunConfig {
         RunConfig {
             seed,
             stale_reads: false,
             record_messages: false,
             record_views: false,
-            step: Duration::from_millis(
-                std::env::var("QSTEP")
-                    .map(|s| s.parse().unwrap())
-                    .unwrap_or(1),
-            ),
+            step: Duration::from_millis(2),
             check_limits: CheckLimits::default(),
         }
     }

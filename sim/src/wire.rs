@@ -238,9 +238,11 @@ mod tests {
 
     #[test]
     fn packets_round_trip() {
-        let mut msg = Message::default();
-        msg.term = 7;
-        msg.from = 2;
+        let msg = Message {
+            term: 7,
+            from: 2,
+            ..Default::default()
+        };
         let packets = [
             Packet::Raft {
                 packet_id: 9,

@@ -1,0 +1,156 @@
+//! The command line as a user meets it: bad input gives one clear line and exit code 2, JSON
+//! parses, reports are written whole.
+
+use std::process::{Command, Output};
+
+fn quorumlab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+        .args(args)
+        .output()
+        .expect("run quorumlab")
+}
+
+fn assert_user_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected '{needle}' in: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "more than one line: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing half-written on stdout");
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("quorumlab-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn unknown_scenario_is_one_line_and_exit_2() {
+    assert_user_error(
+        &quorumlab(&["sim", "etcd-no-such-thing"]),
+        "unknown scenario 'etcd-no-such-thing'",
+    );
+}
+
+#[test]
+fn malformed_scenario_file_is_one_line_and_exit_2() {
+    let dir = temp_dir("malformed");
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "name = \"bad\"\nsystem = \"etcd\"\n[topology\nnodes = 3\n",
+    )
+    .unwrap();
+    assert_user_error(
+        &quorumlab(&["sim", path.to_str().unwrap()]),
+        "malformed scenario",
+    );
+    std::fs::write(
+        &path,
+        "name = \"bad\"\nsystem = \"etcd\"\nduration_ms = 10\n",
+    )
+    .unwrap();
+    assert_user_error(
+        &quorumlab(&["sim", path.to_str().unwrap()]),
+        "missing field",
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn impossible_topologies_are_rejected() {
+    assert_user_error(
+        &quorumlab(&["sim", "etcd-leader-kill", "--nodes", "0"]),
+        "topology.nodes is 0",
+    );
+    let dir = temp_dir("topology");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/etcd-leader-kill.toml"
+    ))
+    .unwrap()
+    .replace("node = \"leader\"", "node = \"n9\"");
+    let path = dir.join("n9.toml");
+    std::fs::write(&path, text).unwrap();
+    assert_user_error(
+        &quorumlab(&["sim", path.to_str().unwrap()]),
+        "names n9, but the cluster has only 3 nodes",
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_seed_range_is_a_usage_error() {
+    let out = quorumlab(&["sim", "sweep", "etcd-leader-kill", "--seeds", "9..1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty seed range"));
+}
+
+#[test]
+fn json_output_parses_and_holds_trace_history_and_summary() {
+    let out = quorumlab(&["sim", "etcd-leader-kill", "--seed", "2", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["trace"].as_array().unwrap().len() > 10);
+    assert!(v["history"]["ops"].as_array().unwrap().len() > 100);
+    assert_eq!(v["summary"]["verdict"]["verdict"], "linearizable");
+}
+
+#[test]
+fn report_writes_a_page_with_timeline_and_message_diagram() {
+    let dir = temp_dir("report");
+    let out = quorumlab(&[
+        "sim",
+        "etcd-leader-isolate",
+        "--report",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert!(html.contains("Roles and terms") && html.contains("Messages around the fault"));
+    assert!(html.matches("<svg").count() >= 2);
+    assert!(html.contains("PreVote t"), "the election's votes are drawn");
+    assert!(dir.join("run.json").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn step_mode_advances_one_event_per_line_and_shows_every_node() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+        .args(["sim", "etcd-leader-kill", "--step"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"\n\n\nq\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("> ").count(), 4, "{stdout}");
+    assert!(
+        stdout.contains("n1:") && stdout.contains("n3:") && stdout.contains("commit"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn demo_runs_with_nothing_installed_and_explains_itself() {
+    let out = quorumlab(&["demo"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("became LEADER"));
+    assert!(stdout.contains("checker: linearizable"));
+    assert!(stdout.contains("What happened"));
+}
