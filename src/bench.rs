@@ -33,7 +33,11 @@ fn cpu_model() -> String {
 }
 
 /// Runs every benchmark and prints one JSON document.
-pub fn run(sweep_seeds: u64) -> Result<()> {
+pub fn run(sweep_seeds: u64, step: Duration) -> Result<()> {
+    let config = |seed| RunConfig {
+        step,
+        ..RunConfig::seeded(seed)
+    };
     eprintln!("bench 1/4: 5-node cluster, 200 ops/s, 30 s simulated (3 seeds)");
     let five = scenario_with("etcd-minority-partition", |s| {
         s.workload.rate_per_s = 200;
@@ -41,7 +45,7 @@ pub fn run(sweep_seeds: u64) -> Result<()> {
     })?;
     let started = Instant::now();
     for seed in 1..=3 {
-        quorumlab_sim::run(&five, &RunConfig::seeded(seed))?;
+        quorumlab_sim::run(&five, &config(seed))?;
     }
     let wall = started.elapsed().as_secs_f64() / 3.0;
     let sim_speed = 30.0 / wall;
@@ -49,7 +53,7 @@ pub fn run(sweep_seeds: u64) -> Result<()> {
     eprintln!("bench 2/4: sweep of etcd-leader-isolate, {sweep_seeds} seeds x 30 s simulated");
     let isolate = Scenario::load("etcd-leader-isolate")?;
     let started = Instant::now();
-    let (report, _) = sweep(&isolate, 1..=sweep_seeds, &RunConfig::seeded(0), &|_| {})?;
+    let (report, _) = sweep(&isolate, 1..=sweep_seeds, &config(0), &|_| {})?;
     let sweep_wall = started.elapsed().as_secs_f64();
 
     eprintln!("bench 3/4: checker on a 10,000-operation history from 5 clients");
@@ -57,9 +61,9 @@ pub fn run(sweep_seeds: u64) -> Result<()> {
         s.workload.clients = 5;
         s.workload.rate_per_s = 200;
         s.workload.keys = 1;
-        s.duration_ms = 51_000;
+        s.duration_ms = 54_000;
     })?;
-    let history = quorumlab_sim::run(&ten_k, &RunConfig::seeded(7))?.history;
+    let history = quorumlab_sim::run(&ten_k, &config(7))?.history;
     let limits = CheckLimits {
         time_max: Duration::from_secs(30),
     };
@@ -72,16 +76,17 @@ pub fn run(sweep_seeds: u64) -> Result<()> {
         s.workload.clients = 10;
         s.workload.rate_per_s = 1000;
         s.workload.keys = 64;
-        s.duration_ms = 101_000;
+        s.duration_ms = 105_000;
         s.faults.iter_mut().for_each(|f| f.at_ms *= 3);
     })?;
-    let big = quorumlab_sim::run(&hundred_k, &RunConfig::seeded(7))?.history;
+    let big = quorumlab_sim::run(&hundred_k, &config(7))?.history;
     let started = Instant::now();
     let verdict_100k = check_history(&big, limits);
     let check_100k = started.elapsed().as_secs_f64();
 
     let doc = json!({
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "cpu": cpu_model() },
+        "step_ms": step.as_millis() as u64,
         "sim_5_nodes_200_ops": { "simulated_s_per_wall_s": round(sim_speed), "wall_s_per_30_simulated_s": round(wall) },
         "sweep_etcd_leader_isolate": {
             "seeds": sweep_seeds, "wall_s": round(sweep_wall),

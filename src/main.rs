@@ -12,6 +12,7 @@ use std::io::IsTerminal;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -73,6 +74,9 @@ struct RunArgs {
     /// Deliberately broken build: serve reads from any node's local state (the checker should object).
     #[arg(long)]
     stale_reads: bool,
+    /// Simulated milliseconds per world step; larger is faster but rounds latencies coarser.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=20))]
+    step_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -93,12 +97,18 @@ enum SimAction {
         /// Deliberately broken build: serve reads from any node's local state.
         #[arg(long)]
         stale_reads: bool,
+        /// Simulated milliseconds per world step; larger is faster but rounds latencies coarser.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=20))]
+        step_ms: u64,
     },
     /// Measure simulator speed and checker speed; prints JSON.
     Bench {
         /// Seeds in the sweep benchmark.
         #[arg(long, default_value_t = 1000)]
         seeds: u64,
+        /// Simulated milliseconds per world step.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=20))]
+        step_ms: u64,
     },
 }
 
@@ -143,16 +153,22 @@ fn dispatch(command: Command) -> Result<()> {
                     nodes,
                     json,
                     stale_reads,
+                    step_ms,
                 }),
             ..
         }) => {
             let scenario = load(&scenario, nodes)?;
-            sweep_command(&scenario, seeds, json, stale_reads)
+            let template = RunConfig {
+                stale_reads,
+                step: Duration::from_millis(step_ms),
+                ..RunConfig::seeded(0)
+            };
+            sweep_command(&scenario, seeds, json, &template)
         }
         Command::Sim(SimArgs {
-            action: Some(SimAction::Bench { seeds }),
+            action: Some(SimAction::Bench { seeds, step_ms }),
             ..
-        }) => bench::run(seeds),
+        }) => bench::run(seeds, Duration::from_millis(step_ms)),
         Command::Demo => demo(),
         Command::Scenarios => {
             for name in Scenario::builtin_names() {
@@ -183,6 +199,7 @@ fn sim(args: RunArgs) -> Result<()> {
         stale_reads: args.stale_reads,
         record_messages: args.report.is_some(),
         record_views: args.step,
+        step: Duration::from_millis(args.step_ms),
         ..RunConfig::seeded(args.seed)
     };
     let out = quorumlab_sim::run(&scenario, &config)?;
@@ -209,7 +226,7 @@ fn sweep_command(
     scenario: &Scenario,
     seeds: RangeInclusive<u64>,
     json: bool,
-    stale_reads: bool,
+    template: &RunConfig,
 ) -> Result<()> {
     let count = seeds.end() - seeds.start() + 1;
     let bar = indicatif::ProgressBar::new(count);
@@ -219,12 +236,8 @@ fn sweep_command(
         )
         .context("progress bar template")?,
     );
-    let template = RunConfig {
-        stale_reads,
-        ..RunConfig::seeded(0)
-    };
     let started = std::time::Instant::now();
-    let (report, summaries) = sweep(scenario, seeds, &template, &|done| bar.set_position(done))?;
+    let (report, summaries) = sweep(scenario, seeds, template, &|done| bar.set_position(done))?;
     bar.finish_and_clear();
     if json {
         let value = serde_json::json!({ "report": report, "runs": summaries });

@@ -123,8 +123,9 @@ pub fn render_html(t: &Timeline) -> String {
     html.push_str(&roles_svg(t));
     if !t.messages.is_empty() {
         html.push_str(
-            "<h2>Messages around the fault</h2><p>Time runs downward; each arrow is one Raft message \
-             from send to delivery. A red arrow ending in &times; was never delivered.</p>",
+            "<h2>Messages around the fault</h2><p>Time runs downward in event order (each row is one \
+             instant; the left margin gives the time). Each arrow is one Raft message from send to \
+             delivery; votes are blue; a red line ending in &times; was never delivered.</p>",
         );
         html.push_str(&sequence_svg(t));
     }
@@ -201,20 +202,30 @@ fn roles_svg(t: &Timeline) -> String {
     svg
 }
 
+/// Vertical space per distinct instant in the sequence diagram.
+const ROW_H: f64 = 16.0;
+
+/// The message-sequence diagram. Time runs downward in *event order*, Lamport-style: every
+/// distinct send or delivery instant gets its own row, so a burst of messages within a few
+/// milliseconds is as readable as a quiet second. The left margin shows the simulated time.
 fn sequence_svg(t: &Timeline) -> String {
-    let start = t.messages.iter().map(|m| m.send_us).min().unwrap_or(0);
-    let end = t
+    let mut instants: Vec<u64> = t
         .messages
         .iter()
-        .map(|m| m.recv_us.unwrap_or(m.send_us))
-        .max()
-        .unwrap_or(start)
-        .max(start + 1);
-    let col_w = (WIDTH - 100.0) / t.nodes.len().max(1) as f64;
-    let col = |i: usize| 80.0 + col_w * i as f64;
-    let px_per_us = 0.0012_f64.max(1800.0 / (end - start) as f64).min(0.02);
-    let y = |us: u64| 30.0 + (us - start) as f64 * px_per_us;
-    let height = y(end) + 20.0;
+        .flat_map(|m| [Some(m.send_us), m.recv_us])
+        .flatten()
+        .collect();
+    instants.extend(t.faults.iter().map(|f| f.from_us));
+    instants.sort_unstable();
+    instants.dedup();
+    let first = instants.first().copied().unwrap_or(0);
+    let last = instants.last().copied().unwrap_or(0);
+    instants.retain(|&i| i >= first && i <= last);
+    let row = |us: u64| instants.partition_point(|&i| i < us);
+    let y = |us: u64| 40.0 + ROW_H * row(us) as f64;
+    let col_w = (WIDTH - 160.0) / t.nodes.len().max(1) as f64;
+    let col = |i: usize| 120.0 + col_w * (i as f64 + 0.5);
+    let height = 60.0 + ROW_H * instants.len() as f64;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height:.0}\" font-size=\"10\">\
          <defs><marker id=\"arrow\" markerWidth=\"8\" markerHeight=\"8\" refX=\"7\" refY=\"3\" orient=\"auto\">\
@@ -223,8 +234,8 @@ fn sequence_svg(t: &Timeline) -> String {
     for (i, name) in t.nodes.iter().enumerate() {
         let _ = write!(
             svg,
-            "<text x=\"{:.1}\" y=\"16\" text-anchor=\"middle\" font-size=\"12\">{}</text>\
-             <line x1=\"{:.1}\" y1=\"22\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#bbb\"/>",
+            "<text x=\"{:.1}\" y=\"20\" text-anchor=\"middle\" font-size=\"13\">{}</text>\
+             <line x1=\"{:.1}\" y1=\"28\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#bbb\"/>",
             col(i),
             escape(name),
             col(i),
@@ -232,63 +243,68 @@ fn sequence_svg(t: &Timeline) -> String {
             height
         );
     }
+    let mut last_label: Option<u64> = None;
+    for &us in &instants {
+        if last_label.is_none_or(|l| us >= l + 20_000) {
+            let _ = write!(
+                svg,
+                "<text x=\"4\" y=\"{:.1}\" fill=\"#777\">{:.3}s</text>",
+                y(us) + 3.0,
+                us as f64 / 1e6
+            );
+            last_label = Some(us);
+        }
+    }
     for f in t
         .faults
         .iter()
-        .filter(|f| f.from_us >= start && f.from_us <= end)
+        .filter(|f| f.from_us >= first && f.from_us <= last)
     {
         let _ = write!(
             svg,
-            "<line x1=\"20\" x2=\"{:.0}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#c62828\" stroke-dasharray=\"4\"/>\
-             <text x=\"4\" y=\"{:.1}\" fill=\"#c62828\">{}</text>",
+            "<line x1=\"60\" x2=\"{:.0}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#c62828\" stroke-dasharray=\"4\"/>\
+             <text x=\"{:.0}\" y=\"{:.1}\" fill=\"#c62828\" text-anchor=\"end\">{}</text>",
             WIDTH - 10.0,
             y(f.from_us),
             y(f.from_us),
+            WIDTH - 10.0,
             y(f.from_us) - 3.0,
             escape(&f.label)
         );
     }
-    let mut ms_marks = start / 100_000 * 100_000;
-    while ms_marks <= end {
-        if ms_marks >= start {
-            let _ = write!(
-                svg,
-                "<text x=\"4\" y=\"{:.1}\" fill=\"#777\">{:.1}s</text>",
-                y(ms_marks),
-                ms_marks as f64 / 1e6
-            );
-        }
-        ms_marks += 100_000;
-    }
     for m in &t.messages {
         let (x0, y0) = (col(m.from), y(m.send_us));
+        let is_vote = m.label.contains("Vote");
+        let colour = if is_vote { "#1565c0" } else { "#777" };
         match m.recv_us {
             Some(r) => {
                 let _ = write!(
                     svg,
-                    "<line x1=\"{x0:.1}\" y1=\"{y0:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#555\" marker-end=\"url(#arrow)\"><title>{}</title></line>",
+                    "<line x1=\"{x0:.1}\" y1=\"{y0:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"{colour}\" marker-end=\"url(#arrow)\"><title>{}</title></line>",
                     col(m.to),
                     y(r),
                     escape(&m.label)
                 );
             }
             None => {
-                let (x1, y1) = ((x0 + col(m.to)) / 2.0, y0 + 6.0);
+                let (x1, y1) = ((x0 + col(m.to)) / 2.0, y0 + ROW_H / 2.0);
                 let _ = write!(
                     svg,
                     "<line x1=\"{x0:.1}\" y1=\"{y0:.1}\" x2=\"{x1:.1}\" y2=\"{y1:.1}\" stroke=\"#c62828\"><title>{} (lost)</title></line>\
-                     <text x=\"{x1:.1}\" y=\"{:.1}\" fill=\"#c62828\">&#215;</text>",
+                     <text x=\"{x1:.1}\" y=\"{:.1}\" fill=\"#c62828\" text-anchor=\"middle\">&#215;</text>",
                     escape(&m.label),
                     y1 + 4.0
                 );
             }
         }
-        if m.label.contains("Vote") || m.label.contains("Append ") {
+        if is_vote || m.recv_us.is_none() {
+            let anchor = if col(m.to) > x0 { "start" } else { "end" };
+            let dx = if col(m.to) > x0 { 6.0 } else { -6.0 };
             let _ = write!(
                 svg,
-                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#333\">{}</text>",
-                x0 + 4.0,
-                y0 - 1.0,
+                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{colour}\" text-anchor=\"{anchor}\">{}</text>",
+                x0 + dx,
+                y0 - 2.0,
                 escape(&m.label)
             );
         }

@@ -152,9 +152,16 @@ pub fn timeline(out: &crate::run::RunOutput) -> quorumlab_experiment::report::Ti
             term,
         });
     }
+    // Draw the election itself: from just before the fault to just after the next leader.
+    let fault_us = out.summary.fault_at_ms.map_or(0, |ms| ms * 1000);
+    let window_end_us = out
+        .summary
+        .election_ms
+        .map_or(fault_us + 2_500_000, |ms| fault_us + ms * 1000 + 200_000);
     let messages = out
         .messages
         .iter()
+        .filter(|m| m.send_us + 200_000 >= fault_us && m.send_us <= window_end_us)
         .map(|m| MessageArrow {
             from: m.from as usize - 1,
             to: m.to as usize - 1,
