@@ -6,6 +6,7 @@
 //! exit code 2.
 
 mod bench;
+mod shard;
 mod show;
 
 use std::io::IsTerminal;
@@ -33,6 +34,8 @@ struct Cli {
 enum Command {
     /// Run a scenario in the deterministic simulator (or sweep seeds, or benchmark).
     Sim(SimArgs),
+    /// Shard-key experiments: how candidate keys behave as writes grow (or `shard bench`).
+    Shard(ShardArgs),
     /// A short, self-explaining simulated partition and election. Needs nothing installed.
     Demo,
     /// List the built-in scenarios.
@@ -77,6 +80,44 @@ struct RunArgs {
     /// Simulated milliseconds per world step; larger is faster but rounds latencies coarser.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=20))]
     step_ms: u64,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct ShardArgs {
+    #[command(subcommand)]
+    action: Option<ShardAction>,
+    /// Workload file (see workloads/).
+    #[arg(required = true)]
+    workload: Option<PathBuf>,
+    /// Only these candidate keys, comma-separated (default: all in the file).
+    #[arg(long, value_delimiter = ',')]
+    keys: Option<Vec<String>>,
+    /// Number of shards (default: the workload's).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Growth factors, comma-separated, run one after another on the same cluster.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    growth: Vec<u64>,
+    /// Seed for the write stream and the query samples.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Where to write the SVG chart (default: WORKLOAD-shard-keys.svg here).
+    #[arg(long, value_name = "PATH")]
+    chart: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ShardAction {
+    /// Time 5 candidate keys over about 10 million writes each; prints JSON.
+    Bench {
+        /// Workload to time.
+        #[arg(long, default_value = "workloads/activity-events.toml")]
+        workload: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -169,6 +210,24 @@ fn dispatch(command: Command) -> Result<()> {
             action: Some(SimAction::Bench { seeds, step_ms }),
             ..
         }) => bench::run(seeds, Duration::from_millis(step_ms)),
+        Command::Shard(ShardArgs {
+            action: Some(ShardAction::Bench { workload }),
+            ..
+        }) => shard::bench(&workload),
+        Command::Shard(args) => {
+            let config = quorumlab_shard::ShardConfig {
+                shards: args.shards,
+                growth: args.growth,
+                seed: args.seed,
+                keys: args.keys,
+            };
+            shard::command(
+                &args.workload.unwrap_or_default(),
+                &config,
+                args.json,
+                args.chart,
+            )
+        }
         Command::Demo => demo(),
         Command::Scenarios => {
             for name in Scenario::builtin_names() {

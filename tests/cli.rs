@@ -154,3 +154,64 @@ fn demo_runs_with_nothing_installed_and_explains_itself() {
     assert!(stdout.contains("checker: linearizable"));
     assert!(stdout.contains("What happened"));
 }
+
+#[test]
+fn shard_bad_input_is_one_line_and_exit_2() {
+    let dir = temp_dir("shard");
+    let path = dir.join("w.toml");
+    std::fs::write(&path, "name = \"w\"\n[[datasets]\nname = 1\n").unwrap();
+    assert_user_error(
+        &quorumlab(&["shard", path.to_str().unwrap()]),
+        "malformed workload",
+    );
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/accounts.toml");
+    let text = std::fs::read_to_string(shipped)
+        .unwrap()
+        .replace("fields = [\"currency\"]", "fields = [\"region\"]");
+    std::fs::write(&path, text).unwrap();
+    assert_user_error(
+        &quorumlab(&["shard", path.to_str().unwrap()]),
+        "names field 'region'",
+    );
+    assert_user_error(&quorumlab(&["shard", shipped, "--shards", "0"]), "0 shards");
+    assert!(!dir.join("accounts-shard-keys.svg").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn shard_prints_verdicts_writes_a_chart_and_json() {
+    let dir = temp_dir("shard-ok");
+    let chart = dir.join("chart.svg");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/accounts.toml");
+    let out = quorumlab(&[
+        "shard",
+        shipped,
+        "--growth",
+        "1,10",
+        "--chart",
+        chart.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("verdicts") && stdout.contains("currency") && stdout.contains("BAD"),
+        "{stdout}"
+    );
+    assert!(std::fs::read_to_string(&chart).unwrap().starts_with("<svg"));
+    let out = quorumlab(&[
+        "shard",
+        shipped,
+        "--growth",
+        "1",
+        "--json",
+        "--chart",
+        chart.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["report"]["keys"].as_array().unwrap().len(), 4);
+    std::fs::remove_dir_all(dir).unwrap();
+}
