@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use quorumlab_experiment::Scenario;
 use quorumlab_sim::sweep::sweep;
@@ -172,13 +172,26 @@ fn parse_seeds(s: &str) -> std::result::Result<RangeInclusive<u64>, String> {
     Ok(a..=b)
 }
 
+/// The lab ran to completion and found seeds that broke a safety property.
+#[derive(Debug)]
+struct SafetyViolation(String);
+
+impl std::fmt::Display for SafetyViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SafetyViolation {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::from(2)
+            // Exit 1: the lab ran and found a safety violation. Exit 2: the input was wrong.
+            ExitCode::from(if e.is::<SafetyViolation>() { 1 } else { 2 })
         }
     }
 }
@@ -305,12 +318,15 @@ fn sweep_command(
         show::print_sweep(&report, started.elapsed());
     }
     if !report.unsafe_seeds.is_empty() {
-        bail!(
-            "{} seed(s) broke a safety property; replay one with `quorumlab sim {} --seed {}`",
+        return Err(SafetyViolation(format!(
+            "{} seed(s) broke a safety property; replay one with `quorumlab sim {} --seed {} --step-ms {}{}`",
             report.unsafe_seeds.len(),
             scenario.name,
-            report.unsafe_seeds[0].0
-        );
+            report.unsafe_seeds[0].0,
+            template.step.as_millis(),
+            if template.stale_reads { " --stale-reads" } else { "" }
+        ))
+        .into());
     }
     Ok(())
 }

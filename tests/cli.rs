@@ -215,3 +215,22 @@ fn shard_prints_verdicts_writes_a_chart_and_json() {
     assert_eq!(v["report"]["keys"].as_array().unwrap().len(), 4);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn sweep_of_the_broken_build_exits_1_and_names_the_seed_to_replay() {
+    let out = quorumlab(&[
+        "sim",
+        "sweep",
+        "etcd-leader-isolate",
+        "--seeds",
+        "1..3",
+        "--stale-reads",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--seed ") && stderr.contains("--stale-reads"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("UNSAFE seed"));
+}
