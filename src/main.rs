@@ -6,6 +6,7 @@
 //! exit code 2.
 
 mod bench;
+mod real;
 mod shard;
 mod show;
 
@@ -40,6 +41,51 @@ enum Command {
     Demo,
     /// List the built-in scenarios.
     Scenarios,
+    /// Bring a real local cluster up or down, or show its state (hosts are network namespaces; root).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+        /// Where the lab keeps its state, data and logs.
+        #[arg(long, global = true, default_value = real::STATE_DIR_DEFAULT)]
+        state_dir: PathBuf,
+    },
+    /// Run a scenario against a real cluster (a fresh one per run) and measure it.
+    Run {
+        /// Built-in scenario name or path to a scenario .toml file.
+        scenario: String,
+        /// How many runs.
+        #[arg(long, default_value_t = 1)]
+        runs: u64,
+        /// Override the scenario's node count.
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Print every run as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Where the lab keeps its state, data and logs.
+        #[arg(long, default_value = real::STATE_DIR_DEFAULT)]
+        state_dir: PathBuf,
+    },
+    /// Simulator beside reality: N seeds and N real runs of the same scenario, metric by metric.
+    Compare {
+        /// Built-in scenario name or path to a scenario .toml file.
+        scenario: String,
+        /// Seeds in the simulator and runs on the real cluster.
+        #[arg(long, default_value_t = 5)]
+        runs: u64,
+        /// Print the table as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Where the lab keeps its state, data and logs.
+        #[arg(long, default_value = real::STATE_DIR_DEFAULT)]
+        state_dir: PathBuf,
+    },
+    /// Run the node agent on this host: the gRPC service the real-cluster driver uses for faults.
+    Agent {
+        /// Agent configuration file (listen address, token file, services, peers).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -80,6 +126,26 @@ struct RunArgs {
     /// Simulated milliseconds per world step; larger is faster but rounds latencies coarser.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=20))]
     step_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Start a cluster: `cluster up etcd --nodes 3`.
+    Up {
+        /// The system to run (etcd).
+        system: String,
+        /// Members.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// Show members, leader, term and health.
+    Status {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop everything the lab started and remove its hosts (safe to repeat).
+    Down,
 }
 
 #[derive(Args)]
@@ -242,6 +308,25 @@ fn dispatch(command: Command) -> Result<()> {
             )
         }
         Command::Demo => demo(),
+        Command::Agent { config } => agent(&config),
+        Command::Cluster { action, state_dir } => match action {
+            ClusterAction::Up { system, nodes } => real::up(&system, nodes, &state_dir),
+            ClusterAction::Status { json } => real::status(&state_dir, json),
+            ClusterAction::Down => real::down(&state_dir),
+        },
+        Command::Run {
+            scenario,
+            runs,
+            nodes,
+            json,
+            state_dir,
+        } => real::run(&load(&scenario, nodes)?, runs, json, &state_dir),
+        Command::Compare {
+            scenario,
+            runs,
+            json,
+            state_dir,
+        } => real::compare(&load(&scenario, None)?, runs, json, &state_dir),
         Command::Scenarios => {
             for name in Scenario::builtin_names() {
                 let s = Scenario::load(name)?;
@@ -328,6 +413,39 @@ fn sweep_command(
         ))
         .into());
     }
+    Ok(())
+}
+
+fn agent(config: &std::path::Path) -> Result<()> {
+    use quorumlab_cluster::agent::{serve, AgentConfig, NodeAgent};
+    let config = AgentConfig::load(config)?;
+    let token = std::fs::read_to_string(&config.token_file)
+        .with_context(|| {
+            format!(
+                "cannot read agent token file {}",
+                config.token_file.display()
+            )
+        })?
+        .trim()
+        .to_string();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "agent token file {} is empty",
+        config.token_file.display()
+    );
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        };
+        serve(NodeAgent::new(config, token), shutdown).await
+    })?;
     Ok(())
 }
 

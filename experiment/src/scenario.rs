@@ -376,6 +376,65 @@ pub struct Chaos {
     pub to_ms: u64,
 }
 
+/// What a runner knows of one node when a fault fires; used to resolve [`NodeRef`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodeState {
+    /// The node's current term.
+    pub term: u64,
+    /// Whether it believes it leads.
+    pub leader: bool,
+    /// Whether its process is down.
+    pub crashed: bool,
+}
+
+/// Resolves the symbolic nodes of one fault to node ids (1-based), group by group, the same way
+/// in the simulator and on a real cluster. `leader` is the live node that leads in the highest
+/// term (or, with none, the live node with the highest term); `follower` is the lowest-numbered
+/// node not otherwise named; `rest` is every node not named elsewhere.
+pub fn resolve_nodes(refs: &[Vec<NodeRef>], nodes: &[NodeState]) -> Vec<Vec<u64>> {
+    let n = nodes.len() as u64;
+    let state = |id: u64| nodes[id as usize - 1];
+    let live = || (1..=n).filter(|&id| !state(id).crashed);
+    let leader = live()
+        .filter(|&id| state(id).leader)
+        .max_by_key(|&id| (state(id).term, std::cmp::Reverse(id)))
+        .or_else(|| live().max_by_key(|&id| (state(id).term, std::cmp::Reverse(id))))
+        .unwrap_or(1);
+    let named = |id: u64| {
+        refs.iter()
+            .flatten()
+            .any(|r| *r == NodeRef::Node(id as usize))
+    };
+    let mut taken: Vec<u64> = Vec::new();
+    let mut groups: Vec<Vec<u64>> = refs
+        .iter()
+        .map(|group| {
+            let mut ids = Vec::new();
+            for r in group {
+                let chosen: Vec<u64> = match r {
+                    NodeRef::Leader => vec![leader],
+                    NodeRef::Node(i) => vec![*i as u64],
+                    NodeRef::Crashed => (1..=n).filter(|&id| state(id).crashed).collect(),
+                    NodeRef::Follower => (1..=n)
+                        .find(|id| *id != leader && !taken.contains(id) && !named(*id))
+                        .into_iter()
+                        .collect(),
+                    NodeRef::Rest => vec![],
+                };
+                taken.extend(&chosen);
+                ids.extend(chosen);
+            }
+            ids
+        })
+        .collect();
+    for (group, refs) in groups.iter_mut().zip(refs) {
+        if refs.contains(&NodeRef::Rest) {
+            group.extend((1..=n).filter(|id| !taken.contains(id)));
+        }
+    }
+    groups
+}
+
 impl Scenario {
     /// Names of the scenarios compiled into quorumlab.
     pub fn builtin_names() -> Vec<&'static str> {
@@ -552,6 +611,29 @@ mod tests {
         });
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("names n9"), "{err}");
+    }
+
+    #[test]
+    fn symbolic_nodes_resolve_around_the_leader() {
+        let mut nodes = vec![NodeState::default(); 5];
+        nodes[2] = NodeState {
+            term: 4,
+            leader: true,
+            crashed: false,
+        };
+        let groups = vec![
+            vec![NodeRef::Leader, NodeRef::Follower],
+            vec![NodeRef::Rest],
+        ];
+        assert_eq!(
+            resolve_nodes(&groups, &nodes),
+            vec![vec![3, 1], vec![2, 4, 5]]
+        );
+        nodes[2].crashed = true;
+        assert_eq!(
+            resolve_nodes(&[vec![NodeRef::Crashed]], &nodes),
+            vec![vec![3]]
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use quorumlab_experiment::checker::{check_history, CheckLimits, Verdict};
 use quorumlab_experiment::history::History;
 use quorumlab_experiment::measure::RunSummary;
-use quorumlab_experiment::scenario::{Fault, FaultStep, NodeRef, Scenario};
+use quorumlab_experiment::scenario::{
+    resolve_nodes, Fault, FaultStep, NodeRef, NodeState, Scenario,
+};
 use raft::storage::MemStorage;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -312,52 +314,16 @@ pub fn fault_schedule(scenario: &Scenario, seed: u64) -> Vec<FaultStep> {
 
 /// Resolves the symbolic nodes of one fault to node ids (1-based), group by group.
 fn resolve(refs: &[Vec<NodeRef>], views: &[NodeView], crashed: &[bool]) -> Vec<Vec<u64>> {
-    let n = views.len() as u64;
-    let leader = (1..=n)
-        .filter(|&id| views[id as usize - 1].role == Role::Leader && !crashed[id as usize - 1])
-        .max_by_key(|&id| (views[id as usize - 1].term, std::cmp::Reverse(id)))
-        .or_else(|| {
-            (1..=n)
-                .filter(|&id| !crashed[id as usize - 1])
-                .max_by_key(|&id| views[id as usize - 1].term)
-        })
-        .unwrap_or(1);
-    let mut taken: Vec<u64> = Vec::new();
-    let mut groups: Vec<Vec<u64>> = refs
+    let states: Vec<NodeState> = views
         .iter()
-        .map(|group| {
-            let mut ids = Vec::new();
-            for r in group {
-                let chosen: Vec<u64> = match r {
-                    NodeRef::Leader => vec![leader],
-                    NodeRef::Node(i) => vec![*i as u64],
-                    NodeRef::Crashed => (1..=n).filter(|&id| crashed[id as usize - 1]).collect(),
-                    NodeRef::Follower => (1..=n)
-                        .find(|id| {
-                            *id != leader && !taken.contains(id) && !group_mentions(refs, *id)
-                        })
-                        .into_iter()
-                        .collect(),
-                    NodeRef::Rest => vec![],
-                };
-                taken.extend(&chosen);
-                ids.extend(chosen);
-            }
-            ids
+        .zip(crashed)
+        .map(|(v, &crashed)| NodeState {
+            term: v.term,
+            leader: v.role == Role::Leader,
+            crashed,
         })
         .collect();
-    for (group, refs) in groups.iter_mut().zip(refs) {
-        if refs.contains(&NodeRef::Rest) {
-            group.extend((1..=n).filter(|id| !taken.contains(id)));
-        }
-    }
-    groups
-}
-
-fn group_mentions(refs: &[Vec<NodeRef>], id: u64) -> bool {
-    refs.iter()
-        .flatten()
-        .any(|r| *r == NodeRef::Node(id as usize))
+    resolve_nodes(refs, &states)
 }
 
 fn host_name(id: u64) -> String {

@@ -9,9 +9,18 @@
 use std::env;
 use std::process::{exit, Command};
 
-/// Debian packages the workspace needs, with the command that shows each is present.
-/// `protoc` is needed by the build scripts of the gRPC crates (`etcd-client`, the node agent).
-const PACKAGES: &[(&str, &str)] = &[("protobuf-compiler", "protoc")];
+/// Debian packages the workspace needs, each with the file that shows it is installed.
+/// `protoc` and the well-known `.proto` files are needed by the build scripts of the gRPC crates
+/// (`etcd-client`, the node agent); etcd is what the real-cluster tests run.
+const PACKAGES: &[(&str, &str)] = &[
+    ("protobuf-compiler", "/usr/bin/protoc"),
+    (
+        "libprotobuf-dev",
+        "/usr/include/google/protobuf/descriptor.proto",
+    ),
+    ("etcd-server", "/usr/bin/etcd"),
+    ("iproute2", "/usr/sbin/ip"),
+];
 
 fn main() {
     let task = env::args().nth(1).unwrap_or_default();

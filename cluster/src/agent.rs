@@ -1,0 +1,420 @@
+//! The node agent: a small gRPC service on each host that does only what scenarios need.
+//!
+//! It starts, stops (SIGTERM), kills (SIGKILL), pauses (SIGSTOP) and resumes (SIGCONT) the service
+//! processes named in its configuration, cuts and heals this host's links to named peers, and
+//! reports process status and host time. It never runs a command it was sent: programs and peers
+//! are fixed when the agent starts, and calls can only name them. Every call must carry the shared
+//! token (`authorization: Bearer <token>`); others get `UNAUTHENTICATED`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::OpenOptions;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use quorumlab_proto::agent::agent_server::{Agent, AgentServer};
+use quorumlab_proto::agent::{
+    Action, LinksReply, LinksRequest, ProcessStatus, SignalRequest, StatusRequest,
+};
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status};
+
+/// How long a stopped service gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A service the agent may run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Absolute path of the program.
+    pub program: PathBuf,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// File that receives its stdout and stderr.
+    pub log: PathBuf,
+}
+
+/// The agent's configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Address to listen on (only this one).
+    pub listen: SocketAddr,
+    /// File holding the shared token.
+    pub token_file: PathBuf,
+    /// Services by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSpec>,
+    /// Peer hosts by name, for cutting links.
+    #[serde(default)]
+    pub peers: BTreeMap<String, IpAddr>,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration file is missing or malformed.
+    #[error("agent config {path}: {reason}")]
+    Config {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The gRPC server failed.
+    #[error("agent server on {listen}: {reason}")]
+    Serve {
+        /// Listen address.
+        listen: SocketAddr,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl AgentConfig {
+    /// Reads a configuration file.
+    pub fn load(path: &Path) -> Result<AgentConfig, AgentError> {
+        let err = |reason: String| AgentError::Config {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| err(e.message().replace('\n', " ")))
+    }
+}
+
+struct Running {
+    child: Child,
+    paused: bool,
+}
+
+/// The gRPC service implementation.
+pub struct NodeAgent {
+    config: AgentConfig,
+    token: String,
+    processes: Mutex<BTreeMap<String, Running>>,
+    cut: Mutex<BTreeSet<String>>,
+}
+
+fn host_time_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn signal(pid: u32, sig: libc::c_int) -> Result<(), Status> {
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Status::internal(format!(
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        )))
+    }
+}
+
+/// Waits for `child` to exit, up to `limit`.
+fn wait_for_exit(child: &mut Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+impl NodeAgent {
+    /// An agent for `config`, checking calls against `token`.
+    pub fn new(config: AgentConfig, token: String) -> NodeAgent {
+        assert!(!token.is_empty(), "an agent needs a non-empty token");
+        NodeAgent {
+            config,
+            token,
+            processes: Mutex::new(BTreeMap::new()),
+            cut: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn status_of(&self, service: &str, processes: &mut BTreeMap<String, Running>) -> ProcessStatus {
+        let exited = processes
+            .get_mut(service)
+            .is_some_and(|r| matches!(r.child.try_wait(), Ok(Some(_))));
+        if exited {
+            processes.remove(service);
+        }
+        let running = processes.get(service);
+        ProcessStatus {
+            service: service.to_string(),
+            running: running.is_some(),
+            pid: running.map_or(0, |r| r.child.id()),
+            paused: running.is_some_and(|r| r.paused),
+            host_time_unix_ms: host_time_ms(),
+        }
+    }
+
+    fn spec(&self, service: &str) -> Result<&ServiceSpec, Status> {
+        self.config.services.get(service).ok_or_else(|| {
+            let known: Vec<&str> = self.config.services.keys().map(String::as_str).collect();
+            Status::not_found(format!(
+                "unknown service '{service}' (this agent runs: {})",
+                known.join(", ")
+            ))
+        })
+    }
+
+    fn start(
+        &self,
+        service: &str,
+        spec: &ServiceSpec,
+        processes: &mut BTreeMap<String, Running>,
+    ) -> Result<(), Status> {
+        if self.status_of(service, processes).running {
+            return Ok(());
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+            .map_err(|e| {
+                Status::failed_precondition(format!("cannot open log {}: {e}", spec.log.display()))
+            })?;
+        let err_log = log
+            .try_clone()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let child = Command::new(&spec.program)
+            .args(&spec.args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err_log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                Status::failed_precondition(format!("cannot start {}: {e}", spec.program.display()))
+            })?;
+        processes.insert(
+            service.to_string(),
+            Running {
+                child,
+                paused: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops every service (on agent shutdown).
+    pub fn stop_all(&self) {
+        let mut processes = self.processes.lock().expect("process table");
+        for (_, mut running) in std::mem::take(&mut *processes) {
+            let _ = signal(running.child.id(), libc::SIGKILL);
+            let _ = running.child.wait();
+        }
+    }
+
+    fn route(&self, peer: IpAddr, cut: bool) -> Result<(), Status> {
+        let target = format!("{peer}/32");
+        let args: &[&str] = if cut {
+            &["route", "replace", "blackhole", &target]
+        } else {
+            &["route", "del", "blackhole", &target]
+        };
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| Status::failed_precondition(format!("cannot run ip: {e}")))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || (!cut && stderr.contains("No such process")) {
+            Ok(())
+        } else {
+            Err(Status::internal(format!(
+                "ip {}: {}",
+                args.join(" "),
+                stderr.trim()
+            )))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for NodeAgent {
+    async fn signal(
+        &self,
+        request: Request<SignalRequest>,
+    ) -> Result<Response<ProcessStatus>, Status> {
+        let req = request.into_inner();
+        let spec = self.spec(&req.service)?.clone();
+        let action = Action::try_from(req.action)
+            .map_err(|_| Status::invalid_argument(format!("unknown action {}", req.action)))?;
+        let mut processes = self.processes.lock().expect("process table");
+        let pid = processes.get(&req.service).map(|r| r.child.id());
+        match (action, pid) {
+            (Action::Unspecified, _) => return Err(Status::invalid_argument("action is required")),
+            (Action::Start, _) => self.start(&req.service, &spec, &mut processes)?,
+            (Action::Stop | Action::Kill, Some(pid)) => {
+                let mut running = processes.remove(&req.service).expect("present");
+                if running.paused {
+                    let _ = signal(pid, libc::SIGCONT);
+                }
+                let graceful = action == Action::Stop;
+                signal(
+                    pid,
+                    if graceful {
+                        libc::SIGTERM
+                    } else {
+                        libc::SIGKILL
+                    },
+                )?;
+                if !wait_for_exit(
+                    &mut running.child,
+                    if graceful {
+                        STOP_GRACE
+                    } else {
+                        Duration::from_secs(5)
+                    },
+                ) {
+                    signal(pid, libc::SIGKILL)?;
+                    let _ = running.child.wait();
+                }
+            }
+            (Action::Pause | Action::Resume, Some(pid)) => {
+                let pause = action == Action::Pause;
+                signal(pid, if pause { libc::SIGSTOP } else { libc::SIGCONT })?;
+                processes.get_mut(&req.service).expect("present").paused = pause;
+            }
+            (_, None) => {
+                return Err(Status::failed_precondition(format!(
+                    "service '{}' is not running",
+                    req.service
+                )));
+            }
+        }
+        Ok(Response::new(self.status_of(&req.service, &mut processes)))
+    }
+
+    async fn links(&self, request: Request<LinksRequest>) -> Result<Response<LinksReply>, Status> {
+        let req = request.into_inner();
+        let peers: Vec<(String, IpAddr)> = req
+            .peers
+            .iter()
+            .map(|p| {
+                self.config
+                    .peers
+                    .get(p)
+                    .map(|ip| (p.clone(), *ip))
+                    .ok_or_else(|| Status::not_found(format!("unknown peer '{p}'")))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut cut = self.cut.lock().expect("link table");
+        for (name, ip) in peers {
+            self.route(ip, req.cut)?;
+            if req.cut {
+                cut.insert(name);
+            } else {
+                cut.remove(&name);
+            }
+        }
+        Ok(Response::new(LinksReply {
+            cut_peers: cut.iter().cloned().collect(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<ProcessStatus>, Status> {
+        let req = request.into_inner();
+        self.spec(&req.service)?;
+        let mut processes = self.processes.lock().expect("process table");
+        Ok(Response::new(self.status_of(&req.service, &mut processes)))
+    }
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timing.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serves `agent` on its configured address until `shutdown` completes, then stops its services.
+pub async fn serve(
+    agent: NodeAgent,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let listen = agent.config.listen;
+    let expected = format!("Bearer {}", agent.token);
+    let agent = std::sync::Arc::new(agent);
+    let service = AgentServer::from_arc(agent.clone());
+    let check = move |req: Request<()>| -> Result<Request<()>, Status> {
+        match req.metadata().get("authorization") {
+            Some(value) if same_secret(value.as_bytes(), expected.as_bytes()) => Ok(req),
+            _ => Err(Status::unauthenticated("missing or wrong agent token")),
+        }
+    };
+    let result = tonic::transport::Server::builder()
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            service, check,
+        ))
+        .serve_with_shutdown(listen, shutdown)
+        .await
+        .map_err(|e| AgentError::Serve {
+            listen,
+            reason: e.to_string(),
+        });
+    agent.stop_all();
+    result
+}
+
+/// A client that sends the token with every call.
+pub type AgentClient = quorumlab_proto::agent::agent_client::AgentClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, TokenInterceptor>,
+>;
+
+/// Adds the agent token to outgoing calls.
+#[derive(Clone)]
+pub struct TokenInterceptor(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// Connects to an agent at `addr` with `token`, retrying until `timeout` (agents start async).
+pub async fn connect(
+    addr: SocketAddr,
+    token: &str,
+    timeout: Duration,
+) -> Result<AgentClient, String> {
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "token must be ASCII".to_string())?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+        {
+            Ok(channel) => {
+                return Ok(
+                    quorumlab_proto::agent::agent_client::AgentClient::with_interceptor(
+                        channel,
+                        TokenInterceptor(value),
+                    ),
+                )
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("agent at {addr} not reachable: {e}"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
