@@ -29,6 +29,7 @@ pub fn up(system: &str, nodes: usize, state_dir: &Path) -> Result<()> {
             "cluster up knows 'etcd' (Postgres and MongoDB labs are not built yet), not '{system}'"
         );
     }
+    install_etcd_if_missing()?;
     let binary = this_binary()?;
     let lab = runtime()?.block_on(Lab::up(
         state_dir,
@@ -45,6 +46,39 @@ pub fn up(system: &str, nodes: usize, state_dir: &Path) -> Result<()> {
         lab.net.id
     );
     status(state_dir, false)
+}
+
+/// Installs Debian's etcd-server when it is missing and we are root (as `cargo xtask test` does).
+fn install_etcd_if_missing() -> Result<()> {
+    if Path::new(quorumlab_cluster::etcd::ETCD_BINARY).exists()
+        || !quorumlab_cluster::hosts::is_root()
+    {
+        return Ok(());
+    }
+    eprintln!("etcd is missing; installing Debian's etcd-server with apt-get");
+    for args in [
+        &["update", "-qq"][..],
+        &[
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "etcd-server",
+        ][..],
+    ] {
+        let status = std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("cannot run apt-get")?;
+        if !status.success() {
+            bail!(
+                "apt-get {} failed; install etcd-server by hand",
+                args.join(" ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `cluster status`.

@@ -242,6 +242,13 @@ impl NodeAgent {
     }
 }
 
+impl Drop for NodeAgent {
+    /// An agent never leaves its services behind, however it ends.
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
 #[tonic::async_trait]
 impl Agent for NodeAgent {
     async fn signal(
