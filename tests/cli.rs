@@ -234,3 +234,50 @@ fn sweep_of_the_broken_build_exits_1_and_names_the_seed_to_replay() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("UNSAFE seed"));
 }
+
+#[test]
+fn cluster_up_without_root_is_one_line_and_exit_2() {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !is_root || !std::path::Path::new("/usr/sbin/runuser").exists() {
+        // Not root already: the plain call must refuse (unless etcd is missing, which it reports).
+        let out = quorumlab(&[
+            "cluster",
+            "up",
+            "etcd",
+            "--state-dir",
+            "/nonexistent/quorumlab",
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        return;
+    }
+    let out = Command::new("/usr/sbin/runuser")
+        .args([
+            "-u",
+            "nobody",
+            "--",
+            env!("CARGO_BIN_EXE_quorumlab"),
+            "cluster",
+            "up",
+            "etcd",
+        ])
+        .args(["--state-dir", "/tmp/quorumlab-nobody-never-created"])
+        .output()
+        .unwrap();
+    assert_user_error(&out, "needs root");
+    assert!(!std::path::Path::new("/tmp/quorumlab-nobody-never-created").exists());
+}
+
+#[test]
+fn cluster_down_with_nothing_up_is_harmless() {
+    let dir = temp_dir("down");
+    let state = dir.join("state");
+    for _ in 0..2 {
+        let out = quorumlab(&["cluster", "down", "--state-dir", state.to_str().unwrap()]);
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to stop"));
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

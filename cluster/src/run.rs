@@ -16,7 +16,7 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
 use quorumlab_experiment::checker::{check_history, CheckLimits};
 use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
 use quorumlab_experiment::measure::{Distribution, RunSummary};
-use quorumlab_experiment::scenario::{resolve_nodes, Fault, NodeRef, NodeState, Scenario};
+use quorumlab_experiment::scenario::{plan_fault, Disruption, Fault, NodeState, Scenario};
 use quorumlab_proto::agent::{Action, LinksRequest, SignalRequest};
 use serde::{Deserialize, Serialize};
 
@@ -214,12 +214,7 @@ async fn drive(scenario: &Scenario, run_number: u64, lab: &Lab) -> Result<RealRu
             fault_at_ms = Some(shared.now_us() / 1000);
             term_at_fault = states.iter().map(|s| s.term).max().unwrap_or(0);
         }
-        let resolved = fire(lab, &step.fault, &states, &mut crashed).await?;
-        let label = if resolved.is_empty() {
-            step.fault.label()
-        } else {
-            format!("{} ({resolved})", step.fault.label())
-        };
+        let label = fire(lab, &step.fault, &states, &mut crashed).await?;
         faults.push(FiredFault {
             at_ms: shared.now_us() / 1000,
             label,
@@ -298,13 +293,6 @@ fn phase_latency(history: &History, fault_ms: Option<u64>, repair_ms: Option<u64
     }
 }
 
-fn names(ids: &[u64]) -> String {
-    ids.iter()
-        .map(|i| format!("n{i}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 async fn links(lab: &Lab, host: u64, peers: &[u64], cut: bool) -> Result<(), LabError> {
     let request = LinksRequest {
         peers: peers.iter().map(|p| format!("n{p}")).collect(),
@@ -318,16 +306,6 @@ async fn links(lab: &Lab, host: u64, peers: &[u64], cut: bool) -> Result<(), Lab
             host: format!("n{host}"),
             reason: e.message().to_string(),
         })?;
-    Ok(())
-}
-
-async fn cut_between(lab: &Lab, a: &[u64], b: &[u64]) -> Result<(), LabError> {
-    for &x in a {
-        links(lab, x, b, true).await?;
-    }
-    for &y in b {
-        links(lab, y, a, true).await?;
-    }
     Ok(())
 }
 
@@ -346,79 +324,44 @@ async fn signal(lab: &Lab, host: u64, action: Action) -> Result<(), LabError> {
     Ok(())
 }
 
-/// Fires one fault through the agents; returns the resolved node names.
+/// Fires one fault through the agents; returns its timeline label.
 async fn fire(
     lab: &Lab,
     fault: &Fault,
     states: &[NodeState],
     crashed: &mut [bool],
 ) -> Result<String, RunError> {
-    let n = states.len() as u64;
-    let one = |r: NodeRef| resolve_nodes(&[vec![r]], states).remove(0);
-    let all: Vec<u64> = (1..=n).collect();
-    Ok(match fault {
-        Fault::Isolate { node } => {
-            let target = one(*node);
-            let others: Vec<u64> = all
-                .iter()
-                .copied()
-                .filter(|i| !target.contains(i))
-                .collect();
-            cut_between(lab, &target, &others).await?;
-            names(&target)
-        }
-        Fault::Partition { groups } => {
-            let ids = resolve_nodes(groups, states);
-            for (i, a) in ids.iter().enumerate() {
-                for b in &ids[i + 1..] {
-                    cut_between(lab, a, b).await?;
-                }
+    let plan = plan_fault(fault, states);
+    let all: Vec<u64> = (1..=states.len() as u64).collect();
+    for step in &plan.steps {
+        match *step {
+            Disruption::Cut(a, b) => {
+                links(lab, a, &[b], true).await?;
+                links(lab, b, &[a], true).await?;
             }
-            ids.iter().map(|g| names(g)).collect::<Vec<_>>().join(" | ")
-        }
-        Fault::PartitionOneway { from, to } => {
-            // A blackhole route on `from` drops what it sends to `to`; TCP then fails both ways,
-            // so on a real network this is coarser than the simulator's one-way drop.
-            let ids = resolve_nodes(&[vec![*from], vec![*to]], states);
-            for &a in &ids[0] {
-                links(lab, a, &ids[1], true).await?;
-            }
-            format!("{} -> {}", names(&ids[0]), names(&ids[1]))
-        }
-        Fault::Bridge { bridge } => {
-            let b = one(*bridge);
-            let others: Vec<u64> = all.iter().copied().filter(|i| !b.contains(i)).collect();
-            let (left, right) = others.split_at(others.len() / 2);
-            cut_between(lab, left, right).await?;
-            format!("{} | {} | {}", names(left), names(&b), names(right))
-        }
-        Fault::Crash { node } => {
-            let ids = one(*node);
-            for &id in &ids {
+            // A blackhole route on `a` drops what it sends to `b`; TCP then fails both ways, so
+            // on a real network this is coarser than the simulator's one-way drop.
+            Disruption::CutOneway(a, b) => links(lab, a, &[b], true).await?,
+            Disruption::Kill(id) => {
                 signal(lab, id, Action::Kill).await?;
                 crashed[id as usize - 1] = true;
             }
-            names(&ids)
-        }
-        Fault::Restart { node } => {
-            let ids = one(*node);
-            for &id in &ids {
+            Disruption::Start(id) => {
                 signal(lab, id, Action::Start).await?;
                 crashed[id as usize - 1] = false;
             }
-            names(&ids)
-        }
-        Fault::Heal => {
-            for &host in &all {
-                let peers: Vec<u64> = all.iter().copied().filter(|&p| p != host).collect();
-                links(lab, host, &peers, false).await?;
+            Disruption::HealAll => {
+                for &host in &all {
+                    let peers: Vec<u64> = all.iter().copied().filter(|&p| p != host).collect();
+                    links(lab, host, &peers, false).await?;
+                }
             }
-            String::new()
+            Disruption::Delay { .. } | Disruption::Loss(_) | Disruption::Duplicate(_) => {
+                unreachable!("rejected by check_supported")
+            }
         }
-        Fault::Delay { .. } | Fault::Loss { .. } | Fault::Duplicate { .. } => {
-            unreachable!("rejected by check_supported")
-        }
-    })
+    }
+    Ok(plan.label(fault))
 }
 
 async fn poll_leaders(lab: Lab, shared: Arc<Shared>, stop: tokio::sync::watch::Receiver<bool>) {

@@ -435,6 +435,155 @@ pub fn resolve_nodes(refs: &[Vec<NodeRef>], nodes: &[NodeState]) -> Vec<Vec<u64>
     groups
 }
 
+/// One primitive step of a fault, in terms any runner can carry out: the simulator on turmoil's
+/// links and hosts, the real driver through node agents.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Disruption {
+    /// Drop all traffic between two nodes, both ways.
+    Cut(u64, u64),
+    /// Drop traffic from the first node to the second.
+    CutOneway(u64, u64),
+    /// Kill a node's process (SIGKILL); its durable state survives.
+    Kill(u64),
+    /// Start a killed node's process again.
+    Start(u64),
+    /// Raise the highest one-way latency on every link.
+    Delay {
+        /// Milliseconds.
+        ms_max: u64,
+    },
+    /// Drop each message with this probability.
+    Loss(f64),
+    /// Send each message twice with this probability.
+    Duplicate(f64),
+    /// Repair every link and remove delay, loss and duplication.
+    HealAll,
+}
+
+/// A fault resolved against the cluster as it is now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultPlan {
+    /// What to do, in order.
+    pub steps: Vec<Disruption>,
+    /// The resolved nodes for the timeline, e.g. `n2` or `n1,n3 | n2,n4,n5` (empty when none).
+    pub resolved: String,
+}
+
+impl FaultPlan {
+    /// The timeline label: the fault as written, then the nodes it resolved to.
+    pub fn label(&self, fault: &Fault) -> String {
+        if self.resolved.is_empty() {
+            fault.label()
+        } else {
+            format!("{} ({})", fault.label(), self.resolved)
+        }
+    }
+}
+
+fn node_names(ids: &[u64]) -> String {
+    ids.iter()
+        .map(|id| format!("n{id}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Cuts every link between `a` and `b`.
+fn cut_all(a: &[u64], b: &[u64], steps: &mut Vec<Disruption>) {
+    for &x in a {
+        for &y in b.iter().filter(|&&y| y != x) {
+            steps.push(Disruption::Cut(x, y));
+        }
+    }
+}
+
+/// Turns a fault into primitive steps, resolving its symbolic nodes against `nodes` (index 0 is n1).
+/// Killing a node that is down, or starting one that is up, is left out.
+pub fn plan_fault(fault: &Fault, nodes: &[NodeState]) -> FaultPlan {
+    let all: Vec<u64> = (1..=nodes.len() as u64).collect();
+    let one = |r: NodeRef| resolve_nodes(&[vec![r]], nodes).remove(0);
+    let mut steps = Vec::new();
+    let resolved = match fault {
+        Fault::Isolate { node } => {
+            let target = one(*node);
+            let others: Vec<u64> = all
+                .iter()
+                .copied()
+                .filter(|i| !target.contains(i))
+                .collect();
+            cut_all(&target, &others, &mut steps);
+            node_names(&target)
+        }
+        Fault::Partition { groups } => {
+            let ids = resolve_nodes(groups, nodes);
+            for (i, a) in ids.iter().enumerate() {
+                for b in &ids[i + 1..] {
+                    cut_all(a, b, &mut steps);
+                }
+            }
+            ids.iter()
+                .map(|g| node_names(g))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        }
+        Fault::PartitionOneway { from, to } => {
+            let ids = resolve_nodes(&[vec![*from], vec![*to]], nodes);
+            for &a in &ids[0] {
+                for &b in ids[1].iter().filter(|&&b| b != a) {
+                    steps.push(Disruption::CutOneway(a, b));
+                }
+            }
+            format!("{} -> {}", node_names(&ids[0]), node_names(&ids[1]))
+        }
+        Fault::Bridge { bridge } => {
+            let b = one(*bridge);
+            let others: Vec<u64> = all.iter().copied().filter(|i| !b.contains(i)).collect();
+            let (left, right) = others.split_at(others.len() / 2);
+            cut_all(left, right, &mut steps);
+            format!(
+                "{} | {} | {}",
+                node_names(left),
+                node_names(&b),
+                node_names(right)
+            )
+        }
+        Fault::Crash { node } => {
+            let ids = one(*node);
+            steps.extend(
+                ids.iter()
+                    .filter(|&&id| !nodes[id as usize - 1].crashed)
+                    .map(|&id| Disruption::Kill(id)),
+            );
+            node_names(&ids)
+        }
+        Fault::Restart { node } => {
+            let ids = one(*node);
+            steps.extend(
+                ids.iter()
+                    .filter(|&&id| nodes[id as usize - 1].crashed)
+                    .map(|&id| Disruption::Start(id)),
+            );
+            node_names(&ids)
+        }
+        Fault::Delay { ms_max } => {
+            steps.push(Disruption::Delay { ms_max: *ms_max });
+            String::new()
+        }
+        Fault::Loss { rate } => {
+            steps.push(Disruption::Loss(*rate));
+            String::new()
+        }
+        Fault::Duplicate { rate } => {
+            steps.push(Disruption::Duplicate(*rate));
+            String::new()
+        }
+        Fault::Heal => {
+            steps.push(Disruption::HealAll);
+            String::new()
+        }
+    };
+    FaultPlan { steps, resolved }
+}
+
 impl Scenario {
     /// Names of the scenarios compiled into quorumlab.
     pub fn builtin_names() -> Vec<&'static str> {
@@ -633,6 +782,71 @@ mod tests {
         assert_eq!(
             resolve_nodes(&[vec![NodeRef::Crashed]], &nodes),
             vec![vec![3]]
+        );
+    }
+
+    #[test]
+    fn faults_plan_into_primitive_steps() {
+        let mut nodes = vec![NodeState::default(); 5];
+        nodes[1] = NodeState {
+            term: 2,
+            leader: true,
+            crashed: false,
+        };
+        let bridge = plan_fault(
+            &Fault::Bridge {
+                bridge: NodeRef::Leader,
+            },
+            &nodes,
+        );
+        assert_eq!(bridge.resolved, "n1,n3 | n2 | n4,n5");
+        assert_eq!(bridge.steps.len(), 4, "{:?}", bridge.steps);
+        assert!(bridge
+            .steps
+            .iter()
+            .all(|d| !matches!(d, Disruption::Cut(2, _) | Disruption::Cut(_, 2))));
+        let isolate = plan_fault(
+            &Fault::Isolate {
+                node: NodeRef::Leader,
+            },
+            &nodes,
+        );
+        assert_eq!(
+            isolate.steps,
+            vec![
+                Disruption::Cut(2, 1),
+                Disruption::Cut(2, 3),
+                Disruption::Cut(2, 4),
+                Disruption::Cut(2, 5)
+            ]
+        );
+        assert_eq!(
+            isolate.label(&Fault::Isolate {
+                node: NodeRef::Leader
+            }),
+            "isolate leader (n2)"
+        );
+        nodes[1].crashed = true;
+        assert!(
+            plan_fault(
+                &Fault::Crash {
+                    node: NodeRef::Node(2)
+                },
+                &nodes
+            )
+            .steps
+            .is_empty(),
+            "already down"
+        );
+        assert_eq!(
+            plan_fault(
+                &Fault::Restart {
+                    node: NodeRef::Crashed
+                },
+                &nodes
+            )
+            .steps,
+            vec![Disruption::Start(2)]
         );
     }
 

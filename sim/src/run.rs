@@ -13,7 +13,7 @@ use quorumlab_experiment::checker::{check_history, CheckLimits, Verdict};
 use quorumlab_experiment::history::History;
 use quorumlab_experiment::measure::RunSummary;
 use quorumlab_experiment::scenario::{
-    resolve_nodes, Fault, FaultStep, NodeRef, NodeState, Scenario,
+    plan_fault, Disruption, Fault, FaultStep, NodeRef, NodeState, Scenario,
 };
 use raft::storage::MemStorage;
 use rand::rngs::SmallRng;
@@ -312,29 +312,8 @@ pub fn fault_schedule(scenario: &Scenario, seed: u64) -> Vec<FaultStep> {
     schedule
 }
 
-/// Resolves the symbolic nodes of one fault to node ids (1-based), group by group.
-fn resolve(refs: &[Vec<NodeRef>], views: &[NodeView], crashed: &[bool]) -> Vec<Vec<u64>> {
-    let states: Vec<NodeState> = views
-        .iter()
-        .zip(crashed)
-        .map(|(v, &crashed)| NodeState {
-            term: v.term,
-            leader: v.role == Role::Leader,
-            crashed,
-        })
-        .collect();
-    resolve_nodes(refs, &states)
-}
-
 fn host_name(id: u64) -> String {
     format!("n{id}")
-}
-
-fn names(ids: &[u64]) -> String {
-    ids.iter()
-        .map(|&id| host_name(id))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Fires one fault on the simulated world and records it in the trace.
@@ -347,113 +326,67 @@ fn apply_fault(
     now_ms: u64,
 ) {
     let nodes = scenario.topology.nodes as u64;
-    let views = lab.borrow().views.clone();
-    let one = |r: NodeRef| resolve(&[vec![r]], &views, crashed).remove(0);
-    let cut = |sim: &turmoil::Sim, a: &[u64], b: &[u64]| {
-        for &x in a {
-            for &y in b {
-                if x != y {
-                    sim.partition(host_name(x), host_name(y));
+    let states: Vec<NodeState> = lab
+        .borrow()
+        .views
+        .iter()
+        .zip(crashed.iter())
+        .map(|(v, &crashed)| NodeState {
+            term: v.term,
+            leader: v.role == Role::Leader,
+            crashed,
+        })
+        .collect();
+    let plan = plan_fault(fault, &states);
+    for step in &plan.steps {
+        match *step {
+            Disruption::Cut(a, b) => sim.partition(host_name(a), host_name(b)),
+            Disruption::CutOneway(a, b) => sim.partition_oneway(host_name(a), host_name(b)),
+            Disruption::Kill(id) => {
+                sim.crash(host_name(id));
+                crashed[id as usize - 1] = true;
+                let mut state = lab.borrow_mut();
+                state.views[id as usize - 1].role = Role::Down;
+                let term = state.views[id as usize - 1].term;
+                state.record(
+                    now_ms * 1000,
+                    host_name(id),
+                    EventKind::Process { up: false },
+                );
+                state.record(
+                    now_ms * 1000,
+                    host_name(id),
+                    EventKind::Role {
+                        role: Role::Down,
+                        term,
+                    },
+                );
+            }
+            Disruption::Start(id) => {
+                sim.bounce(host_name(id));
+                crashed[id as usize - 1] = false;
+            }
+            Disruption::Delay { ms_max } => {
+                sim.set_max_message_latency(Duration::from_millis(ms_max))
+            }
+            Disruption::Loss(rate) => lab.borrow_mut().lossiness.loss = rate,
+            Disruption::Duplicate(rate) => lab.borrow_mut().lossiness.duplicate = rate,
+            Disruption::HealAll => {
+                for a in 1..=nodes {
+                    for b in a + 1..=nodes {
+                        sim.repair(host_name(a), host_name(b));
+                    }
                 }
+                sim.set_max_message_latency(Duration::from_millis(scenario.network.latency_ms_max));
+                lab.borrow_mut().lossiness = Lossiness::default();
             }
         }
-    };
-    let resolved = match fault {
-        Fault::Isolate { node } => {
-            let target = one(*node);
-            let others: Vec<u64> = (1..=nodes).filter(|id| !target.contains(id)).collect();
-            cut(sim, &target, &others);
-            names(&target)
-        }
-        Fault::Partition { groups } => {
-            let ids = resolve(groups, &views, crashed);
-            for (i, a) in ids.iter().enumerate() {
-                for b in &ids[i + 1..] {
-                    cut(sim, a, b);
-                }
-            }
-            ids.iter().map(|g| names(g)).collect::<Vec<_>>().join(" | ")
-        }
-        Fault::PartitionOneway { from, to } => {
-            let ids = resolve(&[vec![*from], vec![*to]], &views, crashed);
-            for &a in &ids[0] {
-                for &b in &ids[1] {
-                    sim.partition_oneway(host_name(a), host_name(b));
-                }
-            }
-            format!("{} -> {}", names(&ids[0]), names(&ids[1]))
-        }
-        Fault::Bridge { bridge } => {
-            let b = one(*bridge);
-            let others: Vec<u64> = (1..=nodes).filter(|id| !b.contains(id)).collect();
-            let (left, right) = others.split_at(others.len() / 2);
-            cut(sim, left, right);
-            format!("{} | {} | {}", names(left), names(&b), names(right))
-        }
-        Fault::Crash { node } => {
-            let ids = one(*node);
-            for &id in &ids {
-                if !crashed[id as usize - 1] {
-                    sim.crash(host_name(id));
-                    crashed[id as usize - 1] = true;
-                    let mut state = lab.borrow_mut();
-                    state.views[id as usize - 1].role = Role::Down;
-                    let term = state.views[id as usize - 1].term;
-                    state.record(
-                        now_ms * 1000,
-                        host_name(id),
-                        EventKind::Process { up: false },
-                    );
-                    state.record(
-                        now_ms * 1000,
-                        host_name(id),
-                        EventKind::Role {
-                            role: Role::Down,
-                            term,
-                        },
-                    );
-                }
-            }
-            names(&ids)
-        }
-        Fault::Restart { node } => {
-            let ids = one(*node);
-            for &id in &ids {
-                if crashed[id as usize - 1] {
-                    sim.bounce(host_name(id));
-                    crashed[id as usize - 1] = false;
-                }
-            }
-            names(&ids)
-        }
-        Fault::Delay { ms_max } => {
-            sim.set_max_message_latency(Duration::from_millis(*ms_max));
-            String::new()
-        }
-        Fault::Loss { rate } => {
-            lab.borrow_mut().lossiness.loss = *rate;
-            String::new()
-        }
-        Fault::Duplicate { rate } => {
-            lab.borrow_mut().lossiness.duplicate = *rate;
-            String::new()
-        }
-        Fault::Heal => {
-            for a in 1..=nodes {
-                for b in a + 1..=nodes {
-                    sim.repair(host_name(a), host_name(b));
-                }
-            }
-            sim.set_max_message_latency(Duration::from_millis(scenario.network.latency_ms_max));
-            lab.borrow_mut().lossiness = Lossiness::default();
-            String::new()
-        }
-    };
-    let label = if resolved.is_empty() {
-        fault.label()
-    } else {
-        format!("{} ({resolved})", fault.label())
-    };
-    lab.borrow_mut()
-        .record(now_ms * 1000, "lab".into(), EventKind::Fault { label });
+    }
+    lab.borrow_mut().record(
+        now_ms * 1000,
+        "lab".into(),
+        EventKind::Fault {
+            label: plan.label(fault),
+        },
+    );
 }
