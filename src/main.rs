@@ -162,9 +162,10 @@ struct ShardArgs {
     /// Number of shards (default: the workload's).
     #[arg(long)]
     shards: Option<usize>,
-    /// Growth factors, comma-separated, run one after another on the same cluster.
-    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
-    growth: Vec<u64>,
+    /// Growth factors, comma-separated, run one after another on the same cluster
+    /// (default: the workload's `growth`, else 1,10,100).
+    #[arg(long, value_delimiter = ',')]
+    growth: Option<Vec<u64>>,
     /// Seed for the write stream and the query samples.
     #[arg(long, default_value_t = 1)]
     seed: u64,

@@ -195,6 +195,32 @@ pub fn run(scenario: &Scenario, runs: u64, json: bool, state_dir: &Path) -> Resu
         );
         println!("  checker: {}", s.verdict.headline());
     }
+    if results.len() > 1 {
+        let summaries: Vec<RunSummary> = results.iter().map(|r| r.summary.clone()).collect();
+        println!(
+            "\nover {runs} runs           {:>8} {:>8} {:>8}",
+            "p50", "p99", "max"
+        );
+        let rows: [(&str, fn(&RunSummary) -> Option<f64>); 3] = [
+            ("fault to new leader (ms)", |s| {
+                s.election_ms.map(|v| v as f64)
+            }),
+            ("write unavailability (ms)", |s| {
+                Some(s.write_unavailable_ms as f64)
+            }),
+            ("failed + unknown ops", |s| {
+                Some((s.ops.fail + s.ops.info) as f64)
+            }),
+        ];
+        for (name, f) in rows {
+            match metric(&summaries, f) {
+                Some(d) => println!("{name:<26} {:>8.0} {:>8.0} {:>8.0}", d.p50, d.p99, d.max),
+                None => println!("{name:<26} {:>8} {:>8} {:>8}", "-", "-", "-"),
+            }
+        }
+        let linearizable = summaries.iter().filter(|s| s.is_safe()).count();
+        println!("linearizable histories: {linearizable}/{runs}");
+    }
     Ok(())
 }
 

@@ -115,7 +115,7 @@ pub fn bench(workload: &Path) -> Result<()> {
     let workload = Workload::load(workload)?;
     let config = ShardConfig {
         shards: None,
-        growth: vec![1, 10, 100],
+        growth: None,
         seed: 1,
         keys: None,
     };

@@ -205,6 +205,7 @@ mod tests {
             name: "w".into(),
             description: String::new(),
             cluster: Default::default(),
+            growth: vec![1],
             datasets: vec![dataset()],
             keys: vec![key.clone()],
         };

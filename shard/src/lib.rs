@@ -33,8 +33,8 @@ const QUERY_SAMPLES: u32 = 2_000;
 pub struct ShardConfig {
     /// Override the workload's shard count.
     pub shards: Option<usize>,
-    /// Growth factors, in order (e.g. 1, 10, 100).
-    pub growth: Vec<u64>,
+    /// Growth factors, in order (e.g. 1, 10, 100); `None` takes the workload's.
+    pub growth: Option<Vec<u64>>,
     /// Seed for the write stream and query samples.
     pub seed: u64,
     /// Only these keys (by name); all when `None`.
@@ -168,7 +168,11 @@ pub fn run(workload: &Workload, config: &ShardConfig) -> Result<ShardReport, Wor
             "0 shards: a sharded cluster needs at least 1 shard".into(),
         ));
     }
-    if config.growth.is_empty() || config.growth.contains(&0) {
+    let growth = config
+        .growth
+        .clone()
+        .unwrap_or_else(|| workload.growth.clone());
+    if growth.is_empty() || growth.contains(&0) {
         return Err(invalid(
             "growth factors must be positive, e.g. 1,10,100".into(),
         ));
@@ -192,7 +196,7 @@ pub fn run(workload: &Workload, config: &ShardConfig) -> Result<ShardReport, Wor
         .iter()
         .map(|k| {
             let dataset = workload.dataset(&k.dataset).expect("validated dataset");
-            let span_ms = dataset.step_days * DAY_MS * config.growth.len() as u64;
+            let span_ms = dataset.step_days * DAY_MS * growth.len() as u64;
             let layout = KeyLayout::new(dataset, k, workload.key_fields(k)?, span_ms);
             Ok((*k, dataset, layout))
         })
@@ -222,9 +226,9 @@ pub fn run(workload: &Workload, config: &ShardConfig) -> Result<ShardReport, Wor
         let fields = dataset.fields.len();
         let rounds = u64::from(workload.cluster.balancer_rounds_per_step);
         let mut docs: Vec<u64> = Vec::new();
-        for (step_index, &growth) in config.growth.iter().enumerate() {
+        for (step_index, &factor) in growth.iter().enumerate() {
             keys.iter_mut().for_each(|k| k.start_step());
-            let writes = dataset.writes_per_step * growth;
+            let writes = dataset.writes_per_step * factor;
             let span_ms = dataset.step_days * DAY_MS;
             let start_ms = step_index as u64 * span_ms;
             let mut written = 0u64;
@@ -241,7 +245,7 @@ pub fn run(workload: &Workload, config: &ShardConfig) -> Result<ShardReport, Wor
             }
             let now_ms = start_ms + span_ms;
             keys.par_iter_mut()
-                .for_each(|k| k.end_step(growth, writes, seed, now_ms));
+                .for_each(|k| k.end_step(factor, writes, seed, now_ms));
         }
     }
     let results: Vec<KeyResult> = runs.into_iter().map(KeyRun::finish).collect();
@@ -253,7 +257,7 @@ pub fn run(workload: &Workload, config: &ShardConfig) -> Result<ShardReport, Wor
     Ok(ShardReport {
         workload: workload.name.clone(),
         shards,
-        growth: config.growth.clone(),
+        growth,
         seed: config.seed,
         rounds_per_step: workload.cluster.balancer_rounds_per_step,
         keys: results,

@@ -50,6 +50,9 @@ pub struct Workload {
     /// Cluster settings.
     #[serde(default)]
     pub cluster: ClusterSettings,
+    /// Growth factors to try, in order, when the command line does not say (default 1, 10, 100).
+    #[serde(default = "default_growth")]
+    pub growth: Vec<u64>,
     /// The datasets written.
     pub datasets: Vec<Dataset>,
     /// Candidate shard keys.
@@ -154,6 +157,10 @@ pub struct QuerySpec {
     /// How many days back the range reaches.
     #[serde(default = "one_day")]
     pub range_days: u64,
+}
+
+fn default_growth() -> Vec<u64> {
+    vec![1, 10, 100]
 }
 
 fn one_day() -> u64 {
@@ -271,6 +278,11 @@ impl Workload {
         }
         if self.keys.is_empty() {
             return Err(invalid("no candidate keys ([[keys]])".into()));
+        }
+        if self.growth.is_empty() || self.growth.contains(&0) {
+            return Err(invalid(
+                "growth factors must be positive, e.g. growth = [1, 10, 100]".into(),
+            ));
         }
         for d in &self.datasets {
             if d.writes_per_step == 0 || d.doc_bytes == 0 || d.step_days == 0 || d.fields.is_empty()

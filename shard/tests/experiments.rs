@@ -18,7 +18,7 @@ fn shipped(name: &str) -> Workload {
 fn config(keys: &[&str]) -> ShardConfig {
     ShardConfig {
         shards: None,
-        growth: vec![1, 10, 100],
+        growth: Some(vec![1, 10, 100]),
         seed: 1,
         keys: Some(keys.iter().map(|k| k.to_string()).collect()),
     }
@@ -142,7 +142,7 @@ fn query_routing_matches_hand_counts() {
         &w,
         &ShardConfig {
             shards: None,
-            growth: vec![1],
+            growth: Some(vec![1]),
             seed: 3,
             keys: None,
         },
@@ -178,7 +178,7 @@ fn bad_input_names_the_problem() {
         &w,
         &ShardConfig {
             shards: Some(0),
-            growth: vec![1],
+            growth: Some(vec![1]),
             seed: 1,
             keys: None,
         },
@@ -189,7 +189,7 @@ fn bad_input_names_the_problem() {
         &w,
         &ShardConfig {
             shards: None,
-            growth: vec![1],
+            growth: Some(vec![1]),
             seed: 1,
             keys: Some(vec!["nope".into()]),
         },
