@@ -198,24 +198,17 @@ pub fn run(scenario: &Scenario, runs: u64, json: bool, state_dir: &Path) -> Resu
     if results.len() > 1 {
         let summaries: Vec<RunSummary> = results.iter().map(|r| r.summary.clone()).collect();
         println!(
-            "\nover {runs} runs           {:>8} {:>8} {:>8}",
-            "p50", "p99", "max"
+            "
+{:<30} {:>8} {:>8} {:>8}",
+            format!("over {runs} runs"),
+            "p50",
+            "p99",
+            "max"
         );
-        let rows: [(&str, fn(&RunSummary) -> Option<f64>); 3] = [
-            ("fault to new leader (ms)", |s| {
-                s.election_ms.map(|v| v as f64)
-            }),
-            ("write unavailability (ms)", |s| {
-                Some(s.write_unavailable_ms as f64)
-            }),
-            ("failed + unknown ops", |s| {
-                Some((s.ops.fail + s.ops.info) as f64)
-            }),
-        ];
-        for (name, f) in rows {
+        for (name, f) in METRICS {
             match metric(&summaries, f) {
-                Some(d) => println!("{name:<26} {:>8.0} {:>8.0} {:>8.0}", d.p50, d.p99, d.max),
-                None => println!("{name:<26} {:>8} {:>8} {:>8}", "-", "-", "-"),
+                Some(d) => println!("{name:<30} {:>8.0} {:>8.0} {:>8.0}", d.p50, d.p99, d.max),
+                None => println!("{name:<30} {:>8} {:>8} {:>8}", "-", "-", "-"),
             }
         }
         let linearizable = summaries.iter().filter(|s| s.is_safe()).count();
@@ -223,6 +216,23 @@ pub fn run(scenario: &Scenario, runs: u64, json: bool, state_dir: &Path) -> Resu
     }
     Ok(())
 }
+
+/// A measurement taken from each run's summary, by name.
+type Metric = (&'static str, fn(&RunSummary) -> Option<f64>);
+
+/// What `run --runs N` and `compare` report, in order.
+const METRICS: [Metric; 4] = [
+    ("fault to new leader (ms)", |s| {
+        s.election_ms.map(|v| v as f64)
+    }),
+    ("write unavailability (ms)", |s| {
+        Some(s.write_unavailable_ms as f64)
+    }),
+    ("failed + unknown operations", |s| {
+        Some((s.ops.fail + s.ops.info) as f64)
+    }),
+    ("leaders elected", |s| Some(s.leaders_elected as f64)),
+];
 
 fn metric(
     summaries: &[RunSummary],
@@ -239,20 +249,7 @@ pub fn compare(scenario: &Scenario, runs: u64, json: bool, state_dir: &Path) -> 
         .into_iter()
         .map(|r| r.summary)
         .collect();
-    type Metric = (&'static str, fn(&RunSummary) -> Option<f64>);
-    let metrics: [Metric; 4] = [
-        ("fault to new leader (ms)", |s| {
-            s.election_ms.map(|v| v as f64)
-        }),
-        ("write unavailability (ms)", |s| {
-            Some(s.write_unavailable_ms as f64)
-        }),
-        ("failed + unknown operations", |s| {
-            Some((s.ops.fail + s.ops.info) as f64)
-        }),
-        ("leaders elected", |s| Some(s.leaders_elected as f64)),
-    ];
-    let rows: Vec<serde_json::Value> = metrics
+    let rows: Vec<serde_json::Value> = METRICS
         .iter()
         .map(|(name, f)| {
             let (s, r) = (metric(&sim, f), metric(&real, f));
