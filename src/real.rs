@@ -198,8 +198,7 @@ pub fn run(scenario: &Scenario, runs: u64, json: bool, state_dir: &Path) -> Resu
     if results.len() > 1 {
         let summaries: Vec<RunSummary> = results.iter().map(|r| r.summary.clone()).collect();
         println!(
-            "
-{:<30} {:>8} {:>8} {:>8}",
+            "\n{:<30} {:>8} {:>8} {:>8}",
             format!("over {runs} runs"),
             "p50",
             "p99",
