@@ -124,7 +124,7 @@ struct RunArgs {
     #[arg(long)]
     stale_reads: bool,
     /// Simulated milliseconds per world step; larger is faster but rounds latencies coarser.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=20))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=20))]
     step_ms: u64,
 }
 
@@ -206,7 +206,7 @@ enum SimAction {
         #[arg(long)]
         stale_reads: bool,
         /// Simulated milliseconds per world step; larger is faster but rounds latencies coarser.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=20))]
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=20))]
         step_ms: u64,
     },
     /// Measure simulator speed and checker speed; prints JSON.
@@ -215,7 +215,7 @@ enum SimAction {
         #[arg(long, default_value_t = 1000)]
         seeds: u64,
         /// Simulated milliseconds per world step.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=20))]
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=20))]
         step_ms: u64,
     },
 }

@@ -44,7 +44,7 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// Defaults for a seed: correct build, no recording, 2 ms steps (message latencies are rounded
+    /// Defaults for a seed: correct build, no recording, 4 ms steps (message latencies are rounded
     /// up to whole steps), 10 s checker budget.
     pub fn seeded(seed: u64) -> RunConfig {
         RunConfig {
@@ -52,7 +52,7 @@ impl RunConfig {
             stale_reads: false,
             record_messages: false,
             record_views: false,
-            step: Duration::from_millis(2),
+            step: Duration::from_millis(4),
             check_limits: CheckLimits::default(),
         }
     }
