@@ -119,6 +119,26 @@ fn signal(pid: u32, sig: libc::c_int) -> Result<(), Status> {
     }
 }
 
+/// Whether `pid` is stopped (state `T` in /proc), as Linux reports it.
+fn is_stopped(pid: u32) -> Option<bool> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the parenthesised command name, which may itself contain spaces.
+    let state = stat.rsplit_once(") ")?.1.chars().next()?;
+    Some(state == 'T' || state == 't')
+}
+
+/// Waits until `pid` is stopped (or running again), up to `limit`.
+fn wait_for_stopped(pid: u32, stopped: bool, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if is_stopped(pid) == Some(stopped) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
 /// Waits for `child` to exit, up to `limit`.
 fn wait_for_exit(child: &mut Child, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
@@ -293,6 +313,13 @@ impl Agent for NodeAgent {
             (Action::Pause | Action::Resume, Some(pid)) => {
                 let pause = action == Action::Pause;
                 signal(pid, if pause { libc::SIGSTOP } else { libc::SIGCONT })?;
+                // Signals arrive asynchronously: answer only once the process is in the new state.
+                if !wait_for_stopped(pid, pause, Duration::from_secs(2)) {
+                    return Err(Status::internal(format!(
+                        "pid {pid} did not {} in time",
+                        if pause { "stop" } else { "continue" }
+                    )));
+                }
                 processes.get_mut(&req.service).expect("present").paused = pause;
             }
             (_, None) => {

@@ -197,6 +197,7 @@ async fn start_pause_resume_kill_a_real_process() {
     );
     assert!(matches!(process_state(pid), Some('S' | 'R')));
 
+    // The agent answers a pause only once the kernel reports the process stopped.
     signal(&mut client, Action::Pause).await.unwrap();
     assert_eq!(process_state(pid), Some('T'), "SIGSTOP stops the process");
     let status = client
