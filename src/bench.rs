@@ -73,7 +73,7 @@ pub fn run(sweep_seeds: u64, step: Duration) -> Result<()> {
 
     eprintln!("bench 4/4: checker on a 100,000-operation multi-key history");
     let hundred_k = scenario_with("etcd-leader-isolate", |s| {
-        s.workload.clients = 10;
+        s.workload.clients = 20;
         s.workload.rate_per_s = 1000;
         s.workload.keys = 64;
         s.duration_ms = 105_000;

@@ -166,6 +166,10 @@ impl Lab {
             return Err(LabError::AlreadyUp(state_dir.display().to_string()));
         }
         std::fs::create_dir_all(state_dir).map_err(|e| state_err(state_dir, e))?;
+        // The state holds the agent token: only its owner may read it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| state_err(state_dir, e))?;
         let id = (1..=250u8)
             .find(|&id| !LabNet { id, hosts: nodes }.exists())
             .ok_or_else(|| LabError::Timeout("no free lab id (250 labs are up)".into()))?;

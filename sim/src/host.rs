@@ -29,7 +29,7 @@ pub const NODE_PORT: u16 = 2380;
 /// First UDP port of the client sockets (client i binds `CLIENT_PORT_BASE + i`).
 pub const CLIENT_PORT_BASE: u16 = 9000;
 /// Largest datagram a host reads.
-const DATAGRAM_BYTES_MAX: usize = 2 * 1024 * 1024;
+const DATAGRAM_BYTES_MAX: usize = 256 * 1024;
 
 /// What the lab knows of one node at this instant (for resolving `leader` in faults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

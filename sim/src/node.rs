@@ -164,7 +164,8 @@ impl EtcdNode {
             check_quorum: true,
             pre_vote: true,
             read_only_option: ReadOnlyOption::Safe,
-            max_size_per_msg: 1024 * 1024,
+            // Appends stay well inside one datagram (see host::DATAGRAM_BYTES_MAX).
+            max_size_per_msg: 64 * 1024,
             max_inflight_msgs: 256,
             applied: 0,
             ..Config::default()
