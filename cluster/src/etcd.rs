@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::{connect, AgentClient, AgentConfig, ServiceSpec};
 use crate::hosts::{is_root, HostError, LabNet};
-use quorumlab_proto::agent::{Action, SignalRequest};
+use quorumlab_proto::agent::{Action, LinksRequest, SignalRequest};
 
 /// etcd's client port on every host.
 pub const CLIENT_PORT: u16 = 2379;
@@ -94,6 +94,13 @@ pub struct MemberStatus {
     pub term: u64,
     /// Its Raft index.
     pub raft_index: u64,
+}
+
+fn agent_error(host: usize, status: tonic::Status) -> LabError {
+    LabError::Agent {
+        host: format!("n{host}"),
+        reason: status.message().to_string(),
+    }
 }
 
 fn state_err(path: &Path, e: impl std::fmt::Display) -> LabError {
@@ -271,17 +278,7 @@ impl Lab {
             self.save()?;
         }
         for i in 1..=self.net.hosts {
-            self.agent(i)
-                .await?
-                .signal(SignalRequest {
-                    service: "etcd".into(),
-                    action: Action::Start as i32,
-                })
-                .await
-                .map_err(|e| LabError::Agent {
-                    host: format!("n{i}"),
-                    reason: e.message().to_string(),
-                })?;
+            self.signal_etcd(i, Action::Start).await?;
         }
         self.wait_for_leader(Duration::from_secs(30))
             .await
@@ -293,6 +290,34 @@ impl Lab {
         connect(self.agent_addr(i), &self.token, Duration::from_secs(10))
             .await
             .map_err(LabError::Timeout)
+    }
+
+    /// Asks host `i`'s agent to start, stop, kill, pause or resume its etcd.
+    pub async fn signal_etcd(&self, i: usize, action: Action) -> Result<(), LabError> {
+        let request = SignalRequest {
+            service: "etcd".into(),
+            action: action as i32,
+        };
+        self.agent(i)
+            .await?
+            .signal(request)
+            .await
+            .map_err(|e| agent_error(i, e))?;
+        Ok(())
+    }
+
+    /// Asks host `i`'s agent to cut (or heal) its links to `peers` (1-based host numbers).
+    pub async fn links(&self, i: usize, peers: &[u64], cut: bool) -> Result<(), LabError> {
+        let request = LinksRequest {
+            peers: peers.iter().map(|p| format!("n{p}")).collect(),
+            cut,
+        };
+        self.agent(i)
+            .await?
+            .links(request)
+            .await
+            .map_err(|e| agent_error(i, e))?;
+        Ok(())
     }
 
     /// Polls until some member reports a leader; returns the statuses then.

@@ -17,7 +17,7 @@ use quorumlab_experiment::checker::{check_history, CheckLimits};
 use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
 use quorumlab_experiment::measure::{Distribution, RunSummary};
 use quorumlab_experiment::scenario::{plan_fault, Disruption, Fault, NodeState, Scenario};
-use quorumlab_proto::agent::{Action, LinksRequest, SignalRequest};
+use quorumlab_proto::agent::Action;
 use serde::{Deserialize, Serialize};
 
 use crate::etcd::{EtcdTiming, Lab, LabError};
@@ -293,37 +293,6 @@ fn phase_latency(history: &History, fault_ms: Option<u64>, repair_ms: Option<u64
     }
 }
 
-async fn links(lab: &Lab, host: u64, peers: &[u64], cut: bool) -> Result<(), LabError> {
-    let request = LinksRequest {
-        peers: peers.iter().map(|p| format!("n{p}")).collect(),
-        cut,
-    };
-    lab.agent(host as usize)
-        .await?
-        .links(request)
-        .await
-        .map_err(|e| LabError::Agent {
-            host: format!("n{host}"),
-            reason: e.message().to_string(),
-        })?;
-    Ok(())
-}
-
-async fn signal(lab: &Lab, host: u64, action: Action) -> Result<(), LabError> {
-    lab.agent(host as usize)
-        .await?
-        .signal(SignalRequest {
-            service: "etcd".into(),
-            action: action as i32,
-        })
-        .await
-        .map_err(|e| LabError::Agent {
-            host: format!("n{host}"),
-            reason: e.message().to_string(),
-        })?;
-    Ok(())
-}
-
 /// Fires one fault through the agents; returns its timeline label.
 async fn fire(
     lab: &Lab,
@@ -336,24 +305,24 @@ async fn fire(
     for step in &plan.steps {
         match *step {
             Disruption::Cut(a, b) => {
-                links(lab, a, &[b], true).await?;
-                links(lab, b, &[a], true).await?;
+                lab.links(a as usize, &[b], true).await?;
+                lab.links(b as usize, &[a], true).await?;
             }
             // A blackhole route on `a` drops what it sends to `b`; TCP then fails both ways, so
             // on a real network this is coarser than the simulator's one-way drop.
-            Disruption::CutOneway(a, b) => links(lab, a, &[b], true).await?,
+            Disruption::CutOneway(a, b) => lab.links(a as usize, &[b], true).await?,
             Disruption::Kill(id) => {
-                signal(lab, id, Action::Kill).await?;
+                lab.signal_etcd(id as usize, Action::Kill).await?;
                 crashed[id as usize - 1] = true;
             }
             Disruption::Start(id) => {
-                signal(lab, id, Action::Start).await?;
+                lab.signal_etcd(id as usize, Action::Start).await?;
                 crashed[id as usize - 1] = false;
             }
             Disruption::HealAll => {
                 for &host in &all {
                     let peers: Vec<u64> = all.iter().copied().filter(|&p| p != host).collect();
-                    links(lab, host, &peers, false).await?;
+                    lab.links(host as usize, &peers, false).await?;
                 }
             }
             Disruption::Delay { .. } | Disruption::Loss(_) | Disruption::Duplicate(_) => {
