@@ -95,11 +95,6 @@ impl Monitor {
     pub fn violations(&self) -> &[String] {
         &self.violations
     }
-
-    /// Records a violation found elsewhere (e.g. a model assertion).
-    pub fn record(&mut self, violation: String) {
-        self.violations.push(violation);
-    }
 }
 
 /// Finds the highest index at which both logs hold an entry of the same term, then checks that
@@ -110,22 +105,16 @@ fn first_log_mismatch(a: &MemStorage, b: &MemStorage) -> Option<u64> {
     let agreed = (first..=last)
         .rev()
         .find(|&i| a.term(i).ok() == b.term(i).ok())?;
-    let ea = a
-        .entries(
+    let upto = |log: &MemStorage| {
+        log.entries(
             first,
             agreed + 1,
             None,
             raft::GetEntriesContext::empty(false),
         )
-        .ok()?;
-    let eb = b
-        .entries(
-            first,
-            agreed + 1,
-            None,
-            raft::GetEntriesContext::empty(false),
-        )
-        .ok()?;
+        .ok()
+    };
+    let (ea, eb) = (upto(a)?, upto(b)?);
     ea.iter()
         .zip(&eb)
         .find(|(x, y)| x.term != y.term || x.data != y.data)
@@ -156,6 +145,42 @@ mod tests {
         assert!(m.violations().is_empty());
         m.on_applied(3, 5, 2, b"put k1=2");
         assert!(m.violations()[0].starts_with("state machine safety"));
+    }
+
+    fn log(entries: &[(u64, u64, &[u8])]) -> MemStorage {
+        let store = MemStorage::new();
+        let entries: Vec<raft::eraftpb::Entry> = entries
+            .iter()
+            .map(|&(index, term, data)| raft::eraftpb::Entry {
+                index,
+                term,
+                data: data.to_vec().into(),
+                ..Default::default()
+            })
+            .collect();
+        store.wl().append(&entries).unwrap();
+        store
+    }
+
+    #[test]
+    fn logs_that_agree_later_but_differ_earlier_break_log_matching() {
+        let mut m = Monitor::default();
+        let a = log(&[(1, 1, b"x"), (2, 2, b"y")]);
+        let b = log(&[(1, 1, b"z"), (2, 2, b"y")]);
+        let c = log(&[(1, 1, b"x"), (2, 3, b"w")]);
+        m.check_log_matching(&[a.clone(), c]);
+        assert!(
+            m.violations().is_empty(),
+            "diverging tails are allowed: {:?}",
+            m.violations()
+        );
+        m.check_log_matching(&[a, b]);
+        assert_eq!(m.violations().len(), 1);
+        assert!(
+            m.violations()[0].contains("differ at index 1"),
+            "{:?}",
+            m.violations()
+        );
     }
 
     #[test]
