@@ -23,11 +23,27 @@ fn assert_user_error(out: &Output, needle: &str) {
     assert!(out.stdout.is_empty(), "nothing half-written on stdout");
 }
 
-fn temp_dir(tag: &str) -> std::path::PathBuf {
+/// A temporary directory removed when the test ends, passed or failed.
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(tag: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("quorumlab-cli-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 #[test]
@@ -60,7 +76,6 @@ fn malformed_scenario_file_is_one_line_and_exit_2() {
         &quorumlab(&["sim", path.to_str().unwrap()]),
         "missing field",
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -82,7 +97,6 @@ fn impossible_topologies_are_rejected() {
         &quorumlab(&["sim", path.to_str().unwrap()]),
         "names n9, but the cluster has only 3 nodes",
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -121,7 +135,6 @@ fn report_writes_a_page_with_timeline_and_message_diagram() {
     assert!(html.matches("<svg").count() >= 2);
     assert!(html.contains("PreVote t"), "the election's votes are drawn");
     assert!(dir.join("run.json").exists());
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -175,7 +188,6 @@ fn shard_bad_input_is_one_line_and_exit_2() {
     );
     assert_user_error(&quorumlab(&["shard", shipped, "--shards", "0"]), "0 shards");
     assert!(!dir.join("accounts-shard-keys.svg").exists());
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -213,7 +225,6 @@ fn shard_prints_verdicts_writes_a_chart_and_json() {
     ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["report"]["keys"].as_array().unwrap().len(), 4);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -296,5 +307,4 @@ fn cluster_down_with_nothing_up_is_harmless() {
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to stop"));
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -64,7 +64,16 @@ impl TestAgent {
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.server.take().unwrap().await.unwrap();
-        std::fs::remove_dir_all(&self.dir).unwrap();
+    }
+}
+
+impl Drop for TestAgent {
+    /// Runs on success and on a failed assertion alike: the agent's own drop kills its services.
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
