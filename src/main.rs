@@ -461,18 +461,19 @@ fn demo() -> Result<()> {
     let out = quorumlab_sim::run(&scenario, &RunConfig::seeded(1))?;
     show::print_run(&out, false);
     println!(
-        "\nWhat happened: after the leader was cut off it could no longer reach a majority, so"
-    );
-    println!("check-quorum made it step down; the other two nodes' election timers ran out, they");
-    println!(
-        "pre-voted (which asks before bumping the term), then elected a new leader. Writes sent"
+        "\nWhat happened: cut off from the majority, the leader could commit nothing more. The other"
     );
     println!(
-        "to the isolated leader never committed, so clients saw them fail or time out — and the"
+        "two nodes stopped hearing heartbeats; when an election timer ran out, that node first"
+    );
+    println!("asked for pre-votes (which do not bump the term), then campaigned and won. The old");
+    println!(
+        "leader stepped down on its own (check-quorum: no majority heard for an election timeout)."
     );
     println!(
-        "checker confirms no client ever saw an acknowledged write go missing or a stale read.\n"
+        "Writes sent to the isolated leader never committed, so clients saw them fail or time"
     );
+    println!("out — and the checker confirms no client saw an acknowledged write vanish or a stale read.\n");
     println!(
         "Next: `quorumlab sim etcd-leader-isolate --step` to walk through it, `--report out/` for"
     );
