@@ -338,52 +338,9 @@ impl Lab {
         }
     }
 
-    /// Asks every member for its status, each within `timeout`.
+    /// Asks every member for its status once, each within `timeout`.
     pub async fn status(&self, timeout: Duration) -> Vec<MemberStatus> {
-        let asks = self
-            .endpoints()
-            .into_iter()
-            .enumerate()
-            .map(|(i, endpoint)| async move {
-                let name = format!("n{}", i + 1);
-                let answer = tokio::time::timeout(timeout, async {
-                    let options = ConnectOptions::new()
-                        .with_connect_timeout(timeout)
-                        .with_timeout(timeout);
-                    let mut client = Client::connect([endpoint.as_str()], Some(options))
-                        .await
-                        .ok()?;
-                    let status = client.status().await.ok()?;
-                    let id = status.header()?.member_id();
-                    Some((
-                        status.leader() == id,
-                        status.raft_term(),
-                        status.raft_index(),
-                    ))
-                })
-                .await
-                .ok()
-                .flatten();
-                match answer {
-                    Some((leader, term, raft_index)) => MemberStatus {
-                        name,
-                        endpoint,
-                        up: true,
-                        leader,
-                        term,
-                        raft_index,
-                    },
-                    None => MemberStatus {
-                        name,
-                        endpoint,
-                        up: false,
-                        leader: false,
-                        term: 0,
-                        raft_index: 0,
-                    },
-                }
-            });
-        futures_join(asks).await
+        StatusProbe::new(self).poll(timeout).await
     }
 
     /// Stops everything the lab in `state_dir` started and removes its hosts and state.
@@ -412,6 +369,92 @@ impl Lab {
         lab.net.destroy();
         std::fs::remove_dir_all(state_dir).map_err(|e| state_err(state_dir, e))?;
         Ok(true)
+    }
+}
+
+/// Asks every member for its status, keeping each member's client between polls so that a
+/// poller running every few milliseconds does not open a new connection each time. A member that
+/// fails to answer loses its client and is connected afresh on the next poll.
+pub struct StatusProbe {
+    endpoints: Vec<String>,
+    clients: Vec<Option<Client>>,
+}
+
+impl StatusProbe {
+    /// A probe for every member of `lab`; nothing is connected until the first poll.
+    pub fn new(lab: &Lab) -> StatusProbe {
+        let endpoints = lab.endpoints();
+        StatusProbe {
+            clients: vec![None; endpoints.len()],
+            endpoints,
+        }
+    }
+
+    /// Asks every member at once, each within `timeout`.
+    pub async fn poll(&mut self, timeout: Duration) -> Vec<MemberStatus> {
+        let asks = self
+            .endpoints
+            .iter()
+            .cloned()
+            .zip(self.clients.iter_mut().map(Option::take))
+            .map(|(endpoint, cached)| async move {
+                let answer = tokio::time::timeout(timeout, async {
+                    let mut client = match cached {
+                        Some(client) => client,
+                        None => {
+                            let options = ConnectOptions::new()
+                                .with_connect_timeout(timeout)
+                                .with_timeout(timeout);
+                            Client::connect([endpoint.as_str()], Some(options))
+                                .await
+                                .ok()?
+                        }
+                    };
+                    let status = client.status().await.ok()?;
+                    let id = status.header()?.member_id();
+                    Some((
+                        (
+                            status.leader() == id,
+                            status.raft_term(),
+                            status.raft_index(),
+                        ),
+                        client,
+                    ))
+                })
+                .await
+                .ok()
+                .flatten();
+                (endpoint, answer)
+            });
+        let answers = futures_join(asks).await;
+        answers
+            .into_iter()
+            .enumerate()
+            .map(|(i, (endpoint, answer))| {
+                let name = format!("n{}", i + 1);
+                match answer {
+                    Some(((leader, term, raft_index), client)) => {
+                        self.clients[i] = Some(client);
+                        MemberStatus {
+                            name,
+                            endpoint,
+                            up: true,
+                            leader,
+                            term,
+                            raft_index,
+                        }
+                    }
+                    None => MemberStatus {
+                        name,
+                        endpoint,
+                        up: false,
+                        leader: false,
+                        term: 0,
+                        raft_index: 0,
+                    },
+                }
+            })
+            .collect()
     }
 }
 

@@ -58,11 +58,6 @@ fn ip(args: &[&str]) -> Result<(), HostError> {
 }
 
 impl LabNet {
-    /// Name of host `i` (1-based), as scenarios name nodes: `n1`, `n2`, ...
-    pub fn host_name(i: usize) -> String {
-        format!("n{i}")
-    }
-
     /// Namespace of host `i`.
     pub fn namespace(&self, i: usize) -> String {
         format!("ql{}-n{i}", self.id)

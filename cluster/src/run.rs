@@ -20,7 +20,7 @@ use quorumlab_experiment::scenario::{plan_fault, Disruption, Fault, NodeState, S
 use quorumlab_proto::agent::Action;
 use serde::{Deserialize, Serialize};
 
-use crate::etcd::{EtcdTiming, Lab, LabError};
+use crate::etcd::{EtcdTiming, Lab, LabError, StatusProbe};
 
 /// How often the leader poller asks every member.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -337,9 +337,10 @@ async fn poll_leaders(lab: Lab, shared: Arc<Shared>, stop: tokio::sync::watch::R
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last: Option<(u64, u64)> = None;
+    let mut probe = StatusProbe::new(&lab);
     while !*stop.borrow() {
         ticker.tick().await;
-        let statuses = lab.status(POLL_INTERVAL * 2).await;
+        let statuses = probe.poll(POLL_INTERVAL * 2).await;
         let at_us = shared.now_us();
         let states: Vec<NodeState> = statuses
             .iter()
