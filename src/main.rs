@@ -130,13 +130,22 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum ClusterAction {
-    /// Start a cluster: `cluster up etcd --nodes 3`.
+    /// Start a cluster: `cluster up etcd --nodes 3` or `cluster up postgres --replicas 2`.
     Up {
-        /// The system to run (etcd).
+        /// The system to run: etcd, or postgres (Patroni-managed, on its own etcd).
         system: String,
-        /// Members.
+        /// etcd members.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// Postgres streaming replicas besides the primary.
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+        /// Postgres: the scenario whose [postgres] section gives Patroni's settings.
+        #[arg(long, default_value = "pg-failover")]
+        scenario: String,
+        /// Postgres: replication mode (default: the scenario's first).
+        #[arg(long, value_parser = ["async", "sync"])]
+        mode: Option<String>,
     },
     /// Show members, leader, term and health.
     Status {
@@ -311,7 +320,21 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Demo => demo(),
         Command::Agent { config } => agent(&config),
         Command::Cluster { action, state_dir } => match action {
-            ClusterAction::Up { system, nodes } => real::up(&system, nodes, &state_dir),
+            ClusterAction::Up {
+                system,
+                nodes,
+                replicas,
+                scenario,
+                mode,
+            } => match system.as_str() {
+                "postgres" => real::up_postgres(
+                    &load(&scenario, None)?,
+                    replicas,
+                    mode.as_deref(),
+                    &state_dir,
+                ),
+                _ => real::up(&system, nodes, &state_dir),
+            },
             ClusterAction::Status { json } => real::status(&state_dir, json),
             ClusterAction::Down => real::down(&state_dir),
         },

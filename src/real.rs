@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use quorumlab_cluster::etcd::{EtcdTiming, Lab};
+use quorumlab_cluster::postgres::{self, PatroniSettings};
+use quorumlab_experiment::scenario::ReplicationMode;
 use quorumlab_cluster::run::{check_supported, run_etcd, RealRun};
 use quorumlab_experiment::measure::{Distribution, RunSummary};
 use quorumlab_experiment::Scenario;
@@ -48,6 +50,37 @@ pub fn up(system: &str, nodes: usize, state_dir: &Path) -> Result<()> {
     status(state_dir, false)
 }
 
+/// `cluster up postgres --replicas N`: Patroni settings from `scenario`'s `[postgres]` section.
+pub fn up_postgres(
+    scenario: &Scenario,
+    replicas: usize,
+    mode: Option<&str>,
+    state_dir: &Path,
+) -> Result<()> {
+    let Some(pg) = &scenario.postgres else {
+        bail!(
+            "scenario {} has no [postgres] section to take Patroni's settings from",
+            scenario.name
+        );
+    };
+    let mode = match mode {
+        Some("sync") => ReplicationMode::Sync,
+        Some(_) => ReplicationMode::Async,
+        None => pg.modes[0],
+    };
+    install_etcd_if_missing()?;
+    let binary = this_binary()?;
+    let settings = PatroniSettings::from_scenario(pg, mode);
+    let lab = runtime()?.block_on(postgres::up(state_dir, replicas, &settings, &binary))?;
+    println!(
+        "Postgres primary + {replicas} replicas ({mode}) under Patroni on etcd, up in {} (hosts: namespaces ql{}-n1..n{})",
+        state_dir.display(),
+        lab.net.id,
+        lab.net.hosts
+    );
+    status(state_dir, false)
+}
+
 /// Installs Debian's etcd-server when it is missing and we are root (as `cargo xtask test` does).
 fn install_etcd_if_missing() -> Result<()> {
     if Path::new(quorumlab_cluster::etcd::ETCD_BINARY).exists()
@@ -84,10 +117,35 @@ fn install_etcd_if_missing() -> Result<()> {
 /// `cluster status`.
 pub fn status(state_dir: &Path, json: bool) -> Result<()> {
     let lab = Lab::load(state_dir)?;
-    let members = runtime()?.block_on(lab.status(Duration::from_millis(500)));
+    let rt = runtime()?;
+    let members = rt.block_on(lab.status(Duration::from_millis(500)));
+    let pg_nodes = match &lab.postgres {
+        Some(_) => Some(rt.block_on(postgres::status(&lab, Duration::from_secs(1)))?),
+        None => None,
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&members)?);
+        let value = serde_json::json!({ "etcd": members, "postgres": pg_nodes });
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
+    }
+    if let Some(nodes) = &pg_nodes {
+        println!(
+            "{:<5} {:<18} {:<8} {:>8} {:>14} {:>14} {:>10}",
+            "node", "endpoint", "role", "timeline", "received lsn", "replayed lsn", "lag bytes"
+        );
+        for n in nodes {
+            println!(
+                "{:<5} {:<18} {:<8} {:>8} {:>14} {:>14} {:>10}",
+                n.name,
+                n.endpoint,
+                if n.up { n.role.as_str() } else { "DOWN" },
+                n.timeline,
+                n.received_lsn,
+                n.replayed_lsn,
+                n.lag_bytes.map_or("-".to_string(), |b| b.to_string())
+            );
+        }
+        println!();
     }
     println!(
         "{:<5} {:<26} {:<6} {:<8} {:>6} {:>10}",

@@ -36,6 +36,40 @@ pub struct ServiceSpec {
     pub args: Vec<String>,
     /// File that receives its stdout and stderr.
     pub log: PathBuf,
+    /// Run as this user instead of the agent's (Postgres refuses to run as root).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Processes the service starts in sessions of their own, which outlive it (Patroni's
+    /// postmaster), named by their pid files. A kill reaches them too, as a host crash would.
+    #[serde(default)]
+    pub pid_files: Vec<PathBuf>,
+}
+
+impl ServiceSpec {
+    /// Pids named in this service's pid files right now (first line of each file).
+    fn detached_pids(&self) -> Vec<u32> {
+        self.pid_files
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .filter_map(|text| text.lines().next()?.trim().parse().ok())
+            .filter(|&pid: &u32| pid > 1)
+            .collect()
+    }
+}
+
+/// The uid and gid of `user`, from the password database.
+fn user_ids(user: &str) -> Result<(u32, u32), Status> {
+    let name = std::ffi::CString::new(user)
+        .map_err(|_| Status::invalid_argument("user name contains NUL"))?;
+    // SAFETY: getpwnam reads a NUL-terminated name; the result is copied out before any other
+    // call could overwrite the static buffer it points into.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    if entry.is_null() {
+        return Err(Status::failed_precondition(format!("no such user '{user}'")));
+    }
+    // SAFETY: non-null pointer returned by getpwnam just above.
+    let entry = unsafe { &*entry };
+    Ok((entry.pw_uid, entry.pw_gid))
 }
 
 /// The agent's configuration file.
@@ -209,12 +243,22 @@ impl NodeAgent {
         let err_log = log
             .try_clone()
             .map_err(|e| Status::internal(e.to_string()))?;
-        let child = Command::new(&spec.program)
+        let mut command = Command::new(&spec.program);
+        command
             .args(&spec.args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err_log)
-            .process_group(0)
+            .process_group(0);
+        if let Some(user) = &spec.user {
+            let (uid, gid) = user_ids(user)?;
+            command
+                .uid(uid)
+                .gid(gid)
+                .env("HOME", spec.log.parent().unwrap_or(Path::new("/")))
+                .env("USER", user);
+        }
+        let child = command
             .spawn()
             .map_err(|e| {
                 Status::failed_precondition(format!("cannot start {}: {e}", spec.program.display()))
@@ -232,9 +276,14 @@ impl NodeAgent {
     /// Stops every service (on agent shutdown).
     pub fn stop_all(&self) {
         let mut processes = self.processes.lock().expect("process table");
-        for (_, mut running) in std::mem::take(&mut *processes) {
+        for (service, mut running) in std::mem::take(&mut *processes) {
             let _ = signal(running.child.id(), libc::SIGKILL);
             let _ = running.child.wait();
+            if let Some(spec) = self.config.services.get(&service) {
+                for pid in spec.detached_pids() {
+                    let _ = signal(pid, libc::SIGKILL);
+                }
+            }
         }
     }
 
@@ -308,6 +357,12 @@ impl Agent for NodeAgent {
                 ) {
                     signal(pid, libc::SIGKILL)?;
                     let _ = running.child.wait();
+                }
+                if !graceful {
+                    // ESRCH only means the detached process had already gone.
+                    for detached in spec.detached_pids() {
+                        let _ = signal(detached, libc::SIGKILL);
+                    }
                 }
             }
             (Action::Pause | Action::Resume, Some(pid)) => {

@@ -7,6 +7,7 @@
 //! the lab's namespaces by PID, removes the namespaces and the bridge, and deletes the state; a
 //! second `down` finds nothing to do.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -56,6 +57,15 @@ pub enum LabError {
     /// An agent or etcd did not answer in time.
     #[error("{0}")]
     Timeout(String),
+    /// Settings that cannot work (Patroni's rule, replica counts).
+    #[error("{0}")]
+    Settings(String),
+    /// Postgres or Patroni is not installed.
+    #[error("{0}")]
+    NoPostgres(String),
+    /// Postgres refused or could not be reached.
+    #[error("{0}")]
+    Postgres(String),
     /// An agent refused or failed a call.
     #[error("agent on {host}: {reason}")]
     Agent {
@@ -77,7 +87,16 @@ pub struct Lab {
     pub token: String,
     /// Agent process ids, per host.
     pub agent_pids: Vec<u32>,
+    /// Hosts `n1..=n{etcd_members}` run an etcd member.
+    pub etcd_members: usize,
+    /// The Postgres cluster on this lab's hosts, if it has one.
+    #[serde(default)]
+    pub postgres: Option<crate::postgres::PgCluster>,
 }
+
+/// Extra services for host `i` (1-based), given the lab's hosts and that host's directory.
+pub type HostServices<'a> =
+    &'a dyn Fn(&LabNet, usize, &Path) -> Result<BTreeMap<String, ServiceSpec>, LabError>;
 
 /// One member as `cluster status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,7 +129,22 @@ fn state_err(path: &Path, e: impl std::fmt::Display) -> LabError {
     }
 }
 
-fn random_token() -> Result<String, LabError> {
+/// Writes a file only its owner may read.
+pub fn write_secret(path: &Path, contents: &[u8]) -> Result<(), LabError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents))
+        .map_err(|e| state_err(path, e))
+}
+
+/// A random hex string of 32 characters (tokens, lab passwords).
+pub fn random_token() -> Result<String, LabError> {
     let mut buf = [0u8; 16];
     use std::io::Read;
     std::fs::File::open("/dev/urandom")
@@ -135,7 +169,7 @@ impl Lab {
 
     /// Client endpoints of every member.
     pub fn endpoints(&self) -> Vec<String> {
-        (1..=self.net.hosts)
+        (1..=self.etcd_members)
             .map(|i| format!("http://{}:{CLIENT_PORT}", self.net.addr(i)))
             .collect()
     }
@@ -160,8 +194,25 @@ impl Lab {
         timing: EtcdTiming,
         agent_binary: &Path,
     ) -> Result<Lab, LabError> {
-        if !(1..=9).contains(&nodes) {
-            return Err(LabError::Size(nodes));
+        Lab::up_with(state_dir, nodes, nodes, timing, agent_binary, &|_, _, _| {
+            Ok(BTreeMap::new())
+        })
+        .await
+    }
+
+    /// Brings up `hosts` hosts, an etcd member on each of the first `etcd_members`, and an agent
+    /// on every host that may also run the `services` named for it (started later, by the caller).
+    pub async fn up_with(
+        state_dir: &Path,
+        hosts: usize,
+        etcd_members: usize,
+        timing: EtcdTiming,
+        agent_binary: &Path,
+        services: HostServices<'_>,
+    ) -> Result<Lab, LabError> {
+        let nodes = hosts;
+        if !(1..=9).contains(&etcd_members) || etcd_members > hosts {
+            return Err(LabError::Size(etcd_members));
         }
         if !is_root() {
             return Err(HostError::NotRoot.into());
@@ -173,9 +224,10 @@ impl Lab {
             return Err(LabError::AlreadyUp(state_dir.display().to_string()));
         }
         std::fs::create_dir_all(state_dir).map_err(|e| state_err(state_dir, e))?;
-        // The state holds the agent token: only its owner may read it.
+        // Others may pass through (Postgres runs as its own user in a host directory below) but
+        // not list it; the files holding secrets are readable by their owner only.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o711))
             .map_err(|e| state_err(state_dir, e))?;
         let id = (1..=250u8)
             .find(|&id| !LabNet { id, hosts: nodes }.exists())
@@ -186,9 +238,11 @@ impl Lab {
             state_dir: state_dir.to_path_buf(),
             token: random_token()?,
             agent_pids: vec![],
+            etcd_members,
+            postgres: None,
         };
         lab.save()?;
-        let started = lab.start_hosts(timing, agent_binary).await;
+        let started = lab.start_hosts(timing, agent_binary, services).await;
         if started.is_err() {
             let _ = Lab::down(state_dir);
         }
@@ -196,14 +250,14 @@ impl Lab {
         Ok(lab)
     }
 
-    fn save(&self) -> Result<(), LabError> {
+    /// Records the lab in `lab.json` (owner-only: it holds the agent token and passwords).
+    pub fn save(&self) -> Result<(), LabError> {
         let file = Lab::file(&self.state_dir);
         let tmp = file.with_extension("json.tmp");
-        std::fs::write(
+        write_secret(
             &tmp,
-            serde_json::to_vec_pretty(self).expect("lab serialises"),
-        )
-        .map_err(|e| state_err(&tmp, e))?;
+            &serde_json::to_vec_pretty(self).expect("lab serialises"),
+        )?;
         std::fs::rename(&tmp, &file).map_err(|e| state_err(&file, e))
     }
 
@@ -211,11 +265,12 @@ impl Lab {
         &mut self,
         timing: EtcdTiming,
         agent_binary: &Path,
+        services: HostServices<'_>,
     ) -> Result<(), LabError> {
         self.net.create()?;
         let token_file = self.state_dir.join("agent.token");
-        std::fs::write(&token_file, &self.token).map_err(|e| state_err(&token_file, e))?;
-        let initial_cluster: Vec<String> = (1..=self.net.hosts)
+        write_secret(&token_file, self.token.as_bytes())?;
+        let initial_cluster: Vec<String> = (1..=self.etcd_members)
             .map(|i| format!("n{i}=http://{}:{PEER_PORT}", self.net.addr(i)))
             .collect();
         for i in 1..=self.net.hosts {
@@ -236,18 +291,23 @@ impl Lab {
                 format!("--election-timeout={}", timing.election_timeout_ms),
                 "--pre-vote=true".into(),
             ];
-            let config = AgentConfig {
-                listen: self.agent_addr(i),
-                token_file: token_file.clone(),
-                services: [(
+            let mut host_services = services(&self.net, i, &dir)?;
+            if i <= self.etcd_members {
+                host_services.insert(
                     "etcd".to_string(),
                     ServiceSpec {
                         program: ETCD_BINARY.into(),
                         args,
                         log: dir.join("etcd.log"),
+                        user: None,
+                        pid_files: vec![],
                     },
-                )]
-                .into(),
+                );
+            }
+            let config = AgentConfig {
+                listen: self.agent_addr(i),
+                token_file: token_file.clone(),
+                services: host_services,
                 peers: (1..=self.net.hosts)
                     .filter(|&j| j != i)
                     .map(|j| (format!("n{j}"), self.net.addr(j)))
@@ -277,7 +337,7 @@ impl Lab {
             self.agent_pids.push(child.id());
             self.save()?;
         }
-        for i in 1..=self.net.hosts {
+        for i in 1..=self.etcd_members {
             self.signal_etcd(i, Action::Start).await?;
         }
         self.wait_for_leader(Duration::from_secs(30))

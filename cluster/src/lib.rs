@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod etcd;
 pub mod hosts;
+pub mod postgres;
 pub mod run;
 
 pub use quorumlab_experiment::Scenario;

@@ -39,6 +39,8 @@ impl TestAgent {
                     program: "/bin/sleep".into(),
                     args: vec!["1000".into()],
                     log: dir.join("sleeper.log"),
+                    user: None,
+                    pid_files: vec![],
                 },
             )]
             .into(),

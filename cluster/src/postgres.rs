@@ -1,0 +1,526 @@
+//! A real Postgres cluster on namespace hosts: streaming replicas managed by Patroni, with the
+//! lab's own etcd cluster as Patroni's DCS.
+//!
+//! Hosts `n1..n{db_nodes}` each run Patroni (Debian's package, as the `postgres` user), which runs
+//! that host's Postgres 15; hosts `n1..n3` also run an etcd member, so a cluster of one primary and
+//! one replica still gets a three-member etcd, as it would in production. Patroni is bootstrapped on
+//! `n1` first (it initdb's and takes the leader key), then the others clone it with
+//! `pg_basebackup` and stream from it. The agent's `patroni` service names the postmaster's pid
+//! file, so killing the service kills Postgres too, as a crash of the database host would.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use quorumlab_experiment::scenario::{PostgresSettings, ReplicationMode, SyncCommit};
+use quorumlab_proto::agent::{Action, SignalRequest};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection, Row};
+
+use crate::agent::ServiceSpec;
+use crate::etcd::{random_token, write_secret, EtcdTiming, Lab, LabError, CLIENT_PORT};
+use crate::hosts::LabNet;
+
+/// Postgres's port on every database host.
+pub const PG_PORT: u16 = 5432;
+/// Patroni's REST API port on every database host.
+pub const PATRONI_PORT: u16 = 8008;
+/// Where Debian's patroni package puts its entry point.
+pub const PATRONI_BINARY: &str = "/usr/bin/patroni";
+/// Postgres 15's programs, as Debian installs them.
+pub const PG_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+/// The OS user Postgres and Patroni run as.
+pub const PG_USER: &str = "postgres";
+/// Patroni's scope (the cluster name under which it keeps its keys in etcd).
+pub const SCOPE: &str = "quorumlab";
+/// The etcd key holding the name of the Patroni leader, under a lease of `ttl` seconds.
+pub const LEADER_KEY: &str = "/service/quorumlab/leader";
+/// etcd members in a Postgres lab (on the first three hosts).
+const ETCD_MEMBERS: usize = 3;
+/// Largest number of replicas `cluster up postgres` makes.
+pub const REPLICAS_MAX: usize = 6;
+
+/// Patroni settings that a scenario chooses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatroniSettings {
+    /// Leader key TTL, seconds.
+    pub ttl_s: u64,
+    /// HA loop period, seconds.
+    pub loop_wait_s: u64,
+    /// Retry budget for DCS and Postgres calls, seconds.
+    pub retry_timeout_s: u64,
+    /// Replicas further behind than this are not promoted.
+    pub maximum_lag_on_failover_bytes: u64,
+    /// Asynchronous streaming or Patroni's synchronous mode.
+    pub mode: ReplicationMode,
+    /// `synchronous_commit` in synchronous mode.
+    pub synchronous_commit: SyncCommit,
+}
+
+impl PatroniSettings {
+    /// The settings a scenario asks for, in `mode`.
+    pub fn from_scenario(pg: &PostgresSettings, mode: ReplicationMode) -> PatroniSettings {
+        PatroniSettings {
+            ttl_s: pg.ttl_s,
+            loop_wait_s: pg.loop_wait_s,
+            retry_timeout_s: pg.retry_timeout_s,
+            maximum_lag_on_failover_bytes: pg.maximum_lag_on_failover_bytes,
+            mode,
+            synchronous_commit: pg.synchronous_commit,
+        }
+    }
+
+    /// Patroni's rule, checked before anything starts.
+    pub fn validate(&self) -> Result<(), LabError> {
+        if self.loop_wait_s == 0 || self.loop_wait_s + 2 * self.retry_timeout_s > self.ttl_s {
+            return Err(LabError::Settings(format!(
+                "Patroni needs 0 < loop_wait and loop_wait + 2*retry_timeout <= ttl, but {} + 2*{} > {}",
+                self.loop_wait_s, self.retry_timeout_s, self.ttl_s
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What `lab.json` records about the Postgres cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PgCluster {
+    /// Hosts `n1..=n{db_nodes}` run Patroni and Postgres.
+    pub db_nodes: usize,
+    /// Password of the `postgres` superuser (the lab's clients connect as it).
+    pub superuser_password: String,
+    /// Patroni's settings.
+    pub patroni: PatroniSettings,
+}
+
+/// One Postgres node as `cluster status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PgNodeStatus {
+    /// Host name (`n1`...).
+    pub name: String,
+    /// `host:port`.
+    pub endpoint: String,
+    /// Whether Postgres answered.
+    pub up: bool,
+    /// `primary` or `replica` (empty when down).
+    pub role: String,
+    /// Timeline the node is on.
+    pub timeline: u64,
+    /// Primary: current WAL insert LSN; replica: last received LSN.
+    pub received_lsn: String,
+    /// Primary: current WAL LSN; replica: last replayed LSN.
+    pub replayed_lsn: String,
+    /// Bytes of WAL the node has not replayed, against the primary's current LSN.
+    pub lag_bytes: Option<i64>,
+}
+
+fn pg_err(what: &str, e: impl std::fmt::Display) -> LabError {
+    LabError::Postgres(format!("{what}: {}", one_line(&e.to_string())))
+}
+
+/// Folds an error message to one line.
+pub fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl PgCluster {
+    /// Connection options for the node on host `i` of `net`.
+    pub fn connect_options(&self, net: &LabNet, i: usize) -> PgConnectOptions {
+        PgConnectOptions::new()
+            .host(&net.addr(i).to_string())
+            .port(PG_PORT)
+            .username("postgres")
+            .password(&self.superuser_password)
+            .database("postgres")
+            .application_name("quorumlab")
+            .disable_statement_logging()
+    }
+}
+
+/// Opens a connection to host `i`'s Postgres within `timeout`.
+pub async fn connect(lab: &Lab, i: usize, timeout: Duration) -> Result<PgConnection, LabError> {
+    let pg = cluster(lab)?;
+    let options = pg.connect_options(&lab.net, i);
+    match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(pg_err(
+            &format!("cannot reach Postgres on n{i} ({}:{PG_PORT})", lab.net.addr(i)),
+            e,
+        )),
+        Err(_) => Err(LabError::Postgres(format!(
+            "cannot reach Postgres on n{i} ({}:{PG_PORT}) within {timeout:?}",
+            lab.net.addr(i)
+        ))),
+    }
+}
+
+/// The lab's Postgres cluster, or an error naming the lab as etcd-only.
+pub fn cluster(lab: &Lab) -> Result<&PgCluster, LabError> {
+    lab.postgres.as_ref().ok_or_else(|| {
+        LabError::Postgres(format!(
+            "the lab in {} has no Postgres (`quorumlab cluster up postgres` starts one)",
+            lab.state_dir.display()
+        ))
+    })
+}
+
+fn patroni_config(
+    net: &LabNet,
+    i: usize,
+    dir: &Path,
+    settings: &PatroniSettings,
+    passwords: &[String; 3],
+) -> serde_json::Value {
+    let addr = net.addr(i);
+    let etcd_hosts: Vec<String> = (1..=ETCD_MEMBERS)
+        .map(|j| format!("{}:{CLIENT_PORT}", net.addr(j)))
+        .collect();
+    let subnet = format!("10.77.{}.0/24", net.id);
+    let synchronous = settings.mode == ReplicationMode::Sync;
+    let synchronous_commit = if synchronous {
+        settings.synchronous_commit.to_string()
+    } else {
+        "local".to_string()
+    };
+    // YAML is a superset of JSON, so Patroni reads this as it is.
+    serde_json::json!({
+        "scope": SCOPE,
+        "namespace": "/service/",
+        "name": format!("n{i}"),
+        "log": {"level": "INFO"},
+        "restapi": {
+            "listen": format!("{addr}:{PATRONI_PORT}"),
+            "connect_address": format!("{addr}:{PATRONI_PORT}"),
+        },
+        "etcd3": {"hosts": etcd_hosts},
+        "bootstrap": {
+            "dcs": {
+                "ttl": settings.ttl_s,
+                "loop_wait": settings.loop_wait_s,
+                "retry_timeout": settings.retry_timeout_s,
+                "maximum_lag_on_failover": settings.maximum_lag_on_failover_bytes,
+                "synchronous_mode": synchronous,
+                "postgresql": {
+                    "use_pg_rewind": true,
+                    "parameters": {
+                        "wal_level": "replica",
+                        "hot_standby": "on",
+                        "max_wal_senders": 10,
+                        "max_replication_slots": 10,
+                        "wal_keep_size": "256MB",
+                        "wal_log_hints": "on",
+                        "synchronous_commit": synchronous_commit,
+                        "wal_receiver_status_interval": "1s",
+                    },
+                },
+            },
+            "initdb": [{"encoding": "UTF8"}, "data-checksums"],
+        },
+        "postgresql": {
+            "listen": format!("{addr}:{PG_PORT}"),
+            "connect_address": format!("{addr}:{PG_PORT}"),
+            "data_dir": dir.join("pgdata"),
+            "bin_dir": PG_BIN_DIR,
+            "pgpass": dir.join("pgpass"),
+            "authentication": {
+                "superuser": {"username": "postgres", "password": passwords[0]},
+                "replication": {"username": "replicator", "password": passwords[1]},
+                "rewind": {"username": "rewinder", "password": passwords[2]},
+            },
+            "pg_hba": [
+                "local all all trust",
+                format!("host all all {subnet} scram-sha-256"),
+                format!("host replication replicator {subnet} scram-sha-256"),
+            ],
+            "parameters": {"unix_socket_directories": dir},
+        },
+    })
+}
+
+/// Whether every directory above `dir` lets the `postgres` user pass (mode `o+x`).
+fn traversable(dir: &Path) -> Result<(), LabError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut at = dir.to_path_buf();
+    while let Some(parent) = at.parent() {
+        if let Ok(meta) = std::fs::metadata(parent) {
+            if meta.permissions().mode() & 0o001 == 0 {
+                return Err(LabError::State {
+                    path: dir.display().to_string(),
+                    reason: format!(
+                        "Postgres runs as the '{PG_USER}' user and cannot pass through {} (mode {:o}); choose a --state-dir under /tmp or chmod o+x it",
+                        parent.display(),
+                        meta.permissions().mode() & 0o7777
+                    ),
+                });
+            }
+        }
+        at = parent.to_path_buf();
+    }
+    Ok(())
+}
+
+fn chown_to_postgres(path: &Path) -> Result<(), LabError> {
+    let name = std::ffi::CString::new(PG_USER).expect("no NUL");
+    // SAFETY: getpwnam with a valid C string; fields are copied before any other libc call.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    if entry.is_null() {
+        return Err(LabError::NoPostgres(format!("no '{PG_USER}' user")));
+    }
+    // SAFETY: non-null result of getpwnam.
+    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| LabError::State {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Brings up a Postgres primary and `replicas` streaming replicas under Patroni, on a fresh lab.
+pub async fn up(
+    state_dir: &Path,
+    replicas: usize,
+    settings: &PatroniSettings,
+    agent_binary: &Path,
+) -> Result<Lab, LabError> {
+    if replicas == 0 || replicas > REPLICAS_MAX {
+        return Err(LabError::Settings(format!(
+            "a Postgres lab needs 1 to {REPLICAS_MAX} replicas, not {replicas}"
+        )));
+    }
+    settings.validate()?;
+    for program in [PATRONI_BINARY, &format!("{PG_BIN_DIR}/postgres")] {
+        if !Path::new(program).exists() {
+            return Err(LabError::NoPostgres(format!(
+                "{program} is missing: apt-get install patroni postgresql-15 (cargo xtask test does it)"
+            )));
+        }
+    }
+    traversable(state_dir)?;
+    let db_nodes = replicas + 1;
+    let passwords = [random_token()?, random_token()?, random_token()?];
+    let services = |net: &LabNet, i: usize, dir: &Path| {
+        let mut services = BTreeMap::new();
+        if i > db_nodes {
+            return Ok(services);
+        }
+        chown_to_postgres(dir)?;
+        let config_file = dir.join("patroni.yml");
+        let config = patroni_config(net, i, dir, settings, &passwords);
+        write_secret(
+            &config_file,
+            serde_json::to_string_pretty(&config)
+                .expect("config serialises")
+                .as_bytes(),
+        )?;
+        chown_to_postgres(&config_file)?;
+        let log = dir.join("patroni.log");
+        write_secret(&log, b"")?;
+        chown_to_postgres(&log)?;
+        services.insert(
+            "patroni".to_string(),
+            ServiceSpec {
+                program: PATRONI_BINARY.into(),
+                args: vec![config_file.display().to_string()],
+                log,
+                user: Some(PG_USER.to_string()),
+                pid_files: vec![dir.join("pgdata").join("postmaster.pid")],
+            },
+        );
+        Ok(services)
+    };
+    let hosts = db_nodes.max(ETCD_MEMBERS);
+    let timing = EtcdTiming {
+        heartbeat_ms: 100,
+        election_timeout_ms: 1000,
+    };
+    let mut lab =
+        Lab::up_with(state_dir, hosts, ETCD_MEMBERS, timing, agent_binary, &services).await?;
+    lab.postgres = Some(PgCluster {
+        db_nodes,
+        superuser_password: passwords[0].clone(),
+        patroni: settings.clone(),
+    });
+    let started = async {
+        lab.save()?;
+        signal_patroni(&lab, 1, Action::Start).await?;
+        wait_for_primary(&lab, Some(1), Duration::from_secs(90)).await?;
+        for i in 2..=db_nodes {
+            signal_patroni(&lab, i, Action::Start).await?;
+        }
+        wait_for_streaming(&lab, 1, replicas, Duration::from_secs(120)).await
+    }
+    .await;
+    if let Err(e) = started {
+        let _ = Lab::down(state_dir);
+        return Err(e);
+    }
+    Ok(lab)
+}
+
+/// Asks host `i`'s agent to start, stop, kill, pause or resume Patroni (and with a kill, its
+/// Postgres).
+pub async fn signal_patroni(lab: &Lab, i: usize, action: Action) -> Result<(), LabError> {
+    let request = SignalRequest {
+        service: "patroni".into(),
+        action: action as i32,
+    };
+    lab.agent(i)
+        .await?
+        .signal(request)
+        .await
+        .map_err(|e| LabError::Agent {
+            host: format!("n{i}"),
+            reason: e.message().to_string(),
+        })?;
+    Ok(())
+}
+
+/// Whether host `i`'s Postgres is up and not in recovery.
+pub async fn is_primary(lab: &Lab, i: usize, timeout: Duration) -> bool {
+    let Ok(mut conn) = connect(lab, i, timeout).await else {
+        return false;
+    };
+    let answer = tokio::time::timeout(
+        timeout,
+        sqlx::query_scalar::<_, bool>("SELECT NOT pg_is_in_recovery()").fetch_one(&mut conn),
+    )
+    .await;
+    let _ = conn.close().await;
+    matches!(answer, Ok(Ok(true)))
+}
+
+/// Waits until a primary is found (`expected`, or any node); returns its host number.
+pub async fn wait_for_primary(
+    lab: &Lab,
+    expected: Option<usize>,
+    limit: Duration,
+) -> Result<usize, LabError> {
+    let db_nodes = cluster(lab)?.db_nodes;
+    let deadline = Instant::now() + limit;
+    loop {
+        for i in 1..=db_nodes {
+            if expected.is_none_or(|e| e == i) && is_primary(lab, i, Duration::from_secs(1)).await {
+                return Ok(i);
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout(format!(
+                "no Postgres primary within {limit:?}; see {}/n*/patroni.log",
+                lab.state_dir.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until `replicas` standbys stream from host `primary` (one of them synchronous in
+/// synchronous mode).
+pub async fn wait_for_streaming(
+    lab: &Lab,
+    primary: usize,
+    replicas: usize,
+    limit: Duration,
+) -> Result<(), LabError> {
+    let sync = cluster(lab)?.patroni.mode == ReplicationMode::Sync;
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(mut conn) = connect(lab, primary, Duration::from_secs(1)).await {
+            let rows = sqlx::query(
+                "SELECT count(*) FILTER (WHERE state = 'streaming'), \
+                        count(*) FILTER (WHERE sync_state = 'sync') FROM pg_stat_replication",
+            )
+            .fetch_one(&mut conn)
+            .await;
+            let _ = conn.close().await;
+            if let Ok(row) = rows {
+                let streaming: i64 = row.get(0);
+                let synchronous: i64 = row.get(1);
+                if streaming as usize >= replicas && (!sync || synchronous >= 1) {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout(format!(
+                "{replicas} replicas did not all stream from n{primary} within {limit:?}; see {}/n*/patroni.log",
+                lab.state_dir.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn node_status(lab: &Lab, i: usize, timeout: Duration) -> PgNodeStatus {
+    let mut status = PgNodeStatus {
+        name: format!("n{i}"),
+        endpoint: format!("{}:{PG_PORT}", lab.net.addr(i)),
+        up: false,
+        role: String::new(),
+        timeline: 0,
+        received_lsn: String::new(),
+        replayed_lsn: String::new(),
+        lag_bytes: None,
+    };
+    let Ok(mut conn) = connect(lab, i, timeout).await else {
+        return status;
+    };
+    let row = tokio::time::timeout(
+        timeout,
+        sqlx::query(
+            "SELECT pg_is_in_recovery(), \
+               (SELECT timeline_id FROM pg_control_checkpoint())::bigint, \
+               COALESCE(received_tli, 0)::bigint, \
+               COALESCE(pg_last_wal_receive_lsn(), pg_current_wal_insert_lsn())::text, \
+               COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text \
+             FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver ON true",
+        )
+        .fetch_one(&mut conn),
+    )
+    .await;
+    let _ = conn.close().await;
+    let Ok(Ok(row)) = row else {
+        return status;
+    };
+    let in_recovery: bool = row.get(0);
+    let checkpoint_tli: i64 = row.get(1);
+    let received_tli: i64 = row.get(2);
+    status.up = true;
+    status.role = if in_recovery { "replica" } else { "primary" }.to_string();
+    status.timeline = checkpoint_tli.max(received_tli) as u64;
+    status.received_lsn = row.get(3);
+    status.replayed_lsn = row.get(4);
+    status
+}
+
+/// Every database node's role, timeline, LSNs and lag behind the primary.
+pub async fn status(lab: &Lab, timeout: Duration) -> Result<Vec<PgNodeStatus>, LabError> {
+    let db_nodes = cluster(lab)?.db_nodes;
+    let mut nodes = Vec::with_capacity(db_nodes);
+    for i in 1..=db_nodes {
+        nodes.push(node_status(lab, i, timeout).await);
+    }
+    let primary = nodes.iter().position(|n| n.role == "primary");
+    if let Some(p) = primary {
+        if let Ok(mut conn) = connect(lab, p + 1, timeout).await {
+            for n in &mut nodes {
+                if !n.up {
+                    continue;
+                }
+                let lag = sqlx::query_scalar::<_, Option<f64>>(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8",
+                )
+                .bind(&n.replayed_lsn)
+                .fetch_one(&mut conn)
+                .await;
+                n.lag_bytes = lag.ok().flatten().map(|b| b as i64);
+            }
+            let _ = conn.close().await;
+        }
+    }
+    Ok(nodes)
+}
+
+/// The directory of host `i` in `lab`.
+pub fn host_dir(lab: &Lab, i: usize) -> PathBuf {
+    lab.state_dir.join(format!("n{i}"))
+}
