@@ -6,6 +6,7 @@
 //! exit code 2.
 
 mod bench;
+mod pg;
 mod real;
 mod shard;
 mod show;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use quorumlab_cluster::etcd::{EtcdTiming, Lab};
 use quorumlab_cluster::postgres::{self, PatroniSettings};
-use quorumlab_experiment::scenario::ReplicationMode;
+use quorumlab_experiment::scenario::{ReplicationMode, System};
 use quorumlab_cluster::run::{check_supported, run_etcd, RealRun};
 use quorumlab_experiment::measure::{Distribution, RunSummary};
 use quorumlab_experiment::Scenario;
@@ -82,7 +82,7 @@ pub fn up_postgres(
 }
 
 /// Installs Debian's etcd-server when it is missing and we are root (as `cargo xtask test` does).
-fn install_etcd_if_missing() -> Result<()> {
+pub(crate) fn install_etcd_if_missing() -> Result<()> {
     if Path::new(quorumlab_cluster::etcd::ETCD_BINARY).exists()
         || !quorumlab_cluster::hosts::is_root()
     {
@@ -181,7 +181,7 @@ pub fn down(state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn progress(runs: u64, what: &str) -> indicatif::ProgressBar {
+pub(crate) fn progress(runs: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(runs);
     if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
         "{{bar:30}} {{pos}}/{{len}} {what}  {{elapsed_precise}}"
@@ -212,6 +212,9 @@ fn ms(d: &Option<Distribution>) -> String {
 
 /// `run SCENARIO [--runs N] [--json]`.
 pub fn run(scenario: &Scenario, runs: u64, json: bool, state_dir: &Path) -> Result<()> {
+    if scenario.system == System::Postgres {
+        return crate::pg::run(scenario, runs, json, state_dir);
+    }
     let results = real_runs(scenario, runs, state_dir)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -300,6 +303,9 @@ fn metric(
 
 /// `compare SCENARIO --runs N`: simulator (N seeds) beside reality (N runs).
 pub fn compare(scenario: &Scenario, runs: u64, json: bool, state_dir: &Path) -> Result<()> {
+    if scenario.system == System::Postgres {
+        return crate::pg::compare(scenario, runs, json, state_dir);
+    }
     check_supported(scenario)?;
     let (_, sim) = sweep(scenario, 1..=runs, &RunConfig::seeded(0), &|_| {})?;
     let real: Vec<RunSummary> = real_runs(scenario, runs, state_dir)?

@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod etcd;
 pub mod hosts;
+pub mod pg_run;
 pub mod postgres;
 pub mod run;
 

@@ -9,6 +9,7 @@
 pub mod checker;
 pub mod history;
 pub mod measure;
+pub mod replication;
 pub mod report;
 
 pub mod scenario;

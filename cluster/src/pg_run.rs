@@ -1,0 +1,653 @@
+//! Running a Postgres scenario for real: a fresh Patroni cluster per run, a write workload through
+//! `sqlx`, the scenario's faults through the node agents, and the measurements the simulator
+//! makes of the same scenario ([`PgRunSummary`]).
+//!
+//! Writers insert numbered rows into `ql_writes` on whichever node is primary (found by
+//! `pg_is_in_recovery()`), each insert recorded as an operation whose value is the row's id. A
+//! prober tries one insert on *every* node every 100 ms, so a second primary is seen even while
+//! the writers still use the first. A watcher reads Patroni's leader key in etcd every 20 ms to
+//! time detection. With phases (`pg-lag`), a heartbeat row is written every 100 ms and each replica
+//! is polled every 10 ms for it, beside samples of `pg_stat_replication` and the replica's replay
+//! timestamp. After the run, the ids on the final primary are compared with the acknowledged ones.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions};
+use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
+use quorumlab_experiment::replication::{
+    reduce_lag, summarize, FailoverObservation, LagMethod, LagSample, PgRunSummary,
+};
+use quorumlab_experiment::scenario::{
+    plan_fault, Disruption, NodeState, Phase, ReplicationMode, Scenario, System,
+};
+use quorumlab_proto::agent::Action;
+use rand::distributions::{Alphanumeric, DistString};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
+use tokio::sync::watch;
+
+use crate::etcd::{Lab, LabError};
+use crate::postgres::{self, PatroniSettings, LEADER_KEY};
+use crate::run::{FiredFault, RunError};
+
+/// Write ids of prober inserts start here (writers' ids stay below).
+const PROBE_ID_BASE: u64 = 1 << 40;
+/// How often the prober tries every node.
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the heartbeat row is written.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// How often replicas are polled for the heartbeat.
+const HEARTBEAT_POLL: Duration = Duration::from_millis(10);
+/// How often the replication views are sampled.
+const VIEW_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the leader key is read.
+const LEADER_KEY_POLL: Duration = Duration::from_millis(20);
+
+/// One real run of a Postgres scenario.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PgRealRun {
+    /// The measurements.
+    pub summary: PgRunSummary,
+    /// The faults fired.
+    pub faults: Vec<FiredFault>,
+    /// The client history (writers and prober).
+    pub history: History,
+}
+
+struct Shared {
+    started: Instant,
+    ops: Mutex<Vec<Op>>,
+    samples: Mutex<Vec<LagSample>>,
+    phases: Vec<Phase>,
+    db_nodes: usize,
+    lab: Lab,
+}
+
+impl Shared {
+    fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    /// The phase running at `at_us` (the last one after all have ended).
+    fn phase_at(&self, at_us: u64) -> &Phase {
+        let mut end = 0;
+        for phase in &self.phases {
+            end += phase.ms * 1000;
+            if at_us < end {
+                return phase;
+            }
+        }
+        self.phases.last().expect("at least one phase")
+    }
+
+    fn record(&self, op: Op) {
+        self.ops.lock().expect("ops").push(op);
+    }
+
+    fn sample(&self, replica: usize, method: LagMethod, value: Option<f64>) {
+        let phase = self.phase_at(self.now_us()).name.clone();
+        self.samples.lock().expect("samples").push(LagSample {
+            phase,
+            replica: format!("n{replica}"),
+            method,
+            value,
+        });
+    }
+}
+
+/// Runs `scenario` (system `postgres`) once in `mode` on a fresh cluster in `state_dir`.
+pub async fn run_postgres(
+    scenario: &Scenario,
+    mode: ReplicationMode,
+    run_number: u64,
+    state_dir: &Path,
+    agent_binary: &Path,
+) -> Result<PgRealRun, RunError> {
+    let pg = match (scenario.system, &scenario.postgres) {
+        (System::Postgres, Some(pg)) => pg,
+        _ => {
+            return Err(RunError::Unsupported {
+                scenario: scenario.name.clone(),
+                reason: "not a postgres scenario".into(),
+            })
+        }
+    };
+    let settings = PatroniSettings::from_scenario(pg, mode);
+    let replicas = scenario.topology.nodes - 1;
+    let lab = postgres::up(state_dir, replicas, &settings, agent_binary).await?;
+    let result = drive(scenario, mode, run_number, &lab).await;
+    Lab::down(state_dir)?;
+    result
+}
+
+async fn drive(
+    scenario: &Scenario,
+    mode: ReplicationMode,
+    run_number: u64,
+    lab: &Lab,
+) -> Result<PgRealRun, RunError> {
+    let pg = scenario.postgres.as_ref().expect("checked by the caller");
+    let db_nodes = scenario.topology.nodes;
+    let primary = postgres::wait_for_primary(lab, None, Duration::from_secs(30)).await?;
+    prepare_tables(lab, primary).await?;
+    let shared = Arc::new(Shared {
+        started: Instant::now(),
+        ops: Mutex::new(Vec::new()),
+        samples: Mutex::new(Vec::new()),
+        phases: pg.phases_or(scenario.duration_ms, scenario.workload.rate_per_s),
+        db_nodes,
+        lab: lab.clone(),
+    });
+    let (stop_tx, stop) = watch::channel(false);
+    let (primary_tx, primary_rx) = watch::channel(primary);
+    let mut tasks = Vec::new();
+    let clients = scenario.workload.clients.max(1);
+    for client in 0..clients {
+        tasks.push(tokio::spawn(writer(
+            shared.clone(),
+            client as u32,
+            clients as u64,
+            Duration::from_millis(scenario.workload.timeout_ms),
+            primary_rx.clone(),
+            stop.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(prober(shared.clone(), stop.clone())));
+    let measuring_lag = !pg.phases.is_empty();
+    if measuring_lag {
+        tasks.push(tokio::spawn(heartbeat(
+            shared.clone(),
+            primary_rx.clone(),
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(view_sampler(shared.clone(), stop.clone())));
+        for replica in (1..=db_nodes).filter(|&i| i != primary) {
+            tasks.push(tokio::spawn(heartbeat_watcher(
+                shared.clone(),
+                replica,
+                stop.clone(),
+            )));
+        }
+    }
+    let detection = Arc::new(Mutex::new(None));
+    let mut fault_at_us = None;
+    let key_watch = tokio::spawn(watch_leader_key(
+        shared.clone(),
+        detection.clone(),
+        primary,
+        stop.clone(),
+    ));
+    tasks.push(tokio::spawn(track_primary(
+        shared.clone(),
+        primary_tx,
+        stop.clone(),
+    )));
+
+    let mut fired = Vec::new();
+    let mut fault_error = None;
+    for step in &scenario.faults {
+        let at = shared.started + Duration::from_millis(step.at_ms);
+        tokio::time::sleep_until(at.into()).await;
+        let states: Vec<NodeState> = (1..=lab.net.hosts)
+            .map(|i| NodeState {
+                term: 0,
+                leader: i == primary,
+                crashed: false,
+            })
+            .collect();
+        let plan = plan_fault(&step.fault, &states);
+        fault_at_us.get_or_insert(shared.now_us());
+        if let Err(e) = fire(lab, &plan.steps).await {
+            fault_error = Some(e);
+            break;
+        }
+        detection
+            .lock()
+            .expect("detection")
+            .get_or_insert((fault_at_us.unwrap_or(0), None));
+        fired.push(FiredFault {
+            at_ms: step.at_ms,
+            label: plan.label(&step.fault),
+        });
+    }
+    tokio::time::sleep_until((shared.started + Duration::from_millis(scenario.duration_ms)).into())
+        .await;
+    let end_us = shared.now_us();
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = key_watch.await;
+    if let Some(e) = fault_error {
+        return Err(e);
+    }
+    // Let the cluster settle, then read what survived on whichever node is primary now.
+    let new_primary =
+        postgres::wait_for_primary(lab, None, Duration::from_secs(scenario.duration_ms / 1000 + 60))
+            .await?;
+    let surviving_ids = surviving_ids(lab, new_primary).await?;
+    let mut ops = std::mem::take(&mut *shared.ops.lock().expect("ops"));
+    ops.sort_by_key(|op| (op.invoke_us, op.client));
+    for (i, op) in ops.iter_mut().enumerate() {
+        op.id = i as u64;
+    }
+    let history = History { ops };
+    let detected_at_us = detection.lock().expect("detection").and_then(|(_, d)| d);
+    let seen = FailoverObservation {
+        fault_at_us,
+        old_primary: Some(format!("n{primary}")),
+        new_primary: Some(format!("n{new_primary}")),
+        detected_at_us,
+        surviving_ids,
+        end_us,
+    };
+    let mut summary = summarize(
+        &scenario.name,
+        mode,
+        run_number,
+        db_nodes,
+        &history,
+        &seen,
+    );
+    if measuring_lag {
+        let order: Vec<String> = shared.phases.iter().map(|p| p.name.clone()).collect();
+        summary.lag = reduce_lag(&shared.samples.lock().expect("samples"), &order);
+    }
+    Ok(PgRealRun {
+        summary,
+        faults: fired,
+        history,
+    })
+}
+
+async fn fire(lab: &Lab, steps: &[Disruption]) -> Result<(), RunError> {
+    let all: Vec<u64> = (1..=lab.net.hosts as u64).collect();
+    for step in steps {
+        match *step {
+            Disruption::Cut(a, b) => {
+                lab.links(a as usize, &[b], true).await?;
+                lab.links(b as usize, &[a], true).await?;
+            }
+            Disruption::CutOneway(a, b) => lab.links(a as usize, &[b], true).await?,
+            // A database host crash: Patroni and its Postgres, killed with SIGKILL.
+            Disruption::Kill(id) => postgres::signal_patroni(lab, id as usize, Action::Kill).await?,
+            Disruption::Start(id) => {
+                postgres::signal_patroni(lab, id as usize, Action::Start).await?
+            }
+            Disruption::HealAll => {
+                for &host in &all {
+                    let peers: Vec<u64> = all.iter().copied().filter(|&p| p != host).collect();
+                    lab.links(host as usize, &peers, false).await?;
+                }
+            }
+            Disruption::Delay { .. } | Disruption::Loss(_) | Disruption::Duplicate(_) => {
+                return Err(RunError::Unsupported {
+                    scenario: String::new(),
+                    reason: "delay, loss and duplication need tc netem, which this kernel lacks"
+                        .into(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn prepare_tables(lab: &Lab, primary: usize) -> Result<(), LabError> {
+    let mut conn = postgres::connect(lab, primary, Duration::from_secs(5)).await?;
+    for statement in [
+        "CREATE TABLE IF NOT EXISTS ql_writes (id bigint PRIMARY KEY, client int NOT NULL, \
+         payload text NOT NULL, written_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        "CREATE TABLE IF NOT EXISTS ql_heartbeat (seq bigint PRIMARY KEY, \
+         written_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| LabError::Postgres(format!("creating tables on n{primary}: {e}")))?;
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+async fn surviving_ids(lab: &Lab, primary: usize) -> Result<BTreeSet<u64>, LabError> {
+    let mut conn = postgres::connect(lab, primary, Duration::from_secs(5)).await?;
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM ql_writes")
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| LabError::Postgres(format!("reading ql_writes on n{primary}: {e}")))?;
+    let _ = conn.close().await;
+    Ok(ids.into_iter().map(|id| id as u64).collect())
+}
+
+/// Outcome of one insert: ok, a definite refusal (never applied), or unknown (may have committed).
+fn classify(result: Result<Result<(), sqlx::Error>, tokio::time::error::Elapsed>) -> Outcome {
+    match result {
+        Ok(Ok(())) => Outcome::Ok {
+            read: None,
+            swapped: None,
+        },
+        // The server answered with an error (read-only, shutting down): the insert did not commit.
+        Ok(Err(sqlx::Error::Database(_))) => Outcome::Fail,
+        // The connection broke or the answer never came: the commit may or may not have happened.
+        _ => Outcome::Info,
+    }
+}
+
+async fn insert(
+    conn: &mut PgConnection,
+    id: u64,
+    client: u32,
+    payload: &str,
+    timeout: Duration,
+) -> Outcome {
+    classify(
+        tokio::time::timeout(
+            timeout,
+            sqlx::query("INSERT INTO ql_writes (id, client, payload) VALUES ($1, $2, $3)")
+                .bind(id as i64)
+                .bind(client as i32)
+                .bind(payload)
+                .execute(&mut *conn),
+        )
+        .await
+        .map(|r| r.map(|_| ())),
+    )
+}
+
+/// One writer: inserts at its share of the current phase's rate, one at a time, into the node it
+/// believes is primary; after a failure it waits for the primary tracker's next answer.
+async fn writer(
+    shared: Arc<Shared>,
+    client: u32,
+    clients: u64,
+    timeout: Duration,
+    mut primary: watch::Receiver<usize>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conn: Option<(usize, PgConnection)> = None;
+    let mut next_id: u64 = u64::from(client) << 32;
+    let mut next_at = Instant::now();
+    while !*stop.borrow() {
+        let phase = shared.phase_at(shared.now_us()).clone();
+        if phase.rate_per_s == 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = stop.changed() => {}
+            }
+            next_at = Instant::now();
+            continue;
+        }
+        let period = Duration::from_secs_f64(clients as f64 / phase.rate_per_s as f64);
+        next_at = (next_at + period).max(Instant::now() - period);
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_at.into()) => {}
+            _ = stop.changed() => continue,
+        }
+        let target = *primary.borrow_and_update();
+        if conn.as_ref().is_none_or(|(node, _)| *node != target) {
+            conn = postgres::connect(&shared.lab, target, timeout)
+                .await
+                .ok()
+                .map(|c| (target, c));
+        }
+        next_id += 1;
+        let payload = Alphanumeric.sample_string(&mut rand::thread_rng(), phase.row_bytes as usize);
+        let invoke_us = shared.now_us();
+        let outcome = match conn.as_mut() {
+            Some((_, c)) => insert(c, next_id, client, &payload, timeout).await,
+            None => Outcome::Fail,
+        };
+        let ok = matches!(outcome, Outcome::Ok { .. });
+        shared.record(Op {
+            id: 0,
+            client,
+            kind: OpKind::Put {
+                key: 0,
+                value: next_id,
+            },
+            invoke_us,
+            complete_us: shared.now_us(),
+            outcome,
+            node: Some(format!("n{target}")),
+        });
+        if !ok {
+            conn = None;
+        }
+    }
+}
+
+/// Follows the primary: asks every node `pg_is_in_recovery()` every 100 ms and publishes the
+/// node that says no (the lowest-numbered one if two do, which is itself a split brain).
+async fn track_primary(
+    shared: Arc<Shared>,
+    primary: watch::Sender<usize>,
+    stop: watch::Receiver<bool>,
+) {
+    while !*stop.borrow() {
+        for i in 1..=shared.db_nodes {
+            if postgres::is_primary(&shared.lab, i, Duration::from_millis(300)).await {
+                primary.send_if_modified(|p| std::mem::replace(p, i) != i);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Tries one insert on every node every 100 ms, keeping a connection per node.
+async fn prober(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let client = u32::MAX;
+    let timeout = Duration::from_millis(500);
+    let mut conns: Vec<Option<PgConnection>> = (0..shared.db_nodes).map(|_| None).collect();
+    let mut next_id = PROBE_ID_BASE;
+    while !*stop.borrow() {
+        for i in 1..=shared.db_nodes {
+            if conns[i - 1].is_none() {
+                conns[i - 1] = postgres::connect(&shared.lab, i, timeout).await.ok();
+            }
+            let Some(conn) = conns[i - 1].as_mut() else {
+                continue;
+            };
+            next_id += 1;
+            let invoke_us = shared.now_us();
+            let outcome = insert(conn, next_id, client, "probe", timeout).await;
+            match outcome {
+                Outcome::Ok { .. } => shared.record(Op {
+                    id: 0,
+                    client,
+                    kind: OpKind::Put {
+                        key: 0,
+                        value: next_id,
+                    },
+                    invoke_us,
+                    complete_us: shared.now_us(),
+                    outcome,
+                    node: Some(format!("n{i}")),
+                }),
+                // A replica refusing a write is the normal case; only a broken link is news.
+                Outcome::Fail => {}
+                Outcome::Info => conns[i - 1] = None,
+            }
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+/// Reads Patroni's leader key every 20 ms; once the fault has fired, records when the key is
+/// first gone or names another member.
+async fn watch_leader_key(
+    shared: Arc<Shared>,
+    detection: Arc<Mutex<Option<(u64, Option<u64>)>>>,
+    primary: usize,
+    stop: watch::Receiver<bool>,
+) {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_timeout(Duration::from_millis(500));
+    let endpoints = shared.lab.endpoints();
+    let mut client: Option<Client> = None;
+    let holder = format!("n{primary}");
+    while !*stop.borrow() {
+        tokio::time::sleep(LEADER_KEY_POLL).await;
+        let fired = matches!(*detection.lock().expect("detection"), Some((_, None)));
+        if !fired {
+            continue;
+        }
+        if client.is_none() {
+            client = Client::connect(&endpoints, Some(options.clone())).await.ok();
+        }
+        let Some(c) = client.as_mut() else { continue };
+        match c.get(LEADER_KEY, None).await {
+            Ok(answer) => {
+                let value = answer.kvs().first().map(|kv| kv.value().to_vec());
+                if value.as_deref() != Some(holder.as_bytes()) {
+                    let at = shared.now_us();
+                    if let Some((_, seen @ None)) = &mut *detection.lock().expect("detection") {
+                        *seen = Some(at);
+                    }
+                }
+            }
+            Err(_) => client = None,
+        }
+    }
+}
+
+/// Writes the heartbeat row every 100 ms while the phase has writes (an idle primary stays idle).
+async fn heartbeat(
+    shared: Arc<Shared>,
+    primary: watch::Receiver<usize>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut conn: Option<(usize, PgConnection)> = None;
+    let mut seq: i64 = 0;
+    let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
+    while !*stop.borrow() {
+        ticker.tick().await;
+        if shared.phase_at(shared.now_us()).rate_per_s == 0 {
+            continue;
+        }
+        let target = *primary.borrow();
+        if conn.as_ref().is_none_or(|(node, _)| *node != target) {
+            conn = postgres::connect(&shared.lab, target, Duration::from_secs(1))
+                .await
+                .ok()
+                .map(|c| (target, c));
+        }
+        let Some((_, c)) = conn.as_mut() else {
+            continue;
+        };
+        seq += 1;
+        if sqlx::query("INSERT INTO ql_heartbeat (seq) VALUES ($1)")
+            .bind(seq)
+            .execute(&mut *c)
+            .await
+            .is_err()
+        {
+            conn = None;
+        }
+    }
+}
+
+/// Polls one replica every 10 ms for heartbeat rows it has not shown before; each row's lag is
+/// the replica's clock at first sight minus the primary's at write (one machine, one clock).
+async fn heartbeat_watcher(shared: Arc<Shared>, replica: usize, stop: watch::Receiver<bool>) {
+    let mut conn: Option<PgConnection> = None;
+    let mut last_seen: i64 = 0;
+    while !*stop.borrow() {
+        tokio::time::sleep(HEARTBEAT_POLL).await;
+        if conn.is_none() {
+            conn = postgres::connect(&shared.lab, replica, Duration::from_secs(1))
+                .await
+                .ok();
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let rows = sqlx::query(
+            "SELECT seq, (extract(epoch FROM clock_timestamp() - written_at) * 1000)::float8 \
+             FROM ql_heartbeat WHERE seq > $1 ORDER BY seq",
+        )
+        .bind(last_seen)
+        .fetch_all(&mut *c)
+        .await;
+        match rows {
+            Ok(rows) => {
+                for row in rows {
+                    last_seen = row.get(0);
+                    let lag: f64 = row.get(1);
+                    shared.sample(replica, LagMethod::Heartbeat, Some(lag.max(0.0)));
+                }
+            }
+            Err(_) => conn = None,
+        }
+    }
+}
+
+/// Samples `pg_stat_replication` on the primary and the replay timestamp's age on each replica.
+async fn view_sampler(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let mut conns: Vec<Option<PgConnection>> = (0..shared.db_nodes).map(|_| None).collect();
+    let mut ticker = tokio::time::interval(VIEW_SAMPLE_INTERVAL);
+    while !*stop.borrow() {
+        ticker.tick().await;
+        for i in 1..=shared.db_nodes {
+            if conns[i - 1].is_none() {
+                conns[i - 1] = postgres::connect(&shared.lab, i, Duration::from_secs(1))
+                    .await
+                    .ok();
+            }
+            let Some(c) = conns[i - 1].as_mut() else {
+                continue;
+            };
+            let in_recovery: Result<bool, _> = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                .fetch_one(&mut *c)
+                .await;
+            let sampled = match in_recovery {
+                Ok(false) => sample_stat_replication(&shared, c).await,
+                Ok(true) => sqlx::query_scalar::<_, Option<f64>>(
+                    "SELECT (extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::float8",
+                )
+                .fetch_one(&mut *c)
+                .await
+                .map(|age| shared.sample(i, LagMethod::ReplayAge, age)),
+                Err(e) => Err(e),
+            };
+            if sampled.is_err() {
+                conns[i - 1] = None;
+            }
+        }
+    }
+}
+
+async fn sample_stat_replication(
+    shared: &Shared,
+    conn: &mut PgConnection,
+) -> Result<(), sqlx::Error> {
+    let ms = |column: &str| format!("(extract(epoch FROM {column}) * 1000)::float8");
+    let rows = sqlx::query(&format!(
+        "SELECT application_name, {}, {}, {}, \
+         pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8 FROM pg_stat_replication",
+        ms("write_lag"),
+        ms("flush_lag"),
+        ms("replay_lag")
+    ))
+    .fetch_all(conn)
+    .await?;
+    for row in rows {
+        let name: String = row.get(0);
+        let Some(replica) = name.strip_prefix('n').and_then(|n| n.parse::<usize>().ok()) else {
+            continue;
+        };
+        for (column, method) in [
+            (1, LagMethod::WriteLag),
+            (2, LagMethod::FlushLag),
+            (3, LagMethod::ReplayLag),
+            (4, LagMethod::Bytes),
+        ] {
+            let value: Option<f64> = row.get(column);
+            shared.sample(replica, method, value);
+        }
+    }
+    Ok(())
+}

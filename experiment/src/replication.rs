@@ -1,0 +1,321 @@
+//! Measurements of a primary–replica database under failover and load: what `pg-failover`,
+//! `pg-isolate-primary` and `pg-lag` report, computed the same way from a simulated run and a real
+//! one.
+//!
+//! A write is a `put` whose value is the write's id; the op records which node acknowledged it.
+//! After the run, the ids present on the final primary decide which acknowledged writes survived.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::history::{History, OpKind};
+use crate::measure::Distribution;
+use crate::scenario::ReplicationMode;
+
+/// One run of a Postgres scenario, as both the simulator and the real driver report it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PgRunSummary {
+    /// Scenario name.
+    pub scenario: String,
+    /// Replication mode of this run.
+    pub mode: ReplicationMode,
+    /// Seed (simulator) or run number (real cluster).
+    pub seed: u64,
+    /// Database nodes (primary and replicas).
+    pub nodes: usize,
+    /// When the fault fired, in milliseconds since the start.
+    pub fault_at_ms: Option<u64>,
+    /// The primary when the fault fired.
+    pub old_primary: Option<String>,
+    /// The primary at the end.
+    pub new_primary: Option<String>,
+    /// From the fault to the leader key in the DCS expiring or naming another node.
+    pub detection_ms: Option<u64>,
+    /// From the fault to the first write acknowledged by a different primary.
+    pub failover_ms: Option<u64>,
+    /// Longest client-visible stretch with no acknowledged write, from the fault on.
+    pub write_unavailable_ms: u64,
+    /// After the fault, how long the old primary went on acknowledging writes.
+    pub old_primary_acked_for_ms: Option<u64>,
+    /// How long two primaries both acknowledged writes (split brain when > 0).
+    pub dual_primary_ms: u64,
+    /// Writes acknowledged to clients.
+    pub acked_writes: u64,
+    /// Acknowledged writes missing from the final primary.
+    pub lost_writes: u64,
+    /// Ids of the lost writes (at most 50 listed).
+    pub lost_ids: Vec<u64>,
+    /// Latency of acknowledged writes before the fault (all of them without one), milliseconds.
+    pub write_latency_ms: Option<Distribution>,
+    /// Replica lag per phase, replica and method (`pg-lag`).
+    pub lag: Vec<PhaseLag>,
+}
+
+impl PgRunSummary {
+    /// Whether two primaries acknowledged writes at the same time.
+    pub fn split_brain(&self) -> bool {
+        self.dual_primary_ms > 0
+    }
+}
+
+/// The ways replica lag is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LagMethod {
+    /// `pg_stat_replication.write_lag`.
+    WriteLag,
+    /// `pg_stat_replication.flush_lag`.
+    FlushLag,
+    /// `pg_stat_replication.replay_lag`.
+    ReplayLag,
+    /// `pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)`, in bytes.
+    Bytes,
+    /// Ground truth: a heartbeat row's write on the primary to its first sight on the replica.
+    Heartbeat,
+    /// `now() - pg_last_xact_replay_timestamp()` on the replica (misleads when idle).
+    ReplayAge,
+}
+
+impl LagMethod {
+    /// Every method, in report order.
+    pub const ALL: [LagMethod; 6] = [
+        LagMethod::Heartbeat,
+        LagMethod::WriteLag,
+        LagMethod::FlushLag,
+        LagMethod::ReplayLag,
+        LagMethod::Bytes,
+        LagMethod::ReplayAge,
+    ];
+
+    /// Column label, with its unit.
+    pub fn label(self) -> &'static str {
+        match self {
+            LagMethod::WriteLag => "write_lag ms",
+            LagMethod::FlushLag => "flush_lag ms",
+            LagMethod::ReplayLag => "replay_lag ms",
+            LagMethod::Bytes => "byte lag",
+            LagMethod::Heartbeat => "heartbeat ms",
+            LagMethod::ReplayAge => "replay age ms",
+        }
+    }
+}
+
+/// One lag sample: `None` when the view said NULL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LagSample {
+    /// Phase name.
+    pub phase: String,
+    /// Replica name.
+    pub replica: String,
+    /// How it was measured.
+    pub method: LagMethod,
+    /// Milliseconds (bytes for [`LagMethod::Bytes`]).
+    pub value: Option<f64>,
+}
+
+/// Lag of one replica in one phase by one method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseLag {
+    /// Phase name.
+    pub phase: String,
+    /// Replica name.
+    pub replica: String,
+    /// How it was measured.
+    pub method: LagMethod,
+    /// Samples taken.
+    pub samples: usize,
+    /// Samples where the view said NULL.
+    pub nulls: usize,
+    /// The non-NULL samples.
+    pub value: Option<Distribution>,
+}
+
+/// Reduces samples to one [`PhaseLag`] per (phase, replica, method), phases in `phase_order`.
+pub fn reduce_lag(samples: &[LagSample], phase_order: &[String]) -> Vec<PhaseLag> {
+    let mut groups: BTreeMap<(usize, String, LagMethod), Vec<Option<f64>>> = BTreeMap::new();
+    for s in samples {
+        let phase = phase_order
+            .iter()
+            .position(|p| *p == s.phase)
+            .unwrap_or(usize::MAX);
+        groups
+            .entry((phase, s.replica.clone(), s.method))
+            .or_default()
+            .push(s.value);
+    }
+    groups
+        .into_iter()
+        .map(|((phase, replica, method), values)| PhaseLag {
+            phase: phase_order.get(phase).cloned().unwrap_or_default(),
+            replica,
+            method,
+            samples: values.len(),
+            nulls: values.iter().filter(|v| v.is_none()).count(),
+            value: Distribution::of(values.into_iter().flatten()),
+        })
+        .collect()
+}
+
+/// What a runner observed besides the client history, for [`summarize`].
+#[derive(Debug, Clone, Default)]
+pub struct FailoverObservation {
+    /// When the fault fired, microseconds.
+    pub fault_at_us: Option<u64>,
+    /// The primary when it fired.
+    pub old_primary: Option<String>,
+    /// The primary at the end.
+    pub new_primary: Option<String>,
+    /// When the DCS leader key was first seen expired or held by another node after the fault.
+    pub detected_at_us: Option<u64>,
+    /// Write ids present on the final primary.
+    pub surviving_ids: BTreeSet<u64>,
+    /// The run's end, microseconds.
+    pub end_us: u64,
+}
+
+/// The id a write carries in the history (its `put` value), if the op is a write.
+pub fn write_id(kind: &OpKind) -> Option<u64> {
+    match *kind {
+        OpKind::Put { value, .. } => Some(value),
+        _ => None,
+    }
+}
+
+/// Measures one run from its history and observations.
+pub fn summarize(
+    scenario: &str,
+    mode: ReplicationMode,
+    seed: u64,
+    nodes: usize,
+    history: &History,
+    seen: &FailoverObservation,
+) -> PgRunSummary {
+    let fault = seen.fault_at_us;
+    let acked: Vec<_> = history.ops.iter().filter(|op| op.is_ok_write()).collect();
+    let lost_ids: Vec<u64> = acked
+        .iter()
+        .filter_map(|op| write_id(&op.kind))
+        .filter(|id| !seen.surviving_ids.contains(id))
+        .collect();
+    let after = |t: u64| fault.is_some_and(|f| t >= f);
+    let by_old = |op: &&&crate::history::Op| op.node.is_some() && op.node == seen.old_primary;
+    let old_last = acked
+        .iter()
+        .filter(|op| after(op.complete_us) && by_old(op))
+        .map(|op| op.complete_us)
+        .max();
+    let new_first = acked
+        .iter()
+        .filter(|op| after(op.complete_us) && !by_old(op))
+        .map(|op| op.complete_us)
+        .min();
+    let ms = |from: u64, to: u64| to.saturating_sub(from) / 1000;
+    let latency = Distribution::of(
+        acked
+            .iter()
+            .filter(|op| fault.is_none_or(|f| op.complete_us < f))
+            .map(|op| (op.complete_us - op.invoke_us) as f64 / 1000.0),
+    );
+    PgRunSummary {
+        scenario: scenario.to_string(),
+        mode,
+        seed,
+        nodes,
+        fault_at_ms: fault.map(|f| f / 1000),
+        old_primary: seen.old_primary.clone(),
+        new_primary: seen.new_primary.clone(),
+        detection_ms: fault.zip(seen.detected_at_us).map(|(f, d)| ms(f, d)),
+        failover_ms: fault.zip(new_first).map(|(f, n)| ms(f, n)),
+        write_unavailable_ms: fault.map_or(0, |f| history.longest_write_gap_us(f, seen.end_us))
+            / 1000,
+        old_primary_acked_for_ms: fault.zip(old_last).map(|(f, l)| ms(f, l)),
+        dual_primary_ms: match (old_last, new_first) {
+            (Some(old), Some(new)) if old > new => ms(new, old),
+            _ => 0,
+        },
+        acked_writes: acked.len() as u64,
+        lost_writes: lost_ids.len() as u64,
+        lost_ids: lost_ids.into_iter().take(50).collect(),
+        write_latency_ms: latency,
+        lag: vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Op, Outcome};
+
+    fn write(id: u64, invoke_ms: u64, complete_ms: u64, node: &str, ok: bool) -> Op {
+        Op {
+            id,
+            client: 0,
+            kind: OpKind::Put { key: 0, value: id },
+            invoke_us: invoke_ms * 1000,
+            complete_us: complete_ms * 1000,
+            outcome: if ok {
+                Outcome::Ok {
+                    read: None,
+                    swapped: None,
+                }
+            } else {
+                Outcome::Fail
+            },
+            node: Some(node.to_string()),
+        }
+    }
+
+    #[test]
+    fn lost_writes_failover_and_split_brain_come_from_the_history() {
+        let history = History {
+            ops: vec![
+                write(1, 0, 2, "n1", true),
+                write(2, 90, 95, "n1", true),
+                write(3, 100, 105, "n1", true),
+                write(4, 200, 300, "n2", false),
+                write(5, 400, 410, "n2", true),
+                write(6, 420, 430, "n1", true),
+            ],
+        };
+        let seen = FailoverObservation {
+            fault_at_us: Some(100_000),
+            old_primary: Some("n1".into()),
+            new_primary: Some("n2".into()),
+            detected_at_us: Some(350_000),
+            surviving_ids: [1, 2, 5].into(),
+            end_us: 500_000,
+        };
+        let s = summarize("x", ReplicationMode::Async, 1, 3, &history, &seen);
+        assert_eq!(s.acked_writes, 5);
+        assert_eq!((s.lost_writes, s.lost_ids.clone()), (2, vec![3, 6]));
+        assert_eq!(s.detection_ms, Some(250));
+        assert_eq!(s.failover_ms, Some(310));
+        assert_eq!(s.old_primary_acked_for_ms, Some(330));
+        assert_eq!(s.dual_primary_ms, 20);
+        assert!(s.split_brain());
+        assert_eq!(s.write_unavailable_ms, 305);
+        assert_eq!(s.write_latency_ms.unwrap().max, 5.0);
+    }
+
+    #[test]
+    fn lag_is_reduced_per_phase_replica_and_method_counting_nulls() {
+        let sample = |phase: &str, value| LagSample {
+            phase: phase.into(),
+            replica: "n2".into(),
+            method: LagMethod::ReplayLag,
+            value,
+        };
+        let samples = vec![
+            sample("steady", Some(3.0)),
+            sample("idle", None),
+            sample("idle", None),
+            sample("steady", Some(5.0)),
+        ];
+        let lag = reduce_lag(&samples, &["idle".into(), "steady".into()]);
+        assert_eq!(lag.len(), 2);
+        assert_eq!((lag[0].phase.as_str(), lag[0].nulls), ("idle", 2));
+        assert!(lag[0].value.is_none());
+        assert_eq!(lag[1].value.unwrap().max, 5.0);
+    }
+}
