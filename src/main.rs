@@ -377,6 +377,9 @@ fn load(name: &str, nodes: Option<usize>) -> Result<Scenario> {
 
 fn sim(args: RunArgs) -> Result<()> {
     let scenario = load(args.scenario.as_deref().unwrap_or_default(), args.nodes)?;
+    if scenario.system == quorumlab_experiment::scenario::System::Postgres {
+        return pg::sim(&scenario, args.seed, args.json);
+    }
     let config = RunConfig {
         stale_reads: args.stale_reads,
         record_messages: args.report.is_some(),

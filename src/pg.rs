@@ -223,6 +223,32 @@ pub fn run(scenario: &Scenario, runs: u64, json: bool, state_dir: &Path) -> Resu
     Ok(())
 }
 
+/// `sim SCENARIO --seed S` for a Postgres scenario: every mode, its trace and its measurements.
+pub fn sim(scenario: &Scenario, seed: u64, json: bool) -> Result<()> {
+    let mut runs = Vec::new();
+    for mode in modes(scenario) {
+        runs.push(quorumlab_sim::postgres::run_pg(scenario, mode, seed)?);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(());
+    }
+    println!(
+        "{} in the simulator, seed {seed}: primary + {} replicas under a Patroni model on a simulated etcd",
+        scenario.name,
+        scenario.topology.nodes - 1
+    );
+    for run in &runs {
+        println!("
+{} mode:", run.summary.mode);
+        for e in &run.trace {
+            println!("  {:>9.3}s  {:<6} {}", e.at_us as f64 / 1e6, e.node, e.what);
+        }
+        print_run(&run.summary, "");
+    }
+    Ok(())
+}
+
 /// `compare SCENARIO --runs N` for a Postgres scenario: simulator beside reality, per mode.
 pub fn compare(scenario: &Scenario, runs: u64, json: bool, state_dir: &Path) -> Result<()> {
     let _ = (scenario, runs, json, state_dir);

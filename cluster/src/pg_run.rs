@@ -438,13 +438,18 @@ async fn track_primary(
     }
 }
 
-/// Tries one insert on every node every 100 ms, keeping a connection per node.
+/// Tries one insert on every node every 100 ms (not in idle phases), keeping a connection per node.
 async fn prober(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let client = u32::MAX;
     let timeout = Duration::from_millis(500);
     let mut conns: Vec<Option<PgConnection>> = (0..shared.db_nodes).map(|_| None).collect();
     let mut next_id = PROBE_ID_BASE;
     while !*stop.borrow() {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        // An idle phase stays idle: no writes at all, or the views could not be seen to mislead.
+        if shared.phase_at(shared.now_us()).rate_per_s == 0 {
+            continue;
+        }
         for i in 1..=shared.db_nodes {
             if conns[i - 1].is_none() {
                 conns[i - 1] = postgres::connect(&shared.lab, i, timeout).await.ok();
@@ -473,7 +478,6 @@ async fn prober(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                 Outcome::Info => conns[i - 1] = None,
             }
         }
-        tokio::time::sleep(PROBE_INTERVAL).await;
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod host;
 pub mod invariants;
 pub mod node;
+pub mod postgres;
 pub mod run;
 pub mod sweep;
 pub mod trace;

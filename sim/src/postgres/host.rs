@@ -1,0 +1,775 @@
+//! turmoil adapters for the Postgres model: a database host (Postgres and Patroni) and the
+//! clients that measure it.
+//!
+//! A database host runs two tasks over one shared [`PgServer`]: the Postgres task (port 5432)
+//! answers clients, streams WAL and ticks the server every millisecond; the Patroni task runs the
+//! HA loop, reading and writing the leader lock in the simulated etcd through the same wire
+//! protocol as any etcd client (port 8009), and answers peers asking for its WAL position (its
+//! REST API, port 8008). Hosts `n1..n3` also run an etcd member ([`crate::host::node_host`]).
+//! A killed Postgres is a `None` server: it answers nothing but refusals (the kernel's RST), and
+//! its Patroni is gone with it.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use quorumlab_experiment::history::{Op, OpKind, Outcome};
+use quorumlab_experiment::replication::{LagMethod, LagSample};
+use quorumlab_experiment::scenario::{Phase, ReplicationMode, SyncCommit};
+use serde::{Deserialize, Serialize};
+use turmoil::net::UdpSocket;
+
+use super::patroni::{decide, HaAction, HaView, LeaderLock, LEADER_KEY, OPTIME_KEY, SYNC_KEY};
+use super::server::{Lsn, PgOutput, PgRole, PgServer, WalRecord};
+use crate::host::{node_addr, now_us};
+use crate::wire::{Packet, Reply, Request};
+
+/// Postgres's port.
+pub const PG_PORT: u16 = 5432;
+/// Patroni's REST port (peers ask for WAL positions here).
+pub const REST_PORT: u16 = 8008;
+/// Patroni's etcd client port.
+const DCS_PORT: u16 = 8009;
+/// The port Patroni asks its peers' REST APIs from.
+const PEER_ASK_PORT: u16 = 8010;
+/// How long a promotion takes once the lock is held (end of recovery, checkpoint).
+const PROMOTE_US: u64 = 100_000;
+/// How long Patroni waits for one etcd answer before trying the next member.
+const DCS_ATTEMPT: Duration = Duration::from_millis(300);
+/// How long Patroni waits for peers' positions.
+const PEER_WAIT: Duration = Duration::from_millis(200);
+/// `wal_receiver_status_interval`.
+const STATUS_INTERVAL_US: u64 = 1_000_000;
+/// The Postgres task's tick.
+const TICK: Duration = Duration::from_millis(1);
+const DATAGRAM_BYTES_MAX: usize = 1 << 20;
+
+/// Settings every database host shares.
+#[derive(Debug, Clone)]
+pub struct PgHostConfig {
+    /// Database hosts.
+    pub db_nodes: u64,
+    /// etcd members (on hosts `n1..`).
+    pub etcd_members: u64,
+    /// Patroni timing, milliseconds.
+    pub ttl_ms: u64,
+    /// HA loop period.
+    pub loop_wait_ms: u64,
+    /// Retry budget.
+    pub retry_timeout_ms: u64,
+    /// `maximum_lag_on_failover`.
+    pub maximum_lag_on_failover: u64,
+    /// Replication mode.
+    pub mode: ReplicationMode,
+    /// `synchronous_commit` (`local` in async mode).
+    pub synchronous_commit: SyncCommit,
+    /// WAL stream bandwidth per standby, bytes/s.
+    pub bandwidth: f64,
+    /// Replay speed, bytes/s.
+    pub replay_rate: f64,
+    /// When the workload starts, microseconds (the cluster is bootstrapped before).
+    pub start_us: u64,
+}
+
+/// A line of the Postgres run's trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PgEvent {
+    /// Microseconds since the workload started (negative during bootstrap is clamped to 0).
+    pub at_us: u64,
+    /// Host or client.
+    pub node: String,
+    /// What happened.
+    pub what: String,
+}
+
+/// Everything shared by the hosts, the clients and the driver of one run.
+#[derive(Default)]
+pub struct PgLabState {
+    /// Each database host's server; `None` while killed.
+    pub servers: Vec<Option<PgServer>>,
+    /// Client operations.
+    pub ops: Vec<Op>,
+    /// Lag samples.
+    pub samples: Vec<LagSample>,
+    /// Every successful write of the leader lock: (when, lock).
+    pub lock_writes: Vec<(u64, LeaderLock)>,
+    /// Trace.
+    pub events: Vec<PgEvent>,
+    /// Workload phases.
+    pub phases: Vec<Phase>,
+    /// Workload start, microseconds.
+    pub start_us: u64,
+}
+
+/// Shared handle.
+pub type PgLab = Rc<RefCell<PgLabState>>;
+
+impl PgLabState {
+    fn event(&mut self, node: String, what: String) {
+        let at_us = now_us().saturating_sub(self.start_us);
+        self.events.push(PgEvent { at_us, node, what });
+    }
+
+    /// The phase at `at_us` after the start (the last one once all have ended).
+    pub fn phase_at(&self, at_us: u64) -> &Phase {
+        let mut end = 0;
+        for phase in &self.phases {
+            end += phase.ms * 1000;
+            if at_us < end {
+                return phase;
+            }
+        }
+        self.phases.last().expect("at least one phase")
+    }
+}
+
+/// A datagram of the Postgres model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PgPacket {
+    /// Insert a row.
+    Insert {
+        /// Request number.
+        seq: u64,
+        /// Write id.
+        id: u64,
+        /// Payload bytes.
+        payload: u64,
+        /// Heartbeat sequence, for heartbeat rows.
+        heartbeat: Option<u64>,
+    },
+    /// The insert committed (at the configured durability).
+    InsertOk {
+        /// Request number.
+        seq: u64,
+    },
+    /// The insert was refused (read-only, or the process is gone).
+    Refused {
+        /// Request number.
+        seq: u64,
+    },
+    /// `SELECT pg_is_in_recovery()`.
+    IsPrimary {
+        /// Request number.
+        seq: u64,
+    },
+    /// Answer to `IsPrimary`.
+    Primary {
+        /// Request number.
+        seq: u64,
+        /// Not in recovery.
+        yes: bool,
+    },
+    /// Newest visible heartbeat row.
+    ReadHeartbeat {
+        /// Request number.
+        seq: u64,
+    },
+    /// Answer: (sequence, committed at) of the newest visible heartbeat.
+    Heartbeat {
+        /// Request number.
+        seq: u64,
+        /// The row.
+        latest: Option<(u64, u64)>,
+    },
+    /// `pg_stat_replication` on a primary, `pg_last_xact_replay_timestamp()` on a standby.
+    Views {
+        /// Request number.
+        seq: u64,
+    },
+    /// Answer to `Views`.
+    ViewRows {
+        /// Request number.
+        seq: u64,
+        /// Whether the node is a primary (not in recovery).
+        primary: bool,
+        /// Primary: (standby, write/flush/replay lag µs, byte lag) per standby.
+        replication: Vec<(u64, [Option<u64>; 3], u64)>,
+        /// Standby: age of the last replayed commit, µs.
+        replay_age_us: Option<u64>,
+    },
+    /// A standby asks its upstream to stream from `from`.
+    StartStreaming {
+        /// Position.
+        from: Lsn,
+        /// Its timeline.
+        timeline: u64,
+    },
+    /// WAL for a standby.
+    Wal {
+        /// Sender's timeline.
+        timeline: u64,
+        /// Records.
+        records: Vec<WalRecord>,
+    },
+    /// A standby's positions.
+    StandbyStatus {
+        /// Written, flushed, replayed.
+        positions: [Lsn; 3],
+    },
+    /// Patroni REST: a peer's WAL position.
+    Position {
+        /// Request number.
+        seq: u64,
+    },
+    /// Answer to `Position` (none while Postgres is down).
+    PositionIs {
+        /// Request number.
+        seq: u64,
+        /// Received LSN.
+        lsn: Option<Lsn>,
+    },
+}
+
+impl PgPacket {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("packets serialise")
+    }
+
+    fn decode(bytes: &[u8]) -> Option<PgPacket> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// The address of database host `i`'s port.
+pub fn host_addr(i: u64, port: u16) -> SocketAddr {
+    SocketAddr::new(turmoil::lookup(format!("n{i}")), port)
+}
+
+fn host_number(addr: SocketAddr, hosts: u64) -> Option<u64> {
+    (1..=hosts).find(|&i| turmoil::lookup(format!("n{i}")) == addr.ip())
+}
+
+fn bind(port: u16) -> impl std::future::Future<Output = std::io::Result<UdpSocket>> {
+    UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
+}
+
+/// Runs database host `me`: its Postgres and its Patroni, until the simulation ends.
+pub async fn db_host(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Result {
+    let patroni = tokio::task::spawn_local(patroni_task(lab.clone(), config.clone(), me));
+    let rest = tokio::task::spawn_local(rest_task(lab.clone(), me));
+    let result = postgres_task(lab, config, me).await;
+    patroni.abort();
+    rest.abort();
+    result
+}
+
+async fn postgres_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Result {
+    let socket = bind(PG_PORT).await?;
+    let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Commits waiting for acknowledgement: token -> (client address, request seq).
+    let mut waiting: BTreeMap<u64, (SocketAddr, u64)> = BTreeMap::new();
+    let mut next_token: u64 = 0;
+    let mut streaming_from: Option<u64> = None;
+    let mut last_status_us: u64 = 0;
+    let mut last_tick_us = now_us();
+    loop {
+        let mut outputs = Vec::new();
+        let mut replies: Vec<(SocketAddr, PgPacket)> = Vec::new();
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let (len, from) = received?;
+                let Some(packet) = PgPacket::decode(&buf[..len]) else { continue };
+                let mut state = lab.borrow_mut();
+                let now = now_us();
+                let Some(server) = state.servers[me as usize - 1].as_mut() else {
+                    // The process is gone: the kernel refuses connections.
+                    if let PgPacket::Insert { seq, .. } = packet {
+                        replies.push((from, PgPacket::Refused { seq }));
+                    }
+                    drop(state);
+                    for (to, p) in replies {
+                        let _ = socket.try_send_to(&p.encode(), to);
+                    }
+                    streaming_from = None;
+                    continue;
+                };
+                match packet {
+                    PgPacket::Insert { seq, id, payload, heartbeat } => {
+                        next_token += 1;
+                        match server.commit(now, id, payload, heartbeat, next_token) {
+                            Some(_) => {
+                                waiting.insert(next_token, (from, seq));
+                            }
+                            None => replies.push((from, PgPacket::Refused { seq })),
+                        }
+                    }
+                    PgPacket::IsPrimary { seq } => replies.push((
+                        from,
+                        PgPacket::Primary { seq, yes: server.role == PgRole::Primary },
+                    )),
+                    PgPacket::ReadHeartbeat { seq } => replies.push((
+                        from,
+                        PgPacket::Heartbeat { seq, latest: server.visible_heartbeat() },
+                    )),
+                    PgPacket::Views { seq } => {
+                        let end = server.end_lsn();
+                        let replication = if server.role == PgRole::Primary {
+                            server
+                                .standbys
+                                .iter()
+                                .map(|(&id, p)| (id, p.lag_us, end.saturating_sub(p.replay)))
+                                .collect()
+                        } else {
+                            vec![]
+                        };
+                        let replay_age_us = (server.role == PgRole::Standby)
+                            .then(|| server.last_replay_us().map(|t| now.saturating_sub(t)))
+                            .flatten();
+                        let primary = server.role == PgRole::Primary;
+                        replies.push((from, PgPacket::ViewRows { seq, primary, replication, replay_age_us }));
+                    }
+                    PgPacket::StartStreaming { from: lsn, timeline } => {
+                        if let (PgRole::Primary, Some(standby)) =
+                            (server.role, host_number(from, config.db_nodes))
+                        {
+                            server.standby_connect(standby, lsn, timeline);
+                        }
+                    }
+                    PgPacket::Wal { timeline, records } => {
+                        let from_upstream = host_number(from, config.db_nodes) == server.upstream;
+                        if from_upstream && !server.receive(timeline, records) {
+                            streaming_from = None;
+                        }
+                    }
+                    PgPacket::StandbyStatus { positions } => {
+                        if let Some(standby) = host_number(from, config.db_nodes) {
+                            server.standby_reply(now, standby, positions);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = ticker.tick() => {
+                let now = now_us();
+                let dt = now.saturating_sub(last_tick_us);
+                last_tick_us = now;
+                let mut state = lab.borrow_mut();
+                let Some(server) = state.servers[me as usize - 1].as_mut() else {
+                    streaming_from = None;
+                    waiting.clear();
+                    continue;
+                };
+                outputs = server.tick(now, dt, config.bandwidth, config.replay_rate);
+                // A standby (re)connects to its upstream when that changes, and reports on schedule.
+                if server.role == PgRole::Standby {
+                    if server.upstream != streaming_from {
+                        streaming_from = server.upstream;
+                        if let Some(up) = server.upstream {
+                            replies.push((
+                                host_addr(up, PG_PORT),
+                                PgPacket::StartStreaming { from: server.end_lsn(), timeline: server.timeline },
+                            ));
+                        }
+                    }
+                    if now >= last_status_us + STATUS_INTERVAL_US {
+                        last_status_us = now;
+                        if let Some(up) = server.upstream {
+                            outputs.push(server.reply_to(up));
+                        }
+                    }
+                } else {
+                    streaming_from = None;
+                }
+            }
+        }
+        for output in outputs {
+            match output {
+                PgOutput::Ack(token) => {
+                    if let Some((to, seq)) = waiting.remove(&token) {
+                        replies.push((to, PgPacket::InsertOk { seq }));
+                    }
+                }
+                PgOutput::Wal {
+                    to,
+                    timeline,
+                    records,
+                } => replies.push((host_addr(to, PG_PORT), PgPacket::Wal { timeline, records })),
+                PgOutput::Reply {
+                    to,
+                    write,
+                    flush,
+                    replay,
+                } => replies.push((
+                    host_addr(to, PG_PORT),
+                    PgPacket::StandbyStatus {
+                        positions: [write, flush, replay],
+                    },
+                )),
+            }
+        }
+        for (to, packet) in replies {
+            // A full send buffer drops the datagram, as UDP would.
+            let _ = socket.try_send_to(&packet.encode(), to);
+        }
+    }
+}
+
+/// Patroni's view of etcd: one request at a time, to the member it believes leads.
+struct DcsClient {
+    socket: UdpSocket,
+    client: u32,
+    seq: u64,
+    leader: u64,
+    members: u64,
+    buf: Vec<u8>,
+}
+
+impl DcsClient {
+    /// Sends `op` until an answer comes or `deadline_us` passes.
+    async fn call(&mut self, op: OpKind, deadline_us: u64) -> Option<Reply> {
+        while now_us() < deadline_us {
+            self.seq += 1;
+            let request = Packet::Request(Request {
+                client: self.client,
+                seq: self.seq,
+                op,
+            });
+            let _ = self
+                .socket
+                .try_send_to(&request.encode(), node_addr(self.leader));
+            let wait = DCS_ATTEMPT.min(Duration::from_micros(deadline_us - now_us()));
+            let seq = self.seq;
+            let answer = tokio::time::timeout(wait, async {
+                loop {
+                    let (len, _) = self.socket.recv_from(&mut self.buf).await?;
+                    if let Ok(Packet::Reply { seq: s, reply, .. }) = Packet::decode(&self.buf[..len]) {
+                        if s == seq {
+                            return Ok::<Reply, std::io::Error>(reply);
+                        }
+                    }
+                }
+            })
+            .await;
+            match answer {
+                Ok(Ok(Reply::NotLeader { hint })) => {
+                    self.leader = if hint != 0 {
+                        hint
+                    } else {
+                        self.leader % self.members + 1
+                    };
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(Ok(reply)) => return Some(reply),
+                Ok(Err(_)) | Err(_) => self.leader = self.leader % self.members + 1,
+            }
+        }
+        None
+    }
+}
+
+fn alive(lab: &PgLab, me: u64) -> bool {
+    lab.borrow().servers[me as usize - 1].is_some()
+}
+
+/// Asks every other database host's Patroni for its WAL position; the best answer within
+/// [`PEER_WAIT`].
+async fn best_peer_position(rest: &UdpSocket, me: u64, db_nodes: u64, seq: &mut u64) -> Option<Lsn> {
+    *seq += 1;
+    let ask = *seq;
+    for peer in (1..=db_nodes).filter(|&p| p != me) {
+        let _ = rest.try_send_to(&PgPacket::Position { seq: ask }.encode(), host_addr(peer, REST_PORT));
+    }
+    let mut best = None;
+    let mut buf = vec![0u8; 4096];
+    let _ = tokio::time::timeout(PEER_WAIT, async {
+        loop {
+            let Ok((len, _)) = rest.recv_from(&mut buf).await else { return };
+            if let Some(PgPacket::PositionIs { seq, lsn: Some(lsn) }) = PgPacket::decode(&buf[..len]) {
+                if seq == ask {
+                    best = Some(best.map_or(lsn, |b: Lsn| b.max(lsn)));
+                }
+            }
+        }
+    })
+    .await;
+    best
+}
+
+/// Patroni's REST API: answers peers asking for this member's WAL position (nothing while its
+/// Postgres is down, like a Patroni that died with it).
+async fn rest_task(lab: PgLab, me: u64) -> turmoil::Result {
+    let rest = bind(REST_PORT).await?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (len, from) = rest.recv_from(&mut buf).await?;
+        if let Some(PgPacket::Position { seq }) = PgPacket::decode(&buf[..len]) {
+            let lsn = lab.borrow().servers[me as usize - 1].as_ref().map(PgServer::end_lsn);
+            if lsn.is_some() {
+                let _ = rest.try_send_to(&PgPacket::PositionIs { seq, lsn }.encode(), from);
+            }
+        }
+    }
+}
+
+/// Patroni's HA loop on host `me`.
+async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Result {
+    let peers = bind(PEER_ASK_PORT).await?;
+    let mut dcs = DcsClient {
+        socket: bind(DCS_PORT).await?,
+        client: 100 + me as u32,
+        seq: 0,
+        leader: 1 + (me - 1) % config.etcd_members,
+        members: config.etcd_members,
+        buf: vec![0u8; 4096],
+    };
+    let name = format!("n{me}");
+    let mut rest_seq = 0;
+    let ttl_us = config.ttl_ms * 1000;
+    let sync_mode = config.mode == ReplicationMode::Sync;
+    // Bootstrap: n1 initialised the database and takes the lock first.
+    if me == 1 {
+        loop {
+            let lock = LeaderLock {
+                holder: 1,
+                expires_ms: (now_us() + ttl_us) / 1000,
+            };
+            let put = OpKind::Put {
+                key: LEADER_KEY,
+                value: lock.encode(),
+            };
+            if let Some(Reply::Put) = dcs.call(put, now_us() + 1_000_000).await {
+                let mut state = lab.borrow_mut();
+                state.lock_writes.push((now_us(), lock));
+                state.event(name.clone(), "bootstrapped: holds the leader key".into());
+                break;
+            }
+        }
+        if sync_mode {
+            let put = OpKind::Put { key: SYNC_KEY, value: 2 };
+            let _ = dcs.call(put, now_us() + 1_000_000).await;
+        }
+    }
+    loop {
+        let loop_start = now_us();
+        if !alive(&lab, me) {
+            // Patroni died with its Postgres (kill -9 of the database host's processes).
+            tokio::time::sleep(Duration::from_millis(config.loop_wait_ms)).await;
+            continue;
+        }
+        let deadline = loop_start + config.retry_timeout_ms * 1000;
+        let is_primary = lab.borrow().servers[me as usize - 1]
+            .as_ref()
+            .is_some_and(|s| s.role == PgRole::Primary);
+        let read = dcs.call(OpKind::Get { key: LEADER_KEY }, deadline).await;
+        let Some(Reply::Get(value)) = read else {
+            if is_primary {
+                demote(&lab, me, None, "cannot reach etcd within retry_timeout: demoting");
+            }
+            continue;
+        };
+        let lock = value.map(LeaderLock::decode);
+        let now_ms = now_us() / 1000;
+        let my_lsn = lab.borrow().servers[me as usize - 1].as_ref().map_or(0, PgServer::end_lsn);
+        let live = lock.is_some_and(|l| l.is_live(now_ms));
+        let (best_peer_lsn, leader_optime, sync_standby) = if live || lock.is_none() {
+            (None, 0, None)
+        } else {
+            let best = best_peer_position(&peers, me, config.db_nodes, &mut rest_seq).await;
+            let optime = match dcs.call(OpKind::Get { key: OPTIME_KEY }, deadline).await {
+                Some(Reply::Get(v)) => v.unwrap_or(0),
+                _ => u64::MAX,
+            };
+            let sync = if sync_mode {
+                match dcs.call(OpKind::Get { key: SYNC_KEY }, deadline).await {
+                    Some(Reply::Get(v)) => Some(v.unwrap_or(0)),
+                    _ => Some(u64::MAX),
+                }
+            } else {
+                None
+            };
+            (best, optime, sync)
+        };
+        let action = match lock {
+            None => HaAction::Wait,
+            Some(_) => decide(&HaView {
+                me,
+                lock,
+                now_ms,
+                my_lsn,
+                best_peer_lsn,
+                leader_optime,
+                maximum_lag_on_failover: config.maximum_lag_on_failover,
+                sync_standby,
+            }),
+        };
+        let expect = value.unwrap_or(0);
+        match action {
+            HaAction::Renew => {
+                let renewed = LeaderLock {
+                    holder: me,
+                    expires_ms: (now_us() + ttl_us) / 1000,
+                };
+                let cas = OpKind::Cas {
+                    key: LEADER_KEY,
+                    expect,
+                    new: renewed.encode(),
+                };
+                match dcs.call(cas, deadline).await {
+                    Some(Reply::Cas(true)) => {
+                        lab.borrow_mut().lock_writes.push((now_us(), renewed));
+                        publish_leader_state(&lab, &mut dcs, me, sync_mode, deadline).await;
+                    }
+                    _ if is_primary => demote(
+                        &lab,
+                        me,
+                        None,
+                        "failed to update the leader lock within retry_timeout: demoting",
+                    ),
+                    _ => {}
+                }
+            }
+            HaAction::Follow(holder) => {
+                if is_primary {
+                    demote(&lab, me, Some(holder), "another member holds the leader key: demoting");
+                } else if let Some(server) = lab.borrow_mut().servers[me as usize - 1].as_mut() {
+                    server.upstream = Some(holder);
+                }
+            }
+            HaAction::Acquire => {
+                let mine = LeaderLock {
+                    holder: me,
+                    expires_ms: (now_us() + ttl_us) / 1000,
+                };
+                let cas = OpKind::Cas {
+                    key: LEADER_KEY,
+                    expect,
+                    new: mine.encode(),
+                };
+                if let Some(Reply::Cas(true)) = dcs.call(cas, deadline).await {
+                    {
+                        let mut state = lab.borrow_mut();
+                        state.lock_writes.push((now_us(), mine));
+                        state.event(name.clone(), "took the leader key: promoting".into());
+                    }
+                    tokio::time::sleep(Duration::from_micros(PROMOTE_US)).await;
+                    let mut state = lab.borrow_mut();
+                    if let Some(server) = state.servers[me as usize - 1].as_mut() {
+                        server.promote();
+                        let timeline = server.timeline;
+                        state.event(name.clone(), format!("promoted: primary on timeline {timeline}"));
+                    }
+                    drop(state);
+                    publish_leader_state(&lab, &mut dcs, me, sync_mode, deadline + ttl_us).await;
+                    continue;
+                }
+            }
+            HaAction::Wait => {}
+        }
+        // Sleep until the next loop, or until the lock would expire (Patroni watches the key).
+        let mut next = loop_start + config.loop_wait_ms * 1000;
+        if let Some(l) = lock.filter(|l| l.holder != me) {
+            let expiry_us = l.expires_ms * 1000 + 1000;
+            if expiry_us > now_us() {
+                next = next.min(expiry_us);
+            }
+        }
+        tokio::time::sleep(Duration::from_micros(next.max(now_us() + 1000) - now_us())).await;
+    }
+}
+
+/// The leader publishes its WAL position and, in synchronous mode, picks and publishes the
+/// synchronous standby before the primary waits for it.
+async fn publish_leader_state(lab: &PgLab, dcs: &mut DcsClient, me: u64, sync_mode: bool, deadline: u64) {
+    let (lsn, sync) = {
+        let state = lab.borrow();
+        let Some(server) = state.servers[me as usize - 1].as_ref() else {
+            return;
+        };
+        let sync = server.standbys.keys().next().copied();
+        (server.end_lsn(), sync)
+    };
+    let _ = dcs.call(OpKind::Put { key: OPTIME_KEY, value: lsn }, deadline).await;
+    if sync_mode {
+        let current = lab.borrow().servers[me as usize - 1].as_ref().and_then(|s| s.sync_standby);
+        if let (Some(s), true) = (sync, current.is_none()) {
+            if let Some(Reply::Put) = dcs.call(OpKind::Put { key: SYNC_KEY, value: s }, deadline).await {
+                let mut state = lab.borrow_mut();
+                if let Some(server) = state.servers[me as usize - 1].as_mut() {
+                    server.sync_standby = Some(s);
+                }
+                state.event(format!("n{me}"), format!("n{s} is the synchronous standby"));
+            }
+        }
+    }
+}
+
+fn demote(lab: &PgLab, me: u64, upstream: Option<u64>, why: &str) {
+    let mut state = lab.borrow_mut();
+    let Some(server) = state.servers[me as usize - 1].as_mut() else {
+        return;
+    };
+    if server.role != PgRole::Primary {
+        return;
+    }
+    server.demote(upstream);
+    state.event(format!("n{me}"), why.to_string());
+}
+
+/// One request from a client socket to host `node`'s Postgres, answered within `timeout`.
+pub async fn ask(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    node: u64,
+    packet: PgPacket,
+    seq: u64,
+    timeout: Duration,
+) -> Option<PgPacket> {
+    let _ = socket.try_send_to(&packet.encode(), host_addr(node, PG_PORT));
+    tokio::time::timeout(timeout, async {
+        loop {
+            let Ok((len, _)) = socket.recv_from(buf).await else {
+                return None;
+            };
+            if let Some(reply) = PgPacket::decode(&buf[..len]) {
+                if reply_seq(&reply) == Some(seq) {
+                    return Some(reply);
+                }
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+fn reply_seq(p: &PgPacket) -> Option<u64> {
+    match *p {
+        PgPacket::InsertOk { seq }
+        | PgPacket::Refused { seq }
+        | PgPacket::Primary { seq, .. }
+        | PgPacket::Heartbeat { seq, .. }
+        | PgPacket::ViewRows { seq, .. }
+        | PgPacket::PositionIs { seq, .. } => Some(seq),
+        _ => None,
+    }
+}
+
+/// Records a lag sample in the phase running now.
+pub fn sample(lab: &PgLab, replica: u64, method: LagMethod, value: Option<f64>) {
+    let mut state = lab.borrow_mut();
+    let at = now_us().saturating_sub(state.start_us);
+    let phase = state.phase_at(at).name.clone();
+    state.samples.push(LagSample {
+        phase,
+        replica: format!("n{replica}"),
+        method,
+        value,
+    });
+}
+
+/// Records a client operation.
+pub fn record(lab: &PgLab, op: Op) {
+    lab.borrow_mut().ops.push(op);
+}
+
+/// An acknowledged-write outcome.
+pub fn ok() -> Outcome {
+    Outcome::Ok {
+        read: None,
+        swapped: None,
+    }
+}

@@ -1,0 +1,557 @@
+//! One simulated run of a Postgres scenario: the cluster is bootstrapped (etcd elects a leader,
+//! `n1` takes the leader key, standbys connect), then the workload, the faults and the
+//! measurements run exactly as the real driver's do ([`quorumlab_experiment::replication`]).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
+use quorumlab_experiment::replication::{
+    reduce_lag, summarize, FailoverObservation, LagMethod, PgRunSummary,
+};
+use quorumlab_experiment::scenario::{
+    plan_fault, Disruption, NodeState, ReplicationMode, Scenario, SyncCommit, System,
+};
+use raft::storage::MemStorage;
+use serde::{Deserialize, Serialize};
+use turmoil::net::UdpSocket;
+
+use super::host::{
+    ask, db_host, ok, record, sample, PgEvent, PgHostConfig, PgLab, PgLabState, PgPacket,
+};
+use super::server::{PgRole, PgServer};
+use crate::host::{node_host, LabState, NodeView};
+use crate::node::{NodeConfig, Role};
+use crate::run::SimError;
+
+/// Simulated time before the workload starts: etcd elects a leader and Patroni bootstraps.
+pub const BOOTSTRAP_MS: u64 = 3000;
+/// Write ids of prober inserts start here.
+const PROBE_ID_BASE: u64 = 1 << 40;
+/// etcd members in a Postgres lab.
+const ETCD_MEMBERS: u64 = 3;
+
+/// One simulated run of a Postgres scenario.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PgSimRun {
+    /// The measurements.
+    pub summary: PgRunSummary,
+    /// What happened, in order (times from the workload's start).
+    pub trace: Vec<PgEvent>,
+    /// Every client operation.
+    pub history: History,
+}
+
+/// Runs `scenario` (system `postgres`) once in `mode` with `seed`.
+pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<PgSimRun, SimError> {
+    let pg = match (scenario.system, &scenario.postgres) {
+        (System::Postgres, Some(pg)) => pg,
+        _ => {
+            return Err(SimError::Host {
+                at_ms: 0,
+                reason: format!("{} is not a postgres scenario", scenario.name),
+            })
+        }
+    };
+    let db_nodes = scenario.topology.nodes as u64;
+    let hosts = db_nodes.max(ETCD_MEMBERS);
+    let start_us = BOOTSTRAP_MS * 1000;
+    let synchronous_commit = match mode {
+        ReplicationMode::Async => SyncCommit::Local,
+        ReplicationMode::Sync => pg.synchronous_commit,
+    };
+    let config = PgHostConfig {
+        db_nodes,
+        etcd_members: ETCD_MEMBERS,
+        ttl_ms: pg.ttl_s * 1000,
+        loop_wait_ms: pg.loop_wait_s * 1000,
+        retry_timeout_ms: pg.retry_timeout_s * 1000,
+        maximum_lag_on_failover: pg.maximum_lag_on_failover_bytes,
+        mode,
+        synchronous_commit,
+        bandwidth: pg.bandwidth_mb_per_s * 1e6,
+        replay_rate: pg.replay_mb_per_s * 1e6,
+        start_us,
+    };
+    let phases = pg.phases_or(scenario.duration_ms, scenario.workload.rate_per_s);
+    let lab: PgLab = Rc::new(RefCell::new(PgLabState {
+        servers: (1..=db_nodes)
+            .map(|i| {
+                let mut server = if i == 1 {
+                    PgServer::primary(synchronous_commit)
+                } else {
+                    PgServer::standby(1, synchronous_commit)
+                };
+                if i == 1 && mode == ReplicationMode::Sync {
+                    server.sync_standby = Some(2);
+                }
+                Some(server)
+            })
+            .collect(),
+        phases: phases.clone(),
+        start_us,
+        ..PgLabState::default()
+    }));
+    let etcd: crate::host::Lab = Rc::new(RefCell::new(LabState::default()));
+    {
+        let mut state = etcd.borrow_mut();
+        state.views = vec![
+            NodeView {
+                role: Role::Follower,
+                term: 0,
+                commit: 0
+            };
+            ETCD_MEMBERS as usize
+        ];
+        state.stores = (0..ETCD_MEMBERS).map(|_| MemStorage::new()).collect();
+        state.heartbeat_us = scenario.topology.heartbeat_ms * 1000;
+    }
+
+    let duration = Duration::from_millis(BOOTSTRAP_MS + scenario.duration_ms);
+    let net = &scenario.network;
+    let mut sim = turmoil::Builder::new()
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        .simulation_duration(duration + Duration::from_secs(120))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(net.latency_ms_min))
+        .max_message_latency(Duration::from_millis(net.latency_ms_max))
+        .rng_seed(seed)
+        .build();
+    let election_ticks =
+        (scenario.topology.election_timeout_ms / scenario.topology.heartbeat_ms) as usize;
+    for i in 1..=hosts {
+        let (lab, etcd, config) = (lab.clone(), etcd.clone(), config.clone());
+        sim.host(format!("n{i}"), move || {
+            let (lab, etcd, config) = (lab.clone(), etcd.clone(), config.clone());
+            async move {
+                if i <= ETCD_MEMBERS {
+                    let node_config = NodeConfig {
+                        id: i,
+                        voters: ETCD_MEMBERS,
+                        election_ticks,
+                        rng_seed: seed.wrapping_mul(31).wrapping_add(i),
+                        stale_reads: false,
+                    };
+                    let store = etcd.borrow().stores[i as usize - 1].clone();
+                    tokio::task::spawn_local(node_host(etcd, node_config, store));
+                }
+                if i <= config.db_nodes {
+                    db_host(lab, config, i).await
+                } else {
+                    std::future::pending().await
+                }
+            }
+        });
+    }
+
+    let workload = scenario.workload.clone();
+    let duration_ms = scenario.duration_ms;
+    let measuring_lag = !pg.phases.is_empty();
+    let client_lab = lab.clone();
+    sim.client("clients", async move {
+        tokio::time::sleep(Duration::from_micros(start_us)).await;
+        let until = Duration::from_micros(start_us) + Duration::from_millis(duration_ms);
+        let primary = Rc::new(Cell::new(1u64));
+        let mut tasks = vec![tokio::task::spawn_local(track_primary(
+            client_lab.clone(),
+            primary.clone(),
+            db_nodes,
+            until,
+        ))];
+        let clients = workload.clients.max(1) as u64;
+        for client in 0..clients {
+            tasks.push(tokio::task::spawn_local(writer(
+                client_lab.clone(),
+                client,
+                clients,
+                Duration::from_millis(workload.timeout_ms),
+                primary.clone(),
+                until,
+            )));
+        }
+        tasks.push(tokio::task::spawn_local(prober(client_lab.clone(), db_nodes, until)));
+        if measuring_lag {
+            tasks.push(tokio::task::spawn_local(heartbeat(
+                client_lab.clone(),
+                primary.clone(),
+                until,
+            )));
+            tasks.push(tokio::task::spawn_local(view_sampler(
+                client_lab.clone(),
+                db_nodes,
+                until,
+            )));
+            for replica in 2..=db_nodes {
+                tasks.push(tokio::task::spawn_local(heartbeat_watcher(
+                    client_lab.clone(),
+                    replica,
+                    until,
+                )));
+            }
+        }
+        for task in tasks {
+            task.await.map_err(|e| e.to_string())??;
+        }
+        Ok(())
+    });
+
+    let mut pending = scenario.faults.iter().peekable();
+    let mut fault_at_us = None;
+    let mut old_primary = None;
+    while sim.elapsed() < duration {
+        let now_us = sim.elapsed().as_micros() as u64;
+        while let Some(step) = pending.next_if(|s| start_us + s.at_ms * 1000 <= now_us) {
+            let primary = current_primary(&lab);
+            let states: Vec<NodeState> = (1..=hosts)
+                .map(|i| NodeState {
+                    term: 0,
+                    leader: Some(i) == primary,
+                    crashed: (i as usize) <= lab.borrow().servers.len()
+                        && lab.borrow().servers[i as usize - 1].is_none(),
+                })
+                .collect();
+            let plan = plan_fault(&step.fault, &states);
+            if fault_at_us.is_none() {
+                fault_at_us = Some(now_us - start_us);
+                old_primary = primary;
+            }
+            let label = plan.label(&step.fault);
+            {
+                let mut state = lab.borrow_mut();
+                state.events.push(PgEvent {
+                    at_us: now_us - start_us,
+                    node: "fault".into(),
+                    what: label,
+                });
+            }
+            apply(&mut sim, &lab, &plan.steps, hosts);
+        }
+        sim.step().map_err(|e| SimError::Host {
+            at_ms: sim.elapsed().as_millis() as u64,
+            reason: e.to_string(),
+        })?;
+    }
+    let end_us = duration.as_micros() as u64 - start_us;
+    // Let the cluster settle, as the real driver does, then read what survived.
+    let settle_until = duration + Duration::from_secs(60);
+    while current_primary(&lab).is_none() && sim.elapsed() < settle_until {
+        sim.step().map_err(|e| SimError::Host {
+            at_ms: sim.elapsed().as_millis() as u64,
+            reason: e.to_string(),
+        })?;
+    }
+    let state = lab.borrow();
+    let new_primary = current_primary(&lab);
+    let surviving_ids: BTreeSet<u64> = new_primary
+        .and_then(|p| state.servers[p as usize - 1].as_ref())
+        .map(|s| s.wal.iter().map(|r| r.write_id).collect())
+        .unwrap_or_default();
+    let detected_at_us = old_primary.and_then(|old| {
+        let fault = fault_at_us? + start_us;
+        let last_old = state
+            .lock_writes
+            .iter()
+            .filter(|(_, l)| l.holder == old)
+            .map(|(_, l)| l.expires_ms * 1000)
+            .max();
+        let first_other = state
+            .lock_writes
+            .iter()
+            .filter(|(at, l)| l.holder != old && *at >= fault)
+            .map(|(at, _)| *at)
+            .min();
+        let detected = match (last_old, first_other) {
+            (Some(e), Some(o)) => e.min(o),
+            (e, o) => e.or(o)?,
+        };
+        Some(detected.max(fault) - start_us)
+    });
+    let mut ops = state.ops.clone();
+    ops.sort_by_key(|op| (op.invoke_us, op.client));
+    for (i, op) in ops.iter_mut().enumerate() {
+        op.id = i as u64;
+    }
+    let history = History { ops };
+    let seen = FailoverObservation {
+        fault_at_us,
+        old_primary: old_primary.map(|p| format!("n{p}")),
+        new_primary: new_primary.map(|p| format!("n{p}")),
+        detected_at_us,
+        surviving_ids,
+        end_us,
+    };
+    let mut summary = summarize(
+        &scenario.name,
+        mode,
+        seed,
+        db_nodes as usize,
+        &history,
+        &seen,
+    );
+    if measuring_lag {
+        let order: Vec<String> = state.phases.iter().map(|p| p.name.clone()).collect();
+        summary.lag = reduce_lag(&state.samples, &order);
+    }
+    Ok(PgSimRun {
+        summary,
+        trace: state.events.clone(),
+        history,
+    })
+}
+
+fn current_primary(lab: &PgLab) -> Option<u64> {
+    let state = lab.borrow();
+    (1..=state.servers.len() as u64).find(|&i| {
+        state.servers[i as usize - 1]
+            .as_ref()
+            .is_some_and(|s| s.role == PgRole::Primary)
+    })
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, lab: &PgLab, steps: &[Disruption], hosts: u64) {
+    let name = |i: u64| format!("n{i}");
+    for step in steps {
+        match *step {
+            Disruption::Cut(a, b) => sim.partition(name(a), name(b)),
+            Disruption::CutOneway(a, b) => sim.partition_oneway(name(a), name(b)),
+            Disruption::Kill(i) => {
+                let mut state = lab.borrow_mut();
+                if let Some(slot) = state.servers.get_mut(i as usize - 1) {
+                    *slot = None;
+                }
+            }
+            Disruption::Start(i) => {
+                let mut state = lab.borrow_mut();
+                let primary = (1..=state.servers.len() as u64).find(|&p| {
+                    state.servers[p as usize - 1]
+                        .as_ref()
+                        .is_some_and(|s| s.role == PgRole::Primary)
+                });
+                if let Some(slot) = state.servers.get_mut(i as usize - 1) {
+                    if slot.is_none() {
+                        *slot = Some(PgServer::standby(primary.unwrap_or(1), SyncCommit::Local));
+                    }
+                }
+            }
+            Disruption::HealAll => {
+                for a in 1..=hosts {
+                    for b in 1..=hosts {
+                        if a != b {
+                            sim.repair(name(a), name(b));
+                        }
+                    }
+                }
+            }
+            Disruption::Delay { .. } | Disruption::Loss(_) | Disruption::Duplicate(_) => {}
+        }
+    }
+}
+
+fn bind(port: u16) -> impl std::future::Future<Output = std::io::Result<UdpSocket>> {
+    UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
+}
+
+fn elapsed() -> Duration {
+    turmoil::elapsed()
+}
+
+fn now() -> u64 {
+    crate::host::now_us()
+}
+
+/// Asks every node `pg_is_in_recovery()` every 100 ms; publishes the first that says no.
+async fn track_primary(lab: PgLab, primary: Rc<Cell<u64>>, nodes: u64, until: Duration) -> turmoil::Result {
+    let _ = lab;
+    let socket = bind(7000).await?;
+    let mut buf = vec![0u8; 4096];
+    let mut seq = 0;
+    while elapsed() < until {
+        for i in 1..=nodes {
+            seq += 1;
+            let answer = ask(&socket, &mut buf, i, PgPacket::IsPrimary { seq }, seq, Duration::from_millis(300)).await;
+            if let Some(PgPacket::Primary { yes: true, .. }) = answer {
+                primary.set(i);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn writer(
+    lab: PgLab,
+    client: u64,
+    clients: u64,
+    timeout: Duration,
+    primary: Rc<Cell<u64>>,
+    until: Duration,
+) -> turmoil::Result {
+    let socket = bind(7100 + client as u16).await?;
+    let mut buf = vec![0u8; 4096];
+    let start_us = lab.borrow().start_us;
+    let mut next_id = (client + 1) << 32;
+    while elapsed() < until {
+        let phase = lab.borrow().phase_at(now() - start_us).clone();
+        if phase.rate_per_s == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let period = Duration::from_secs_f64(clients as f64 / phase.rate_per_s as f64);
+        let began = elapsed();
+        next_id += 1;
+        let target = primary.get();
+        let invoke_us = now() - start_us;
+        let insert = PgPacket::Insert {
+            seq: next_id,
+            id: next_id,
+            payload: u64::from(phase.row_bytes),
+            heartbeat: None,
+        };
+        let outcome = match ask(&socket, &mut buf, target, insert, next_id, timeout).await {
+            Some(PgPacket::InsertOk { .. }) => ok(),
+            Some(_) => Outcome::Fail,
+            None => Outcome::Info,
+        };
+        record(
+            &lab,
+            Op {
+                id: 0,
+                client: client as u32,
+                kind: OpKind::Put {
+                    key: 0,
+                    value: next_id,
+                },
+                invoke_us,
+                complete_us: now() - start_us,
+                outcome,
+                node: Some(format!("n{target}")),
+            },
+        );
+        if let Some(rest) = period.checked_sub(elapsed() - began) {
+            tokio::time::sleep(rest).await;
+        }
+    }
+    Ok(())
+}
+
+/// Tries one insert on every node every 100 ms; records the acknowledged ones.
+async fn prober(lab: PgLab, nodes: u64, until: Duration) -> turmoil::Result {
+    let socket = bind(7200).await?;
+    let mut buf = vec![0u8; 4096];
+    let start_us = lab.borrow().start_us;
+    let mut next_id = PROBE_ID_BASE;
+    while elapsed() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // An idle phase stays idle: no writes at all, or the views could not be seen to mislead.
+        if lab.borrow().phase_at(now() - start_us).rate_per_s == 0 {
+            continue;
+        }
+        for i in 1..=nodes {
+            next_id += 1;
+            let invoke_us = now() - start_us;
+            let insert = PgPacket::Insert {
+                seq: next_id,
+                id: next_id,
+                payload: 5,
+                heartbeat: None,
+            };
+            if let Some(PgPacket::InsertOk { .. }) =
+                ask(&socket, &mut buf, i, insert, next_id, Duration::from_millis(500)).await
+            {
+                record(
+                    &lab,
+                    Op {
+                        id: 0,
+                        client: u32::MAX,
+                        kind: OpKind::Put {
+                            key: 0,
+                            value: next_id,
+                        },
+                        invoke_us,
+                        complete_us: now() - start_us,
+                        outcome: ok(),
+                        node: Some(format!("n{i}")),
+                    },
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a heartbeat row every 100 ms while the phase has writes.
+async fn heartbeat(lab: PgLab, primary: Rc<Cell<u64>>, until: Duration) -> turmoil::Result {
+    let socket = bind(7300).await?;
+    let mut buf = vec![0u8; 4096];
+    let start_us = lab.borrow().start_us;
+    let mut seq = 0;
+    while elapsed() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if lab.borrow().phase_at(now() - start_us).rate_per_s == 0 {
+            continue;
+        }
+        seq += 1;
+        let insert = PgPacket::Insert {
+            seq,
+            id: (1 << 41) + seq,
+            payload: 20,
+            heartbeat: Some(seq),
+        };
+        let _ = ask(&socket, &mut buf, primary.get(), insert, seq, Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
+/// Polls one replica every 10 ms; each newly visible heartbeat's lag is now minus its commit.
+async fn heartbeat_watcher(lab: PgLab, replica: u64, until: Duration) -> turmoil::Result {
+    let socket = bind(7400 + replica as u16).await?;
+    let mut buf = vec![0u8; 4096];
+    let mut seq = 0;
+    let mut last_seen = 0;
+    while elapsed() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        seq += 1;
+        let answer = ask(&socket, &mut buf, replica, PgPacket::ReadHeartbeat { seq }, seq, Duration::from_millis(100)).await;
+        if let Some(PgPacket::Heartbeat { latest: Some((hb, committed_us)), .. }) = answer {
+            if hb > last_seen {
+                last_seen = hb;
+                let lag_ms = now().saturating_sub(committed_us) as f64 / 1000.0;
+                sample(&lab, replica, LagMethod::Heartbeat, Some(lag_ms));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every 100 ms: `pg_stat_replication` on the primary, the replay timestamp's age on standbys.
+async fn view_sampler(lab: PgLab, nodes: u64, until: Duration) -> turmoil::Result {
+    let socket = bind(7500).await?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut seq = 0;
+    while elapsed() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for i in 1..=nodes {
+            seq += 1;
+            let answer = ask(&socket, &mut buf, i, PgPacket::Views { seq }, seq, Duration::from_millis(100)).await;
+            let Some(PgPacket::ViewRows { primary, replication, replay_age_us, .. }) = answer else {
+                continue;
+            };
+            if primary {
+                for (standby, lags, bytes) in replication {
+                    let ms = |v: Option<u64>| v.map(|us| us as f64 / 1000.0);
+                    sample(&lab, standby, LagMethod::WriteLag, ms(lags[0]));
+                    sample(&lab, standby, LagMethod::FlushLag, ms(lags[1]));
+                    sample(&lab, standby, LagMethod::ReplayLag, ms(lags[2]));
+                    sample(&lab, standby, LagMethod::Bytes, Some(bytes as f64));
+                }
+            } else {
+                sample(&lab, i, LagMethod::ReplayAge, replay_age_us.map(|us| us as f64 / 1000.0));
+            }
+        }
+    }
+    Ok(())
+}
