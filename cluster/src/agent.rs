@@ -65,7 +65,9 @@ fn user_ids(user: &str) -> Result<(u32, u32), Status> {
     // call could overwrite the static buffer it points into.
     let entry = unsafe { libc::getpwnam(name.as_ptr()) };
     if entry.is_null() {
-        return Err(Status::failed_precondition(format!("no such user '{user}'")));
+        return Err(Status::failed_precondition(format!(
+            "no such user '{user}'"
+        )));
     }
     // SAFETY: non-null pointer returned by getpwnam just above.
     let entry = unsafe { &*entry };
@@ -258,11 +260,9 @@ impl NodeAgent {
                 .env("HOME", spec.log.parent().unwrap_or(Path::new("/")))
                 .env("USER", user);
         }
-        let child = command
-            .spawn()
-            .map_err(|e| {
-                Status::failed_precondition(format!("cannot start {}: {e}", spec.program.display()))
-            })?;
+        let child = command.spawn().map_err(|e| {
+            Status::failed_precondition(format!("cannot start {}: {e}", spec.program.display()))
+        })?;
         processes.insert(
             service.to_string(),
             Running {

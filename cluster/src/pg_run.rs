@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, ConnectOptions};
 use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
 use quorumlab_experiment::replication::{
-    reduce_lag, summarize, FailoverObservation, LagMethod, LagSample, PgRunSummary,
+    compose_write_id, reduce_lag, summarize, FailoverObservation, LagMethod, LagSample,
+    PgRunSummary, PROBE_CLIENT,
 };
 use quorumlab_experiment::scenario::{
     plan_fault, Disruption, NodeState, Phase, ReplicationMode, Scenario, System,
@@ -34,8 +35,6 @@ use crate::etcd::{Lab, LabError};
 use crate::postgres::{self, PatroniSettings, LEADER_KEY};
 use crate::run::{FiredFault, RunError};
 
-/// Write ids of prober inserts start here (writers' ids stay below).
-const PROBE_ID_BASE: u64 = 1 << 40;
 /// How often the prober tries every node.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the heartbeat row is written.
@@ -65,6 +64,7 @@ struct Shared {
     phases: Vec<Phase>,
     db_nodes: usize,
     lab: Lab,
+    run: u64,
 }
 
 impl Shared {
@@ -141,11 +141,15 @@ async fn drive(
         phases: pg.phases_or(scenario.duration_ms, scenario.workload.rate_per_s),
         db_nodes,
         lab: lab.clone(),
+        run: run_number,
     });
     let (stop_tx, stop) = watch::channel(false);
     let (primary_tx, primary_rx) = watch::channel(primary);
     let mut tasks = Vec::new();
-    let clients = scenario.workload.clients.max(1);
+    let clients = scenario
+        .workload
+        .clients
+        .clamp(1, PROBE_CLIENT as usize - 1);
     for client in 0..clients {
         tasks.push(tokio::spawn(writer(
             shared.clone(),
@@ -173,7 +177,7 @@ async fn drive(
             )));
         }
     }
-    let detection = Arc::new(Mutex::new(None));
+    let detection = Arc::new(Mutex::new(Detection::default()));
     let mut fault_at_us = None;
     let key_watch = tokio::spawn(watch_leader_key(
         shared.clone(),
@@ -205,10 +209,7 @@ async fn drive(
             fault_error = Some(e);
             break;
         }
-        detection
-            .lock()
-            .expect("detection")
-            .get_or_insert((fault_at_us.unwrap_or(0), None));
+        detection.lock().expect("detection").armed = true;
         fired.push(FiredFault {
             at_ms: step.at_ms,
             label: plan.label(&step.fault),
@@ -226,9 +227,12 @@ async fn drive(
         return Err(e);
     }
     // Let the cluster settle, then read what survived on whichever node is primary now.
-    let new_primary =
-        postgres::wait_for_primary(lab, None, Duration::from_secs(scenario.duration_ms / 1000 + 60))
-            .await?;
+    let new_primary = postgres::wait_for_primary(
+        lab,
+        None,
+        Duration::from_secs(scenario.duration_ms / 1000 + 60),
+    )
+    .await?;
     let surviving_ids = surviving_ids(lab, new_primary).await?;
     let mut ops = std::mem::take(&mut *shared.ops.lock().expect("ops"));
     ops.sort_by_key(|op| (op.invoke_us, op.client));
@@ -236,7 +240,7 @@ async fn drive(
         op.id = i as u64;
     }
     let history = History { ops };
-    let detected_at_us = detection.lock().expect("detection").and_then(|(_, d)| d);
+    let detected_at_us = detection.lock().expect("detection").detected_at_us;
     let seen = FailoverObservation {
         fault_at_us,
         old_primary: Some(format!("n{primary}")),
@@ -245,14 +249,7 @@ async fn drive(
         surviving_ids,
         end_us,
     };
-    let mut summary = summarize(
-        &scenario.name,
-        mode,
-        run_number,
-        db_nodes,
-        &history,
-        &seen,
-    );
+    let mut summary = summarize(&scenario.name, mode, run_number, db_nodes, &history, &seen);
     if measuring_lag {
         let order: Vec<String> = shared.phases.iter().map(|p| p.name.clone()).collect();
         summary.lag = reduce_lag(&shared.samples.lock().expect("samples"), &order);
@@ -274,7 +271,9 @@ async fn fire(lab: &Lab, steps: &[Disruption]) -> Result<(), RunError> {
             }
             Disruption::CutOneway(a, b) => lab.links(a as usize, &[b], true).await?,
             // A database host crash: Patroni and its Postgres, killed with SIGKILL.
-            Disruption::Kill(id) => postgres::signal_patroni(lab, id as usize, Action::Kill).await?,
+            Disruption::Kill(id) => {
+                postgres::signal_patroni(lab, id as usize, Action::Kill).await?
+            }
             Disruption::Start(id) => {
                 postgres::signal_patroni(lab, id as usize, Action::Start).await?
             }
@@ -369,7 +368,7 @@ async fn writer(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conn: Option<(usize, PgConnection)> = None;
-    let mut next_id: u64 = u64::from(client) << 32;
+    let mut n: u64 = 0;
     let mut next_at = Instant::now();
     while !*stop.borrow() {
         let phase = shared.phase_at(shared.now_us()).clone();
@@ -394,7 +393,8 @@ async fn writer(
                 .ok()
                 .map(|c| (target, c));
         }
-        next_id += 1;
+        n += 1;
+        let next_id = compose_write_id(shared.run, client, n);
         let payload = Alphanumeric.sample_string(&mut rand::thread_rng(), phase.row_bytes as usize);
         let invoke_us = shared.now_us();
         let outcome = match conn.as_mut() {
@@ -440,10 +440,10 @@ async fn track_primary(
 
 /// Tries one insert on every node every 100 ms (not in idle phases), keeping a connection per node.
 async fn prober(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
-    let client = u32::MAX;
+    let client = PROBE_CLIENT;
     let timeout = Duration::from_millis(500);
     let mut conns: Vec<Option<PgConnection>> = (0..shared.db_nodes).map(|_| None).collect();
-    let mut next_id = PROBE_ID_BASE;
+    let mut n = 0;
     while !*stop.borrow() {
         tokio::time::sleep(PROBE_INTERVAL).await;
         // An idle phase stays idle: no writes at all, or the views could not be seen to mislead.
@@ -457,7 +457,8 @@ async fn prober(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             let Some(conn) = conns[i - 1].as_mut() else {
                 continue;
             };
-            next_id += 1;
+            n += 1;
+            let next_id = compose_write_id(shared.run, client, n);
             let invoke_us = shared.now_us();
             let outcome = insert(conn, next_id, client, "probe", timeout).await;
             match outcome {
@@ -481,11 +482,18 @@ async fn prober(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     }
 }
 
+/// When the leader key was seen lost, once the fault has armed the watcher.
+#[derive(Debug, Default)]
+struct Detection {
+    armed: bool,
+    detected_at_us: Option<u64>,
+}
+
 /// Reads Patroni's leader key every 20 ms; once the fault has fired, records when the key is
 /// first gone or names another member.
 async fn watch_leader_key(
     shared: Arc<Shared>,
-    detection: Arc<Mutex<Option<(u64, Option<u64>)>>>,
+    detection: Arc<Mutex<Detection>>,
     primary: usize,
     stop: watch::Receiver<bool>,
 ) {
@@ -497,12 +505,17 @@ async fn watch_leader_key(
     let holder = format!("n{primary}");
     while !*stop.borrow() {
         tokio::time::sleep(LEADER_KEY_POLL).await;
-        let fired = matches!(*detection.lock().expect("detection"), Some((_, None)));
-        if !fired {
+        let waiting = {
+            let d = detection.lock().expect("detection");
+            d.armed && d.detected_at_us.is_none()
+        };
+        if !waiting {
             continue;
         }
         if client.is_none() {
-            client = Client::connect(&endpoints, Some(options.clone())).await.ok();
+            client = Client::connect(&endpoints, Some(options.clone()))
+                .await
+                .ok();
         }
         let Some(c) = client.as_mut() else { continue };
         match c.get(LEADER_KEY, None).await {
@@ -510,9 +523,11 @@ async fn watch_leader_key(
                 let value = answer.kvs().first().map(|kv| kv.value().to_vec());
                 if value.as_deref() != Some(holder.as_bytes()) {
                     let at = shared.now_us();
-                    if let Some((_, seen @ None)) = &mut *detection.lock().expect("detection") {
-                        *seen = Some(at);
-                    }
+                    detection
+                        .lock()
+                        .expect("detection")
+                        .detected_at_us
+                        .get_or_insert(at);
                 }
             }
             Err(_) => client = None,
@@ -527,7 +542,7 @@ async fn heartbeat(
     stop: watch::Receiver<bool>,
 ) {
     let mut conn: Option<(usize, PgConnection)> = None;
-    let mut seq: i64 = 0;
+    let mut seq = compose_write_id(shared.run, 0, 0) as i64;
     let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
     while !*stop.borrow() {
         ticker.tick().await;
@@ -560,7 +575,7 @@ async fn heartbeat(
 /// the replica's clock at first sight minus the primary's at write (one machine, one clock).
 async fn heartbeat_watcher(shared: Arc<Shared>, replica: usize, stop: watch::Receiver<bool>) {
     let mut conn: Option<PgConnection> = None;
-    let mut last_seen: i64 = 0;
+    let mut last_seen = compose_write_id(shared.run, 0, 0) as i64;
     while !*stop.borrow() {
         tokio::time::sleep(HEARTBEAT_POLL).await;
         if conn.is_none() {

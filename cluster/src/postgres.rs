@@ -145,7 +145,10 @@ pub async fn connect(lab: &Lab, i: usize, timeout: Duration) -> Result<PgConnect
     match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(pg_err(
-            &format!("cannot reach Postgres on n{i} ({}:{PG_PORT})", lab.net.addr(i)),
+            &format!(
+                "cannot reach Postgres on n{i} ({}:{PG_PORT})",
+                lab.net.addr(i)
+            ),
             e,
         )),
         Err(_) => Err(LabError::Postgres(format!(
@@ -333,8 +336,15 @@ pub async fn up(
         heartbeat_ms: 100,
         election_timeout_ms: 1000,
     };
-    let mut lab =
-        Lab::up_with(state_dir, hosts, ETCD_MEMBERS, timing, agent_binary, &services).await?;
+    let mut lab = Lab::up_with(
+        state_dir,
+        hosts,
+        ETCD_MEMBERS,
+        timing,
+        agent_binary,
+        &services,
+    )
+    .await?;
     lab.postgres = Some(PgCluster {
         db_nodes,
         superuser_password: passwords[0].clone(),

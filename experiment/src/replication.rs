@@ -174,6 +174,15 @@ pub struct FailoverObservation {
     pub end_us: u64,
 }
 
+/// The client number the every-node prober writes as.
+pub const PROBE_CLIENT: u32 = 255;
+
+/// A write id unique across runs on one table: run (bits 40..), client (32..40), count (..32).
+pub fn compose_write_id(run: u64, client: u32, n: u64) -> u64 {
+    debug_assert!(client <= PROBE_CLIENT && n < 1 << 32 && run < 1 << 23);
+    run << 40 | u64::from(client) << 32 | n
+}
+
 /// The id a write carries in the history (its `put` value), if the op is a write.
 pub fn write_id(kind: &OpKind) -> Option<u64> {
     match *kind {

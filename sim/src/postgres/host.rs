@@ -18,6 +18,8 @@ use std::time::Duration;
 use quorumlab_experiment::history::{Op, OpKind, Outcome};
 use quorumlab_experiment::replication::{LagMethod, LagSample};
 use quorumlab_experiment::scenario::{Phase, ReplicationMode, SyncCommit};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use turmoil::net::UdpSocket;
 
@@ -71,6 +73,8 @@ pub struct PgHostConfig {
     pub replay_rate: f64,
     /// When the workload starts, microseconds (the cluster is bootstrapped before).
     pub start_us: u64,
+    /// Seed for each member's loop phase.
+    pub seed: u64,
 }
 
 /// A line of the Postgres run's trace.
@@ -107,6 +111,22 @@ pub struct PgLabState {
 pub type PgLab = Rc<RefCell<PgLabState>>;
 
 impl PgLabState {
+    /// Records a successful write of the leader lock, asserting the lock's safety: a different
+    /// holder may only take it once the previous lease has run out.
+    fn lock_written(&mut self, lock: LeaderLock) {
+        let now_ms = now_us() / 1000;
+        if let Some((_, previous)) = self.lock_writes.last() {
+            assert!(
+                previous.holder == lock.holder || !previous.is_live(now_ms),
+                "leader lock safety: n{} took the lock at {now_ms} ms while n{}'s lease ran to {} ms",
+                lock.holder,
+                previous.holder,
+                previous.expires_ms
+            );
+        }
+        self.lock_writes.push((now_us(), lock));
+    }
+
     fn event(&mut self, node: String, what: String) {
         let at_us = now_us().saturating_sub(self.start_us);
         self.events.push(PgEvent { at_us, node, what });
@@ -270,6 +290,7 @@ async fn postgres_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Re
         let mut outputs = Vec::new();
         let mut replies: Vec<(SocketAddr, PgPacket)> = Vec::new();
         tokio::select! {
+            biased;
             received = socket.recv_from(&mut buf) => {
                 let (len, from) = received?;
                 let Some(packet) = PgPacket::decode(&buf[..len]) else { continue };
@@ -436,7 +457,9 @@ impl DcsClient {
             let answer = tokio::time::timeout(wait, async {
                 loop {
                     let (len, _) = self.socket.recv_from(&mut self.buf).await?;
-                    if let Ok(Packet::Reply { seq: s, reply, .. }) = Packet::decode(&self.buf[..len]) {
+                    if let Ok(Packet::Reply { seq: s, reply, .. }) =
+                        Packet::decode(&self.buf[..len])
+                    {
                         if s == seq {
                             return Ok::<Reply, std::io::Error>(reply);
                         }
@@ -467,18 +490,32 @@ fn alive(lab: &PgLab, me: u64) -> bool {
 
 /// Asks every other database host's Patroni for its WAL position; the best answer within
 /// [`PEER_WAIT`].
-async fn best_peer_position(rest: &UdpSocket, me: u64, db_nodes: u64, seq: &mut u64) -> Option<Lsn> {
+async fn best_peer_position(
+    rest: &UdpSocket,
+    me: u64,
+    db_nodes: u64,
+    seq: &mut u64,
+) -> Option<Lsn> {
     *seq += 1;
     let ask = *seq;
     for peer in (1..=db_nodes).filter(|&p| p != me) {
-        let _ = rest.try_send_to(&PgPacket::Position { seq: ask }.encode(), host_addr(peer, REST_PORT));
+        let _ = rest.try_send_to(
+            &PgPacket::Position { seq: ask }.encode(),
+            host_addr(peer, REST_PORT),
+        );
     }
     let mut best = None;
     let mut buf = vec![0u8; 4096];
     let _ = tokio::time::timeout(PEER_WAIT, async {
         loop {
-            let Ok((len, _)) = rest.recv_from(&mut buf).await else { return };
-            if let Some(PgPacket::PositionIs { seq, lsn: Some(lsn) }) = PgPacket::decode(&buf[..len]) {
+            let Ok((len, _)) = rest.recv_from(&mut buf).await else {
+                return;
+            };
+            if let Some(PgPacket::PositionIs {
+                seq,
+                lsn: Some(lsn),
+            }) = PgPacket::decode(&buf[..len])
+            {
                 if seq == ask {
                     best = Some(best.map_or(lsn, |b: Lsn| b.max(lsn)));
                 }
@@ -497,7 +534,9 @@ async fn rest_task(lab: PgLab, me: u64) -> turmoil::Result {
     loop {
         let (len, from) = rest.recv_from(&mut buf).await?;
         if let Some(PgPacket::Position { seq }) = PgPacket::decode(&buf[..len]) {
-            let lsn = lab.borrow().servers[me as usize - 1].as_ref().map(PgServer::end_lsn);
+            let lsn = lab.borrow().servers[me as usize - 1]
+                .as_ref()
+                .map(PgServer::end_lsn);
             if lsn.is_some() {
                 let _ = rest.try_send_to(&PgPacket::PositionIs { seq, lsn }.encode(), from);
             }
@@ -519,6 +558,9 @@ async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Res
     let name = format!("n{me}");
     let mut rest_seq = 0;
     let ttl_us = config.ttl_ms * 1000;
+    // Members' loops are not in phase: each starts at a seeded offset within one loop_wait.
+    let mut rng = SmallRng::seed_from_u64(config.seed ^ me.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let offset = Duration::from_micros(rng.gen_range(0..config.loop_wait_ms * 1000));
     let sync_mode = config.mode == ReplicationMode::Sync;
     // Bootstrap: n1 initialised the database and takes the lock first.
     if me == 1 {
@@ -533,16 +575,20 @@ async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Res
             };
             if let Some(Reply::Put) = dcs.call(put, now_us() + 1_000_000).await {
                 let mut state = lab.borrow_mut();
-                state.lock_writes.push((now_us(), lock));
+                state.lock_written(lock);
                 state.event(name.clone(), "bootstrapped: holds the leader key".into());
                 break;
             }
         }
         if sync_mode {
-            let put = OpKind::Put { key: SYNC_KEY, value: 2 };
+            let put = OpKind::Put {
+                key: SYNC_KEY,
+                value: 2,
+            };
             let _ = dcs.call(put, now_us() + 1_000_000).await;
         }
     }
+    tokio::time::sleep(offset).await;
     loop {
         let loop_start = now_us();
         if !alive(&lab, me) {
@@ -557,13 +603,20 @@ async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Res
         let read = dcs.call(OpKind::Get { key: LEADER_KEY }, deadline).await;
         let Some(Reply::Get(value)) = read else {
             if is_primary {
-                demote(&lab, me, None, "cannot reach etcd within retry_timeout: demoting");
+                demote(
+                    &lab,
+                    me,
+                    None,
+                    "cannot reach etcd within retry_timeout: demoting",
+                );
             }
             continue;
         };
         let lock = value.map(LeaderLock::decode);
         let now_ms = now_us() / 1000;
-        let my_lsn = lab.borrow().servers[me as usize - 1].as_ref().map_or(0, PgServer::end_lsn);
+        let my_lsn = lab.borrow().servers[me as usize - 1]
+            .as_ref()
+            .map_or(0, PgServer::end_lsn);
         let live = lock.is_some_and(|l| l.is_live(now_ms));
         let (best_peer_lsn, leader_optime, sync_standby) = if live || lock.is_none() {
             (None, 0, None)
@@ -610,7 +663,7 @@ async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Res
                 };
                 match dcs.call(cas, deadline).await {
                     Some(Reply::Cas(true)) => {
-                        lab.borrow_mut().lock_writes.push((now_us(), renewed));
+                        lab.borrow_mut().lock_written(renewed);
                         publish_leader_state(&lab, &mut dcs, me, sync_mode, deadline).await;
                     }
                     _ if is_primary => demote(
@@ -624,7 +677,12 @@ async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Res
             }
             HaAction::Follow(holder) => {
                 if is_primary {
-                    demote(&lab, me, Some(holder), "another member holds the leader key: demoting");
+                    demote(
+                        &lab,
+                        me,
+                        Some(holder),
+                        "another member holds the leader key: demoting",
+                    );
                 } else if let Some(server) = lab.borrow_mut().servers[me as usize - 1].as_mut() {
                     server.upstream = Some(holder);
                 }
@@ -642,17 +700,11 @@ async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Res
                 if let Some(Reply::Cas(true)) = dcs.call(cas, deadline).await {
                     {
                         let mut state = lab.borrow_mut();
-                        state.lock_writes.push((now_us(), mine));
+                        state.lock_written(mine);
                         state.event(name.clone(), "took the leader key: promoting".into());
                     }
                     tokio::time::sleep(Duration::from_micros(PROMOTE_US)).await;
-                    let mut state = lab.borrow_mut();
-                    if let Some(server) = state.servers[me as usize - 1].as_mut() {
-                        server.promote();
-                        let timeline = server.timeline;
-                        state.event(name.clone(), format!("promoted: primary on timeline {timeline}"));
-                    }
-                    drop(state);
+                    promote(&lab, me);
                     publish_leader_state(&lab, &mut dcs, me, sync_mode, deadline + ttl_us).await;
                     continue;
                 }
@@ -673,7 +725,13 @@ async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Res
 
 /// The leader publishes its WAL position and, in synchronous mode, picks and publishes the
 /// synchronous standby before the primary waits for it.
-async fn publish_leader_state(lab: &PgLab, dcs: &mut DcsClient, me: u64, sync_mode: bool, deadline: u64) {
+async fn publish_leader_state(
+    lab: &PgLab,
+    dcs: &mut DcsClient,
+    me: u64,
+    sync_mode: bool,
+    deadline: u64,
+) {
     let (lsn, sync) = {
         let state = lab.borrow();
         let Some(server) = state.servers[me as usize - 1].as_ref() else {
@@ -682,11 +740,30 @@ async fn publish_leader_state(lab: &PgLab, dcs: &mut DcsClient, me: u64, sync_mo
         let sync = server.standbys.keys().next().copied();
         (server.end_lsn(), sync)
     };
-    let _ = dcs.call(OpKind::Put { key: OPTIME_KEY, value: lsn }, deadline).await;
+    let _ = dcs
+        .call(
+            OpKind::Put {
+                key: OPTIME_KEY,
+                value: lsn,
+            },
+            deadline,
+        )
+        .await;
     if sync_mode {
-        let current = lab.borrow().servers[me as usize - 1].as_ref().and_then(|s| s.sync_standby);
+        let current = lab.borrow().servers[me as usize - 1]
+            .as_ref()
+            .and_then(|s| s.sync_standby);
         if let (Some(s), true) = (sync, current.is_none()) {
-            if let Some(Reply::Put) = dcs.call(OpKind::Put { key: SYNC_KEY, value: s }, deadline).await {
+            if let Some(Reply::Put) = dcs
+                .call(
+                    OpKind::Put {
+                        key: SYNC_KEY,
+                        value: s,
+                    },
+                    deadline,
+                )
+                .await
+            {
                 let mut state = lab.borrow_mut();
                 if let Some(server) = state.servers[me as usize - 1].as_mut() {
                     server.sync_standby = Some(s);
@@ -695,6 +772,19 @@ async fn publish_leader_state(lab: &PgLab, dcs: &mut DcsClient, me: u64, sync_mo
             }
         }
     }
+}
+
+fn promote(lab: &PgLab, me: u64) {
+    let mut state = lab.borrow_mut();
+    let Some(server) = state.servers[me as usize - 1].as_mut() else {
+        return;
+    };
+    server.promote();
+    let timeline = server.timeline;
+    state.event(
+        format!("n{me}"),
+        format!("promoted: primary on timeline {timeline}"),
+    );
 }
 
 fn demote(lab: &PgLab, me: u64, upstream: Option<u64>, why: &str) {

@@ -90,9 +90,7 @@ pub fn decide(view: &HaView) -> HaAction {
             let behind_a_peer = view.best_peer_lsn.is_some_and(|p| p > view.my_lsn);
             let too_far_behind =
                 view.leader_optime.saturating_sub(view.my_lsn) > view.maximum_lag_on_failover;
-            let not_the_sync_standby = view
-                .sync_standby
-                .is_some_and(|s| s != 0 && s != view.me);
+            let not_the_sync_standby = view.sync_standby.is_some_and(|s| s != 0 && s != view.me);
             if behind_a_peer || too_far_behind || not_the_sync_standby {
                 HaAction::Wait
             } else {

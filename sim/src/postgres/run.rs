@@ -10,7 +10,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
 use quorumlab_experiment::replication::{
-    reduce_lag, summarize, FailoverObservation, LagMethod, PgRunSummary,
+    compose_write_id, reduce_lag, summarize, FailoverObservation, LagMethod, PgRunSummary,
+    PROBE_CLIENT,
 };
 use quorumlab_experiment::scenario::{
     plan_fault, Disruption, NodeState, ReplicationMode, Scenario, SyncCommit, System,
@@ -29,8 +30,6 @@ use crate::run::SimError;
 
 /// Simulated time before the workload starts: etcd elects a leader and Patroni bootstraps.
 pub const BOOTSTRAP_MS: u64 = 3000;
-/// Write ids of prober inserts start here.
-const PROBE_ID_BASE: u64 = 1 << 40;
 /// etcd members in a Postgres lab.
 const ETCD_MEMBERS: u64 = 3;
 
@@ -75,6 +74,7 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
         bandwidth: pg.bandwidth_mb_per_s * 1e6,
         replay_rate: pg.replay_mb_per_s * 1e6,
         start_us,
+        seed,
     };
     let phases = pg.phases_or(scenario.duration_ms, scenario.workload.rate_per_s);
     let lab: PgLab = Rc::new(RefCell::new(PgLabState {
@@ -161,7 +161,7 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
             db_nodes,
             until,
         ))];
-        let clients = workload.clients.max(1) as u64;
+        let clients = workload.clients.clamp(1, PROBE_CLIENT as usize - 1) as u64;
         for client in 0..clients {
             tasks.push(tokio::task::spawn_local(writer(
                 client_lab.clone(),
@@ -172,7 +172,11 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
                 until,
             )));
         }
-        tasks.push(tokio::task::spawn_local(prober(client_lab.clone(), db_nodes, until)));
+        tasks.push(tokio::task::spawn_local(prober(
+            client_lab.clone(),
+            db_nodes,
+            until,
+        )));
         if measuring_lag {
             tasks.push(tokio::task::spawn_local(heartbeat(
                 client_lab.clone(),
@@ -363,7 +367,12 @@ fn now() -> u64 {
 }
 
 /// Asks every node `pg_is_in_recovery()` every 100 ms; publishes the first that says no.
-async fn track_primary(lab: PgLab, primary: Rc<Cell<u64>>, nodes: u64, until: Duration) -> turmoil::Result {
+async fn track_primary(
+    lab: PgLab,
+    primary: Rc<Cell<u64>>,
+    nodes: u64,
+    until: Duration,
+) -> turmoil::Result {
     let _ = lab;
     let socket = bind(7000).await?;
     let mut buf = vec![0u8; 4096];
@@ -371,7 +380,15 @@ async fn track_primary(lab: PgLab, primary: Rc<Cell<u64>>, nodes: u64, until: Du
     while elapsed() < until {
         for i in 1..=nodes {
             seq += 1;
-            let answer = ask(&socket, &mut buf, i, PgPacket::IsPrimary { seq }, seq, Duration::from_millis(300)).await;
+            let answer = ask(
+                &socket,
+                &mut buf,
+                i,
+                PgPacket::IsPrimary { seq },
+                seq,
+                Duration::from_millis(300),
+            )
+            .await;
             if let Some(PgPacket::Primary { yes: true, .. }) = answer {
                 primary.set(i);
                 break;
@@ -393,7 +410,7 @@ async fn writer(
     let socket = bind(7100 + client as u16).await?;
     let mut buf = vec![0u8; 4096];
     let start_us = lab.borrow().start_us;
-    let mut next_id = (client + 1) << 32;
+    let mut n = 0;
     while elapsed() < until {
         let phase = lab.borrow().phase_at(now() - start_us).clone();
         if phase.rate_per_s == 0 {
@@ -402,7 +419,8 @@ async fn writer(
         }
         let period = Duration::from_secs_f64(clients as f64 / phase.rate_per_s as f64);
         let began = elapsed();
-        next_id += 1;
+        n += 1;
+        let next_id = compose_write_id(0, client as u32, n);
         let target = primary.get();
         let invoke_us = now() - start_us;
         let insert = PgPacket::Insert {
@@ -443,7 +461,7 @@ async fn prober(lab: PgLab, nodes: u64, until: Duration) -> turmoil::Result {
     let socket = bind(7200).await?;
     let mut buf = vec![0u8; 4096];
     let start_us = lab.borrow().start_us;
-    let mut next_id = PROBE_ID_BASE;
+    let mut n = 0;
     while elapsed() < until {
         tokio::time::sleep(Duration::from_millis(100)).await;
         // An idle phase stays idle: no writes at all, or the views could not be seen to mislead.
@@ -451,7 +469,8 @@ async fn prober(lab: PgLab, nodes: u64, until: Duration) -> turmoil::Result {
             continue;
         }
         for i in 1..=nodes {
-            next_id += 1;
+            n += 1;
+            let next_id = compose_write_id(0, PROBE_CLIENT, n);
             let invoke_us = now() - start_us;
             let insert = PgPacket::Insert {
                 seq: next_id,
@@ -459,14 +478,21 @@ async fn prober(lab: PgLab, nodes: u64, until: Duration) -> turmoil::Result {
                 payload: 5,
                 heartbeat: None,
             };
-            if let Some(PgPacket::InsertOk { .. }) =
-                ask(&socket, &mut buf, i, insert, next_id, Duration::from_millis(500)).await
+            if let Some(PgPacket::InsertOk { .. }) = ask(
+                &socket,
+                &mut buf,
+                i,
+                insert,
+                next_id,
+                Duration::from_millis(500),
+            )
+            .await
             {
                 record(
                     &lab,
                     Op {
                         id: 0,
-                        client: u32::MAX,
+                        client: PROBE_CLIENT,
                         kind: OpKind::Put {
                             key: 0,
                             value: next_id,
@@ -497,11 +523,19 @@ async fn heartbeat(lab: PgLab, primary: Rc<Cell<u64>>, until: Duration) -> turmo
         seq += 1;
         let insert = PgPacket::Insert {
             seq,
-            id: (1 << 41) + seq,
+            id: compose_write_id(1, 0, seq),
             payload: 20,
             heartbeat: Some(seq),
         };
-        let _ = ask(&socket, &mut buf, primary.get(), insert, seq, Duration::from_secs(1)).await;
+        let _ = ask(
+            &socket,
+            &mut buf,
+            primary.get(),
+            insert,
+            seq,
+            Duration::from_secs(1),
+        )
+        .await;
     }
     Ok(())
 }
@@ -515,8 +549,20 @@ async fn heartbeat_watcher(lab: PgLab, replica: u64, until: Duration) -> turmoil
     while elapsed() < until {
         tokio::time::sleep(Duration::from_millis(10)).await;
         seq += 1;
-        let answer = ask(&socket, &mut buf, replica, PgPacket::ReadHeartbeat { seq }, seq, Duration::from_millis(100)).await;
-        if let Some(PgPacket::Heartbeat { latest: Some((hb, committed_us)), .. }) = answer {
+        let answer = ask(
+            &socket,
+            &mut buf,
+            replica,
+            PgPacket::ReadHeartbeat { seq },
+            seq,
+            Duration::from_millis(100),
+        )
+        .await;
+        if let Some(PgPacket::Heartbeat {
+            latest: Some((hb, committed_us)),
+            ..
+        }) = answer
+        {
             if hb > last_seen {
                 last_seen = hb;
                 let lag_ms = now().saturating_sub(committed_us) as f64 / 1000.0;
@@ -536,8 +582,22 @@ async fn view_sampler(lab: PgLab, nodes: u64, until: Duration) -> turmoil::Resul
         tokio::time::sleep(Duration::from_millis(100)).await;
         for i in 1..=nodes {
             seq += 1;
-            let answer = ask(&socket, &mut buf, i, PgPacket::Views { seq }, seq, Duration::from_millis(100)).await;
-            let Some(PgPacket::ViewRows { primary, replication, replay_age_us, .. }) = answer else {
+            let answer = ask(
+                &socket,
+                &mut buf,
+                i,
+                PgPacket::Views { seq },
+                seq,
+                Duration::from_millis(100),
+            )
+            .await;
+            let Some(PgPacket::ViewRows {
+                primary,
+                replication,
+                replay_age_us,
+                ..
+            }) = answer
+            else {
                 continue;
             };
             if primary {
@@ -549,7 +609,12 @@ async fn view_sampler(lab: PgLab, nodes: u64, until: Duration) -> turmoil::Resul
                     sample(&lab, standby, LagMethod::Bytes, Some(bytes as f64));
                 }
             } else {
-                sample(&lab, i, LagMethod::ReplayAge, replay_age_us.map(|us| us as f64 / 1000.0));
+                sample(
+                    &lab,
+                    i,
+                    LagMethod::ReplayAge,
+                    replay_age_us.map(|us| us as f64 / 1000.0),
+                );
             }
         }
     }

@@ -67,6 +67,8 @@ pub struct StandbyProgress {
     /// `write_lag`, `flush_lag`, `replay_lag` in microseconds (`None` is NULL).
     pub lag_us: [Option<u64>; 3],
     fully_applied_last_time: bool,
+    /// Bytes the link may still carry now.
+    credit: f64,
 }
 
 /// A commit waiting to be acknowledged.
@@ -169,7 +171,14 @@ impl PgServer {
 
     /// Appends a committed insert; its acknowledgement comes from [`PgServer::tick`].
     /// Returns `None` (refused) unless this server is the primary.
-    pub fn commit(&mut self, now_us: u64, write_id: u64, payload: u64, heartbeat: Option<u64>, token: u64) -> Option<Lsn> {
+    pub fn commit(
+        &mut self,
+        now_us: u64,
+        write_id: u64,
+        payload: u64,
+        heartbeat: Option<u64>,
+        token: u64,
+    ) -> Option<Lsn> {
         if self.role != PgRole::Primary {
             return None;
         }
@@ -267,9 +276,9 @@ impl PgServer {
         // columns go NULL rather than keep a stale value.
         if p.replay == p.sent {
             if p.fully_applied_last_time {
-                for stage in 0..3 {
-                    if !fresh[stage] {
-                        p.lag_us[stage] = None;
+                for (lag, fresh) in p.lag_us.iter_mut().zip(fresh) {
+                    if !fresh {
+                        *lag = None;
                     }
                 }
             }
@@ -315,7 +324,13 @@ impl PgServer {
     /// Time passes by `dt_us`: the primary acknowledges durable commits and sends WAL within
     /// `bandwidth` bytes/s per standby; a standby flushes what it received and replays within
     /// `replay_rate` bytes/s, then reports to its upstream.
-    pub fn tick(&mut self, now_us: u64, dt_us: u64, bandwidth: f64, replay_rate: f64) -> Vec<PgOutput> {
+    pub fn tick(
+        &mut self,
+        now_us: u64,
+        dt_us: u64,
+        bandwidth: f64,
+        replay_rate: f64,
+    ) -> Vec<PgOutput> {
         let mut out = Vec::new();
         match self.role {
             PgRole::Primary => {
@@ -327,22 +342,25 @@ impl PgServer {
                         self.pending.push(ack);
                     }
                 }
-                let budget = (bandwidth * dt_us as f64 / 1e6) as u64;
-                let ids: Vec<u64> = self.standbys.keys().copied().collect();
-                for id in ids {
-                    let sent = self.standbys[&id].sent;
-                    let start = self.wal.partition_point(|r| r.end <= sent);
-                    let mut bytes = 0;
+                for (&id, standby) in &mut self.standbys {
+                    // The link carries `bandwidth` bytes a second; unused capacity is not saved
+                    // beyond one second's worth.
+                    standby.credit =
+                        (standby.credit + bandwidth * dt_us as f64 / 1e6).min(bandwidth);
+                    let start = self.wal.partition_point(|r| r.end <= standby.sent);
                     let mut records = Vec::new();
                     for r in &self.wal[start..] {
-                        if r.committed_us + FSYNC_US > now_us || (bytes > 0 && bytes + r.bytes > budget) {
+                        if r.committed_us + FSYNC_US > now_us || r.bytes as f64 > standby.credit {
                             break;
                         }
-                        bytes += r.bytes;
+                        standby.credit -= r.bytes as f64;
                         records.push(r.clone());
                     }
+                    if start + records.len() == self.wal.len() {
+                        standby.credit = 0.0;
+                    }
                     if let Some(last) = records.last() {
-                        self.standbys.get_mut(&id).expect("present").sent = last.end;
+                        standby.sent = last.end;
                         out.push(PgOutput::Wal {
                             to: id,
                             timeline: self.timeline,
@@ -354,8 +372,8 @@ impl PgServer {
             PgRole::Standby => {
                 let before = (self.flushed, self.replayed);
                 self.flushed = self.end_lsn();
-                self.replay_budget = (self.replay_budget + replay_rate * dt_us as f64 / 1e6)
-                    .min(replay_rate);
+                self.replay_budget =
+                    (self.replay_budget + replay_rate * dt_us as f64 / 1e6).min(replay_rate);
                 let start = self.wal.partition_point(|r| r.end <= self.replayed);
                 for r in &self.wal[start..] {
                     if r.end > self.flushed || (r.bytes as f64) > self.replay_budget {
@@ -439,12 +457,20 @@ mod tests {
         for out in primary.tick(now, dt, 1e9, 1e9) {
             match out {
                 PgOutput::Ack(t) => acks.push(t),
-                PgOutput::Wal { timeline, records, .. } => standby.receive(timeline, records),
+                PgOutput::Wal {
+                    timeline, records, ..
+                } => assert!(standby.receive(timeline, records)),
                 PgOutput::Reply { .. } => unreachable!(),
             }
         }
         for out in standby.tick(now, dt, 1e9, 1e9) {
-            if let PgOutput::Reply { write, flush, replay, .. } = out {
+            if let PgOutput::Reply {
+                write,
+                flush,
+                replay,
+                ..
+            } = out
+            {
                 primary.standby_reply(now, 2, [write, flush, replay]);
             }
         }
@@ -453,7 +479,9 @@ mod tests {
 
     #[test]
     fn remote_apply_waits_for_the_sync_standby_and_local_does_not() {
-        for (level, acked_before_standby) in [(SyncCommit::Local, true), (SyncCommit::RemoteApply, false)] {
+        for (level, acked_before_standby) in
+            [(SyncCommit::Local, true), (SyncCommit::RemoteApply, false)]
+        {
             let mut p = PgServer::primary(level);
             let mut s = PgServer::standby(1, level);
             p.standby_connect(2, 0, 1);
@@ -490,7 +518,13 @@ mod tests {
         assert!(p.standbys[&2].lag_us[2].is_some());
         for _ in 0..2 {
             let reply = s.reply_to(1);
-            if let PgOutput::Reply { write, flush, replay, .. } = reply {
+            if let PgOutput::Reply {
+                write,
+                flush,
+                replay,
+                ..
+            } = reply
+            {
                 p.standby_reply(10_000, 2, [write, flush, replay]);
             }
         }
@@ -502,16 +536,16 @@ mod tests {
         let mut old = PgServer::primary(SyncCommit::Local);
         old.commit(0, 1, 100, None, 1);
         let mut new = PgServer::standby(1, SyncCommit::Local);
-        new.receive(1, old.wal.clone());
+        assert!(new.receive(1, old.wal.clone()));
         old.commit(1, 2, 100, None, 2);
         let mut other = PgServer::standby(1, SyncCommit::Local);
-        other.receive(1, old.wal.clone());
+        assert!(other.receive(1, old.wal.clone()));
         new.promote();
         new.commit(5, 3, 50, None, 3);
         let from = new.standby_connect(3, other.end_lsn(), other.timeline);
         assert_eq!(from, new.timeline_start);
         let records: Vec<WalRecord> = new.wal.iter().filter(|r| r.end > from).cloned().collect();
-        other.receive(new.timeline, records);
+        assert!(other.receive(new.timeline, records));
         let ids: Vec<u64> = other.wal.iter().map(|r| r.write_id).collect();
         assert_eq!(ids, [1, 3]);
     }
