@@ -308,3 +308,72 @@ fn cluster_down_with_nothing_up_is_harmless() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to stop"));
     }
 }
+
+/// pg-failover's text with one line replaced.
+fn pg_scenario_with(dir: &std::path::Path, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/pg-failover.toml"
+    ))
+    .unwrap();
+    assert!(text.contains(from), "{from}");
+    let path = dir.join("pg.toml");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn postgres_scenarios_with_no_replica_or_a_broken_patroni_rule_are_refused() {
+    let dir = temp_dir("pg-bad");
+    let no_replica = pg_scenario_with(&dir, "nodes = 3", "nodes = 1");
+    for command in ["sim", "run", "compare"] {
+        assert_user_error(
+            &quorumlab(&[command, &no_replica]),
+            "needs at least 1 replica (topology.nodes >= 2); it asks for 0",
+        );
+    }
+    let broken = pg_scenario_with(&dir, "ttl_s = 10", "ttl_s = 9");
+    assert_user_error(
+        &quorumlab(&["sim", &broken]),
+        "Patroni needs loop_wait + 2*retry_timeout <= ttl, but 2 + 2*4 > 9",
+    );
+    assert_user_error(
+        &quorumlab(&["cluster", "up", "postgres", "--scenario", &broken]),
+        "Patroni needs loop_wait + 2*retry_timeout <= ttl",
+    );
+    assert_user_error(
+        &quorumlab(&["cluster", "up", "postgres", "--replicas", "0"]),
+        "a Postgres lab needs 1 to 6 replicas, not 0",
+    );
+}
+
+#[test]
+fn simulated_failover_prints_its_trace_and_the_same_measurements_as_json() {
+    let out = quorumlab(&["sim", "pg-failover", "--seed", "3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "async mode:",
+        "sync mode:",
+        "crash leader (n1)",
+        "took the leader key: promoting",
+        "acknowledged writes:",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    let out = quorumlab(&["sim", "pg-failover", "--seed", "3", "--json"]);
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        let summary = &run["summary"];
+        assert!(
+            summary["failover_ms"].as_u64().unwrap() > summary["detection_ms"].as_u64().unwrap()
+        );
+        assert_eq!(summary["lost_writes"], 0);
+    }
+}

@@ -119,17 +119,19 @@ pub async fn run_postgres(
     let settings = PatroniSettings::from_scenario(pg, mode);
     let replicas = scenario.topology.nodes - 1;
     let lab = postgres::up(state_dir, replicas, &settings, agent_binary).await?;
-    let result = drive(scenario, mode, run_number, &lab).await;
+    let result = run_on_lab(scenario, run_number, &lab).await;
     Lab::down(state_dir)?;
     result
 }
 
-async fn drive(
+/// Runs `scenario` once on a Postgres lab that is already up (in the lab's replication mode);
+/// the lab stays up afterwards. Write ids carry `run_number`, so runs can share the table.
+pub async fn run_on_lab(
     scenario: &Scenario,
-    mode: ReplicationMode,
     run_number: u64,
     lab: &Lab,
 ) -> Result<PgRealRun, RunError> {
+    let mode = postgres::cluster(lab)?.patroni.mode;
     let pg = scenario.postgres.as_ref().expect("checked by the caller");
     let db_nodes = scenario.topology.nodes;
     let primary = postgres::wait_for_primary(lab, None, Duration::from_secs(30)).await?;
