@@ -11,7 +11,8 @@ use std::process::{exit, Command};
 
 /// Debian packages the workspace needs, each with the file that shows it is installed.
 /// `protoc` and the well-known `.proto` files are needed by the build scripts of the gRPC crates
-/// (`etcd-client`, the node agent); etcd is what the real-cluster tests run.
+/// (`etcd-client`, the node agent); etcd, Postgres 15 and Patroni are what the real-cluster tests
+/// run.
 const PACKAGES: &[(&str, &str)] = &[
     ("protobuf-compiler", "/usr/bin/protoc"),
     (
@@ -20,6 +21,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("etcd-server", "/usr/bin/etcd"),
     ("iproute2", "/usr/sbin/ip"),
+    ("postgresql-15", "/usr/lib/postgresql/15/bin/postgres"),
+    ("patroni", "/usr/bin/patroni"),
 ];
 
 fn main() {
