@@ -49,7 +49,7 @@ fn modes(scenario: &Scenario) -> Vec<ReplicationMode> {
 
 /// Runs `scenario` for real `runs` times in each of its modes.
 pub fn real_runs(scenario: &Scenario, runs: u64, state_dir: &Path) -> Result<Vec<PgRealRun>> {
-    crate::real::install_etcd_if_missing()?;
+    crate::real::install_postgres_if_missing()?;
     let binary = std::env::current_exe().context("cannot find the quorumlab binary")?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let modes = modes(scenario);

@@ -68,7 +68,7 @@ pub fn up_postgres(
         Some(_) => ReplicationMode::Async,
         None => pg.modes[0],
     };
-    install_etcd_if_missing()?;
+    install_postgres_if_missing()?;
     let binary = this_binary()?;
     let settings = PatroniSettings::from_scenario(pg, mode);
     let lab = runtime()?.block_on(postgres::up(state_dir, replicas, &settings, &binary))?;
@@ -81,24 +81,37 @@ pub fn up_postgres(
     status(state_dir, false)
 }
 
-/// Installs Debian's etcd-server when it is missing and we are root (as `cargo xtask test` does).
+/// The Debian packages a lab runs, each with the file that shows it is installed.
+const ETCD_PACKAGES: &[(&str, &str)] = &[("etcd-server", quorumlab_cluster::etcd::ETCD_BINARY)];
+const POSTGRES_PACKAGES: &[(&str, &str)] = &[
+    ("etcd-server", quorumlab_cluster::etcd::ETCD_BINARY),
+    ("patroni", quorumlab_cluster::postgres::PATRONI_BINARY),
+    ("postgresql-15", "/usr/lib/postgresql/15/bin/postgres"),
+];
+
+/// Installs etcd when it is missing and we are root (as `cargo xtask test` does).
 pub(crate) fn install_etcd_if_missing() -> Result<()> {
-    if Path::new(quorumlab_cluster::etcd::ETCD_BINARY).exists()
-        || !quorumlab_cluster::hosts::is_root()
-    {
+    install_if_missing(ETCD_PACKAGES)
+}
+
+/// Installs etcd, Patroni and Postgres 15 when missing and we are root.
+pub(crate) fn install_postgres_if_missing() -> Result<()> {
+    install_if_missing(POSTGRES_PACKAGES)
+}
+
+fn install_if_missing(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(_, file)| !Path::new(file).exists())
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() || !quorumlab_cluster::hosts::is_root() {
         return Ok(());
     }
-    eprintln!("etcd is missing; installing Debian's etcd-server with apt-get");
-    for args in [
-        &["update", "-qq"][..],
-        &[
-            "install",
-            "-y",
-            "-qq",
-            "--no-install-recommends",
-            "etcd-server",
-        ][..],
-    ] {
+    eprintln!("installing {} with apt-get", missing.join(", "));
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    for args in [&["update", "-qq"][..], &install[..]] {
         let status = std::process::Command::new("apt-get")
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -106,8 +119,9 @@ pub(crate) fn install_etcd_if_missing() -> Result<()> {
             .context("cannot run apt-get")?;
         if !status.success() {
             bail!(
-                "apt-get {} failed; install etcd-server by hand",
-                args.join(" ")
+                "apt-get {} failed; install {} by hand",
+                args.join(" "),
+                missing.join(" ")
             );
         }
     }
