@@ -57,6 +57,11 @@ enum Command {
         /// How many runs.
         #[arg(long, default_value_t = 1)]
         runs: u64,
+        /// Postgres scenarios without faults (pg-lag): measure your own cluster instead of a lab.
+        /// Give every node's URL (postgres://user:password@host:port/db), primary and replicas in
+        /// any order; it creates the tables ql_writes and ql_heartbeat there.
+        #[arg(long = "target", value_name = "URL", conflicts_with = "runs")]
+        targets: Vec<String>,
         /// Override the scenario's node count.
         #[arg(long)]
         nodes: Option<usize>,
@@ -341,10 +346,18 @@ fn dispatch(command: Command) -> Result<()> {
         },
         Command::Run {
             scenario,
+            targets,
+            nodes,
+            json,
+            ..
+        } if !targets.is_empty() => pg::run_targets(&load(&scenario, nodes)?, &targets, json),
+        Command::Run {
+            scenario,
             runs,
             nodes,
             json,
             state_dir,
+            ..
         } => real::run(&load(&scenario, nodes)?, runs, json, &state_dir),
         Command::Compare {
             scenario,

@@ -223,6 +223,30 @@ pub fn run(scenario: &Scenario, runs: u64, json: bool, state_dir: &Path) -> Resu
     Ok(())
 }
 
+/// `run SCENARIO --target URL...`: the scenario's workload and measurements on any cluster.
+pub fn run_targets(scenario: &Scenario, targets: &[String], json: bool) -> Result<()> {
+    if scenario.system != quorumlab_experiment::scenario::System::Postgres {
+        anyhow::bail!(
+            "--target measures Postgres clusters; {} is an etcd scenario",
+            scenario.name
+        );
+    }
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let run = rt.block_on(quorumlab_cluster::pg_run::run_on_urls(scenario, targets))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&run)?);
+        return Ok(());
+    }
+    println!(
+        "{} against {} given node(s) ({} replication)",
+        scenario.name,
+        targets.len(),
+        run.summary.mode
+    );
+    print_run(&run.summary, "");
+    Ok(())
+}
+
 /// `sim SCENARIO --seed S` for a Postgres scenario: every mode, its trace and its measurements.
 pub fn sim(scenario: &Scenario, seed: u64, json: bool) -> Result<()> {
     let mut runs = Vec::new();
@@ -296,7 +320,13 @@ pub fn compare(scenario: &Scenario, runs: u64, json: bool, state_dir: &Path) -> 
     let cell = |d: &serde_json::Value, k: &str| {
         d.get(k)
             .and_then(serde_json::Value::as_f64)
-            .map_or("-".into(), |v| format!("{v:.0}"))
+            .map_or("-".into(), |v| {
+                if v != 0.0 && v.abs() < 10.0 {
+                    format!("{v:.1}")
+                } else {
+                    format!("{v:.0}")
+                }
+            })
     };
     for mode in &table {
         println!(

@@ -377,3 +377,34 @@ fn simulated_failover_prints_its_trace_and_the_same_measurements_as_json() {
         assert_eq!(summary["lost_writes"], 0);
     }
 }
+
+#[test]
+fn an_unreachable_or_malformed_postgres_target_is_one_line_and_exit_2() {
+    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    assert_user_error(
+        &quorumlab(&[
+            "run",
+            "pg-lag",
+            "--target",
+            "postgres://app:s3cret@127.0.0.1:1/db",
+        ]),
+        "cannot reach Postgres on n1 (127.0.0.1:1)",
+    );
+    let out = quorumlab(&[
+        "run",
+        "pg-lag",
+        "--target",
+        "postgres://app:s3cret@db:port/x",
+    ]);
+    assert_user_error(&out, "is not a Postgres URL");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
+    assert_user_error(
+        &quorumlab(&[
+            "run",
+            "pg-failover",
+            "--target",
+            "postgres://127.0.0.1:1/db",
+        ]),
+        "faults need the lab's node agents",
+    );
+}

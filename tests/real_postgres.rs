@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use quorumlab_cluster::etcd::Lab;
-use quorumlab_cluster::pg_run::run_on_lab;
+use quorumlab_cluster::pg_run::{run_on_lab, run_on_urls};
 use quorumlab_cluster::postgres::{self, PatroniSettings};
 use quorumlab_experiment::replication::{write_id, LagMethod};
 use quorumlab_experiment::scenario::{ReplicationMode, Scenario};
@@ -125,6 +125,34 @@ fn lag_is_measured_three_ways_and_never_negative() {
             .expect("idle samples");
         assert!(idle.nulls > 0, "{idle:?}");
     }
+
+    // The same measurement of a cluster known only by its URLs, as an operator would run it.
+    let password = lab.postgres.as_ref().unwrap().superuser_password.clone();
+    let urls: Vec<String> = (1..=3)
+        .rev()
+        .map(|i| {
+            format!(
+                "postgres://postgres:{password}@{}:5432/postgres",
+                lab.net.addr(i)
+            )
+        })
+        .collect();
+    let by_url = rt.block_on(run_on_urls(&scenario, &urls)).unwrap();
+    let heartbeats: Vec<_> = by_url
+        .summary
+        .lag
+        .iter()
+        .filter(|l| l.method == LagMethod::Heartbeat && l.value.is_some())
+        .collect();
+    // URLs were given in reverse order: the primary is the third node, its replicas the others.
+    assert!(
+        heartbeats.iter().any(|l| l.replica == "n1"),
+        "{heartbeats:?}"
+    );
+    assert!(
+        heartbeats.iter().all(|l| l.replica != "n3"),
+        "{heartbeats:?}"
+    );
 }
 
 #[test]

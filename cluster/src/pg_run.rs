@@ -32,7 +32,7 @@ use sqlx::{Connection, Row};
 use tokio::sync::watch;
 
 use crate::etcd::{Lab, LabError};
-use crate::postgres::{self, PatroniSettings, LEADER_KEY};
+use crate::postgres::{self, PatroniSettings, PgNodes, LEADER_KEY};
 use crate::run::{FiredFault, RunError};
 
 /// How often the prober tries every node.
@@ -63,7 +63,7 @@ struct Shared {
     samples: Mutex<Vec<LagSample>>,
     phases: Vec<Phase>,
     db_nodes: usize,
-    lab: Lab,
+    nodes: PgNodes,
     run: u64,
 }
 
@@ -131,18 +131,66 @@ pub async fn run_on_lab(
     run_number: u64,
     lab: &Lab,
 ) -> Result<PgRealRun, RunError> {
+    let nodes = PgNodes::of_lab(lab)?;
     let mode = postgres::cluster(lab)?.patroni.mode;
-    let pg = scenario.postgres.as_ref().expect("checked by the caller");
-    let db_nodes = scenario.topology.nodes;
-    let primary = postgres::wait_for_primary(lab, None, Duration::from_secs(30)).await?;
-    prepare_tables(lab, primary).await?;
+    run_on_nodes(scenario, run_number, nodes, mode, Some(lab)).await
+}
+
+/// Runs `scenario`'s workload and measurements (no faults: there are no agents) against any
+/// Postgres cluster given by URLs, e.g. an operator's own primary and replicas. It creates the
+/// tables `ql_writes` and `ql_heartbeat` in the database the URLs name.
+pub async fn run_on_urls(scenario: &Scenario, urls: &[String]) -> Result<PgRealRun, RunError> {
+    if !scenario.faults.is_empty() {
+        return Err(RunError::Unsupported {
+            scenario: scenario.name.clone(),
+            reason: "faults need the lab's node agents; with --target only fault-free scenarios (pg-lag) run".into(),
+        });
+    }
+    let nodes = PgNodes::from_urls(urls)?;
+    for i in 1..=nodes.len() {
+        let conn = nodes.connect(i, Duration::from_secs(5)).await?;
+        let _ = conn.close().await;
+    }
+    let primary = nodes.wait_for_primary(Duration::from_secs(5)).await?;
+    let mut conn = nodes.connect(primary, Duration::from_secs(5)).await?;
+    let standbys: String =
+        sqlx::query_scalar("SELECT current_setting('synchronous_standby_names')")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| LabError::Postgres(format!("asking the primary for its settings: {e}")))?;
+    let _ = conn.close().await;
+    let mode = if standbys.trim().is_empty() {
+        ReplicationMode::Async
+    } else {
+        ReplicationMode::Sync
+    };
+    run_on_nodes(scenario, 1, nodes, mode, None).await
+}
+
+async fn run_on_nodes(
+    scenario: &Scenario,
+    run_number: u64,
+    nodes: PgNodes,
+    mode: ReplicationMode,
+    lab: Option<&Lab>,
+) -> Result<PgRealRun, RunError> {
+    let pg = scenario
+        .postgres
+        .as_ref()
+        .ok_or_else(|| RunError::Unsupported {
+            scenario: scenario.name.clone(),
+            reason: "not a postgres scenario".into(),
+        })?;
+    let db_nodes = nodes.len();
+    let primary = nodes.wait_for_primary(Duration::from_secs(30)).await?;
+    prepare_tables(&nodes, primary).await?;
     let shared = Arc::new(Shared {
         started: Instant::now(),
         ops: Mutex::new(Vec::new()),
         samples: Mutex::new(Vec::new()),
         phases: pg.phases_or(scenario.duration_ms, scenario.workload.rate_per_s),
         db_nodes,
-        lab: lab.clone(),
+        nodes: nodes.clone(),
         run: run_number,
     });
     let (stop_tx, stop) = watch::channel(false);
@@ -181,12 +229,15 @@ pub async fn run_on_lab(
     }
     let detection = Arc::new(Mutex::new(Detection::default()));
     let mut fault_at_us = None;
-    let key_watch = tokio::spawn(watch_leader_key(
-        shared.clone(),
-        detection.clone(),
-        primary,
-        stop.clone(),
-    ));
+    let key_watch = lab.map(|lab| {
+        tokio::spawn(watch_leader_key(
+            shared.clone(),
+            lab.endpoints(),
+            detection.clone(),
+            primary,
+            stop.clone(),
+        ))
+    });
     tasks.push(tokio::spawn(track_primary(
         shared.clone(),
         primary_tx,
@@ -195,7 +246,8 @@ pub async fn run_on_lab(
 
     let mut fired = Vec::new();
     let mut fault_error = None;
-    for step in &scenario.faults {
+    for step in scenario.faults.iter().filter(|_| lab.is_some()) {
+        let lab = lab.expect("filtered");
         let at = shared.started + Duration::from_millis(step.at_ms);
         tokio::time::sleep_until(at.into()).await;
         let states: Vec<NodeState> = (1..=lab.net.hosts)
@@ -224,18 +276,17 @@ pub async fn run_on_lab(
     for task in tasks {
         let _ = task.await;
     }
-    let _ = key_watch.await;
+    if let Some(key_watch) = key_watch {
+        let _ = key_watch.await;
+    }
     if let Some(e) = fault_error {
         return Err(e);
     }
     // Let the cluster settle, then read what survived on whichever node is primary now.
-    let new_primary = postgres::wait_for_primary(
-        lab,
-        None,
-        Duration::from_secs(scenario.duration_ms / 1000 + 60),
-    )
-    .await?;
-    let surviving_ids = surviving_ids(lab, new_primary).await?;
+    let new_primary = nodes
+        .wait_for_primary(Duration::from_secs(scenario.duration_ms / 1000 + 60))
+        .await?;
+    let surviving_ids = surviving_ids(&nodes, new_primary).await?;
     let mut ops = std::mem::take(&mut *shared.ops.lock().expect("ops"));
     ops.sort_by_key(|op| (op.invoke_us, op.client));
     for (i, op) in ops.iter_mut().enumerate() {
@@ -297,8 +348,8 @@ async fn fire(lab: &Lab, steps: &[Disruption]) -> Result<(), RunError> {
     Ok(())
 }
 
-async fn prepare_tables(lab: &Lab, primary: usize) -> Result<(), LabError> {
-    let mut conn = postgres::connect(lab, primary, Duration::from_secs(5)).await?;
+async fn prepare_tables(nodes: &PgNodes, primary: usize) -> Result<(), LabError> {
+    let mut conn = nodes.connect(primary, Duration::from_secs(5)).await?;
     for statement in [
         "CREATE TABLE IF NOT EXISTS ql_writes (id bigint PRIMARY KEY, client int NOT NULL, \
          payload text NOT NULL, written_at timestamptz NOT NULL DEFAULT clock_timestamp())",
@@ -314,8 +365,8 @@ async fn prepare_tables(lab: &Lab, primary: usize) -> Result<(), LabError> {
     Ok(())
 }
 
-async fn surviving_ids(lab: &Lab, primary: usize) -> Result<BTreeSet<u64>, LabError> {
-    let mut conn = postgres::connect(lab, primary, Duration::from_secs(5)).await?;
+async fn surviving_ids(nodes: &PgNodes, primary: usize) -> Result<BTreeSet<u64>, LabError> {
+    let mut conn = nodes.connect(primary, Duration::from_secs(5)).await?;
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM ql_writes")
         .fetch_all(&mut conn)
         .await
@@ -390,7 +441,9 @@ async fn writer(
         }
         let target = *primary.borrow_and_update();
         if conn.as_ref().is_none_or(|(node, _)| *node != target) {
-            conn = postgres::connect(&shared.lab, target, timeout)
+            conn = shared
+                .nodes
+                .connect(target, timeout)
                 .await
                 .ok()
                 .map(|c| (target, c));
@@ -431,7 +484,7 @@ async fn track_primary(
 ) {
     while !*stop.borrow() {
         for i in 1..=shared.db_nodes {
-            if postgres::is_primary(&shared.lab, i, Duration::from_millis(300)).await {
+            if shared.nodes.is_primary(i, Duration::from_millis(300)).await {
                 primary.send_if_modified(|p| std::mem::replace(p, i) != i);
                 break;
             }
@@ -454,7 +507,7 @@ async fn prober(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
         }
         for i in 1..=shared.db_nodes {
             if conns[i - 1].is_none() {
-                conns[i - 1] = postgres::connect(&shared.lab, i, timeout).await.ok();
+                conns[i - 1] = shared.nodes.connect(i, timeout).await.ok();
             }
             let Some(conn) = conns[i - 1].as_mut() else {
                 continue;
@@ -495,6 +548,7 @@ struct Detection {
 /// first gone or names another member.
 async fn watch_leader_key(
     shared: Arc<Shared>,
+    endpoints: Vec<String>,
     detection: Arc<Mutex<Detection>>,
     primary: usize,
     stop: watch::Receiver<bool>,
@@ -502,7 +556,6 @@ async fn watch_leader_key(
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_millis(500))
         .with_timeout(Duration::from_millis(500));
-    let endpoints = shared.lab.endpoints();
     let mut client: Option<Client> = None;
     let holder = format!("n{primary}");
     while !*stop.borrow() {
@@ -553,7 +606,9 @@ async fn heartbeat(
         }
         let target = *primary.borrow();
         if conn.as_ref().is_none_or(|(node, _)| *node != target) {
-            conn = postgres::connect(&shared.lab, target, Duration::from_secs(1))
+            conn = shared
+                .nodes
+                .connect(target, Duration::from_secs(1))
                 .await
                 .ok()
                 .map(|c| (target, c));
@@ -581,7 +636,9 @@ async fn heartbeat_watcher(shared: Arc<Shared>, replica: usize, stop: watch::Rec
     while !*stop.borrow() {
         tokio::time::sleep(HEARTBEAT_POLL).await;
         if conn.is_none() {
-            conn = postgres::connect(&shared.lab, replica, Duration::from_secs(1))
+            conn = shared
+                .nodes
+                .connect(replica, Duration::from_secs(1))
                 .await
                 .ok();
         }
@@ -614,9 +671,7 @@ async fn view_sampler(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
         ticker.tick().await;
         for i in 1..=shared.db_nodes {
             if conns[i - 1].is_none() {
-                conns[i - 1] = postgres::connect(&shared.lab, i, Duration::from_secs(1))
-                    .await
-                    .ok();
+                conns[i - 1] = shared.nodes.connect(i, Duration::from_secs(1)).await.ok();
             }
             let Some(c) = conns[i - 1].as_mut() else {
                 continue;

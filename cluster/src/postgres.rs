@@ -138,24 +138,129 @@ impl PgCluster {
     }
 }
 
+/// The Postgres nodes a workload talks to, numbered from 1: a lab's database hosts, or any
+/// cluster given by connection URLs.
+#[derive(Debug, Clone)]
+pub struct PgNodes {
+    options: Vec<PgConnectOptions>,
+    names: Vec<String>,
+}
+
+impl PgNodes {
+    /// The database hosts of `lab`.
+    pub fn of_lab(lab: &Lab) -> Result<PgNodes, LabError> {
+        let pg = cluster(lab)?;
+        Ok(PgNodes {
+            options: (1..=pg.db_nodes)
+                .map(|i| pg.connect_options(&lab.net, i))
+                .collect(),
+            names: (1..=pg.db_nodes)
+                .map(|i| format!("n{i} ({}:{PG_PORT})", lab.net.addr(i)))
+                .collect(),
+        })
+    }
+
+    /// Nodes given by `postgres://` URLs (credentials in the URL or the usual PG* variables).
+    pub fn from_urls(urls: &[String]) -> Result<PgNodes, LabError> {
+        let mut options = Vec::new();
+        let mut names = Vec::new();
+        for url in urls {
+            let parsed = url.parse::<PgConnectOptions>().map_err(|e| {
+                LabError::Postgres(format!(
+                    "'{}' is not a Postgres URL: {}",
+                    redact(url),
+                    one_line(&e.to_string())
+                ))
+            })?;
+            names.push(format!(
+                "n{} ({}:{})",
+                names.len() + 1,
+                parsed.get_host(),
+                parsed.get_port()
+            ));
+            options.push(
+                parsed
+                    .application_name("quorumlab")
+                    .disable_statement_logging(),
+            );
+        }
+        Ok(PgNodes { options, names })
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.options.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.options.is_empty()
+    }
+
+    /// Opens a connection to node `i` (1-based) within `timeout`.
+    pub async fn connect(&self, i: usize, timeout: Duration) -> Result<PgConnection, LabError> {
+        let name = &self.names[i - 1];
+        match tokio::time::timeout(timeout, PgConnection::connect_with(&self.options[i - 1])).await
+        {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(pg_err(&format!("cannot reach Postgres on {name}"), e)),
+            Err(_) => Err(LabError::Postgres(format!(
+                "cannot reach Postgres on {name} within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// Whether node `i` is up and not in recovery.
+    pub async fn is_primary(&self, i: usize, timeout: Duration) -> bool {
+        let Ok(mut conn) = self.connect(i, timeout).await else {
+            return false;
+        };
+        let answer = tokio::time::timeout(
+            timeout,
+            sqlx::query_scalar::<_, bool>("SELECT NOT pg_is_in_recovery()").fetch_one(&mut conn),
+        )
+        .await;
+        let _ = conn.close().await;
+        matches!(answer, Ok(Ok(true)))
+    }
+
+    /// Waits until some node says it is the primary; returns its number.
+    pub async fn wait_for_primary(&self, limit: Duration) -> Result<usize, LabError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            for i in 1..=self.len() {
+                if self.is_primary(i, Duration::from_secs(1)).await {
+                    return Ok(i);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout(format!(
+                    "no Postgres primary among {} within {limit:?}",
+                    self.names.join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A URL with its password replaced, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Opens a connection to host `i`'s Postgres within `timeout`.
 pub async fn connect(lab: &Lab, i: usize, timeout: Duration) -> Result<PgConnection, LabError> {
-    let pg = cluster(lab)?;
-    let options = pg.connect_options(&lab.net, i);
-    match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
-        Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(pg_err(
-            &format!(
-                "cannot reach Postgres on n{i} ({}:{PG_PORT})",
-                lab.net.addr(i)
-            ),
-            e,
-        )),
-        Err(_) => Err(LabError::Postgres(format!(
-            "cannot reach Postgres on n{i} ({}:{PG_PORT}) within {timeout:?}",
-            lab.net.addr(i)
-        ))),
-    }
+    PgNodes::of_lab(lab)?.connect(i, timeout).await
 }
 
 /// The lab's Postgres cluster, or an error naming the lab as etcd-only.
@@ -387,16 +492,10 @@ pub async fn signal_patroni(lab: &Lab, i: usize, action: Action) -> Result<(), L
 
 /// Whether host `i`'s Postgres is up and not in recovery.
 pub async fn is_primary(lab: &Lab, i: usize, timeout: Duration) -> bool {
-    let Ok(mut conn) = connect(lab, i, timeout).await else {
-        return false;
-    };
-    let answer = tokio::time::timeout(
-        timeout,
-        sqlx::query_scalar::<_, bool>("SELECT NOT pg_is_in_recovery()").fetch_one(&mut conn),
-    )
-    .await;
-    let _ = conn.close().await;
-    matches!(answer, Ok(Ok(true)))
+    match PgNodes::of_lab(lab) {
+        Ok(nodes) => nodes.is_primary(i, timeout).await,
+        Err(_) => false,
+    }
 }
 
 /// Waits until a primary is found (`expected`, or any node); returns its host number.
@@ -533,4 +632,22 @@ pub async fn status(lab: &Lab, timeout: Duration) -> Result<Vec<PgNodeStatus>, L
 /// The directory of host `i` in `lab`.
 pub fn host_dir(lab: &Lab, i: usize) -> PathBuf {
     lab.state_dir.join(format!("n{i}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact("postgres://db/x"), "postgres://db/x");
+        let err = PgNodes::from_urls(&["postgres://app:s3cret@db:notaport/x".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret"), "{err}");
+    }
 }
