@@ -354,8 +354,13 @@ impl Lab {
 
     /// Asks host `i`'s agent to start, stop, kill, pause or resume its etcd.
     pub async fn signal_etcd(&self, i: usize, action: Action) -> Result<(), LabError> {
+        self.signal(i, "etcd", action).await
+    }
+
+    /// Asks host `i`'s agent to start, stop, kill, pause or resume one of its services.
+    pub async fn signal(&self, i: usize, service: &str, action: Action) -> Result<(), LabError> {
         let request = SignalRequest {
-            service: "etcd".into(),
+            service: service.into(),
             action: action as i32,
         };
         self.agent(i)

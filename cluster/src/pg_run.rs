@@ -16,15 +16,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
-use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
+use quorumlab_experiment::history::{History, Op, Outcome};
 use quorumlab_experiment::replication::{
-    compose_write_id, reduce_lag, summarize, FailoverObservation, LagMethod, LagSample,
+    compose_write_id, reduce_lag, summarize, write_op, FailoverObservation, LagMethod, LagSample,
     PgRunSummary, PROBE_CLIENT,
 };
 use quorumlab_experiment::scenario::{
-    plan_fault, Disruption, NodeState, Phase, ReplicationMode, Scenario, System,
+    phase_at, plan_fault, NodeState, Phase, ReplicationMode, Scenario, System,
 };
-use quorumlab_proto::agent::Action;
 use rand::distributions::{Alphanumeric, DistString};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnection;
@@ -33,7 +32,7 @@ use tokio::sync::watch;
 
 use crate::etcd::{Lab, LabError};
 use crate::postgres::{self, PatroniSettings, PgNodes, LEADER_KEY};
-use crate::run::{FiredFault, RunError};
+use crate::run::{carry_out, FiredFault, RunError};
 
 /// How often the prober tries every node.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -72,16 +71,9 @@ impl Shared {
         self.started.elapsed().as_micros() as u64
     }
 
-    /// The phase running at `at_us` (the last one after all have ended).
+    /// The phase running at `at_us`.
     fn phase_at(&self, at_us: u64) -> &Phase {
-        let mut end = 0;
-        for phase in &self.phases {
-            end += phase.ms * 1000;
-            if at_us < end {
-                return phase;
-            }
-        }
-        self.phases.last().expect("at least one phase")
+        phase_at(&self.phases, at_us)
     }
 
     fn record(&self, op: Op) {
@@ -259,7 +251,8 @@ async fn run_on_nodes(
             .collect();
         let plan = plan_fault(&step.fault, &states);
         fault_at_us.get_or_insert(shared.now_us());
-        if let Err(e) = fire(lab, &plan.steps).await {
+        // A database host crash: Patroni and its Postgres, killed with SIGKILL.
+        if let Err(e) = carry_out(lab, &plan.steps, "patroni").await {
             fault_error = Some(e);
             break;
         }
@@ -312,40 +305,6 @@ async fn run_on_nodes(
         faults: fired,
         history,
     })
-}
-
-async fn fire(lab: &Lab, steps: &[Disruption]) -> Result<(), RunError> {
-    let all: Vec<u64> = (1..=lab.net.hosts as u64).collect();
-    for step in steps {
-        match *step {
-            Disruption::Cut(a, b) => {
-                lab.links(a as usize, &[b], true).await?;
-                lab.links(b as usize, &[a], true).await?;
-            }
-            Disruption::CutOneway(a, b) => lab.links(a as usize, &[b], true).await?,
-            // A database host crash: Patroni and its Postgres, killed with SIGKILL.
-            Disruption::Kill(id) => {
-                postgres::signal_patroni(lab, id as usize, Action::Kill).await?
-            }
-            Disruption::Start(id) => {
-                postgres::signal_patroni(lab, id as usize, Action::Start).await?
-            }
-            Disruption::HealAll => {
-                for &host in &all {
-                    let peers: Vec<u64> = all.iter().copied().filter(|&p| p != host).collect();
-                    lab.links(host as usize, &peers, false).await?;
-                }
-            }
-            Disruption::Delay { .. } | Disruption::Loss(_) | Disruption::Duplicate(_) => {
-                return Err(RunError::Unsupported {
-                    scenario: String::new(),
-                    reason: "delay, loss and duplication need tc netem, which this kernel lacks"
-                        .into(),
-                })
-            }
-        }
-    }
-    Ok(())
 }
 
 async fn prepare_tables(nodes: &PgNodes, primary: usize) -> Result<(), LabError> {
@@ -457,18 +416,13 @@ async fn writer(
             None => Outcome::Fail,
         };
         let ok = matches!(outcome, Outcome::Ok { .. });
-        shared.record(Op {
-            id: 0,
+        shared.record(write_op(
             client,
-            kind: OpKind::Put {
-                key: 0,
-                value: next_id,
-            },
-            invoke_us,
-            complete_us: shared.now_us(),
+            next_id,
+            (invoke_us, shared.now_us()),
             outcome,
-            node: Some(format!("n{target}")),
-        });
+            format!("n{target}"),
+        ));
         if !ok {
             conn = None;
         }
@@ -517,18 +471,13 @@ async fn prober(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             let invoke_us = shared.now_us();
             let outcome = insert(conn, next_id, client, "probe", timeout).await;
             match outcome {
-                Outcome::Ok { .. } => shared.record(Op {
-                    id: 0,
+                Outcome::Ok { .. } => shared.record(write_op(
                     client,
-                    kind: OpKind::Put {
-                        key: 0,
-                        value: next_id,
-                    },
-                    invoke_us,
-                    complete_us: shared.now_us(),
+                    next_id,
+                    (invoke_us, shared.now_us()),
                     outcome,
-                    node: Some(format!("n{i}")),
-                }),
+                    format!("n{i}"),
+                )),
                 // A replica refusing a write is the normal case; only a broken link is news.
                 Outcome::Fail => {}
                 Outcome::Info => conns[i - 1] = None,

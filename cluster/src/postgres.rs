@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use quorumlab_experiment::scenario::{PostgresSettings, ReplicationMode, SyncCommit};
-use quorumlab_proto::agent::{Action, SignalRequest};
+use quorumlab_proto::agent::Action;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Row};
@@ -475,19 +475,7 @@ pub async fn up(
 /// Asks host `i`'s agent to start, stop, kill, pause or resume Patroni (and with a kill, its
 /// Postgres).
 pub async fn signal_patroni(lab: &Lab, i: usize, action: Action) -> Result<(), LabError> {
-    let request = SignalRequest {
-        service: "patroni".into(),
-        action: action as i32,
-    };
-    lab.agent(i)
-        .await?
-        .signal(request)
-        .await
-        .map_err(|e| LabError::Agent {
-            host: format!("n{i}"),
-            reason: e.message().to_string(),
-        })?;
-    Ok(())
+    lab.signal(i, "patroni", action).await
 }
 
 /// Whether host `i`'s Postgres is up and not in recovery.

@@ -301,8 +301,26 @@ async fn fire(
     crashed: &mut [bool],
 ) -> Result<String, RunError> {
     let plan = plan_fault(fault, states);
-    let all: Vec<u64> = (1..=states.len() as u64).collect();
+    carry_out(lab, &plan.steps, "etcd").await?;
     for step in &plan.steps {
+        match *step {
+            Disruption::Kill(id) => crashed[id as usize - 1] = true,
+            Disruption::Start(id) => crashed[id as usize - 1] = false,
+            _ => {}
+        }
+    }
+    Ok(plan.label(fault))
+}
+
+/// Carries out a fault's steps through the agents: links are cut and healed with blackhole
+/// routes, and `service` (the database process of each host) is killed or started.
+pub(crate) async fn carry_out(
+    lab: &Lab,
+    steps: &[Disruption],
+    service: &str,
+) -> Result<(), RunError> {
+    let all: Vec<u64> = (1..=lab.net.hosts as u64).collect();
+    for step in steps {
         match *step {
             Disruption::Cut(a, b) => {
                 lab.links(a as usize, &[b], true).await?;
@@ -311,14 +329,8 @@ async fn fire(
             // A blackhole route on `a` drops what it sends to `b`; TCP then fails both ways, so
             // on a real network this is coarser than the simulator's one-way drop.
             Disruption::CutOneway(a, b) => lab.links(a as usize, &[b], true).await?,
-            Disruption::Kill(id) => {
-                lab.signal_etcd(id as usize, Action::Kill).await?;
-                crashed[id as usize - 1] = true;
-            }
-            Disruption::Start(id) => {
-                lab.signal_etcd(id as usize, Action::Start).await?;
-                crashed[id as usize - 1] = false;
-            }
+            Disruption::Kill(id) => lab.signal(id as usize, service, Action::Kill).await?,
+            Disruption::Start(id) => lab.signal(id as usize, service, Action::Start).await?,
             Disruption::HealAll => {
                 for &host in &all {
                     let peers: Vec<u64> = all.iter().copied().filter(|&p| p != host).collect();
@@ -326,11 +338,15 @@ async fn fire(
                 }
             }
             Disruption::Delay { .. } | Disruption::Loss(_) | Disruption::Duplicate(_) => {
-                unreachable!("rejected by check_supported")
+                return Err(RunError::Unsupported {
+                    scenario: String::new(),
+                    reason: "delay, loss and duplication need tc netem, which this kernel lacks"
+                        .into(),
+                })
             }
         }
     }
-    Ok(plan.label(fault))
+    Ok(())
 }
 
 async fn poll_leaders(lab: Lab, shared: Arc<Shared>, stop: tokio::sync::watch::Receiver<bool>) {

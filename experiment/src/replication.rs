@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::history::{History, OpKind};
+use crate::history::{History, Op, OpKind, Outcome};
 use crate::measure::Distribution;
 use crate::scenario::ReplicationMode;
 
@@ -183,6 +183,25 @@ pub fn compose_write_id(run: u64, client: u32, n: u64) -> u64 {
     run << 40 | u64::from(client) << 32 | n
 }
 
+/// A write as the history records it: a `put` of its id to key 0, answered by `node`.
+pub fn write_op(
+    client: u32,
+    id: u64,
+    (invoke_us, complete_us): (u64, u64),
+    outcome: Outcome,
+    node: String,
+) -> Op {
+    Op {
+        id: 0,
+        client,
+        kind: OpKind::Put { key: 0, value: id },
+        invoke_us,
+        complete_us,
+        outcome,
+        node: Some(node),
+    }
+}
+
 /// The id a write carries in the history (its `put` value), if the op is a write.
 pub fn write_id(kind: &OpKind) -> Option<u64> {
     match *kind {
@@ -254,7 +273,6 @@ pub fn summarize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{Op, Outcome};
 
     fn write(id: u64, invoke_ms: u64, complete_ms: u64, node: &str, ok: bool) -> Op {
         Op {

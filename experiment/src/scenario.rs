@@ -196,6 +196,18 @@ fn default_row_bytes() -> u32 {
     100
 }
 
+/// The phase running `at_us` microseconds after the start (the last one once all have ended).
+pub fn phase_at(phases: &[Phase], at_us: u64) -> &Phase {
+    let mut end = 0;
+    for phase in phases {
+        end += phase.ms * 1000;
+        if at_us < end {
+            return phase;
+        }
+    }
+    phases.last().expect("at least one phase")
+}
+
 /// Postgres replication and Patroni settings. Patroni's timing is in whole seconds, as in its
 /// configuration; the topology's `nodes` counts the primary and its replicas.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

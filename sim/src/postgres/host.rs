@@ -132,16 +132,9 @@ impl PgLabState {
         self.events.push(PgEvent { at_us, node, what });
     }
 
-    /// The phase at `at_us` after the start (the last one once all have ended).
+    /// The phase at `at_us` after the start.
     pub fn phase_at(&self, at_us: u64) -> &Phase {
-        let mut end = 0;
-        for phase in &self.phases {
-            end += phase.ms * 1000;
-            if at_us < end {
-                return phase;
-            }
-        }
-        self.phases.last().expect("at least one phase")
+        quorumlab_experiment::scenario::phase_at(&self.phases, at_us)
     }
 }
 

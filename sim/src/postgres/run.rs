@@ -8,10 +8,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
+use quorumlab_experiment::history::{History, Outcome};
 use quorumlab_experiment::replication::{
-    compose_write_id, reduce_lag, summarize, FailoverObservation, LagMethod, PgRunSummary,
-    PROBE_CLIENT,
+    compose_write_id, reduce_lag, summarize, write_op, FailoverObservation, LagMethod,
+    PgRunSummary, PROBE_CLIENT,
 };
 use quorumlab_experiment::scenario::{
     plan_fault, Disruption, NodeState, ReplicationMode, Scenario, SyncCommit, System,
@@ -436,18 +436,13 @@ async fn writer(
         };
         record(
             &lab,
-            Op {
-                id: 0,
-                client: client as u32,
-                kind: OpKind::Put {
-                    key: 0,
-                    value: next_id,
-                },
-                invoke_us,
-                complete_us: now() - start_us,
+            write_op(
+                client as u32,
+                next_id,
+                (invoke_us, now() - start_us),
                 outcome,
-                node: Some(format!("n{target}")),
-            },
+                format!("n{target}"),
+            ),
         );
         if let Some(rest) = period.checked_sub(elapsed() - began) {
             tokio::time::sleep(rest).await;
@@ -490,18 +485,13 @@ async fn prober(lab: PgLab, nodes: u64, until: Duration) -> turmoil::Result {
             {
                 record(
                     &lab,
-                    Op {
-                        id: 0,
-                        client: PROBE_CLIENT,
-                        kind: OpKind::Put {
-                            key: 0,
-                            value: next_id,
-                        },
-                        invoke_us,
-                        complete_us: now() - start_us,
-                        outcome: ok(),
-                        node: Some(format!("n{i}")),
-                    },
+                    write_op(
+                        PROBE_CLIENT,
+                        next_id,
+                        (invoke_us, now() - start_us),
+                        ok(),
+                        format!("n{i}"),
+                    ),
                 );
             }
         }
