@@ -408,3 +408,48 @@ fn an_unreachable_or_malformed_postgres_target_is_one_line_and_exit_2() {
         "faults need the lab's node agents",
     );
 }
+
+#[test]
+fn the_simulated_report_says_when_acknowledged_writes_were_lost() {
+    // Replicas behind a thin WAL link: the crash finds writes only the primary had.
+    let dir = temp_dir("pg-thin");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/pg-failover.toml"
+    ))
+    .unwrap()
+    .replace(
+        "modes = [\"async\", \"sync\"]",
+        "modes = [\"async\", \"sync\"]\nbandwidth_mb_per_s = 0.02",
+    );
+    let path = dir.join("thin.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = quorumlab(&["sim", path.to_str().unwrap(), "--seed", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (async_part, sync_part) = text.split_once("\nsync mode:").unwrap();
+    let lost = |part: &str| -> u64 {
+        let line = part
+            .lines()
+            .find(|l| l.contains("acknowledged writes:"))
+            .unwrap();
+        line.split("lost: ")
+            .nth(1)
+            .unwrap()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(lost(async_part) > 0, "{async_part}");
+    assert!(
+        async_part.contains("(ids "),
+        "the lost ids are named: {async_part}"
+    );
+    assert_eq!(lost(sync_part), 0, "{sync_part}");
+}
