@@ -86,6 +86,16 @@ enum Command {
         #[arg(long, default_value = real::STATE_DIR_DEFAULT)]
         state_dir: PathBuf,
     },
+    /// Serve the reference HTTP API (profiles and balances in Postgres) until Ctrl-C. The database
+    /// URL comes from QUORUMLAB_DATABASE_URL, never from the command line (it would show in `ps`).
+    Serve {
+        /// Address to listen on (loopback unless you say otherwise).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Database connections in the pool.
+        #[arg(long, default_value_t = 20)]
+        connections: u32,
+    },
     /// Run the node agent on this host: the gRPC service the real-cluster driver uses for faults.
     Agent {
         /// Agent configuration file (listen address, token file, services, peers).
@@ -325,6 +335,10 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Demo => demo(),
         Command::Agent { config } => agent(&config),
+        Command::Serve {
+            listen,
+            connections,
+        } => serve(listen, connections),
         Command::Cluster { action, state_dir } => match action {
             ClusterAction::Up {
                 system,
@@ -454,6 +468,19 @@ fn sweep_command(
         ))
         .into());
     }
+    Ok(())
+}
+
+fn serve(listen: std::net::SocketAddr, connections: u32) -> Result<()> {
+    let database_url = std::env::var("QUORUMLAB_DATABASE_URL").map_err(|_| {
+        anyhow::anyhow!("set QUORUMLAB_DATABASE_URL to a postgres:// URL (credentials come from the environment, never from the command line)")
+    })?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let pool = quorumlab_service::connect(&database_url, connections).await?;
+        eprintln!("quorumlab serve: listening on http://{listen} (Ctrl-C stops)");
+        quorumlab_service::serve(listen, pool).await
+    })?;
     Ok(())
 }
 

@@ -453,3 +453,23 @@ fn the_simulated_report_says_when_acknowledged_writes_were_lost() {
     );
     assert_eq!(lost(sync_part), 0, "{sync_part}");
 }
+
+#[test]
+fn serve_needs_its_database_url_from_the_environment_and_says_so() {
+    let out = Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+        .arg("serve")
+        .env_remove("QUORUMLAB_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_user_error(&out, "set QUORUMLAB_DATABASE_URL");
+    let out = Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env(
+            "QUORUMLAB_DATABASE_URL",
+            "postgres://app:hunter2@127.0.0.1:1/db",
+        )
+        .output()
+        .unwrap();
+    assert_user_error(&out, "database:");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
+}

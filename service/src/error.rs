@@ -1,0 +1,90 @@
+//! Every failure the API reports: a status and a JSON body naming the problem, never a partial
+//! write (each request is one transaction that commits whole or not at all).
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// An API error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or asks for something invalid.
+    #[error("{message}")]
+    BadRequest {
+        /// 400, 413, 415 or 422.
+        status: StatusCode,
+        /// What is wrong, for the client.
+        message: String,
+    },
+    /// A user does not exist.
+    #[error("user {0} not found")]
+    UnknownUser(i64),
+    /// The request conflicts with existing state (duplicate email, reused idempotency key).
+    #[error("{0}")]
+    Conflict(String),
+    /// Not enough money.
+    #[error("insufficient funds: user {user} has {balance_minor}, needs {amount_minor}")]
+    InsufficientFunds {
+        /// Whose account.
+        user: i64,
+        /// Its balance.
+        balance_minor: i64,
+        /// What was asked.
+        amount_minor: i64,
+    },
+    /// The database failed; the message is logged, not shown.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+}
+
+impl ApiError {
+    /// A 422 with `message`.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { status, .. } => *status,
+            ApiError::UnknownUser(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::InsufficientFunds { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> ApiError {
+        ApiError::BadRequest {
+            status: rejection.status(),
+            message: rejection.body_text(),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> ApiError {
+        ApiError::BadRequest {
+            status: StatusCode::BAD_REQUEST,
+            message: rejection.body_text(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Database(e) = &self {
+            // The cause goes to the operator's log; the client only learns it was not applied.
+            eprintln!("quorumlab serve: database error: {e}");
+        }
+        let status = self.status();
+        let body = serde_json::json!({ "error": self.to_string(), "status": status.as_u16() });
+        (status, Json(body)).into_response()
+    }
+}

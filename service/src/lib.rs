@@ -1,0 +1,120 @@
+//! The reference service: an HTTP API over profiles and balances in Postgres, written as a
+//! replicated database wants to be used.
+//!
+//! - Money is `i64` minor units, validated at the edge ([`accounts::Amount`]).
+//! - Every write is one transaction. A transfer locks its two accounts with `SELECT ... FOR UPDATE`
+//!   in ascending user id, so two opposite transfers queue instead of deadlocking, and refuses an
+//!   overdraft before changing anything.
+//! - A write with an `Idempotency-Key` header stores its response in the same transaction; a retry
+//!   gets that response back and applies nothing ([`idempotency`]).
+//! - Errors are JSON with a status that names the problem ([`error::ApiError`]); the database's
+//!   own messages and credentials never reach a client or a log line.
+
+pub mod accounts;
+pub mod error;
+pub mod idempotency;
+pub mod users;
+
+use std::net::SocketAddr;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+/// Largest request body accepted, in bytes.
+pub const BODY_BYTES_MAX: usize = 16 * 1024;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The database URL is missing or malformed, or the database cannot be reached.
+    #[error("database: {0}")]
+    Database(String),
+    /// Migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(String),
+    /// The listen address is taken or not allowed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        reason: String,
+    },
+}
+
+/// The API's routes over `pool`.
+pub fn router(pool: PgPool) -> Router {
+    Router::new()
+        .route("/users", post(users::create))
+        .route("/users/{id}", get(users::get).patch(users::update))
+        .route("/users/{id}/deposit", post(accounts::deposit))
+        .route("/users/{id}/withdraw", post(accounts::withdraw))
+        .route("/transfers", post(accounts::transfer))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(pool)
+}
+
+/// Connects to `database_url` and applies the schema migrations.
+pub async fn connect(database_url: &str, connections: u32) -> Result<PgPool, ServeError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(database_url)
+        .await
+        .map_err(|e| ServeError::Database(redacted(&e.to_string(), database_url)))?;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .map_err(|e| ServeError::Migrate(e.to_string()))?;
+    Ok(pool)
+}
+
+/// `message` with any occurrence of the URL's password removed.
+fn redacted(message: &str, database_url: &str) -> String {
+    let password = database_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|p| !p.is_empty());
+    let one_line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    match password {
+        Some(p) => one_line.replace(p, "***"),
+        None => one_line,
+    }
+}
+
+/// Serves the API on `listen` until Ctrl-C.
+pub async fn serve(listen: SocketAddr, pool: PgPool) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| ServeError::Listen {
+            addr: listen,
+            reason: e.to_string(),
+        })?;
+    axum::serve(listener, router(pool))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| ServeError::Listen {
+            addr: listen,
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_cut_from_messages() {
+        assert_eq!(
+            super::redacted(
+                "password authentication failed (pw hunter2)",
+                "postgres://app:hunter2@db/x"
+            ),
+            "password authentication failed (pw ***)"
+        );
+    }
+}

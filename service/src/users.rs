@@ -1,0 +1,166 @@
+//! Profiles: create (with an empty account), get (with the balance), update.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::Row;
+
+use crate::error::ApiError;
+use crate::idempotency::{self, Write};
+
+/// Body of `POST /users`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// Display name, 1 to 200 characters.
+    pub name: String,
+    /// Email, unique regardless of case.
+    pub email: String,
+    /// Free-form JSON object.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Map<String, Value>>,
+}
+
+/// Body of `PATCH /users/{id}`: only the fields given change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserUpdate {
+    /// New name.
+    pub name: Option<String>,
+    /// New email.
+    pub email: Option<String>,
+    /// New metadata (replaces the old).
+    pub metadata: Option<serde_json::Map<String, Value>>,
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    let chars = name.chars().count();
+    if chars == 0 || chars > 200 || name.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "name must be 1 to 200 characters, not blank",
+        ));
+    }
+    Ok(())
+}
+
+fn check_email(email: &str) -> Result<(), ApiError> {
+    let well_formed = email.len() <= 320
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+        && !email.chars().any(char::is_whitespace);
+    if !well_formed {
+        return Err(ApiError::invalid(
+            "email must look like name@example.org (at most 320 characters)",
+        ));
+    }
+    Ok(())
+}
+
+/// A unique violation on the email index means the address is taken.
+fn email_taken(e: sqlx::Error) -> ApiError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            ApiError::Conflict("a user with this email already exists".into())
+        }
+        _ => e.into(),
+    }
+}
+
+async fn load(tx: &mut PgConnection, id: i64) -> Result<Value, ApiError> {
+    let row = sqlx::query(
+        "SELECT u.id, u.name, u.email, u.metadata, a.balance_minor \
+         FROM users u JOIN accounts a ON a.user_id = u.id WHERE u.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(ApiError::UnknownUser(id))?;
+    Ok(json!({
+        "id": row.get::<i64, _>(0),
+        "name": row.get::<String, _>(1),
+        "email": row.get::<String, _>(2),
+        "metadata": row.get::<Value, _>(3),
+        "balance_minor": row.get::<i64, _>(4),
+    }))
+}
+
+impl Write for NewUser {
+    async fn apply(&self, tx: &mut PgConnection) -> Result<(StatusCode, Value), ApiError> {
+        check_name(&self.name)?;
+        check_email(&self.email)?;
+        let metadata = Value::Object(self.metadata.clone().unwrap_or_default());
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO users (name, email, metadata) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(&self.name)
+        .bind(&self.email)
+        .bind(&metadata)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(email_taken)?;
+        sqlx::query("INSERT INTO accounts (user_id) VALUES ($1)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        Ok((StatusCode::CREATED, load(tx, id).await?))
+    }
+}
+
+/// `POST /users`.
+pub async fn create(
+    State(pool): State<PgPool>,
+    headers: HeaderMap,
+    body: Result<Json<NewUser>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(user) = body?;
+    idempotency::execute(&pool, idempotency::key(&headers)?, &user).await
+}
+
+/// `GET /users/{id}`: profile and balance.
+pub async fn get(
+    State(pool): State<PgPool>,
+    path: Result<Path<i64>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(id) = path?;
+    let mut conn = pool.acquire().await?;
+    Ok(Json(load(&mut conn, id).await?))
+}
+
+/// `PATCH /users/{id}`.
+pub async fn update(
+    State(pool): State<PgPool>,
+    path: Result<Path<i64>, PathRejection>,
+    body: Result<Json<UserUpdate>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(id) = path?;
+    let Json(change) = body?;
+    if let Some(name) = &change.name {
+        check_name(name)?;
+    }
+    if let Some(email) = &change.email {
+        check_email(email)?;
+    }
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE users SET name = COALESCE($2, name), email = COALESCE($3, email), \
+         metadata = COALESCE($4, metadata), updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(&change.name)
+    .bind(&change.email)
+    .bind(change.metadata.map(Value::Object))
+    .execute(&mut *tx)
+    .await
+    .map_err(email_taken)?;
+    if updated.rows_affected() == 0 {
+        return Err(ApiError::UnknownUser(id));
+    }
+    let user = load(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(user))
+}

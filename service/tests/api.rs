@@ -1,0 +1,445 @@
+//! The API against a real Postgres 15: a throwaway server (initdb in a temp dir, a free port),
+//! stopped by PID when the test ends, whatever happened.
+//!
+//! Requests go through the router in process (`tower::ServiceExt::oneshot`), so a thousand
+//! concurrent transfers need no HTTP client, only the database.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A Postgres server of its own: data in a temp dir, listening on a free loopback port.
+struct TempPostgres {
+    dir: PathBuf,
+    port: u16,
+    pid: Option<i32>,
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Runs a Postgres program, as the `postgres` user when we are root (Postgres refuses root).
+fn pg_command(program: &str) -> Command {
+    let path = format!("{PG_BIN}/{program}");
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+impl TempPostgres {
+    fn start(tag: &str) -> Option<TempPostgres> {
+        if !Path::new(PG_BIN).join("initdb").exists() {
+            eprintln!("skipped: Postgres 15 is not installed (apt-get install postgresql-15)");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("quorumlab-svc-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut pg = TempPostgres {
+            dir,
+            port,
+            pid: None,
+        };
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&pg.dir)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let data = pg.dir.join("data");
+        let out = pg_command("initdb")
+            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            pg.dir.display()
+        );
+        let out = pg_command("pg_ctl")
+            .args(["start", "-w", "-t", "60", "-D"])
+            .arg(&data)
+            .args(["-o", &options, "-l"])
+            .arg(pg.dir.join("postgres.log"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid = std::fs::read_to_string(data.join("postmaster.pid")).unwrap();
+        pg.pid = pid.lines().next().and_then(|l| l.trim().parse().ok());
+        Some(pg)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for TempPostgres {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            // SAFETY: kill(2) on the postmaster this test started; SIGQUIT is an immediate stop.
+            unsafe { libc_kill(pid, 3) };
+            for _ in 0..200 {
+                // SAFETY: signal 0 only checks that the process exists.
+                if unsafe { libc_kill(pid, 0) } != 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            // SAFETY: as above; SIGKILL if it did not stop.
+            unsafe { libc_kill(pid, 9) };
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+async fn app(pg: &TempPostgres) -> Router {
+    let pool = quorumlab_service::connect(&pg.url(), 50).await.unwrap();
+    quorumlab_service::router(pool)
+}
+
+/// Sends one request; returns the status and the JSON body.
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+    key: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let request = request
+        .body(Body::from(body.unwrap_or_default().to_string()))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, value)
+}
+
+async fn new_user(app: &Router, n: usize, balance: i64) -> i64 {
+    let body = json!({ "name": format!("user {n}"), "email": format!("u{n}@example.org") });
+    let (status, user) = call(app, "POST", "/users", Some(&body.to_string()), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{user}");
+    let id = user["id"].as_i64().unwrap();
+    if balance > 0 {
+        let body = json!({ "amount_minor": balance }).to_string();
+        let (status, _) = call(
+            app,
+            "POST",
+            &format!("/users/{id}/deposit"),
+            Some(&body),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    id
+}
+
+async fn total(app: &Router, ids: &[i64]) -> i64 {
+    let mut sum = 0;
+    for id in ids {
+        let (_, user) = call(app, "GET", &format!("/users/{id}"), None, None).await;
+        sum += user["balance_minor"].as_i64().unwrap();
+    }
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_random_transfers_never_change_the_total_or_overdraw() {
+    let Some(pg) = TempPostgres::start("transfers") else {
+        return;
+    };
+    let app = app(&pg).await;
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(new_user(&app, n, 10_000).await);
+    }
+    let before = total(&app, &ids).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let from = ids[rng.gen_range(0..ids.len())];
+            let mut to = ids[rng.gen_range(0..ids.len())];
+            if to == from {
+                to = ids[(ids.iter().position(|&i| i == from).unwrap() + 1) % ids.len()];
+            }
+            let amount = rng.gen_range(1..=4_000);
+            let app = app.clone();
+            tokio::spawn(async move {
+                let body = json!({ "from_user": from, "to_user": to, "amount_minor": amount });
+                call(&app, "POST", "/transfers", Some(&body.to_string()), None).await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        match status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                assert!(
+                    body["error"]
+                        .as_str()
+                        .unwrap()
+                        .contains("insufficient funds"),
+                    "{body}"
+                )
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(created > 500, "only {created} transfers went through");
+    assert_eq!(
+        total(&app, &ids).await,
+        before,
+        "money appeared or vanished"
+    );
+    for id in &ids {
+        let (_, user) = call(&app, "GET", &format!("/users/{id}"), None, None).await;
+        assert!(user["balance_minor"].as_i64().unwrap() >= 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_write_with_the_same_key_applies_once_even_when_the_copies_race() {
+    let Some(pg) = TempPostgres::start("idempotency") else {
+        return;
+    };
+    let app = app(&pg).await;
+    let a = new_user(&app, 1, 1_000).await;
+    let b = new_user(&app, 2, 0).await;
+    let body = json!({ "from_user": a, "to_user": b, "amount_minor": 100 }).to_string();
+    let copies: Vec<_> = (0..8)
+        .map(|_| {
+            let (app, body) = (app.clone(), body.clone());
+            tokio::spawn(async move {
+                call(&app, "POST", "/transfers", Some(&body), Some("pay-42")).await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for copy in copies {
+        answers.push(copy.await.unwrap());
+    }
+    assert!(
+        answers.iter().all(|(s, _)| *s == StatusCode::CREATED),
+        "{answers:?}"
+    );
+    let first = &answers[0].1;
+    assert!(
+        answers.iter().all(|(_, body)| body == first),
+        "every copy answers the same transfer"
+    );
+    let (_, payer) = call(&app, "GET", &format!("/users/{a}"), None, None).await;
+    assert_eq!(payer["balance_minor"], 900, "applied exactly once");
+    // The same key for a different request is refused, and nothing moves.
+    let other = json!({ "from_user": a, "to_user": b, "amount_minor": 5 }).to_string();
+    let (status, err) = call(&app, "POST", "/transfers", Some(&other), Some("pay-42")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert_eq!(total(&app, &[a]).await, 900);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_4xx_naming_the_problem_and_writes_nothing() {
+    let Some(pg) = TempPostgres::start("bad-input") else {
+        return;
+    };
+    let app = app(&pg).await;
+    let a = new_user(&app, 1, 500).await;
+    let b = new_user(&app, 2, 0).await;
+    let transfer =
+        |amount: &str| format!(r#"{{"from_user": {a}, "to_user": {b}, "amount_minor": {amount}}}"#);
+    let cases: Vec<(String, &str, String, StatusCode, &str)> = vec![
+        (
+            "POST".into(),
+            "/transfers",
+            "{not json".into(),
+            StatusCode::BAD_REQUEST,
+            "JSON",
+        ),
+        (
+            "POST".into(),
+            "/transfers",
+            transfer("-5"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_minor must be an integer from 1",
+        ),
+        (
+            "POST".into(),
+            "/transfers",
+            transfer("0"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_minor must be",
+        ),
+        (
+            "POST".into(),
+            "/transfers",
+            transfer("1.5"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_minor",
+        ),
+        (
+            "POST".into(),
+            "/transfers",
+            transfer("\"100\""),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_minor",
+        ),
+        (
+            "POST".into(),
+            "/transfers",
+            transfer("99999999999999999999999"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_minor",
+        ),
+        (
+            "POST".into(),
+            "/transfers",
+            transfer("1000000000001"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "from 1 to 1000000000000",
+        ),
+        (
+            "POST".into(),
+            "/transfers",
+            transfer("501"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "insufficient funds",
+        ),
+        (
+            "POST".into(),
+            "/transfers",
+            format!(r#"{{"from_user": {a}, "to_user": 999999, "amount_minor": 1}}"#),
+            StatusCode::NOT_FOUND,
+            "user 999999 not found",
+        ),
+        (
+            "POST".into(),
+            "/transfers",
+            format!(r#"{{"from_user": {a}, "to_user": {a}, "amount_minor": 1}}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "must differ",
+        ),
+        (
+            "POST".into(),
+            "/transfers",
+            format!(r#"{{"from_user": {a}, "to_user": {b}, "amount_minor": 1, "memo": 1}}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown field `memo`",
+        ),
+        (
+            "POST".into(),
+            "/users/abc/deposit",
+            r#"{"amount_minor": 1}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "Invalid URL",
+        ),
+        (
+            "POST".into(),
+            "/users",
+            r#"{"name": "x", "email": "not-an-email"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "email must look like",
+        ),
+        (
+            "POST".into(),
+            "/users",
+            r#"{"name": "", "email": "a@b.org"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name must be",
+        ),
+        (
+            "POST".into(),
+            "/users",
+            r#"{"name": "Dup", "email": "U1@EXAMPLE.ORG"}"#.into(),
+            StatusCode::CONFLICT,
+            "already exists",
+        ),
+        (
+            "POST".into(),
+            "/users",
+            format!(
+                r#"{{"name": "{}", "email": "big@example.org"}}"#,
+                "x".repeat(20_000)
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "",
+        ),
+        (
+            "GET".into(),
+            "/users/424242",
+            String::new(),
+            StatusCode::NOT_FOUND,
+            "user 424242 not found",
+        ),
+    ];
+    for (method, uri, body, expected, needle) in cases {
+        let (status, value) = call(&app, &method, uri, Some(&body), None).await;
+        assert_eq!(
+            status,
+            expected,
+            "{method} {uri} {}: {value}",
+            &body[..body.len().min(80)]
+        );
+        if status != StatusCode::PAYLOAD_TOO_LARGE {
+            let message = value["error"].as_str().unwrap_or_default();
+            assert!(message.contains(needle), "{uri}: '{needle}' not in {value}");
+            assert_eq!(value["status"], expected.as_u16());
+        }
+    }
+    assert_eq!(total(&app, &[a, b]).await, 500, "nothing moved");
+    // SQL in a field is data, stored as given.
+    let sneaky = r#"{"name": "Robert'); DROP TABLE users; --", "email": "bobby@example.org"}"#;
+    let (status, user) = call(&app, "POST", "/users", Some(sneaky), None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(user["name"], "Robert'); DROP TABLE users; --");
+    let (status, _) = call(&app, "GET", &format!("/users/{a}"), None, None).await;
+    assert_eq!(status, StatusCode::OK, "the users table is still there");
+}
