@@ -67,9 +67,12 @@ struct Change {
     amount_minor: Amount,
 }
 
+/// The balance-change query: one account row by primary key, locked for the transaction.
+pub const LOCK_SQL: &str = "SELECT balance_minor FROM accounts WHERE user_id = $1 FOR UPDATE";
+
 /// Locks `user`'s account row for this transaction and returns its balance.
 async fn lock_balance(tx: &mut PgConnection, user: i64) -> Result<i64, ApiError> {
-    sqlx::query_scalar("SELECT balance_minor FROM accounts WHERE user_id = $1 FOR UPDATE")
+    sqlx::query_scalar(LOCK_SQL)
         .bind(user)
         .fetch_optional(&mut *tx)
         .await?
@@ -234,4 +237,67 @@ pub async fn transfer(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(body) = body?;
     idempotency::execute(&pool, idempotency::key(&headers)?, &body).await
+}
+
+/// Query of `GET /users/{id}/movements`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MovementsQuery {
+    /// How many, newest first (1 to 100, default 20).
+    pub limit: Option<i64>,
+}
+
+/// The statement query: a user's movements on either side, newest first. Each half is served by
+/// its own index (`movements_from_user_created_at`, `movements_to_user_created_at`), and only
+/// `limit` rows are read from each.
+pub const STATEMENT_SQL: &str = "\
+    (SELECT id, kind, from_user, to_user, amount_minor, created_at FROM movements \
+      WHERE from_user = $1 ORDER BY created_at DESC LIMIT $2) \
+    UNION ALL \
+    (SELECT id, kind, from_user, to_user, amount_minor, created_at FROM movements \
+      WHERE to_user = $1 ORDER BY created_at DESC LIMIT $2) \
+    ORDER BY created_at DESC, id DESC LIMIT $2";
+
+/// `GET /users/{id}/movements?limit=N`: the user's statement.
+pub async fn movements(
+    State(pool): State<PgPool>,
+    path: Result<Path<i64>, PathRejection>,
+    query: Result<axum::extract::Query<MovementsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(user) = path?;
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::BadRequest {
+        status: StatusCode::BAD_REQUEST,
+        message: e.body_text(),
+    })?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid("limit must be 1 to 100"));
+    }
+    let mut conn = pool.acquire().await?;
+    let exists: Option<i64> = sqlx::query_scalar("SELECT user_id FROM accounts WHERE user_id = $1")
+        .bind(user)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if exists.is_none() {
+        return Err(ApiError::UnknownUser(user));
+    }
+    let rows = sqlx::query(STATEMENT_SQL)
+        .bind(user)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    use sqlx::Row;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<i64, _>(0),
+                "kind": r.get::<String, _>(1),
+                "from_user": r.get::<Option<i64>, _>(2),
+                "to_user": r.get::<Option<i64>, _>(3),
+                "amount_minor": r.get::<i64, _>(4),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "user_id": user, "movements": items })))
 }

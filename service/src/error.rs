@@ -20,6 +20,9 @@ pub enum ApiError {
     /// A user does not exist.
     #[error("user {0} not found")]
     UnknownUser(i64),
+    /// Nothing matches a lookup.
+    #[error("{0}")]
+    NotFound(String),
     /// The request conflicts with existing state (duplicate email, reused idempotency key).
     #[error("{0}")]
     Conflict(String),
@@ -51,7 +54,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { status, .. } => *status,
-            ApiError::UnknownUser(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownUser(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::InsufficientFunds { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,

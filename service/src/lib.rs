@@ -47,10 +47,11 @@ pub enum ServeError {
 /// The API's routes over `pool`.
 pub fn router(pool: PgPool) -> Router {
     Router::new()
-        .route("/users", post(users::create))
+        .route("/users", post(users::create).get(users::find_by_email))
         .route("/users/{id}", get(users::get).patch(users::update))
         .route("/users/{id}/deposit", post(accounts::deposit))
         .route("/users/{id}/withdraw", post(accounts::withdraw))
+        .route("/users/{id}/movements", get(accounts::movements))
         .route("/transfers", post(accounts::transfer))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(pool)

@@ -71,15 +71,19 @@ fn email_taken(e: sqlx::Error) -> ApiError {
     }
 }
 
+/// The profile query: one user by primary key, with the balance (accounts' primary key).
+pub const PROFILE_SQL: &str = "SELECT u.id, u.name, u.email, u.metadata, a.balance_minor \
+     FROM users u JOIN accounts a ON a.user_id = u.id WHERE u.id = $1";
+
+/// The log-in query: one user by email, case-insensitively (`users_email_lower_key`).
+pub const BY_EMAIL_SQL: &str = "SELECT id FROM users WHERE lower(email) = lower($1)";
+
 async fn load(tx: &mut PgConnection, id: i64) -> Result<Value, ApiError> {
-    let row = sqlx::query(
-        "SELECT u.id, u.name, u.email, u.metadata, a.balance_minor \
-         FROM users u JOIN accounts a ON a.user_id = u.id WHERE u.id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(ApiError::UnknownUser(id))?;
+    let row = sqlx::query(PROFILE_SQL)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(ApiError::UnknownUser(id))?;
     Ok(json!({
         "id": row.get::<i64, _>(0),
         "name": row.get::<String, _>(1),
@@ -163,4 +167,35 @@ pub async fn update(
     let user = load(&mut tx, id).await?;
     tx.commit().await?;
     Ok(Json(user))
+}
+
+/// Query of `GET /users?email=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailQuery {
+    /// The address, any case.
+    pub email: String,
+}
+
+/// `GET /users?email=a@b.org`: the log-in lookup.
+pub async fn find_by_email(
+    State(pool): State<PgPool>,
+    query: Result<axum::extract::Query<EmailQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::BadRequest {
+        status: StatusCode::BAD_REQUEST,
+        message: e.body_text(),
+    })?;
+    let mut conn = pool.acquire().await?;
+    let id: Option<i64> = sqlx::query_scalar(BY_EMAIL_SQL)
+        .bind(&query.email)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match id {
+        Some(id) => Ok(Json(load(&mut conn, id).await?)),
+        None => Err(ApiError::NotFound(format!(
+            "no user with email {}",
+            query.email
+        ))),
+    }
 }

@@ -1,0 +1,122 @@
+//! A throwaway Postgres 15 for tests: initdb in a temp dir, a free loopback port, stopped by PID
+//! when dropped, whatever happened.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A Postgres server of its own: data in a temp dir, listening on a free loopback port.
+pub struct TempPostgres {
+    dir: PathBuf,
+    port: u16,
+    pid: Option<i32>,
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Runs a Postgres program, as the `postgres` user when we are root (Postgres refuses root).
+fn pg_command(program: &str) -> Command {
+    let path = format!("{PG_BIN}/{program}");
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+impl TempPostgres {
+    pub fn start(tag: &str) -> Option<TempPostgres> {
+        if !Path::new(PG_BIN).join("initdb").exists() {
+            eprintln!("skipped: Postgres 15 is not installed (apt-get install postgresql-15)");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("quorumlab-svc-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut pg = TempPostgres {
+            dir,
+            port,
+            pid: None,
+        };
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&pg.dir)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let data = pg.dir.join("data");
+        let out = pg_command("initdb")
+            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            pg.dir.display()
+        );
+        let out = pg_command("pg_ctl")
+            .args(["start", "-w", "-t", "60", "-D"])
+            .arg(&data)
+            .args(["-o", &options, "-l"])
+            .arg(pg.dir.join("postgres.log"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid = std::fs::read_to_string(data.join("postmaster.pid")).unwrap();
+        pg.pid = pid.lines().next().and_then(|l| l.trim().parse().ok());
+        Some(pg)
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for TempPostgres {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            // SAFETY: kill(2) on the postmaster this test started; SIGQUIT is an immediate stop.
+            unsafe { libc_kill(pid, 3) };
+            for _ in 0..200 {
+                // SAFETY: signal 0 only checks that the process exists.
+                if unsafe { libc_kill(pid, 0) } != 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            // SAFETY: as above; SIGKILL if it did not stop.
+            unsafe { libc_kill(pid, 9) };
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
