@@ -86,15 +86,19 @@ enum Command {
         #[arg(long, default_value = real::STATE_DIR_DEFAULT)]
         state_dir: PathBuf,
     },
-    /// Serve the reference HTTP API (profiles and balances in Postgres) until Ctrl-C. The database
-    /// URL comes from QUORUMLAB_DATABASE_URL, never from the command line (it would show in `ps`).
+    /// Serve the reference HTTP API (profiles and balances in Postgres) until Ctrl-C. The primary's
+    /// URL comes from QUORUMLAB_DATABASE_URL and replicas' (comma-separated) from
+    /// QUORUMLAB_REPLICA_URLS, never from the command line (it would show in `ps`).
     Serve {
         /// Address to listen on (loopback unless you say otherwise).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
-        /// Database connections in the pool.
+        /// Database connections in the pool (per server).
         #[arg(long, default_value_t = 20)]
         connections: u32,
+        /// How long a read with a consistency token waits for a replica before the primary answers.
+        #[arg(long, default_value_t = 100)]
+        token_wait_ms: u64,
     },
     /// Run the node agent on this host: the gRPC service the real-cluster driver uses for faults.
     Agent {
@@ -338,7 +342,8 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Serve {
             listen,
             connections,
-        } => serve(listen, connections),
+            token_wait_ms,
+        } => serve(listen, connections, Duration::from_millis(token_wait_ms)),
         Command::Cluster { action, state_dir } => match action {
             ClusterAction::Up {
                 system,
@@ -471,15 +476,25 @@ fn sweep_command(
     Ok(())
 }
 
-fn serve(listen: std::net::SocketAddr, connections: u32) -> Result<()> {
+fn serve(listen: std::net::SocketAddr, connections: u32, token_wait: Duration) -> Result<()> {
     let database_url = std::env::var("QUORUMLAB_DATABASE_URL").map_err(|_| {
         anyhow::anyhow!("set QUORUMLAB_DATABASE_URL to a postgres:// URL (credentials come from the environment, never from the command line)")
     })?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let pool = quorumlab_service::connect(&database_url, connections).await?;
-        eprintln!("quorumlab serve: listening on http://{listen} (Ctrl-C stops)");
-        quorumlab_service::serve(listen, pool).await
+        let primary = quorumlab_service::connect(&database_url, connections).await?;
+        let mut replicas = Vec::new();
+        let urls = std::env::var("QUORUMLAB_REPLICA_URLS").unwrap_or_default();
+        for (i, url) in urls.split(',').filter(|u| !u.trim().is_empty()).enumerate() {
+            let pool = quorumlab_service::connect_replica(url.trim(), connections).await?;
+            replicas.push((format!("replica{}", i + 1), pool));
+        }
+        eprintln!(
+            "quorumlab serve: listening on http://{listen}, {} replica(s) (Ctrl-C stops)",
+            replicas.len()
+        );
+        let db = quorumlab_service::routing::Db::with_replicas(primary, replicas, token_wait);
+        quorumlab_service::serve(listen, db).await
     })?;
     Ok(())
 }

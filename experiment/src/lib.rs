@@ -7,6 +7,7 @@
 //! does I/O beyond reading a scenario file, and nothing knows whether the cluster was simulated or real.
 
 pub mod checker;
+pub mod consistency;
 pub mod history;
 pub mod measure;
 pub mod replication;

@@ -6,10 +6,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::postgres::PgConnection;
 
 use crate::error::ApiError;
-use crate::idempotency::{self, Write};
+use crate::idempotency::{self, Write, Written};
+use crate::routing::{served_by, Db, Token};
 
 /// Largest amount one request may move: ten billion in major units.
 pub const AMOUNT_MAX_MINOR: i64 = 1_000_000_000_000;
@@ -79,13 +80,15 @@ async fn lock_balance(tx: &mut PgConnection, user: i64) -> Result<i64, ApiError>
         .ok_or(ApiError::UnknownUser(user))
 }
 
-async fn set_balance(tx: &mut PgConnection, user: i64, balance: i64) -> Result<(), ApiError> {
-    sqlx::query("UPDATE accounts SET balance_minor = $2 WHERE user_id = $1")
-        .bind(user)
-        .bind(balance)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+/// Sets the balance and bumps the account's version; returns the new version.
+async fn set_balance(tx: &mut PgConnection, user: i64, balance: i64) -> Result<i64, ApiError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE accounts SET balance_minor = $2, version = version + 1 WHERE user_id = $1 RETURNING version",
+    )
+    .bind(user)
+    .bind(balance)
+    .fetch_one(&mut *tx)
+    .await?)
 }
 
 async fn record_movement(
@@ -130,11 +133,11 @@ impl Write for Change {
             }
             (balance - amount, "withdrawal", Some(self.user), None)
         };
-        set_balance(tx, self.user, new_balance).await?;
+        let version = set_balance(tx, self.user, new_balance).await?;
         let movement = record_movement(tx, kind, from, to, self.amount_minor).await?;
         Ok((
             StatusCode::OK,
-            json!({ "user_id": self.user, "balance_minor": new_balance, "movement_id": movement }),
+            json!({ "user_id": self.user, "balance_minor": new_balance, "version": version, "movement_id": movement }),
         ))
     }
 }
@@ -170,8 +173,8 @@ impl Write for TransferBody {
                 "a balance may not exceed {BALANCE_MAX_MINOR} minor units"
             )));
         }
-        set_balance(tx, self.from_user, from_balance - amount).await?;
-        set_balance(tx, self.to_user, to_balance + amount).await?;
+        let from_version = set_balance(tx, self.from_user, from_balance - amount).await?;
+        let to_version = set_balance(tx, self.to_user, to_balance + amount).await?;
         let id = record_movement(
             tx,
             "transfer",
@@ -184,8 +187,8 @@ impl Write for TransferBody {
             StatusCode::CREATED,
             json!({
                 "transfer_id": id,
-                "from": { "user_id": self.from_user, "balance_minor": from_balance - amount },
-                "to": { "user_id": self.to_user, "balance_minor": to_balance + amount },
+                "from": { "user_id": self.from_user, "balance_minor": from_balance - amount, "version": from_version },
+                "to": { "user_id": self.to_user, "balance_minor": to_balance + amount, "version": to_version },
                 "amount_minor": amount,
             }),
         ))
@@ -193,12 +196,12 @@ impl Write for TransferBody {
 }
 
 async fn change(
-    pool: &PgPool,
+    db: &Db,
     op: &'static str,
     path: Result<Path<i64>, PathRejection>,
     headers: &HeaderMap,
     body: Result<Json<AmountBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Written, ApiError> {
     let Path(user) = path?;
     let Json(body) = body?;
     let write = Change {
@@ -206,37 +209,37 @@ async fn change(
         user,
         amount_minor: body.amount_minor,
     };
-    idempotency::execute(pool, idempotency::key(headers)?, &write).await
+    idempotency::execute(db, idempotency::key(headers)?, &write).await
 }
 
 /// `POST /users/{id}/deposit {"amount_minor": N}`.
 pub async fn deposit(
-    State(pool): State<PgPool>,
+    State(db): State<Db>,
     path: Result<Path<i64>, PathRejection>,
     headers: HeaderMap,
     body: Result<Json<AmountBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    change(&pool, "deposit", path, &headers, body).await
+) -> Result<Written, ApiError> {
+    change(&db, "deposit", path, &headers, body).await
 }
 
 /// `POST /users/{id}/withdraw {"amount_minor": N}`; never below zero.
 pub async fn withdraw(
-    State(pool): State<PgPool>,
+    State(db): State<Db>,
     path: Result<Path<i64>, PathRejection>,
     headers: HeaderMap,
     body: Result<Json<AmountBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    change(&pool, "withdraw", path, &headers, body).await
+) -> Result<Written, ApiError> {
+    change(&db, "withdraw", path, &headers, body).await
 }
 
 /// `POST /transfers {"from_user", "to_user", "amount_minor"}`.
 pub async fn transfer(
-    State(pool): State<PgPool>,
+    State(db): State<Db>,
     headers: HeaderMap,
     body: Result<Json<TransferBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Written, ApiError> {
     let Json(body) = body?;
-    idempotency::execute(&pool, idempotency::key(&headers)?, &body).await
+    idempotency::execute(&db, idempotency::key(&headers)?, &body).await
 }
 
 /// Query of `GET /users/{id}/movements`.
@@ -260,10 +263,11 @@ pub const STATEMENT_SQL: &str = "\
 
 /// `GET /users/{id}/movements?limit=N`: the user's statement.
 pub async fn movements(
-    State(pool): State<PgPool>,
+    State(db): State<Db>,
     path: Result<Path<i64>, PathRejection>,
+    headers: HeaderMap,
     query: Result<axum::extract::Query<MovementsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
     let Path(user) = path?;
     let axum::extract::Query(query) = query.map_err(|e| ApiError::BadRequest {
         status: StatusCode::BAD_REQUEST,
@@ -273,7 +277,7 @@ pub async fn movements(
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid("limit must be 1 to 100"));
     }
-    let mut conn = pool.acquire().await?;
+    let (mut conn, node) = db.reader(Token::from_headers(&headers)?).await?;
     let exists: Option<i64> = sqlx::query_scalar("SELECT user_id FROM accounts WHERE user_id = $1")
         .bind(user)
         .fetch_optional(&mut *conn)
@@ -299,5 +303,8 @@ pub async fn movements(
             })
         })
         .collect();
-    Ok(Json(json!({ "user_id": user, "movements": items })))
+    Ok((
+        served_by(&node),
+        Json(json!({ "user_id": user, "movements": items })),
+    ))
 }

@@ -9,10 +9,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
 use crate::error::ApiError;
+use crate::routing::{Db, TOKEN_HEADER};
+
+/// A write's answer: status, headers (the consistency token) and body.
+pub type Written = (StatusCode, HeaderMap, Json<Value>);
 
 /// The request header carrying the key.
 pub const HEADER: &str = "idempotency-key";
@@ -42,9 +46,26 @@ pub fn key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_string()))
 }
 
-/// Runs `write` once per key: in one transaction, or not at all.
+/// Runs `write` once per key: in one transaction, or not at all; the answer carries a
+/// consistency token that covers it.
 pub async fn execute<W: Write + Sync>(
-    pool: &PgPool,
+    db: &Db,
+    key: Option<String>,
+    write: &W,
+) -> Result<Written, ApiError> {
+    let (status, body) = execute_once(&db.primary, key, write).await?;
+    Ok((status, token_headers(db).await?, body))
+}
+
+/// Headers holding a token that covers every write committed so far.
+pub async fn token_headers(db: &Db) -> Result<HeaderMap, ApiError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(TOKEN_HEADER, db.token().await?.header_value());
+    Ok(headers)
+}
+
+async fn execute_once<W: Write + Sync>(
+    pool: &sqlx::PgPool,
     key: Option<String>,
     write: &W,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {

@@ -7,12 +7,15 @@
 //!   overdraft before changing anything.
 //! - A write with an `Idempotency-Key` header stores its response in the same transaction; a retry
 //!   gets that response back and applies nothing ([`idempotency`]).
+//! - Reads go to replicas; a read carrying a write's consistency token waits (boundedly) for a
+//!   replica that has replayed past it, else the primary answers ([`routing`]).
 //! - Errors are JSON with a status that names the problem ([`error::ApiError`]); the database's
 //!   own messages and credentials never reach a client or a log line.
 
 pub mod accounts;
 pub mod error;
 pub mod idempotency;
+pub mod routing;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -44,8 +47,8 @@ pub enum ServeError {
     },
 }
 
-/// The API's routes over `pool`.
-pub fn router(pool: PgPool) -> Router {
+/// The API's routes over `db`.
+pub fn router(db: routing::Db) -> Router {
     Router::new()
         .route("/users", post(users::create).get(users::find_by_email))
         .route("/users/{id}", get(users::get).patch(users::update))
@@ -54,7 +57,17 @@ pub fn router(pool: PgPool) -> Router {
         .route("/users/{id}/movements", get(accounts::movements))
         .route("/transfers", post(accounts::transfer))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .with_state(pool)
+        .with_state(db)
+}
+
+/// Connects to a replica at `database_url` (no migrations: replicas are read-only).
+pub async fn connect_replica(database_url: &str, connections: u32) -> Result<PgPool, ServeError> {
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(database_url)
+        .await
+        .map_err(|e| ServeError::Database(redacted(&e.to_string(), database_url)))
 }
 
 /// Connects to `database_url` and applies the schema migrations.
@@ -88,14 +101,14 @@ fn redacted(message: &str, database_url: &str) -> String {
 }
 
 /// Serves the API on `listen` until Ctrl-C.
-pub async fn serve(listen: SocketAddr, pool: PgPool) -> Result<(), ServeError> {
+pub async fn serve(listen: SocketAddr, db: routing::Db) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| ServeError::Listen {
             addr: listen,
             reason: e.to_string(),
         })?;
-    axum::serve(listener, router(pool))
+    axum::serve(listener, router(db))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

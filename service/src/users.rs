@@ -6,11 +6,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
 use crate::error::ApiError;
-use crate::idempotency::{self, Write};
+use crate::idempotency::{self, Write, Written};
+use crate::routing::{served_by, Db, Token};
 
 /// Body of `POST /users`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,7 +73,8 @@ fn email_taken(e: sqlx::Error) -> ApiError {
 }
 
 /// The profile query: one user by primary key, with the balance (accounts' primary key).
-pub const PROFILE_SQL: &str = "SELECT u.id, u.name, u.email, u.metadata, a.balance_minor \
+pub const PROFILE_SQL: &str =
+    "SELECT u.id, u.name, u.email, u.metadata, a.balance_minor, a.version \
      FROM users u JOIN accounts a ON a.user_id = u.id WHERE u.id = $1";
 
 /// The log-in query: one user by email, case-insensitively (`users_email_lower_key`).
@@ -90,6 +92,7 @@ async fn load(tx: &mut PgConnection, id: i64) -> Result<Value, ApiError> {
         "email": row.get::<String, _>(2),
         "metadata": row.get::<Value, _>(3),
         "balance_minor": row.get::<i64, _>(4),
+        "version": row.get::<i64, _>(5),
     }))
 }
 
@@ -117,30 +120,31 @@ impl Write for NewUser {
 
 /// `POST /users`.
 pub async fn create(
-    State(pool): State<PgPool>,
+    State(db): State<Db>,
     headers: HeaderMap,
     body: Result<Json<NewUser>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Written, ApiError> {
     let Json(user) = body?;
-    idempotency::execute(&pool, idempotency::key(&headers)?, &user).await
+    idempotency::execute(&db, idempotency::key(&headers)?, &user).await
 }
 
 /// `GET /users/{id}`: profile and balance.
 pub async fn get(
-    State(pool): State<PgPool>,
+    State(db): State<Db>,
     path: Result<Path<i64>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+    headers: HeaderMap,
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
     let Path(id) = path?;
-    let mut conn = pool.acquire().await?;
-    Ok(Json(load(&mut conn, id).await?))
+    let (mut conn, node) = db.reader(Token::from_headers(&headers)?).await?;
+    Ok((served_by(&node), Json(load(&mut conn, id).await?)))
 }
 
 /// `PATCH /users/{id}`.
 pub async fn update(
-    State(pool): State<PgPool>,
+    State(db): State<Db>,
     path: Result<Path<i64>, PathRejection>,
     body: Result<Json<UserUpdate>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
     let Path(id) = path?;
     let Json(change) = body?;
     if let Some(name) = &change.name {
@@ -149,7 +153,7 @@ pub async fn update(
     if let Some(email) = &change.email {
         check_email(email)?;
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = db.primary.begin().await?;
     let updated = sqlx::query(
         "UPDATE users SET name = COALESCE($2, name), email = COALESCE($3, email), \
          metadata = COALESCE($4, metadata), updated_at = now() WHERE id = $1",
@@ -166,7 +170,7 @@ pub async fn update(
     }
     let user = load(&mut tx, id).await?;
     tx.commit().await?;
-    Ok(Json(user))
+    Ok((idempotency::token_headers(&db).await?, Json(user)))
 }
 
 /// Query of `GET /users?email=`.
@@ -179,20 +183,21 @@ pub struct EmailQuery {
 
 /// `GET /users?email=a@b.org`: the log-in lookup.
 pub async fn find_by_email(
-    State(pool): State<PgPool>,
+    State(db): State<Db>,
+    headers: HeaderMap,
     query: Result<axum::extract::Query<EmailQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
     let axum::extract::Query(query) = query.map_err(|e| ApiError::BadRequest {
         status: StatusCode::BAD_REQUEST,
         message: e.body_text(),
     })?;
-    let mut conn = pool.acquire().await?;
+    let (mut conn, node) = db.reader(Token::from_headers(&headers)?).await?;
     let id: Option<i64> = sqlx::query_scalar(BY_EMAIL_SQL)
         .bind(&query.email)
         .fetch_optional(&mut *conn)
         .await?;
     match id {
-        Some(id) => Ok(Json(load(&mut conn, id).await?)),
+        Some(id) => Ok((served_by(&node), Json(load(&mut conn, id).await?))),
         None => Err(ApiError::NotFound(format!(
             "no user with email {}",
             query.email

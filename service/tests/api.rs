@@ -17,7 +17,7 @@ use tower::ServiceExt;
 
 async fn app(pg: &TempPostgres) -> Router {
     let pool = quorumlab_service::connect(&pg.url(), 50).await.unwrap();
-    quorumlab_service::router(pool)
+    quorumlab_service::router(quorumlab_service::routing::Db::primary_only(pool))
 }
 
 /// Sends one request; returns the status and the JSON body.

@@ -34,7 +34,8 @@ fn pg_command(program: &str) -> Command {
 }
 
 impl TempPostgres {
-    pub fn start(tag: &str) -> Option<TempPostgres> {
+    /// An empty directory (owned by `postgres` when we are root) and a free port; nothing runs.
+    fn prepare(tag: &str) -> Option<TempPostgres> {
         if !Path::new(PG_BIN).join("initdb").exists() {
             eprintln!("skipped: Postgres 15 is not installed (apt-get install postgresql-15)");
             return None;
@@ -42,54 +43,96 @@ impl TempPostgres {
         let dir = std::env::temp_dir().join(format!("quorumlab-svc-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut pg = TempPostgres {
+        Some(TempPostgres {
             dir,
             port,
             pid: None,
-        };
-        if is_root() {
-            let status = Command::new("chown")
-                .args(["postgres:postgres"])
-                .arg(&pg.dir)
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
-        let data = pg.dir.join("data");
-        let out = pg_command("initdb")
-            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-D"])
-            .arg(&data)
-            .output()
-            .unwrap();
+        })
+    }
+
+    fn run(command: &mut Command, what: &str) {
+        let out = command.output().unwrap();
         assert!(
             out.status.success(),
-            "initdb: {}",
+            "{what}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Starts the server on `data` with extra `-c` settings, and records its PID.
+    fn launch(&mut self, extra: &str) {
+        let data = self.dir.join("data");
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-            pg.dir.display()
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 {extra}",
+            self.port,
+            self.dir.display()
         );
-        let out = pg_command("pg_ctl")
-            .args(["start", "-w", "-t", "60", "-D"])
-            .arg(&data)
-            .args(["-o", &options, "-l"])
-            .arg(pg.dir.join("postgres.log"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}",
-            String::from_utf8_lossy(&out.stderr)
+        Self::run(
+            pg_command("pg_ctl")
+                .args(["start", "-w", "-t", "60", "-D"])
+                .arg(&data)
+                .args(["-o", &options, "-l"])
+                .arg(self.dir.join("postgres.log")),
+            "pg_ctl start",
         );
         let pid = std::fs::read_to_string(data.join("postmaster.pid")).unwrap();
-        pg.pid = pid.lines().next().and_then(|l| l.trim().parse().ok());
+        self.pid = pid.lines().next().and_then(|l| l.trim().parse().ok());
+    }
+
+    /// A fresh primary.
+    pub fn start(tag: &str) -> Option<TempPostgres> {
+        let mut pg = Self::prepare(tag)?;
+        Self::run(
+            pg_command("initdb")
+                .args(["-U", "postgres", "--auth=trust", "--no-sync", "-D"])
+                .arg(pg.dir.join("data")),
+            "initdb",
+        );
+        pg.launch("");
         Some(pg)
+    }
+
+    /// A streaming replica of `primary` that applies each commit `apply_delay_ms` late
+    /// (`recovery_min_apply_delay`): replica lag without a slow network.
+    #[allow(dead_code)]
+    pub fn start_replica_of(
+        primary: &TempPostgres,
+        tag: &str,
+        apply_delay_ms: u64,
+    ) -> TempPostgres {
+        let mut pg = Self::prepare(tag).expect("Postgres is installed: the primary runs");
+        Self::run(
+            pg_command("pg_basebackup")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-p",
+                ])
+                .arg(primary.port.to_string())
+                .arg("-D")
+                .arg(pg.dir.join("data")),
+            "pg_basebackup",
+        );
+        pg.launch(&format!("-c recovery_min_apply_delay={apply_delay_ms}ms"));
+        pg
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,193 @@
+//! Where requests go: writes to the primary, reads to a replica, and read-your-writes through
+//! consistency tokens.
+//!
+//! Every write response carries `X-Consistency-Token: pg:<lsn>`, an LSN at or past the write's
+//! commit record (`pg_current_wal_insert_lsn()` read after the commit). A read that sends the
+//! token back is served by a replica only once `pg_last_wal_replay_lsn()` there has reached it;
+//! the replica is polled for up to `token_wait`, and then the primary answers instead. A read
+//! without a token goes to the next replica in turn. `X-Served-By` names who answered.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderValue};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgPool, Postgres};
+
+use crate::error::ApiError;
+
+/// The request and response header carrying a consistency token.
+pub const TOKEN_HEADER: &str = "x-consistency-token";
+/// The response header naming the node that served a read.
+pub const SERVED_BY_HEADER: &str = "x-served-by";
+/// How often a replica is asked whether it has caught up with a token.
+const CATCH_UP_POLL: Duration = Duration::from_millis(2);
+
+/// A position in the primary's WAL that a read must not be older than.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Token {
+    /// The LSN, as a byte position.
+    pub lsn: u64,
+}
+
+/// Parses Postgres's `X/Y` LSN text.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some(u64::from_str_radix(hi, 16).ok()? << 32 | u64::from_str_radix(lo, 16).ok()?)
+}
+
+impl Token {
+    /// The header value, `pg:X/Y`.
+    pub fn header_value(self) -> HeaderValue {
+        HeaderValue::from_str(&format!(
+            "pg:{:X}/{:X}",
+            self.lsn >> 32,
+            self.lsn & 0xffff_ffff
+        ))
+        .expect("ASCII")
+    }
+
+    /// The token a request carries, if any.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Option<Token>, ApiError> {
+        let Some(value) = headers.get(TOKEN_HEADER) else {
+            return Ok(None);
+        };
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("pg:"))
+            .and_then(parse_lsn)
+            .map(|lsn| Some(Token { lsn }))
+            .ok_or_else(|| {
+                ApiError::invalid("X-Consistency-Token must be pg:<lsn> as a write returned it")
+            })
+    }
+}
+
+struct Replica {
+    name: String,
+    pool: PgPool,
+}
+
+/// The primary and the replicas the service reads from.
+#[derive(Clone)]
+pub struct Db {
+    /// Where writes go (and reads that cannot wait).
+    pub primary: PgPool,
+    replicas: Arc<Vec<Replica>>,
+    next: Arc<AtomicUsize>,
+    token_wait: Duration,
+    ignore_tokens: bool,
+}
+
+impl Db {
+    /// Everything on one server.
+    pub fn primary_only(primary: PgPool) -> Db {
+        Db::with_replicas(primary, Vec::new(), Duration::ZERO)
+    }
+
+    /// A primary and named replicas; a read with a token waits at most `token_wait` for a replica.
+    pub fn with_replicas(
+        primary: PgPool,
+        replicas: Vec<(String, PgPool)>,
+        token_wait: Duration,
+    ) -> Db {
+        Db {
+            primary,
+            replicas: Arc::new(
+                replicas
+                    .into_iter()
+                    .map(|(name, pool)| Replica { name, pool })
+                    .collect(),
+            ),
+            next: Arc::new(AtomicUsize::new(0)),
+            token_wait,
+            ignore_tokens: false,
+        }
+    }
+
+    /// The deliberately broken build: reads ignore consistency tokens, so a replica that has not
+    /// caught up answers anyway. The read-your-writes checker should object.
+    pub fn ignoring_tokens(mut self) -> Db {
+        self.ignore_tokens = true;
+        self
+    }
+
+    /// A token covering every write committed so far.
+    pub async fn token(&self) -> Result<Token, ApiError> {
+        let text: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+            .fetch_one(&self.primary)
+            .await?;
+        Ok(Token {
+            lsn: parse_lsn(&text).expect("Postgres prints LSNs as X/Y"),
+        })
+    }
+
+    /// A connection to read from, and who it is: the next replica, once it has replayed past
+    /// `token`; otherwise the primary.
+    pub async fn reader(
+        &self,
+        token: Option<Token>,
+    ) -> Result<(PoolConnection<Postgres>, String), ApiError> {
+        let token = token.filter(|_| !self.ignore_tokens);
+        if !self.replicas.is_empty() {
+            let replica =
+                &self.replicas[self.next.fetch_add(1, Ordering::Relaxed) % self.replicas.len()];
+            if let Ok(mut conn) = replica.pool.acquire().await {
+                let deadline = Instant::now() + self.token_wait;
+                loop {
+                    let caught_up = match token {
+                        None => true,
+                        Some(t) => {
+                            let replayed: Option<String> =
+                                sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
+                                    .fetch_one(&mut *conn)
+                                    .await?;
+                            replayed
+                                .as_deref()
+                                .and_then(parse_lsn)
+                                .is_some_and(|r| r >= t.lsn)
+                        }
+                    };
+                    if caught_up {
+                        return Ok((conn, replica.name.clone()));
+                    }
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(CATCH_UP_POLL).await;
+                }
+            }
+        }
+        Ok((self.primary.acquire().await?, "primary".to_string()))
+    }
+}
+
+/// Response headers for a read served by `node`.
+pub fn served_by(node: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(node) {
+        headers.insert(SERVED_BY_HEADER, value);
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_through_their_header() {
+        assert_eq!(parse_lsn("0/16B3748"), Some(0x16B_3748));
+        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
+        let token = Token {
+            lsn: (3 << 32) | 0xABCDEF,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(TOKEN_HEADER, token.header_value());
+        assert_eq!(Token::from_headers(&headers).unwrap(), Some(token));
+        headers.insert(TOKEN_HEADER, HeaderValue::from_static("nonsense"));
+        assert!(Token::from_headers(&headers).is_err());
+    }
+}

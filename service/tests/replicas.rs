@@ -1,0 +1,142 @@
+//! Reads from a lagging replica with read-your-writes tokens: a real primary and a real streaming
+//! replica that applies every commit 200 ms late. With tokens honoured the checker finds no stale
+//! read; with the deliberately broken build that ignores them it finds some.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use common::TempPostgres;
+use http_body_util::BodyExt;
+use quorumlab_experiment::consistency::{check_read_your_writes, SessionOp};
+use quorumlab_service::routing::{Db, SERVED_BY_HEADER, TOKEN_HEADER};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const CLIENTS: u32 = 6;
+const ROUNDS: usize = 8;
+
+/// Each client deposits into its own account and reads it straight back with its token.
+async fn sessions(app: Router, users: Vec<i64>) -> Vec<SessionOp> {
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let app = app.clone();
+            let user = users[client as usize];
+            tokio::spawn(async move {
+                let mut trace = Vec::new();
+                for _ in 0..ROUNDS {
+                    let deposit = Request::post(format!("/users/{user}/deposit"))
+                        .header("content-type", "application/json")
+                        .body(Body::from(json!({ "amount_minor": 1 }).to_string()))
+                        .unwrap();
+                    let response = app.clone().oneshot(deposit).await.unwrap();
+                    assert_eq!(response.status(), StatusCode::OK);
+                    let token = response.headers()[TOKEN_HEADER].clone();
+                    let body: Value = serde_json::from_slice(
+                        &response.into_body().collect().await.unwrap().to_bytes(),
+                    )
+                    .unwrap();
+                    trace.push(SessionOp {
+                        client,
+                        object: user as u64,
+                        version: body["version"].as_u64().unwrap(),
+                        write: true,
+                        with_token: false,
+                        served_by: "primary".into(),
+                    });
+                    let read = Request::get(format!("/users/{user}"))
+                        .header(TOKEN_HEADER, token)
+                        .body(Body::empty())
+                        .unwrap();
+                    let response = app.clone().oneshot(read).await.unwrap();
+                    assert_eq!(response.status(), StatusCode::OK);
+                    let served_by = response.headers()[SERVED_BY_HEADER]
+                        .to_str()
+                        .unwrap()
+                        .to_string();
+                    let body: Value = serde_json::from_slice(
+                        &response.into_body().collect().await.unwrap().to_bytes(),
+                    )
+                    .unwrap();
+                    trace.push(SessionOp {
+                        client,
+                        object: user as u64,
+                        version: body["version"].as_u64().unwrap(),
+                        write: false,
+                        with_token: true,
+                        served_by,
+                    });
+                }
+                trace
+            })
+        })
+        .collect();
+    let mut trace = Vec::new();
+    for task in tasks {
+        trace.extend(task.await.unwrap());
+    }
+    trace
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_keep_reads_from_a_lagging_replica_from_going_back_in_time() {
+    let Some(primary) = TempPostgres::start("ryw-primary") else {
+        return;
+    };
+    let replica = TempPostgres::start_replica_of(&primary, "ryw-replica", 200);
+    let primary_pool = quorumlab_service::connect(&primary.url(), 20)
+        .await
+        .unwrap();
+    let replica_pool = quorumlab_service::connect_replica(&replica.url(), 20)
+        .await
+        .unwrap();
+    let db = Db::with_replicas(
+        primary_pool,
+        vec![("replica1".into(), replica_pool)],
+        Duration::from_millis(1000),
+    );
+
+    // Users exist on both before the sessions start.
+    let app = quorumlab_service::router(db.clone());
+    let mut users = Vec::new();
+    for n in 0..CLIENTS {
+        let create = Request::post("/users")
+            .header("content-type", "application/json")
+            .body(Body::from(
+                json!({ "name": format!("c{n}"), "email": format!("c{n}@example.org") })
+                    .to_string(),
+            ))
+            .unwrap();
+        let response = app.clone().oneshot(create).await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+        users.push(body["id"].as_i64().unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    let honoured = sessions(app, users.clone()).await;
+    let stale = check_read_your_writes(&honoured);
+    assert!(
+        stale.is_empty(),
+        "stale reads with tokens honoured: {stale:?}"
+    );
+    let by_replica = honoured
+        .iter()
+        .filter(|op| !op.write && op.served_by == "replica1")
+        .count();
+    assert!(by_replica > 0, "the replica served no read: {honoured:?}");
+
+    let broken = quorumlab_service::router(db.ignoring_tokens());
+    let ignored = sessions(broken, users).await;
+    let stale = check_read_your_writes(&ignored);
+    assert!(
+        !stale.is_empty(),
+        "with tokens ignored, a replica 200 ms behind should serve stale reads"
+    );
+    assert!(stale.iter().all(|s| s.served_by == "replica1"), "{stale:?}");
+}
