@@ -140,14 +140,18 @@ impl Db {
                     let caught_up = match token {
                         None => true,
                         Some(t) => {
-                            let replayed: Option<String> =
+                            let replayed: Result<Option<String>, _> =
                                 sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
                                     .fetch_one(&mut *conn)
-                                    .await?;
-                            replayed
-                                .as_deref()
-                                .and_then(parse_lsn)
-                                .is_some_and(|r| r >= t.lsn)
+                                    .await;
+                            match replayed {
+                                Ok(replayed) => replayed
+                                    .as_deref()
+                                    .and_then(parse_lsn)
+                                    .is_some_and(|r| r >= t.lsn),
+                                // A replica that cannot answer cannot serve the read either.
+                                Err(_) => break,
+                            }
                         }
                     };
                     if caught_up {
