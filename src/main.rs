@@ -99,6 +99,24 @@ enum Command {
         /// How long a read with a consistency token waits for a replica before the primary answers.
         #[arg(long, default_value_t = 100)]
         token_wait_ms: u64,
+        /// Column holding users' names (default: `display-name` once `name` is gone, else `name`);
+        /// the online migration's switch step restarts instances with `display-name`.
+        #[arg(long, value_parser = ["name", "display-name"])]
+        name_column: Option<String>,
+    },
+    /// Run the reference service's zero-downtime column migration (users.name -> display_name)
+    /// against QUORUMLAB_DATABASE_URL while the service keeps serving. Order: expand, backfill,
+    /// restart instances with `serve --name-column display-name`, contract.
+    MigrateOnline {
+        /// Which step.
+        #[arg(value_parser = ["expand", "backfill", "contract"])]
+        step: String,
+        /// Rows per backfill transaction.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+        batch: i64,
+        /// Pause between backfill batches, milliseconds.
+        #[arg(long, default_value_t = 10)]
+        pause_ms: u64,
     },
     /// Run the node agent on this host: the gRPC service the real-cluster driver uses for faults.
     Agent {
@@ -343,7 +361,18 @@ fn dispatch(command: Command) -> Result<()> {
             listen,
             connections,
             token_wait_ms,
-        } => serve(listen, connections, Duration::from_millis(token_wait_ms)),
+            name_column,
+        } => serve(
+            listen,
+            connections,
+            Duration::from_millis(token_wait_ms),
+            name_column.as_deref(),
+        ),
+        Command::MigrateOnline {
+            step,
+            batch,
+            pause_ms,
+        } => migrate_online(&step, batch, Duration::from_millis(pause_ms)),
         Command::Cluster { action, state_dir } => match action {
             ClusterAction::Up {
                 system,
@@ -476,10 +505,39 @@ fn sweep_command(
     Ok(())
 }
 
-fn serve(listen: std::net::SocketAddr, connections: u32, token_wait: Duration) -> Result<()> {
-    let database_url = std::env::var("QUORUMLAB_DATABASE_URL").map_err(|_| {
+fn database_url() -> Result<String> {
+    std::env::var("QUORUMLAB_DATABASE_URL").map_err(|_| {
         anyhow::anyhow!("set QUORUMLAB_DATABASE_URL to a postgres:// URL (credentials come from the environment, never from the command line)")
-    })?;
+    })
+}
+
+fn migrate_online(step: &str, batch: i64, pause: Duration) -> Result<()> {
+    use quorumlab_service::online;
+    let database_url = database_url()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let pool = quorumlab_service::connect(&database_url, 2).await?;
+        match step {
+            "expand" => online::expand(&pool).await?,
+            "backfill" => {
+                let copied = online::backfill(&pool, batch, pause).await?;
+                println!("backfilled {copied} rows");
+            }
+            _ => online::contract(&pool).await?,
+        }
+        println!("{step}: done");
+        anyhow::Ok(())
+    })
+}
+
+fn serve(
+    listen: std::net::SocketAddr,
+    connections: u32,
+    token_wait: Duration,
+    name_column: Option<&str>,
+) -> Result<()> {
+    use quorumlab_service::routing::NameColumn;
+    let database_url = database_url()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let primary = quorumlab_service::connect(&database_url, connections).await?;
@@ -493,7 +551,15 @@ fn serve(listen: std::net::SocketAddr, connections: u32, token_wait: Duration) -
             "quorumlab serve: listening on http://{listen}, {} replica(s) (Ctrl-C stops)",
             replicas.len()
         );
+        let column = match name_column {
+            Some("display-name") => NameColumn::DisplayName,
+            Some(_) => NameColumn::Name,
+            None => quorumlab_service::online::current_name_column(&primary)
+                .await
+                .map_err(|e| quorumlab_service::ServeError::Database(e.to_string()))?,
+        };
         let db = quorumlab_service::routing::Db::with_replicas(primary, replicas, token_wait);
+        db.use_name_column(column);
         quorumlab_service::serve(listen, db).await
     })?;
     Ok(())

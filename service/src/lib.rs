@@ -15,6 +15,7 @@
 pub mod accounts;
 pub mod error;
 pub mod idempotency;
+pub mod online;
 pub mod routing;
 pub mod users;
 

@@ -7,7 +7,7 @@
 //! the replica is polled for up to `token_wait`, and then the primary answers instead. A read
 //! without a token goes to the next replica in turn. `X-Served-By` names who answered.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,27 @@ impl Token {
     }
 }
 
+/// Which column holds a user's name: `name`, until the online migration
+/// ([`crate::online`]) moves it to `display_name`. The API field stays `name` throughout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NameColumn {
+    /// The original column.
+    #[default]
+    Name,
+    /// The column that replaces it.
+    DisplayName,
+}
+
+impl NameColumn {
+    /// The column's SQL name.
+    pub fn sql(self) -> &'static str {
+        match self {
+            NameColumn::Name => "name",
+            NameColumn::DisplayName => "display_name",
+        }
+    }
+}
+
 struct Replica {
     name: String,
     pool: PgPool,
@@ -79,6 +100,7 @@ pub struct Db {
     next: Arc<AtomicUsize>,
     token_wait: Duration,
     ignore_tokens: bool,
+    display_name: Arc<AtomicBool>,
 }
 
 impl Db {
@@ -104,7 +126,24 @@ impl Db {
             next: Arc::new(AtomicUsize::new(0)),
             token_wait,
             ignore_tokens: false,
+            display_name: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The column names are read from and written to now.
+    pub fn name_column(&self) -> NameColumn {
+        if self.display_name.load(Ordering::SeqCst) {
+            NameColumn::DisplayName
+        } else {
+            NameColumn::Name
+        }
+    }
+
+    /// Switches every handler sharing this `Db` to `column` (the online migration's switch step,
+    /// which a fleet does with a rolling restart).
+    pub fn use_name_column(&self, column: NameColumn) {
+        self.display_name
+            .store(column == NameColumn::DisplayName, Ordering::SeqCst);
     }
 
     /// The deliberately broken build: reads ignore consistency tokens, so a replica that has not

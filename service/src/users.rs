@@ -11,7 +11,7 @@ use sqlx::Row;
 
 use crate::error::ApiError;
 use crate::idempotency::{self, Write, Written};
-use crate::routing::{served_by, Db, Token};
+use crate::routing::{served_by, Db, NameColumn, Token};
 
 /// Body of `POST /users`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,6 +24,9 @@ pub struct NewUser {
     /// Free-form JSON object.
     #[serde(default)]
     pub metadata: Option<serde_json::Map<String, Value>>,
+    /// Where the name is stored (set by the handler, not the client).
+    #[serde(skip)]
+    pub name_column: NameColumn,
 }
 
 /// Body of `PATCH /users/{id}`: only the fields given change.
@@ -73,15 +76,19 @@ fn email_taken(e: sqlx::Error) -> ApiError {
 }
 
 /// The profile query: one user by primary key, with the balance (accounts' primary key).
-pub const PROFILE_SQL: &str =
-    "SELECT u.id, u.name, u.email, u.metadata, a.balance_minor, a.version \
-     FROM users u JOIN accounts a ON a.user_id = u.id WHERE u.id = $1";
+pub fn profile_sql(name: NameColumn) -> String {
+    format!(
+        "SELECT u.id, u.{} AS name, u.email, u.metadata, a.balance_minor, a.version \
+         FROM users u JOIN accounts a ON a.user_id = u.id WHERE u.id = $1",
+        name.sql()
+    )
+}
 
 /// The log-in query: one user by email, case-insensitively (`users_email_lower_key`).
 pub const BY_EMAIL_SQL: &str = "SELECT id FROM users WHERE lower(email) = lower($1)";
 
-async fn load(tx: &mut PgConnection, id: i64) -> Result<Value, ApiError> {
-    let row = sqlx::query(PROFILE_SQL)
+async fn load(tx: &mut PgConnection, id: i64, name: NameColumn) -> Result<Value, ApiError> {
+    let row = sqlx::query(&profile_sql(name))
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?
@@ -101,9 +108,10 @@ impl Write for NewUser {
         check_name(&self.name)?;
         check_email(&self.email)?;
         let metadata = Value::Object(self.metadata.clone().unwrap_or_default());
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO users (name, email, metadata) VALUES ($1, $2, $3) RETURNING id",
-        )
+        let id: i64 = sqlx::query_scalar(&format!(
+            "INSERT INTO users ({}, email, metadata) VALUES ($1, $2, $3) RETURNING id",
+            self.name_column.sql()
+        ))
         .bind(&self.name)
         .bind(&self.email)
         .bind(&metadata)
@@ -114,7 +122,7 @@ impl Write for NewUser {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        Ok((StatusCode::CREATED, load(tx, id).await?))
+        Ok((StatusCode::CREATED, load(tx, id, self.name_column).await?))
     }
 }
 
@@ -124,7 +132,8 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Json<NewUser>, JsonRejection>,
 ) -> Result<Written, ApiError> {
-    let Json(user) = body?;
+    let Json(mut user) = body?;
+    user.name_column = db.name_column();
     idempotency::execute(&db, idempotency::key(&headers)?, &user).await
 }
 
@@ -136,7 +145,10 @@ pub async fn get(
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
     let Path(id) = path?;
     let (mut conn, node) = db.reader(Token::from_headers(&headers)?).await?;
-    Ok((served_by(&node), Json(load(&mut conn, id).await?)))
+    Ok((
+        served_by(&node),
+        Json(load(&mut conn, id, db.name_column()).await?),
+    ))
 }
 
 /// `PATCH /users/{id}`.
@@ -153,11 +165,13 @@ pub async fn update(
     if let Some(email) = &change.email {
         check_email(email)?;
     }
+    let name_column = db.name_column();
     let mut tx = db.primary.begin().await?;
-    let updated = sqlx::query(
-        "UPDATE users SET name = COALESCE($2, name), email = COALESCE($3, email), \
+    let updated = sqlx::query(&format!(
+        "UPDATE users SET {name} = COALESCE($2, {name}), email = COALESCE($3, email), \
          metadata = COALESCE($4, metadata), updated_at = now() WHERE id = $1",
-    )
+        name = name_column.sql()
+    ))
     .bind(id)
     .bind(&change.name)
     .bind(&change.email)
@@ -168,7 +182,7 @@ pub async fn update(
     if updated.rows_affected() == 0 {
         return Err(ApiError::UnknownUser(id));
     }
-    let user = load(&mut tx, id).await?;
+    let user = load(&mut tx, id, name_column).await?;
     tx.commit().await?;
     Ok((idempotency::token_headers(&db).await?, Json(user)))
 }
@@ -197,7 +211,10 @@ pub async fn find_by_email(
         .fetch_optional(&mut *conn)
         .await?;
     match id {
-        Some(id) => Ok((served_by(&node), Json(load(&mut conn, id).await?))),
+        Some(id) => Ok((
+            served_by(&node),
+            Json(load(&mut conn, id, db.name_column()).await?),
+        )),
         None => Err(ApiError::NotFound(format!(
             "no user with email {}",
             query.email

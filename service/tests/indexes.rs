@@ -5,7 +5,8 @@ mod common;
 
 use common::TempPostgres;
 use quorumlab_service::accounts::{LOCK_SQL, STATEMENT_SQL};
-use quorumlab_service::users::{BY_EMAIL_SQL, PROFILE_SQL};
+use quorumlab_service::routing::NameColumn;
+use quorumlab_service::users::{profile_sql, BY_EMAIL_SQL};
 use serde_json::Value;
 
 const USERS: i64 = 1_000_000;
@@ -47,8 +48,9 @@ async fn each_hot_query_uses_its_index_on_a_million_rows() {
     assert!(count > 900_000, "{count} movements");
 
     let user = 424_242_i64;
+    let profile = profile_sql(NameColumn::Name);
     let cases: [(&str, &str, &[&str]); 4] = [
-        ("profile", PROFILE_SQL, &["users_pkey", "accounts_pkey"]),
+        ("profile", &profile, &["users_pkey", "accounts_pkey"]),
         ("log-in by email", BY_EMAIL_SQL, &["users_email_lower_key"]),
         ("balance lock", LOCK_SQL, &["accounts_pkey"]),
         (
