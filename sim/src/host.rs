@@ -109,6 +109,24 @@ pub fn now_us() -> u64 {
 }
 
 impl LabState {
+    /// The state of a fresh cluster of `members` followers that have seen nothing, ticking every
+    /// `heartbeat_us`.
+    pub fn for_members(members: usize, heartbeat_us: u64) -> LabState {
+        LabState {
+            views: vec![
+                NodeView {
+                    role: Role::Follower,
+                    term: 0,
+                    commit: 0
+                };
+                members
+            ],
+            stores: (0..members).map(|_| MemStorage::new()).collect(),
+            heartbeat_us,
+            ..LabState::default()
+        }
+    }
+
     fn push(&mut self, node: String, what: EventKind) {
         self.record(now_us(), node, what);
     }

@@ -15,7 +15,6 @@ use quorumlab_experiment::measure::RunSummary;
 use quorumlab_experiment::scenario::{
     plan_fault, Disruption, Fault, FaultStep, NodeRef, NodeState, Scenario,
 };
-use raft::storage::MemStorage;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -100,21 +99,9 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimErro
     let duration = Duration::from_millis(scenario.duration_ms);
     let schedule = fault_schedule(scenario, config.seed);
 
-    let lab: Lab = Rc::new(RefCell::new(LabState::default()));
-    {
-        let mut state = lab.borrow_mut();
-        state.views = vec![
-            NodeView {
-                role: Role::Follower,
-                term: 0,
-                commit: 0
-            };
-            nodes
-        ];
-        state.stores = (0..nodes).map(|_| MemStorage::new()).collect();
-        state.heartbeat_us = scenario.topology.heartbeat_ms * 1000;
-        state.record_views = config.record_views;
-    }
+    let mut state = LabState::for_members(nodes, scenario.topology.heartbeat_ms * 1000);
+    state.record_views = config.record_views;
+    let lab: Lab = Rc::new(RefCell::new(state));
     if config.record_messages {
         if let Some(first) = schedule.iter().find(|s| s.fault.disrupts_leadership()) {
             let start = first.at_ms.saturating_sub(300) * 1000;

@@ -16,7 +16,6 @@ use quorumlab_experiment::replication::{
 use quorumlab_experiment::scenario::{
     plan_fault, Disruption, NodeState, ReplicationMode, Scenario, SyncCommit, System,
 };
-use raft::storage::MemStorage;
 use serde::{Deserialize, Serialize};
 use turmoil::net::UdpSocket;
 
@@ -24,8 +23,8 @@ use super::host::{
     ask, db_host, ok, record, sample, PgEvent, PgHostConfig, PgLab, PgLabState, PgPacket,
 };
 use super::server::{PgRole, PgServer};
-use crate::host::{node_host, LabState, NodeView};
-use crate::node::{NodeConfig, Role};
+use crate::host::{node_host, LabState};
+use crate::node::NodeConfig;
 use crate::run::SimError;
 
 /// Simulated time before the workload starts: etcd elects a leader and Patroni bootstraps.
@@ -95,20 +94,10 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
         start_us,
         ..PgLabState::default()
     }));
-    let etcd: crate::host::Lab = Rc::new(RefCell::new(LabState::default()));
-    {
-        let mut state = etcd.borrow_mut();
-        state.views = vec![
-            NodeView {
-                role: Role::Follower,
-                term: 0,
-                commit: 0
-            };
-            ETCD_MEMBERS as usize
-        ];
-        state.stores = (0..ETCD_MEMBERS).map(|_| MemStorage::new()).collect();
-        state.heartbeat_us = scenario.topology.heartbeat_ms * 1000;
-    }
+    let etcd: crate::host::Lab = Rc::new(RefCell::new(LabState::for_members(
+        ETCD_MEMBERS as usize,
+        scenario.topology.heartbeat_ms * 1000,
+    )));
 
     let duration = Duration::from_millis(BOOTSTRAP_MS + scenario.duration_ms);
     let net = &scenario.network;
