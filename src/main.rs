@@ -87,8 +87,9 @@ enum Command {
         state_dir: PathBuf,
     },
     /// Serve the reference HTTP API (profiles and balances in Postgres) until Ctrl-C. The primary's
-    /// URL comes from QUORUMLAB_DATABASE_URL and replicas' (comma-separated) from
-    /// QUORUMLAB_REPLICA_URLS, never from the command line (it would show in `ps`).
+    /// URL comes from QUORUMLAB_DATABASE_URL, replicas' (comma-separated) from
+    /// QUORUMLAB_REPLICA_URLS and MongoDB's (activity events) from QUORUMLAB_MONGODB_URI, never
+    /// from the command line (it would show in `ps`).
     Serve {
         /// Address to listen on (loopback unless you say otherwise).
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -558,8 +559,14 @@ fn serve(
                 .await
                 .map_err(|e| quorumlab_service::ServeError::Database(e.to_string()))?,
         };
-        let db = quorumlab_service::routing::Db::with_replicas(primary, replicas, token_wait);
+        let mut db = quorumlab_service::routing::Db::with_replicas(primary, replicas, token_wait);
         db.use_name_column(column);
+        if let Ok(uri) = std::env::var("QUORUMLAB_MONGODB_URI") {
+            let store = quorumlab_service::activity::ActivityStore::connect(&uri, "quorumlab")
+                .await
+                .map_err(|e| quorumlab_service::ServeError::Activity(e.to_string()))?;
+            db = db.with_activity(store);
+        }
         quorumlab_service::serve(listen, db).await
     })?;
     Ok(())

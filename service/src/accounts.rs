@@ -113,6 +113,15 @@ async fn record_movement(
 const BALANCE_MAX_MINOR: i64 = 1_000_000_000_000_000;
 
 impl Write for Change {
+    fn event(&self) -> Option<(i64, &'static str, i64)> {
+        let kind = if self.op == "deposit" {
+            "deposit"
+        } else {
+            "withdrawal"
+        };
+        Some((self.user, kind, self.amount_minor.0))
+    }
+
     async fn apply(&self, tx: &mut PgConnection) -> Result<(StatusCode, Value), ApiError> {
         let balance = lock_balance(tx, self.user).await?;
         let amount = self.amount_minor.0;
@@ -143,6 +152,10 @@ impl Write for Change {
 }
 
 impl Write for TransferBody {
+    fn event(&self) -> Option<(i64, &'static str, i64)> {
+        Some((self.from_user, "transfer", self.amount_minor.0))
+    }
+
     async fn apply(&self, tx: &mut PgConnection) -> Result<(StatusCode, Value), ApiError> {
         if self.from_user == self.to_user {
             return Err(ApiError::invalid("from_user and to_user must differ"));

@@ -36,6 +36,9 @@ pub enum ApiError {
         /// What was asked.
         amount_minor: i64,
     },
+    /// A part the request needs is not configured or not reachable.
+    #[error("{0}")]
+    Unavailable(String),
     /// The database failed; the message is logged, not shown.
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -57,7 +60,7 @@ impl ApiError {
             ApiError::UnknownUser(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::InsufficientFunds { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -28,6 +28,11 @@ pub trait Write: Serialize {
         &self,
         tx: &mut PgConnection,
     ) -> impl std::future::Future<Output = Result<(StatusCode, Value), ApiError>> + Send;
+
+    /// The activity event the write makes once committed: (user, kind, amount in minor units).
+    fn event(&self) -> Option<(i64, &'static str, i64)> {
+        None
+    }
 }
 
 /// The key from the request headers, validated.
@@ -53,29 +58,37 @@ pub async fn execute<W: Write + Sync>(
     key: Option<String>,
     write: &W,
 ) -> Result<Written, ApiError> {
-    let (status, body) = execute_once(&db.primary, key, write).await?;
-    Ok((status, token_headers(db).await?, body))
+    let (status, body, applied) = execute_once(&db.primary, key, write).await?;
+    // A replayed answer made its event the first time.
+    let mongo = match write.event().filter(|_| applied) {
+        Some((user, kind, amount)) => db.record_event(user, kind, amount).await,
+        None => None,
+    };
+    Ok((status, token_headers(db, mongo).await?, body))
 }
 
-/// Headers holding a token that covers every write committed so far.
-pub async fn token_headers(db: &Db) -> Result<HeaderMap, ApiError> {
+/// Headers holding a token that covers every write committed so far (and `mongo`'s event).
+pub async fn token_headers(db: &Db, mongo: Option<(u32, u32)>) -> Result<HeaderMap, ApiError> {
+    let mut token = db.token().await?;
+    token.mongo = mongo;
     let mut headers = HeaderMap::new();
-    headers.insert(TOKEN_HEADER, db.token().await?.header_value());
+    headers.insert(TOKEN_HEADER, token.header_value());
     Ok(headers)
 }
 
+/// Returns the answer and whether this call applied the write (not a replay).
 async fn execute_once<W: Write + Sync>(
     pool: &sqlx::PgPool,
     key: Option<String>,
     write: &W,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Value>, bool), ApiError> {
     let request = serde_json::to_string(write).expect("writes serialise");
     // The second attempt happens only after losing a race for the key, and then replays.
     for _ in 0..2 {
         let mut tx = pool.begin().await?;
         if let Some(key) = &key {
-            if let Some(stored) = replay(&mut tx, key, &request).await? {
-                return Ok(stored);
+            if let Some((status, body)) = replay(&mut tx, key, &request).await? {
+                return Ok((status, body, false));
             }
         }
         let (status, body) = write.apply(&mut tx).await?;
@@ -96,7 +109,7 @@ async fn execute_once<W: Write + Sync>(
             }
         }
         tx.commit().await?;
-        return Ok((status, Json(body)));
+        return Ok((status, Json(body), true));
     }
     Err(ApiError::Conflict(
         "a request with this Idempotency-Key is still being applied; retry".into(),

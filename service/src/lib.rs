@@ -13,6 +13,7 @@
 //!   own messages and credentials never reach a client or a log line.
 
 pub mod accounts;
+pub mod activity;
 pub mod error;
 pub mod idempotency;
 pub mod online;
@@ -35,6 +36,9 @@ pub enum ServeError {
     /// The database URL is missing or malformed, or the database cannot be reached.
     #[error("database: {0}")]
     Database(String),
+    /// MongoDB (activity events) cannot be reached.
+    #[error("activity store (MongoDB): {0}")]
+    Activity(String),
     /// Migrations failed.
     #[error("migrations: {0}")]
     Migrate(String),
@@ -56,6 +60,10 @@ pub fn router(db: routing::Db) -> Router {
         .route("/users/{id}/deposit", post(accounts::deposit))
         .route("/users/{id}/withdraw", post(accounts::withdraw))
         .route("/users/{id}/movements", get(accounts::movements))
+        .route(
+            "/users/{id}/activity/summary",
+            get(activity::summary_handler),
+        )
         .route("/transfers", post(accounts::transfer))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(db)

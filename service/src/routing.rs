@@ -24,11 +24,14 @@ pub const SERVED_BY_HEADER: &str = "x-served-by";
 /// How often a replica is asked whether it has caught up with a token.
 const CATCH_UP_POLL: Duration = Duration::from_millis(2);
 
-/// A position in the primary's WAL that a read must not be older than.
+/// What a read must not be older than: a position in the primary's WAL and, when the write also
+/// recorded an activity event, MongoDB's operation time (seconds, increment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Token {
     /// The LSN, as a byte position.
     pub lsn: u64,
+    /// MongoDB's `operationTime` of the write's event.
+    pub mongo: Option<(u32, u32)>,
 }
 
 /// Parses Postgres's `X/Y` LSN text.
@@ -38,14 +41,26 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
 }
 
 impl Token {
-    /// The header value, `pg:X/Y`.
+    /// The header value, `pg:X/Y` or `pg:X/Y;mongo:T.I`.
     pub fn header_value(self) -> HeaderValue {
-        HeaderValue::from_str(&format!(
-            "pg:{:X}/{:X}",
-            self.lsn >> 32,
-            self.lsn & 0xffff_ffff
-        ))
-        .expect("ASCII")
+        let mut text = format!("pg:{:X}/{:X}", self.lsn >> 32, self.lsn & 0xffff_ffff);
+        if let Some((time, increment)) = self.mongo {
+            text.push_str(&format!(";mongo:{time}.{increment}"));
+        }
+        HeaderValue::from_str(&text).expect("ASCII")
+    }
+
+    fn parse(text: &str) -> Option<Token> {
+        let mut parts = text.split(';');
+        let lsn = parse_lsn(parts.next()?.strip_prefix("pg:")?)?;
+        let mongo = match parts.next() {
+            None => None,
+            Some(m) => {
+                let (time, increment) = m.strip_prefix("mongo:")?.split_once('.')?;
+                Some((time.parse().ok()?, increment.parse().ok()?))
+            }
+        };
+        parts.next().is_none().then_some(Token { lsn, mongo })
     }
 
     /// The token a request carries, if any.
@@ -56,9 +71,8 @@ impl Token {
         value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("pg:"))
-            .and_then(parse_lsn)
-            .map(|lsn| Some(Token { lsn }))
+            .and_then(Token::parse)
+            .map(Some)
             .ok_or_else(|| {
                 ApiError::invalid("X-Consistency-Token must be pg:<lsn> as a write returned it")
             })
@@ -101,6 +115,8 @@ pub struct Db {
     token_wait: Duration,
     ignore_tokens: bool,
     display_name: Arc<AtomicBool>,
+    /// Where activity events go, when MongoDB is configured.
+    pub activity: Option<crate::activity::ActivityStore>,
 }
 
 impl Db {
@@ -127,6 +143,31 @@ impl Db {
             token_wait,
             ignore_tokens: false,
             display_name: Arc::new(AtomicBool::new(false)),
+            activity: None,
+        }
+    }
+
+    /// Records activity events in `store`.
+    pub fn with_activity(mut self, store: crate::activity::ActivityStore) -> Db {
+        self.activity = Some(store);
+        self
+    }
+
+    /// Records an event after a committed write, if MongoDB is configured; returns its operation
+    /// time. A failure loses the event, never the write (it is logged).
+    pub async fn record_event(
+        &self,
+        user: i64,
+        kind: &str,
+        amount_minor: i64,
+    ) -> Option<(u32, u32)> {
+        let store = self.activity.as_ref()?;
+        match store.record(user, kind, amount_minor).await {
+            Ok(time) => time.map(|t| (t.time, t.increment)),
+            Err(e) => {
+                eprintln!("quorumlab serve: activity event not recorded: {e}");
+                None
+            }
         }
     }
 
@@ -160,6 +201,7 @@ impl Db {
             .await?;
         Ok(Token {
             lsn: parse_lsn(&text).expect("Postgres prints LSNs as X/Y"),
+            mongo: None,
         })
     }
 
@@ -224,12 +266,17 @@ mod tests {
     fn tokens_round_trip_through_their_header() {
         assert_eq!(parse_lsn("0/16B3748"), Some(0x16B_3748));
         assert_eq!(parse_lsn("1/0"), Some(1 << 32));
-        let token = Token {
-            lsn: (3 << 32) | 0xABCDEF,
-        };
         let mut headers = HeaderMap::new();
-        headers.insert(TOKEN_HEADER, token.header_value());
-        assert_eq!(Token::from_headers(&headers).unwrap(), Some(token));
+        for mongo in [None, Some((1_764_000_000, 7))] {
+            let token = Token {
+                lsn: (3 << 32) | 0xABCDEF,
+                mongo,
+            };
+            headers.insert(TOKEN_HEADER, token.header_value());
+            assert_eq!(Token::from_headers(&headers).unwrap(), Some(token));
+        }
+        headers.insert(TOKEN_HEADER, HeaderValue::from_static("pg:0/1;mongo:x"));
+        assert!(Token::from_headers(&headers).is_err());
         headers.insert(TOKEN_HEADER, HeaderValue::from_static("nonsense"));
         assert!(Token::from_headers(&headers).is_err());
     }

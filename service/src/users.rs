@@ -184,7 +184,8 @@ pub async fn update(
     }
     let user = load(&mut tx, id, name_column).await?;
     tx.commit().await?;
-    Ok((idempotency::token_headers(&db).await?, Json(user)))
+    let mongo = db.record_event(id, "profile-change", 0).await;
+    Ok((idempotency::token_headers(&db, mongo).await?, Json(user)))
 }
 
 /// Query of `GET /users?email=`.

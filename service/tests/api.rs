@@ -297,6 +297,27 @@ async fn bad_input_is_a_4xx_naming_the_problem_and_writes_nothing() {
         ),
         (
             "GET".into(),
+            "/users/1/activity/summary?from=2026-11-01&to=2026-11-30",
+            String::new(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "activity events need MongoDB",
+        ),
+        (
+            "GET".into(),
+            "/users/1/activity/summary?from=yesterday&to=2026-11-30",
+            String::new(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "from must be a date YYYY-MM-DD",
+        ),
+        (
+            "GET".into(),
+            "/users/1/activity/summary?from=2026-11-30&to=2026-11-01",
+            String::new(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "1 to 366 days",
+        ),
+        (
+            "GET".into(),
             "/users/424242",
             String::new(),
             StatusCode::NOT_FOUND,
