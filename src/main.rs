@@ -86,11 +86,18 @@ enum Command {
         #[arg(long, default_value = real::STATE_DIR_DEFAULT)]
         state_dir: PathBuf,
     },
-    /// Serve the reference HTTP API (profiles and balances in Postgres) until Ctrl-C. The primary's
-    /// URL comes from QUORUMLAB_DATABASE_URL, replicas' (comma-separated) from
-    /// QUORUMLAB_REPLICA_URLS and MongoDB's (activity events) from QUORUMLAB_MONGODB_URI, never
-    /// from the command line (it would show in `ps`).
+    /// Serve the reference HTTP API (profiles and balances in Postgres) until Ctrl-C. The nodes are
+    /// the lab's Postgres cluster (`--lab`), or QUORUMLAB_DATABASE_URL plus the comma-separated
+    /// QUORUMLAB_REPLICA_URLS; MongoDB (activity events) is QUORUMLAB_MONGODB_URI. URLs never come
+    /// from the command line (it would show in `ps`). The service asks the nodes which one is
+    /// primary and follows it through failovers; the others serve reads.
     Serve {
+        /// Serve the Postgres cluster of the lab in --state-dir (`cluster up postgres`).
+        #[arg(long)]
+        lab: bool,
+        /// Where the lab keeps its state (with --lab).
+        #[arg(long, default_value = real::STATE_DIR_DEFAULT, requires = "lab")]
+        state_dir: PathBuf,
         /// Address to listen on (loopback unless you say otherwise).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
@@ -359,11 +366,14 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Demo => demo(),
         Command::Agent { config } => agent(&config),
         Command::Serve {
+            lab,
+            state_dir,
             listen,
             connections,
             token_wait_ms,
             name_column,
         } => serve(
+            lab.then_some(state_dir.as_path()),
             listen,
             connections,
             Duration::from_millis(token_wait_ms),
@@ -532,34 +542,46 @@ fn migrate_online(step: &str, batch: i64, pause: Duration) -> Result<()> {
 }
 
 fn serve(
+    lab: Option<&std::path::Path>,
     listen: std::net::SocketAddr,
     connections: u32,
     token_wait: Duration,
     name_column: Option<&str>,
 ) -> Result<()> {
+    use quorumlab_cluster::postgres::PgNodes;
     use quorumlab_service::routing::NameColumn;
-    let database_url = database_url()?;
+    let nodes = match lab {
+        Some(state_dir) => PgNodes::of_lab(&quorumlab_cluster::etcd::Lab::load(state_dir)?)?,
+        None => {
+            let mut urls = vec![database_url()?];
+            let replicas = std::env::var("QUORUMLAB_REPLICA_URLS").unwrap_or_default();
+            urls.extend(
+                replicas
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(String::from),
+            );
+            PgNodes::from_urls(&urls)?
+        }
+    };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let primary = quorumlab_service::connect(&database_url, connections).await?;
-        let mut replicas = Vec::new();
-        let urls = std::env::var("QUORUMLAB_REPLICA_URLS").unwrap_or_default();
-        for (i, url) in urls.split(',').filter(|u| !u.trim().is_empty()).enumerate() {
-            let pool = quorumlab_service::connect_replica(url.trim(), connections).await?;
-            replicas.push((format!("replica{}", i + 1), pool));
-        }
+        let mut db =
+            quorumlab_service::connect_cluster(nodes.named_options(), connections, token_wait)
+                .await?;
         eprintln!(
-            "quorumlab serve: listening on http://{listen}, {} replica(s) (Ctrl-C stops)",
-            replicas.len()
+            "quorumlab serve: listening on http://{listen}; primary {} of {} node(s) (Ctrl-C stops)",
+            db.primary_name(),
+            nodes.len()
         );
         let column = match name_column {
             Some("display-name") => NameColumn::DisplayName,
             Some(_) => NameColumn::Name,
-            None => quorumlab_service::online::current_name_column(&primary)
+            None => quorumlab_service::online::current_name_column(&db.primary())
                 .await
                 .map_err(|e| quorumlab_service::ServeError::Database(e.to_string()))?,
         };
-        let mut db = quorumlab_service::routing::Db::with_replicas(primary, replicas, token_wait);
         db.use_name_column(column);
         if let Ok(uri) = std::env::var("QUORUMLAB_MONGODB_URI") {
             let store = quorumlab_service::activity::ActivityStore::connect(&uri, "quorumlab")

@@ -187,6 +187,15 @@ impl PgNodes {
         Ok(PgNodes { options, names })
     }
 
+    /// Each node's name and connection options, for a caller that keeps its own pools.
+    pub fn named_options(&self) -> Vec<(String, PgConnectOptions)> {
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.options.iter().cloned())
+            .collect()
+    }
+
     /// Number of nodes.
     pub fn len(&self) -> usize {
         self.options.len()

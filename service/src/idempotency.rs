@@ -58,7 +58,7 @@ pub async fn execute<W: Write + Sync>(
     key: Option<String>,
     write: &W,
 ) -> Result<Written, ApiError> {
-    let (status, body, applied) = execute_once(&db.primary, key, write).await?;
+    let (status, body, applied) = execute_once(&db.primary(), key, write).await?;
     // A replayed answer made its event the first time.
     let mongo = match write.event().filter(|_| applied) {
         Some((user, kind, amount)) => db.record_event(user, kind, amount).await,

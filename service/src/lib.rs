@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 /// Largest request body accepted, in bytes.
 pub const BODY_BYTES_MAX: usize = 16 * 1024;
@@ -92,6 +92,35 @@ pub async fn connect(database_url: &str, connections: u32) -> Result<PgPool, Ser
         .await
         .map_err(|e| ServeError::Migrate(e.to_string()))?;
     Ok(pool)
+}
+
+/// Connects to every node of a replicated cluster, finds the primary among them
+/// ([`routing::Db::discover`]), applies the schema migrations there, and returns the [`routing::Db`]
+/// that keeps following the primary through failovers. Nodes that are down now are tried again
+/// on every role poll.
+pub async fn connect_cluster(
+    nodes: Vec<(String, PgConnectOptions)>,
+    connections: u32,
+    token_wait: std::time::Duration,
+) -> Result<routing::Db, ServeError> {
+    let pools = nodes
+        .into_iter()
+        .map(|(name, options)| {
+            let pool = PgPoolOptions::new()
+                .max_connections(connections)
+                .acquire_timeout(std::time::Duration::from_secs(2))
+                .connect_lazy_with(options);
+            (name, pool)
+        })
+        .collect();
+    let db = routing::Db::discover(pools, token_wait)
+        .await
+        .map_err(|e| ServeError::Database(e.to_string()))?;
+    sqlx::migrate!("./migrations")
+        .run(&db.primary())
+        .await
+        .map_err(|e| ServeError::Migrate(e.to_string()))?;
+    Ok(db)
 }
 
 /// `message` with any occurrence of the URL's password removed.

@@ -8,7 +8,7 @@
 //! without a token goes to the next replica in turn. `X-Served-By` names who answered.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue};
@@ -100,17 +100,30 @@ impl NameColumn {
     }
 }
 
-struct Replica {
+/// One Postgres server the service talks to.
+struct Node {
     name: String,
     pool: PgPool,
 }
 
-/// The primary and the replicas the service reads from.
+/// Which node takes writes and which serve reads, as last seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Roles {
+    primary: usize,
+    replicas: Vec<usize>,
+}
+
+/// How often the nodes are asked for their role (`pg_is_in_recovery()`) when the service finds
+/// its primary itself.
+pub const ROLE_POLL: Duration = Duration::from_millis(200);
+/// How long one node may take to say its role before it counts as unreachable.
+const ROLE_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The Postgres nodes behind the service, and who is primary among them.
 #[derive(Clone)]
 pub struct Db {
-    /// Where writes go (and reads that cannot wait).
-    pub primary: PgPool,
-    replicas: Arc<Vec<Replica>>,
+    nodes: Arc<Vec<Node>>,
+    roles: Arc<RwLock<Roles>>,
     next: Arc<AtomicUsize>,
     token_wait: Duration,
     ignore_tokens: bool,
@@ -119,32 +132,87 @@ pub struct Db {
     pub activity: Option<crate::activity::ActivityStore>,
 }
 
-impl Db {
-    /// Everything on one server.
-    pub fn primary_only(primary: PgPool) -> Db {
-        Db::with_replicas(primary, Vec::new(), Duration::ZERO)
-    }
+/// Why [`Db::discover`] found no primary.
+#[derive(Debug, thiserror::Error)]
+#[error("no primary among {nodes}: every reachable node is in recovery, or none answered")]
+pub struct NoPrimary {
+    /// The nodes asked, by name.
+    pub nodes: String,
+}
 
-    /// A primary and named replicas; a read with a token waits at most `token_wait` for a replica.
-    pub fn with_replicas(
-        primary: PgPool,
-        replicas: Vec<(String, PgPool)>,
-        token_wait: Duration,
-    ) -> Db {
+impl Db {
+    fn new(nodes: Vec<(String, PgPool)>, roles: Roles, token_wait: Duration) -> Db {
         Db {
-            primary,
-            replicas: Arc::new(
-                replicas
+            nodes: Arc::new(
+                nodes
                     .into_iter()
-                    .map(|(name, pool)| Replica { name, pool })
+                    .map(|(name, pool)| Node { name, pool })
                     .collect(),
             ),
+            roles: Arc::new(RwLock::new(roles)),
             next: Arc::new(AtomicUsize::new(0)),
             token_wait,
             ignore_tokens: false,
             display_name: Arc::new(AtomicBool::new(false)),
             activity: None,
         }
+    }
+
+    /// Everything on one server.
+    pub fn primary_only(primary: PgPool) -> Db {
+        Db::with_replicas(primary, Vec::new(), Duration::ZERO)
+    }
+
+    /// A fixed primary and named replicas; a read with a token waits at most `token_wait` for a
+    /// replica. Roles never change: see [`Db::discover`] for a cluster that fails over.
+    pub fn with_replicas(
+        primary: PgPool,
+        replicas: Vec<(String, PgPool)>,
+        token_wait: Duration,
+    ) -> Db {
+        let roles = Roles {
+            primary: 0,
+            replicas: (1..=replicas.len()).collect(),
+        };
+        let mut nodes = vec![("primary".to_string(), primary)];
+        nodes.extend(replicas);
+        Db::new(nodes, roles, token_wait)
+    }
+
+    /// Named nodes whose roles the service finds itself: the one node not in recovery takes
+    /// writes, the others serve reads. A background task asks every [`ROLE_POLL`], so after a
+    /// failover writes go to the promoted node and a node that stops answering stops serving
+    /// reads. Must be called inside a Tokio runtime; the task lives as long as the runtime.
+    pub async fn discover(
+        nodes: Vec<(String, PgPool)>,
+        token_wait: Duration,
+    ) -> Result<Db, NoPrimary> {
+        let answers = probe_roles(&nodes).await;
+        let roles = assign_roles(None, &answers).ok_or_else(|| NoPrimary {
+            nodes: nodes
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+        let db = Db::new(nodes, roles, token_wait);
+        tokio::spawn(watch_roles(
+            Arc::downgrade(&db.nodes),
+            Arc::downgrade(&db.roles),
+        ));
+        Ok(db)
+    }
+
+    /// The pool of the node that takes writes now.
+    pub fn primary(&self) -> PgPool {
+        let roles = self.roles.read().expect("roles lock");
+        self.nodes[roles.primary].pool.clone()
+    }
+
+    /// The name of the node that takes writes now.
+    pub fn primary_name(&self) -> String {
+        let roles = self.roles.read().expect("roles lock");
+        self.nodes[roles.primary].name.clone()
     }
 
     /// Records activity events in `store`.
@@ -197,7 +265,7 @@ impl Db {
     /// A token covering every write committed so far.
     pub async fn token(&self) -> Result<Token, ApiError> {
         let text: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
-            .fetch_one(&self.primary)
+            .fetch_one(&self.primary())
             .await?;
         Ok(Token {
             lsn: parse_lsn(&text).expect("Postgres prints LSNs as X/Y"),
@@ -212,9 +280,14 @@ impl Db {
         token: Option<Token>,
     ) -> Result<(PoolConnection<Postgres>, String), ApiError> {
         let token = token.filter(|_| !self.ignore_tokens);
-        if !self.replicas.is_empty() {
-            let replica =
-                &self.replicas[self.next.fetch_add(1, Ordering::Relaxed) % self.replicas.len()];
+        let (primary, replica) = {
+            let roles = self.roles.read().expect("roles lock");
+            let turn = self.next.fetch_add(1, Ordering::Relaxed);
+            let replica = (!roles.replicas.is_empty())
+                .then(|| &self.nodes[roles.replicas[turn % roles.replicas.len()]]);
+            (&self.nodes[roles.primary], replica)
+        };
+        if let Some(replica) = replica {
             if let Ok(mut conn) = replica.pool.acquire().await {
                 let deadline = Instant::now() + self.token_wait;
                 loop {
@@ -245,7 +318,67 @@ impl Db {
                 }
             }
         }
-        Ok((self.primary.acquire().await?, "primary".to_string()))
+        Ok((primary.pool.acquire().await?, primary.name.clone()))
+    }
+}
+
+/// Each node's answer to `pg_is_in_recovery()`, or `None` if it did not answer in time.
+async fn probe_roles(nodes: &[(String, PgPool)]) -> Vec<Option<bool>> {
+    let asks = nodes.iter().map(|(_, pool)| async move {
+        let ask = sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()").fetch_one(pool);
+        match tokio::time::timeout(ROLE_PROBE_TIMEOUT, ask).await {
+            Ok(Ok(in_recovery)) => Some(in_recovery),
+            _ => None,
+        }
+    });
+    futures_util::future::join_all(asks).await
+}
+
+/// Roles from the nodes' answers. The primary is a node not in recovery: the current one while
+/// it still says so (a deposed primary that has not yet noticed is not preferred over it, nor
+/// the other way round: Patroni demotes whichever lost the leader key), else the first. With no
+/// node out of recovery the current primary is kept, so writes fail (503) until one is promoted;
+/// `None` if there never was one. Replicas are the nodes that answered in recovery.
+fn assign_roles(current: Option<usize>, answers: &[Option<bool>]) -> Option<Roles> {
+    let writable: Vec<usize> = (0..answers.len())
+        .filter(|&i| answers[i] == Some(false))
+        .collect();
+    let primary = match current {
+        Some(c) if writable.contains(&c) || writable.is_empty() => c,
+        _ => *writable.first()?,
+    };
+    Some(Roles {
+        primary,
+        replicas: (0..answers.len())
+            .filter(|&i| answers[i] == Some(true))
+            .collect(),
+    })
+}
+
+/// Re-reads the roles every [`ROLE_POLL`] until the [`Db`] is gone.
+async fn watch_roles(nodes: Weak<Vec<Node>>, roles: Weak<RwLock<Roles>>) {
+    loop {
+        tokio::time::sleep(ROLE_POLL).await;
+        let (Some(nodes), Some(roles)) = (nodes.upgrade(), roles.upgrade()) else {
+            return;
+        };
+        let pools: Vec<(String, PgPool)> = nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.pool.clone()))
+            .collect();
+        let answers = probe_roles(&pools).await;
+        let current = roles.read().expect("roles lock").primary;
+        let next = assign_roles(Some(current), &answers).expect("a current primary is kept");
+        let mut roles = roles.write().expect("roles lock");
+        if *roles != next {
+            if next.primary != roles.primary {
+                eprintln!(
+                    "quorumlab serve: primary is now {} (was {})",
+                    nodes[next.primary].name, nodes[roles.primary].name
+                );
+            }
+            *roles = next;
+        }
     }
 }
 
@@ -261,6 +394,36 @@ pub fn served_by(node: &str) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_primary_is_the_node_out_of_recovery_and_survives_a_gap() {
+        let roles = |primary, replicas: &[usize]| {
+            Some(Roles {
+                primary,
+                replicas: replicas.to_vec(),
+            })
+        };
+        assert_eq!(
+            assign_roles(None, &[Some(true), Some(false), None]),
+            roles(1, &[0])
+        );
+        assert_eq!(assign_roles(None, &[Some(true), None]), None);
+        // Mid-failover: nobody writable, the old primary is kept (its writes fail meanwhile).
+        assert_eq!(
+            assign_roles(Some(1), &[Some(true), None, Some(true)]),
+            roles(1, &[0, 2])
+        );
+        // Promoted.
+        assert_eq!(
+            assign_roles(Some(1), &[Some(false), None, Some(true)]),
+            roles(0, &[2])
+        );
+        // Two say they are writable: keep the current one.
+        assert_eq!(
+            assign_roles(Some(2), &[Some(false), None, Some(false)]),
+            roles(2, &[])
+        );
+    }
 
     #[test]
     fn tokens_round_trip_through_their_header() {

@@ -166,7 +166,7 @@ pub async fn update(
         check_email(email)?;
     }
     let name_column = db.name_column();
-    let mut tx = db.primary.begin().await?;
+    let mut tx = db.primary().begin().await?;
     let updated = sqlx::query(&format!(
         "UPDATE users SET {name} = COALESCE($2, {name}), email = COALESCE($3, email), \
          metadata = COALESCE($4, metadata), updated_at = now() WHERE id = $1",

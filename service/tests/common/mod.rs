@@ -135,6 +135,27 @@ impl TempPostgres {
         pg
     }
 
+    /// Promotes this replica to primary (`pg_ctl promote`), waiting until it accepts writes.
+    #[allow(dead_code)]
+    pub fn promote(&self) {
+        Self::run(
+            pg_command("pg_ctl")
+                .args(["promote", "-w", "-t", "60", "-D"])
+                .arg(self.dir.join("data")),
+            "pg_ctl promote",
+        );
+    }
+
+    /// Crashes the server: SIGKILL to the postmaster, as a machine failure would stop it.
+    #[allow(dead_code)]
+    pub fn crash(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: kill(2) on the postmaster this test started.
+            unsafe { libc_kill(pid, 9) };
+            // Its backends notice the postmaster is gone and exit on their own.
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }

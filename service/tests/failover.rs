@@ -1,0 +1,109 @@
+//! Writes find the primary again after a failover: a real primary and a real streaming replica;
+//! the primary's postmaster is killed with SIGKILL, the replica is promoted, and the service,
+//! which was only told the two nodes, sends writes to the promoted node on its own.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use common::TempPostgres;
+use http_body_util::BodyExt;
+use quorumlab_service::routing::{SERVED_BY_HEADER, TOKEN_HEADER};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+async fn call(app: &Router, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, serde_json::from_slice(&bytes).unwrap())
+}
+
+fn deposit(user: i64, amount: i64, key: &str) -> Request<Body> {
+    Request::post(format!("/users/{user}/deposit"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(Body::from(json!({ "amount_minor": amount }).to_string()))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_follow_the_promoted_replica() {
+    let Some(mut old_primary) = TempPostgres::start("failover-a") else {
+        return;
+    };
+    let replica = TempPostgres::start_replica_of(&old_primary, "failover-b", 0);
+    let nodes = vec![
+        ("a".to_string(), old_primary.url().parse().unwrap()),
+        ("b".to_string(), replica.url().parse().unwrap()),
+    ];
+    let db = quorumlab_service::connect_cluster(nodes, 4, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(db.primary_name(), "a");
+    let app = quorumlab_service::router(db.clone());
+
+    let create = Request::post("/users")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({ "name": "Failover", "email": "failover@example.test" }).to_string(),
+        ))
+        .unwrap();
+    let (status, _, user) = call(&app, create).await;
+    assert_eq!(status, StatusCode::CREATED, "{user}");
+    let user = user["id"].as_i64().unwrap();
+    let (status, headers, _) = call(&app, deposit(user, 100, "before")).await;
+    assert_eq!(status, StatusCode::OK);
+    // The replica has the deposit before the crash (read through it with the write's token).
+    let read = Request::get(format!("/users/{user}"))
+        .header(TOKEN_HEADER, headers[TOKEN_HEADER].clone())
+        .body(Body::empty())
+        .unwrap();
+    let (_, headers, body) = call(&app, read).await;
+    assert_eq!(headers[SERVED_BY_HEADER], "b");
+    assert_eq!(body["balance_minor"], 100);
+
+    old_primary.crash();
+    replica.promote();
+
+    // Retry one deposit under one idempotency key until the service has found the new primary.
+    let started = Instant::now();
+    let mut refused = Vec::new();
+    loop {
+        let (status, _, body) = call(&app, deposit(user, 25, "after")).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body["error"].is_string(), "a JSON error: {body}");
+        refused.push(body);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "writes never reached the promoted replica: {refused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(db.primary_name(), "b");
+
+    // The write is on the promoted node, once, and the earlier one survived the crash.
+    let pool = sqlx::PgPool::connect(&replica.url()).await.unwrap();
+    let balance: i64 = sqlx::query_scalar("SELECT balance_minor FROM accounts WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(balance, 125);
+    let (status, _, body) = call(&app, deposit(user, 25, "after")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let balance: i64 = sqlx::query_scalar("SELECT balance_minor FROM accounts WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(balance, 125, "the retried key applied twice");
+    pool.close().await;
+}
