@@ -6,6 +6,7 @@
 //! exit code 2.
 
 mod bench;
+mod load;
 mod pg;
 mod real;
 mod shard;
@@ -111,6 +112,44 @@ enum Command {
         /// the online migration's switch step restarts instances with `display-name`.
         #[arg(long, value_parser = ["name", "display-name"])]
         name_column: Option<String>,
+    },
+    /// Load-test the reference service (`serve`): an open model at a fixed rate with
+    /// coordinated-omission corrected p50/p95/p99 per endpoint, or `--find-max` for the highest rate
+    /// whose reads keep p99 under a limit. Creates its own accounts first.
+    Load {
+        /// The service's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        target: String,
+        /// read (lookups only), read-heavy (90% reads) or write (70% writes, reads of own writes).
+        #[arg(long, default_value = "read-heavy", value_parser = ["read", "read-heavy", "write"])]
+        mix: String,
+        /// Requests per second offered (with --find-max, the first rate tried).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        rate: u32,
+        /// Seconds measured (per rate, with --find-max).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        duration: u64,
+        /// Accounts created before the test, which it reads and moves money between.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(2..=1_000_000))]
+        accounts: u64,
+        /// Double the rate until a step fails, then narrow down to within 10%.
+        #[arg(long)]
+        find_max: bool,
+        /// With --find-max: the bar for every read endpoint's p99, milliseconds.
+        #[arg(long, default_value_t = 50.0)]
+        p99_limit_ms: f64,
+        /// With --find-max: the highest rate tried.
+        #[arg(long, default_value_t = 50_000)]
+        ceiling: u32,
+        /// Goose's HTML report (with --find-max, one per rate: NAME-RATE.html).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Seeds the request mix.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the reference service's zero-downtime column migration (users.name -> display_name)
     /// against QUORUMLAB_DATABASE_URL while the service keeps serving. Order: expand, backfill,
@@ -379,6 +418,33 @@ fn dispatch(command: Command) -> Result<()> {
             Duration::from_millis(token_wait_ms),
             name_column.as_deref(),
         ),
+        Command::Load {
+            target,
+            mix,
+            rate,
+            duration,
+            accounts,
+            find_max,
+            p99_limit_ms,
+            ceiling,
+            report,
+            seed,
+            json,
+        } => load::command(load::LoadArgs {
+            plan: quorumlab_loadtest::Plan {
+                target: target.trim_end_matches('/').to_string(),
+                mix: quorumlab_loadtest::Mix::named(&mix).expect("clap checked the name"),
+                rate,
+                duration: Duration::from_secs(duration),
+                html_report: report,
+                seed,
+            },
+            accounts: accounts as usize,
+            find_max,
+            p99_limit_ms,
+            ceiling,
+            json,
+        }),
         Command::MigrateOnline {
             step,
             batch,
