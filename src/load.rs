@@ -93,7 +93,7 @@ pub fn command(args: LoadArgs) -> Result<()> {
             args.ceiling,
             |step| {
                 if !args.json {
-                    spinner.println(step_line(step));
+                    spinner.suspend(|| println!("{}", step_line(step)));
                 }
                 spinner.set_message(format!("last step {}/s", step.report.offered_per_s));
             },

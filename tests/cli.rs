@@ -473,3 +473,29 @@ fn serve_needs_its_database_url_from_the_environment_and_says_so() {
     assert_user_error(&out, "database:");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
 }
+
+#[test]
+fn load_says_in_one_line_when_there_is_no_service_or_no_lab() {
+    let free_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+        .args(["load", "--target", &format!("http://127.0.0.1:{free_port}")])
+        .output()
+        .unwrap();
+    assert_user_error(&out, "does not answer");
+    let out = Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+        .args(["load", "--rate", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let empty = std::env::temp_dir().join(format!("quorumlab-nolab-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+        .args(["serve", "--lab", "--state-dir"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert_user_error(&out, "no lab is up");
+}

@@ -1,6 +1,8 @@
 //! Every failure the API reports: a status and a JSON body naming the problem, never a partial
 //! write (each request is one transaction that commits whole or not at all).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -87,10 +89,37 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::Database(e) = &self {
             // The cause goes to the operator's log; the client only learns it was not applied.
-            eprintln!("quorumlab serve: database error: {e}");
+            log_database_error(&e.to_string());
         }
         let status = self.status();
         let body = serde_json::json!({ "error": self.to_string(), "status": status.as_u16() });
         (status, Json(body)).into_response()
+    }
+}
+
+/// Seconds since the epoch of the last database error logged, and how many were not logged since.
+static LAST_LOGGED_S: AtomicU64 = AtomicU64::new(0);
+static UNLOGGED: AtomicU64 = AtomicU64::new(0);
+
+/// Logs a database error, at most one a second: a failover fails every request for a while and
+/// one line says as much as thousands.
+fn log_database_error(e: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_LOGGED_S.load(Ordering::Relaxed);
+    if now > last
+        && LAST_LOGGED_S
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        match UNLOGGED.swap(0, Ordering::Relaxed) {
+            0 => eprintln!("quorumlab serve: database error: {e}"),
+            n => {
+                eprintln!("quorumlab serve: database error: {e} (and {n} more in the last second)")
+            }
+        }
+    } else {
+        UNLOGGED.fetch_add(1, Ordering::Relaxed);
     }
 }
