@@ -251,3 +251,154 @@ fn synchronous_mode_loses_no_acknowledged_write_across_five_failovers() {
     }
     eprintln!("{acked} writes acknowledged over 5 failovers, none lost");
 }
+
+/// `quorumlab serve --lab`, stopped by PID when dropped.
+struct Service(std::process::Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Posts a deposit of 1 under `key`; the status and consistency token, or `None` if the service
+/// did not answer.
+async fn deposit(
+    client: &reqwest::Client,
+    base: &str,
+    user: i64,
+    key: &str,
+) -> Option<(u16, String)> {
+    let response = client
+        .post(format!("{base}/users/{user}/deposit"))
+        .header("idempotency-key", key)
+        .json(&serde_json::json!({ "amount_minor": 1 }))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
+    let token = response
+        .headers()
+        .get("x-consistency-token")
+        .and_then(|t| t.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    Some((response.status().as_u16(), token))
+}
+
+#[test]
+fn the_service_follows_a_patroni_failover() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = LabDir::new("serve");
+    let scenario = Scenario::load("pg-failover").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let lab = up(&dir, &scenario, ReplicationMode::Async, &rt);
+    let old = rt
+        .block_on(postgres::wait_for_primary(
+            &lab,
+            None,
+            Duration::from_secs(60),
+        ))
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.0.join("serve.log");
+    let _service = Service(
+        std::process::Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+            .args(["serve", "--lab", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(&dir.0)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut created = None;
+        for _ in 0..300 {
+            let answer = client
+                .post(format!("{base}/users"))
+                .json(&serde_json::json!({ "name": "Fo", "email": "fo@example.test" }))
+                .send()
+                .await;
+            if let Ok(response) = answer {
+                assert_eq!(response.status().as_u16(), 201);
+                let body: serde_json::Value = response.json().await.unwrap();
+                created = body["id"].as_i64();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let user = created.expect("the service answered within 30 s");
+        let (status, token) = deposit(&client, &base, user, "before").await.unwrap();
+        assert_eq!(status, 200);
+        // Both replicas have replayed it, so whichever is promoted has it: the balance below
+        // then counts the retried write exactly.
+        let lsn = token.strip_prefix("pg:").unwrap().to_string();
+        let nodes = postgres::PgNodes::of_lab(&lab).unwrap();
+        for i in (1..=3).filter(|&i| i != old) {
+            let mut conn = nodes.connect(i, Duration::from_secs(5)).await.unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !sqlx::query_scalar::<_, bool>(
+                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+            )
+            .bind(&lsn)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "n{i} never replayed {lsn}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        postgres::signal_patroni(&lab, old, Action::Kill)
+            .await
+            .unwrap();
+        // The same write, retried under one key until the promoted node takes it.
+        let started = std::time::Instant::now();
+        let mut refusals = 0;
+        let token = loop {
+            match deposit(&client, &base, user, "after").await {
+                Some((200, token)) => break token,
+                Some((503, _)) => refusals += 1,
+                other => panic!("deposit during failover answered {other:?}"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "writes never reached a promoted node"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(refusals > 0, "the kill did not interrupt writes");
+        let new = postgres::wait_for_primary(&lab, None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_ne!(new, old);
+        let profile: serde_json::Value = client
+            .get(format!("{base}/users/{user}"))
+            .header("x-consistency-token", token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        // One before the kill, one after however often it was retried.
+        assert_eq!(profile["balance_minor"], 2, "{profile}");
+    });
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("primary is now n"), "{said}");
+}

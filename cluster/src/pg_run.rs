@@ -429,16 +429,18 @@ async fn writer(
     }
 }
 
-/// Follows the primary: asks every node `pg_is_in_recovery()` every 100 ms and publishes the
-/// node that says no (the lowest-numbered one if two do, which is itself a split brain).
+/// Follows the primary: asks every node `pg_is_in_recovery()` every 100 ms (over kept
+/// connections) and publishes the node that says no (the lowest-numbered one if two do, which is
+/// itself a split brain).
 async fn track_primary(
     shared: Arc<Shared>,
     primary: watch::Sender<usize>,
     stop: watch::Receiver<bool>,
 ) {
+    let mut probe = shared.nodes.role_probe();
     while !*stop.borrow() {
         for i in 1..=shared.db_nodes {
-            if shared.nodes.is_primary(i, Duration::from_millis(300)).await {
+            if probe.is_primary(i, Duration::from_millis(300)).await {
                 primary.send_if_modified(|p| std::mem::replace(p, i) != i);
                 break;
             }

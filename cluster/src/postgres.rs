@@ -233,6 +233,14 @@ impl PgNodes {
         matches!(answer, Ok(Ok(true)))
     }
 
+    /// A [`RoleProbe`] over these nodes, for asking again and again.
+    pub fn role_probe(&self) -> RoleProbe<'_> {
+        RoleProbe {
+            nodes: self,
+            conns: (0..self.len()).map(|_| None).collect(),
+        }
+    }
+
     /// Waits until some node says it is the primary; returns its number.
     pub async fn wait_for_primary(&self, limit: Duration) -> Result<usize, LabError> {
         let deadline = Instant::now() + limit;
@@ -249,6 +257,38 @@ impl PgNodes {
                 )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Asks nodes whether they are primary over one kept connection each, reconnecting only after a
+/// failed answer: polling every few milliseconds costs a query, not a connection.
+pub struct RoleProbe<'a> {
+    nodes: &'a PgNodes,
+    conns: Vec<Option<PgConnection>>,
+}
+
+impl RoleProbe<'_> {
+    /// Whether node `i` (1-based) answers within `timeout` that it is not in recovery.
+    pub async fn is_primary(&mut self, i: usize, timeout: Duration) -> bool {
+        let slot = &mut self.conns[i - 1];
+        if slot.is_none() {
+            *slot = self.nodes.connect(i, timeout).await.ok();
+        }
+        let Some(conn) = slot.as_mut() else {
+            return false;
+        };
+        let answer = tokio::time::timeout(
+            timeout,
+            sqlx::query_scalar::<_, bool>("SELECT NOT pg_is_in_recovery()").fetch_one(conn),
+        )
+        .await;
+        match answer {
+            Ok(Ok(primary)) => primary,
+            _ => {
+                *slot = None;
+                false
+            }
         }
     }
 }
