@@ -135,17 +135,12 @@ pub async fn seed_users(
             async move {
                 let email = format!("load-{run}-{i}@example.test");
                 let body = json!({ "name": format!("Load {i}"), "email": email });
-                let user = send_json(client, client.post(format!("{target}/users")), &body).await?;
+                let user = send_json(client.post(format!("{target}/users")), &body).await?;
                 let id = user["id"]
                     .as_i64()
                     .ok_or_else(|| LoadError::Seed(format!("POST /users answered {user}")))?;
                 let deposit = client.post(format!("{target}/users/{id}/deposit"));
-                send_json(
-                    client,
-                    deposit,
-                    &json!({ "amount_minor": SEED_BALANCE_MINOR }),
-                )
-                .await?;
+                send_json(deposit, &json!({ "amount_minor": SEED_BALANCE_MINOR })).await?;
                 created();
                 Ok::<_, LoadError>((id, email))
             }
@@ -158,11 +153,7 @@ pub async fn seed_users(
     })
 }
 
-async fn send_json(
-    _client: &reqwest::Client,
-    request: reqwest::RequestBuilder,
-    body: &Value,
-) -> Result<Value, LoadError> {
+async fn send_json(request: reqwest::RequestBuilder, body: &Value) -> Result<Value, LoadError> {
     let response = request
         .json(body)
         .send()

@@ -187,7 +187,7 @@ impl Db {
         nodes: Vec<(String, PgPool)>,
         token_wait: Duration,
     ) -> Result<Db, NoPrimary> {
-        let answers = probe_roles(&nodes).await;
+        let answers = probe_roles(nodes.iter().map(|(_, pool)| pool)).await;
         let roles = assign_roles(None, &answers).ok_or_else(|| NoPrimary {
             nodes: nodes
                 .iter()
@@ -323,8 +323,8 @@ impl Db {
 }
 
 /// Each node's answer to `pg_is_in_recovery()`, or `None` if it did not answer in time.
-async fn probe_roles(nodes: &[(String, PgPool)]) -> Vec<Option<bool>> {
-    let asks = nodes.iter().map(|(_, pool)| async move {
+async fn probe_roles<'a>(pools: impl Iterator<Item = &'a PgPool>) -> Vec<Option<bool>> {
+    let asks = pools.map(|pool| async move {
         let ask = sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()").fetch_one(pool);
         match tokio::time::timeout(ROLE_PROBE_TIMEOUT, ask).await {
             Ok(Ok(in_recovery)) => Some(in_recovery),
@@ -362,11 +362,7 @@ async fn watch_roles(nodes: Weak<Vec<Node>>, roles: Weak<RwLock<Roles>>) {
         let (Some(nodes), Some(roles)) = (nodes.upgrade(), roles.upgrade()) else {
             return;
         };
-        let pools: Vec<(String, PgPool)> = nodes
-            .iter()
-            .map(|n| (n.name.clone(), n.pool.clone()))
-            .collect();
-        let answers = probe_roles(&pools).await;
+        let answers = probe_roles(nodes.iter().map(|n| &n.pool)).await;
         let current = roles.read().expect("roles lock").primary;
         let next = assign_roles(Some(current), &answers).expect("a current primary is kept");
         let mut roles = roles.write().expect("roles lock");
