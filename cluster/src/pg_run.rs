@@ -143,7 +143,7 @@ pub async fn run_on_urls(scenario: &Scenario, urls: &[String]) -> Result<PgRealR
         let conn = nodes.connect(i, Duration::from_secs(5)).await?;
         let _ = conn.close().await;
     }
-    let primary = nodes.wait_for_primary(Duration::from_secs(5)).await?;
+    let primary = nodes.wait_for_primary(None, Duration::from_secs(5)).await?;
     let mut conn = nodes.connect(primary, Duration::from_secs(5)).await?;
     let standbys: String =
         sqlx::query_scalar("SELECT current_setting('synchronous_standby_names')")
@@ -174,7 +174,9 @@ async fn run_on_nodes(
             reason: "not a postgres scenario".into(),
         })?;
     let db_nodes = nodes.len();
-    let primary = nodes.wait_for_primary(Duration::from_secs(30)).await?;
+    let primary = nodes
+        .wait_for_primary(None, Duration::from_secs(30))
+        .await?;
     prepare_tables(&nodes, primary).await?;
     let shared = Arc::new(Shared {
         started: Instant::now(),
@@ -277,7 +279,7 @@ async fn run_on_nodes(
     }
     // Let the cluster settle, then read what survived on whichever node is primary now.
     let new_primary = nodes
-        .wait_for_primary(Duration::from_secs(scenario.duration_ms / 1000 + 60))
+        .wait_for_primary(None, Duration::from_secs(scenario.duration_ms / 1000 + 60))
         .await?;
     let surviving_ids = surviving_ids(&nodes, new_primary).await?;
     let mut ops = std::mem::take(&mut *shared.ops.lock().expect("ops"));
@@ -447,6 +449,7 @@ async fn track_primary(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    probe.close().await;
 }
 
 /// Tries one insert on every node every 100 ms (not in idle phases), keeping a connection per node.

@@ -219,20 +219,6 @@ impl PgNodes {
         }
     }
 
-    /// Whether node `i` is up and not in recovery.
-    pub async fn is_primary(&self, i: usize, timeout: Duration) -> bool {
-        let Ok(mut conn) = self.connect(i, timeout).await else {
-            return false;
-        };
-        let answer = tokio::time::timeout(
-            timeout,
-            sqlx::query_scalar::<_, bool>("SELECT NOT pg_is_in_recovery()").fetch_one(&mut conn),
-        )
-        .await;
-        let _ = conn.close().await;
-        matches!(answer, Ok(Ok(true)))
-    }
-
     /// A [`RoleProbe`] over these nodes, for asking again and again.
     pub fn role_probe(&self) -> RoleProbe<'_> {
         RoleProbe {
@@ -241,23 +227,34 @@ impl PgNodes {
         }
     }
 
-    /// Waits until some node says it is the primary; returns its number.
-    pub async fn wait_for_primary(&self, limit: Duration) -> Result<usize, LabError> {
+    /// Waits until some node (`expected`, or any) says it is the primary; returns its number.
+    pub async fn wait_for_primary(
+        &self,
+        expected: Option<usize>,
+        limit: Duration,
+    ) -> Result<usize, LabError> {
         let deadline = Instant::now() + limit;
-        loop {
-            for i in 1..=self.len() {
-                if self.is_primary(i, Duration::from_secs(1)).await {
-                    return Ok(i);
+        let mut probe = self.role_probe();
+        let found = loop {
+            let mut found = None;
+            for i in (1..=self.len()).filter(|&i| expected.is_none_or(|e| e == i)) {
+                if probe.is_primary(i, Duration::from_secs(1)).await {
+                    found = Some(i);
+                    break;
                 }
             }
-            if Instant::now() >= deadline {
-                return Err(LabError::Timeout(format!(
-                    "no Postgres primary among {} within {limit:?}",
-                    self.names.join(", ")
-                )));
+            if found.is_some() || Instant::now() >= deadline {
+                break found;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        };
+        probe.close().await;
+        found.ok_or_else(|| {
+            LabError::Timeout(format!(
+                "no Postgres primary among {} within {limit:?}",
+                self.names.join(", ")
+            ))
+        })
     }
 }
 
@@ -289,6 +286,13 @@ impl RoleProbe<'_> {
                 *slot = None;
                 false
             }
+        }
+    }
+
+    /// Closes the kept connections politely (Postgres logs an EOF for a dropped one).
+    pub async fn close(self) {
+        for conn in self.conns.into_iter().flatten() {
+            let _ = conn.close().await;
         }
     }
 }
@@ -527,36 +531,22 @@ pub async fn signal_patroni(lab: &Lab, i: usize, action: Action) -> Result<(), L
     lab.signal(i, "patroni", action).await
 }
 
-/// Whether host `i`'s Postgres is up and not in recovery.
-pub async fn is_primary(lab: &Lab, i: usize, timeout: Duration) -> bool {
-    match PgNodes::of_lab(lab) {
-        Ok(nodes) => nodes.is_primary(i, timeout).await,
-        Err(_) => false,
-    }
-}
-
 /// Waits until a primary is found (`expected`, or any node); returns its host number.
 pub async fn wait_for_primary(
     lab: &Lab,
     expected: Option<usize>,
     limit: Duration,
 ) -> Result<usize, LabError> {
-    let db_nodes = cluster(lab)?.db_nodes;
-    let deadline = Instant::now() + limit;
-    loop {
-        for i in 1..=db_nodes {
-            if expected.is_none_or(|e| e == i) && is_primary(lab, i, Duration::from_secs(1)).await {
-                return Ok(i);
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(LabError::Timeout(format!(
-                "no Postgres primary within {limit:?}; see {}/n*/patroni.log",
+    PgNodes::of_lab(lab)?
+        .wait_for_primary(expected, limit)
+        .await
+        .map_err(|e| match e {
+            LabError::Timeout(why) => LabError::Timeout(format!(
+                "{why}; see {}/n*/patroni.log",
                 lab.state_dir.display()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            )),
+            other => other,
+        })
 }
 
 /// Waits until `replicas` standbys stream from host `primary` (one of them synchronous in
