@@ -220,7 +220,11 @@ fn synchronous_mode_loses_no_acknowledged_write_across_five_failovers() {
     let dir = LabDir::new("sync");
     let mut scenario = Scenario::load("pg-failover").unwrap();
     scenario.faults[0].at_ms = 2000;
-    scenario.duration_ms = 15_000;
+    // After the kill, the leader key lives up to ttl (10 s); then the promotion, the surviving
+    // replica's switch to the new primary (one loop_wait, plus a walreceiver restart) and the
+    // leader's next loop naming it synchronous all pass before a write can commit again: about
+    // 15 s at worst. 20 s after the fault leaves room on a loaded machine.
+    scenario.duration_ms = 22_000;
     scenario.validate().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let lab = up(&dir, &scenario, ReplicationMode::Sync, &rt);
@@ -229,6 +233,10 @@ fn synchronous_mode_loses_no_acknowledged_write_across_five_failovers() {
         let run = rt.block_on(run_on_lab(&scenario, round, &lab)).unwrap();
         let s = run.summary;
         assert!(s.failover_ms.is_some(), "round {round}: no failover: {s:?}");
+        eprintln!(
+            "round {round}: detected after {:?} ms, writes back after {:?} ms",
+            s.detection_ms, s.failover_ms
+        );
         assert_eq!(s.lost_writes, 0, "round {round} lost {:?}", s.lost_ids);
         // The writers really wrote, before and after the failover (not a speed check).
         assert!(
