@@ -84,14 +84,24 @@ fn process_state(pid: u32) -> Option<char> {
     stat.rsplit(") ").next()?.chars().next()
 }
 
+/// Asks the agent to act on the test's one service, "sleeper".
 async fn signal(
     client: &mut quorumlab_cluster::agent::AgentClient,
     action: Action,
 ) -> Result<u32, tonic::Status> {
+    signal_raw(client, "sleeper", action as i32).await
+}
+
+/// Any service name and any action number, for the agent's answers to bad requests.
+async fn signal_raw(
+    client: &mut quorumlab_cluster::agent::AgentClient,
+    service: &str,
+    action: i32,
+) -> Result<u32, tonic::Status> {
     let reply = client
         .signal(SignalRequest {
-            service: "sleeper".into(),
-            action: action as i32,
+            service: service.into(),
+            action,
         })
         .await?;
     Ok(reply.into_inner().pid)
@@ -124,13 +134,7 @@ async fn calls_without_the_right_token_are_unauthenticated() {
     let mut wrong = connect(agent.addr, "not-the-token", Duration::from_secs(5))
         .await
         .unwrap();
-    let err = wrong
-        .signal(SignalRequest {
-            service: "sleeper".into(),
-            action: Action::Start as i32,
-        })
-        .await
-        .unwrap_err();
+    let err = signal(&mut wrong, Action::Start).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     agent.stop().await;
 }
@@ -141,11 +145,7 @@ async fn unknown_services_peers_and_actions_get_clear_statuses() {
     let mut client = connect(agent.addr, TOKEN, Duration::from_secs(5))
         .await
         .unwrap();
-    let err = client
-        .signal(SignalRequest {
-            service: "bash".into(),
-            action: Action::Start as i32,
-        })
+    let err = signal_raw(&mut client, "bash", Action::Start as i32)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -154,29 +154,11 @@ async fn unknown_services_peers_and_actions_get_clear_statuses() {
         "{}",
         err.message()
     );
-    let err = client
-        .signal(SignalRequest {
-            service: "sleeper".into(),
-            action: 0,
-        })
-        .await
-        .unwrap_err();
+    let err = signal_raw(&mut client, "sleeper", 0).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = client
-        .signal(SignalRequest {
-            service: "sleeper".into(),
-            action: 99,
-        })
-        .await
-        .unwrap_err();
+    let err = signal_raw(&mut client, "sleeper", 99).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = client
-        .signal(SignalRequest {
-            service: "sleeper".into(),
-            action: Action::Kill as i32,
-        })
-        .await
-        .unwrap_err();
+    let err = signal(&mut client, Action::Kill).await.unwrap_err();
     assert_eq!(
         err.code(),
         Code::FailedPrecondition,
