@@ -1,41 +1,21 @@
 //! The zero-downtime column migration, run step by step while clients create, read, rename and
 //! pay: not one request may fail, and no name may be lost or go stale.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
-use common::TempPostgres;
-use http_body_util::BodyExt;
 use quorumlab_service::online;
 use quorumlab_service::routing::{Db, NameColumn};
-use serde_json::{json, Value};
-use tower::ServiceExt;
+use serde_json::json;
+
+use crate::common::TempPostgres;
+use crate::http::call;
 
 const EXISTING_USERS: i64 = 20_000;
 const CLIENTS: u64 = 8;
-
-async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = Request::builder().method(method).uri(uri);
-    if body.is_some() {
-        request = request.header("content-type", "application/json");
-    }
-    let request = request
-        .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
-        .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
 
 /// One client: create a user, rename it, deposit, read it back (the name must be the latest),
 /// read an old user; until told to stop. Returns (requests, failures described).
@@ -49,7 +29,7 @@ async fn client(app: Router, n: u64, stop: Arc<AtomicBool>, served: Arc<AtomicU6
             &app,
             "POST",
             "/users",
-            Some(json!({ "name": "before", "email": email })),
+            Some(&json!({ "name": "before", "email": email }).to_string()),
         )
         .await;
         if status != StatusCode::CREATED {
@@ -62,12 +42,12 @@ async fn client(app: Router, n: u64, stop: Arc<AtomicBool>, served: Arc<AtomicU6
             (
                 "PATCH",
                 format!("/users/{id}"),
-                Some(json!({ "name": renamed })),
+                Some(json!({ "name": renamed }).to_string()),
             ),
             (
                 "POST",
                 format!("/users/{id}/deposit"),
-                Some(json!({ "amount_minor": 5 })),
+                Some(json!({ "amount_minor": 5 }).to_string()),
             ),
             ("GET", format!("/users/{id}"), None),
             (
@@ -77,7 +57,7 @@ async fn client(app: Router, n: u64, stop: Arc<AtomicBool>, served: Arc<AtomicU6
             ),
         ];
         for (method, uri, body) in steps {
-            let (status, value) = call(&app, method, &uri, body).await;
+            let (status, value) = call(&app, method, &uri, body.as_deref()).await;
             served.fetch_add(1, Ordering::Relaxed);
             if !status.is_success() {
                 failures.push(format!("{method} {uri}: {status} {value}"));
@@ -96,6 +76,7 @@ async fn client(app: Router, n: u64, stop: Arc<AtomicBool>, served: Arc<AtomicU6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn name_becomes_display_name_under_load_with_zero_failed_requests() {
+    let _one = crate::one_at_a_time().await;
     let Some(pg) = TempPostgres::start("online") else {
         return;
     };

@@ -2,37 +2,30 @@
 //! the primary's postmaster is killed with SIGKILL, the replica is promoted, and the service,
 //! which was only told the two nodes, sends writes to the promoted node on its own.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use axum::Router;
-use common::TempPostgres;
-use http_body_util::BodyExt;
 use quorumlab_service::routing::{SERVED_BY_HEADER, TOKEN_HEADER};
-use serde_json::{json, Value};
-use tower::ServiceExt;
+use serde_json::json;
 
-async fn call(app: &Router, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, serde_json::from_slice(&bytes).unwrap())
-}
+use crate::common::TempPostgres;
+use crate::http::{request, send, Reply};
 
+/// A deposit of `amount` under idempotency key `key`.
 fn deposit(user: i64, amount: i64, key: &str) -> Request<Body> {
-    Request::post(format!("/users/{user}/deposit"))
-        .header("content-type", "application/json")
-        .header("idempotency-key", key)
-        .body(Body::from(json!({ "amount_minor": amount }).to_string()))
-        .unwrap()
+    let body = json!({ "amount_minor": amount }).to_string();
+    request(
+        "POST",
+        &format!("/users/{user}/deposit"),
+        Some(&body),
+        &[("idempotency-key", key)],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_follow_the_promoted_replica() {
+    let _one = crate::one_at_a_time().await;
     let Some(mut old_primary) = TempPostgres::start("failover-a") else {
         return;
     };
@@ -47,25 +40,24 @@ async fn writes_follow_the_promoted_replica() {
     assert_eq!(db.primary_name(), "a");
     let app = quorumlab_service::router(db.clone());
 
-    let create = Request::post("/users")
-        .header("content-type", "application/json")
-        .body(Body::from(
-            json!({ "name": "Failover", "email": "failover@example.test" }).to_string(),
-        ))
-        .unwrap();
-    let (status, _, user) = call(&app, create).await;
-    assert_eq!(status, StatusCode::CREATED, "{user}");
-    let user = user["id"].as_i64().unwrap();
-    let (status, headers, _) = call(&app, deposit(user, 100, "before")).await;
-    assert_eq!(status, StatusCode::OK);
+    let create = json!({ "name": "Failover", "email": "failover@example.test" }).to_string();
+    let Reply { status, body, .. } =
+        send(&app, request("POST", "/users", Some(&create), &[])).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let user = body["id"].as_i64().unwrap();
+    let written = send(&app, deposit(user, 100, "before")).await;
+    assert_eq!(written.status, StatusCode::OK);
     // The replica has the deposit before the crash (read through it with the write's token).
-    let read = Request::get(format!("/users/{user}"))
-        .header(TOKEN_HEADER, headers[TOKEN_HEADER].clone())
-        .body(Body::empty())
-        .unwrap();
-    let (_, headers, body) = call(&app, read).await;
-    assert_eq!(headers[SERVED_BY_HEADER], "b");
-    assert_eq!(body["balance_minor"], 100);
+    let token = written.headers[TOKEN_HEADER].to_str().unwrap();
+    let read = request(
+        "GET",
+        &format!("/users/{user}"),
+        None,
+        &[(TOKEN_HEADER, token)],
+    );
+    let read = send(&app, read).await;
+    assert_eq!(read.headers[SERVED_BY_HEADER], "b");
+    assert_eq!(read.body["balance_minor"], 100);
 
     old_primary.crash();
     replica.promote();
@@ -74,7 +66,7 @@ async fn writes_follow_the_promoted_replica() {
     let started = Instant::now();
     let mut refused = Vec::new();
     loop {
-        let (status, _, body) = call(&app, deposit(user, 25, "after")).await;
+        let Reply { status, body, .. } = send(&app, deposit(user, 25, "after")).await;
         if status == StatusCode::OK {
             break;
         }
@@ -97,8 +89,8 @@ async fn writes_follow_the_promoted_replica() {
         .await
         .unwrap();
     assert_eq!(balance, 125);
-    let (status, _, body) = call(&app, deposit(user, 25, "after")).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let retried = send(&app, deposit(user, 25, "after")).await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
     let balance: i64 = sqlx::query_scalar("SELECT balance_minor FROM accounts WHERE user_id = $1")
         .bind(user)
         .fetch_one(&pool)

@@ -2,19 +2,16 @@
 //! replica that applies every commit 200 ms late. With tokens honoured the checker finds no stale
 //! read; with the deliberately broken build that ignores them it finds some.
 
-mod common;
-
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
-use common::TempPostgres;
-use http_body_util::BodyExt;
 use quorumlab_experiment::consistency::{check_read_your_writes, SessionOp};
 use quorumlab_service::routing::{Db, SERVED_BY_HEADER, TOKEN_HEADER};
-use serde_json::{json, Value};
-use tower::ServiceExt;
+use serde_json::json;
+
+use crate::common::TempPostgres;
+use crate::http::{request, send};
 
 const CLIENTS: u32 = 6;
 const ROUNDS: usize = 8;
@@ -28,46 +25,30 @@ async fn sessions(app: Router, users: Vec<i64>) -> Vec<SessionOp> {
             tokio::spawn(async move {
                 let mut trace = Vec::new();
                 for _ in 0..ROUNDS {
-                    let deposit = Request::post(format!("/users/{user}/deposit"))
-                        .header("content-type", "application/json")
-                        .body(Body::from(json!({ "amount_minor": 1 }).to_string()))
-                        .unwrap();
-                    let response = app.clone().oneshot(deposit).await.unwrap();
-                    assert_eq!(response.status(), StatusCode::OK);
-                    let token = response.headers()[TOKEN_HEADER].clone();
-                    let body: Value = serde_json::from_slice(
-                        &response.into_body().collect().await.unwrap().to_bytes(),
-                    )
-                    .unwrap();
+                    let deposit = json!({ "amount_minor": 1 }).to_string();
+                    let uri = format!("/users/{user}/deposit");
+                    let written = send(&app, request("POST", &uri, Some(&deposit), &[])).await;
+                    assert_eq!(written.status, StatusCode::OK);
                     trace.push(SessionOp {
                         client,
                         object: user as u64,
-                        version: body["version"].as_u64().unwrap(),
+                        version: written.body["version"].as_u64().unwrap(),
                         write: true,
                         with_token: false,
                         served_by: "primary".into(),
                     });
-                    let read = Request::get(format!("/users/{user}"))
-                        .header(TOKEN_HEADER, token)
-                        .body(Body::empty())
-                        .unwrap();
-                    let response = app.clone().oneshot(read).await.unwrap();
-                    assert_eq!(response.status(), StatusCode::OK);
-                    let served_by = response.headers()[SERVED_BY_HEADER]
-                        .to_str()
-                        .unwrap()
-                        .to_string();
-                    let body: Value = serde_json::from_slice(
-                        &response.into_body().collect().await.unwrap().to_bytes(),
-                    )
-                    .unwrap();
+                    let token = written.headers[TOKEN_HEADER].to_str().unwrap();
+                    let uri = format!("/users/{user}");
+                    let read =
+                        send(&app, request("GET", &uri, None, &[(TOKEN_HEADER, token)])).await;
+                    assert_eq!(read.status, StatusCode::OK);
                     trace.push(SessionOp {
                         client,
                         object: user as u64,
-                        version: body["version"].as_u64().unwrap(),
+                        version: read.body["version"].as_u64().unwrap(),
                         write: false,
                         with_token: true,
-                        served_by,
+                        served_by: read.headers[SERVED_BY_HEADER].to_str().unwrap().to_string(),
                     });
                 }
                 trace
@@ -83,6 +64,7 @@ async fn sessions(app: Router, users: Vec<i64>) -> Vec<SessionOp> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tokens_keep_reads_from_a_lagging_replica_from_going_back_in_time() {
+    let _one = crate::one_at_a_time().await;
     let Some(primary) = TempPostgres::start("ryw-primary") else {
         return;
     };
@@ -103,19 +85,14 @@ async fn tokens_keep_reads_from_a_lagging_replica_from_going_back_in_time() {
     let app = quorumlab_service::router(db.clone());
     let mut users = Vec::new();
     for n in 0..CLIENTS {
-        let create = Request::post("/users")
-            .header("content-type", "application/json")
-            .body(Body::from(
-                json!({ "name": format!("c{n}"), "email": format!("c{n}@example.org") })
-                    .to_string(),
-            ))
-            .unwrap();
-        let response = app.clone().oneshot(create).await.unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED);
-        let body: Value =
-            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
-                .unwrap();
-        users.push(body["id"].as_i64().unwrap());
+        let user = json!({ "name": format!("c{n}"), "email": format!("c{n}@example.org") });
+        let created = send(
+            &app,
+            request("POST", "/users", Some(&user.to_string()), &[]),
+        )
+        .await;
+        assert_eq!(created.status, StatusCode::CREATED);
+        users.push(created.body["id"].as_i64().unwrap());
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
 

@@ -1,13 +1,12 @@
 //! Every hot-path query uses an index on tables of a million rows: `EXPLAIN (ANALYZE, BUFFERS)`
 //! of each query the API runs per request, against a real Postgres 15.
 
-mod common;
-
-use common::TempPostgres;
 use quorumlab_service::accounts::{LOCK_SQL, STATEMENT_SQL};
 use quorumlab_service::routing::NameColumn;
 use quorumlab_service::users::{profile_sql, BY_EMAIL_SQL};
 use serde_json::Value;
+
+use crate::common::TempPostgres;
 
 const USERS: i64 = 1_000_000;
 
@@ -21,6 +20,7 @@ fn nodes(plan: &Value, out: &mut Vec<Value>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_hot_query_uses_its_index_on_a_million_rows() {
+    let _one = crate::one_at_a_time().await;
     let Some(pg) = TempPostgres::start("indexes") else {
         return;
     };

@@ -4,62 +4,30 @@
 //! Requests go through the router in process (`tower::ServiceExt::oneshot`), so a thousand
 //! concurrent transfers need no HTTP client, only the database.
 
-mod common;
-
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
-use common::TempPostgres;
-use http_body_util::BodyExt;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
-use tower::ServiceExt;
+use serde_json::json;
+
+use crate::common::TempPostgres;
+use crate::http::{call, request, send};
+
+/// The idempotency key every copy of the raced transfer carries.
+const KEY: (&str, &str) = ("idempotency-key", "pay-42");
 
 async fn app(pg: &TempPostgres) -> Router {
     let pool = quorumlab_service::connect(&pg.url(), 50).await.unwrap();
     quorumlab_service::router(quorumlab_service::routing::Db::primary_only(pool))
 }
 
-/// Sends one request; returns the status and the JSON body.
-async fn call(
-    app: &Router,
-    method: &str,
-    uri: &str,
-    body: Option<&str>,
-    key: Option<&str>,
-) -> (StatusCode, Value) {
-    let mut request = Request::builder().method(method).uri(uri);
-    if body.is_some() {
-        request = request.header("content-type", "application/json");
-    }
-    if let Some(key) = key {
-        request = request.header("idempotency-key", key);
-    }
-    let request = request
-        .body(Body::from(body.unwrap_or_default().to_string()))
-        .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (status, value)
-}
-
 async fn new_user(app: &Router, n: usize, balance: i64) -> i64 {
     let body = json!({ "name": format!("user {n}"), "email": format!("u{n}@example.org") });
-    let (status, user) = call(app, "POST", "/users", Some(&body.to_string()), None).await;
+    let (status, user) = call(app, "POST", "/users", Some(&body.to_string())).await;
     assert_eq!(status, StatusCode::CREATED, "{user}");
     let id = user["id"].as_i64().unwrap();
     if balance > 0 {
         let body = json!({ "amount_minor": balance }).to_string();
-        let (status, _) = call(
-            app,
-            "POST",
-            &format!("/users/{id}/deposit"),
-            Some(&body),
-            None,
-        )
-        .await;
+        let (status, _) = call(app, "POST", &format!("/users/{id}/deposit"), Some(&body)).await;
         assert_eq!(status, StatusCode::OK);
     }
     id
@@ -68,7 +36,7 @@ async fn new_user(app: &Router, n: usize, balance: i64) -> i64 {
 async fn total(app: &Router, ids: &[i64]) -> i64 {
     let mut sum = 0;
     for id in ids {
-        let (_, user) = call(app, "GET", &format!("/users/{id}"), None, None).await;
+        let (_, user) = call(app, "GET", &format!("/users/{id}"), None).await;
         sum += user["balance_minor"].as_i64().unwrap();
     }
     sum
@@ -76,6 +44,7 @@ async fn total(app: &Router, ids: &[i64]) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_concurrent_random_transfers_never_change_the_total_or_overdraw() {
+    let _one = crate::one_at_a_time().await;
     let Some(pg) = TempPostgres::start("transfers") else {
         return;
     };
@@ -97,7 +66,7 @@ async fn a_thousand_concurrent_random_transfers_never_change_the_total_or_overdr
             let app = app.clone();
             tokio::spawn(async move {
                 let body = json!({ "from_user": from, "to_user": to, "amount_minor": amount });
-                call(&app, "POST", "/transfers", Some(&body.to_string()), None).await
+                call(&app, "POST", "/transfers", Some(&body.to_string())).await
             })
         })
         .collect();
@@ -125,13 +94,14 @@ async fn a_thousand_concurrent_random_transfers_never_change_the_total_or_overdr
         "money appeared or vanished"
     );
     for id in &ids {
-        let (_, user) = call(&app, "GET", &format!("/users/{id}"), None, None).await;
+        let (_, user) = call(&app, "GET", &format!("/users/{id}"), None).await;
         assert!(user["balance_minor"].as_i64().unwrap() >= 0);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retried_write_with_the_same_key_applies_once_even_when_the_copies_race() {
+    let _one = crate::one_at_a_time().await;
     let Some(pg) = TempPostgres::start("idempotency") else {
         return;
     };
@@ -143,7 +113,9 @@ async fn a_retried_write_with_the_same_key_applies_once_even_when_the_copies_rac
         .map(|_| {
             let (app, body) = (app.clone(), body.clone());
             tokio::spawn(async move {
-                call(&app, "POST", "/transfers", Some(&body), Some("pay-42")).await
+                let retry = request("POST", "/transfers", Some(&body), &[KEY]);
+                let reply = send(&app, retry).await;
+                (reply.status, reply.body)
             })
         })
         .collect();
@@ -160,17 +132,19 @@ async fn a_retried_write_with_the_same_key_applies_once_even_when_the_copies_rac
         answers.iter().all(|(_, body)| body == first),
         "every copy answers the same transfer"
     );
-    let (_, payer) = call(&app, "GET", &format!("/users/{a}"), None, None).await;
+    let (_, payer) = call(&app, "GET", &format!("/users/{a}"), None).await;
     assert_eq!(payer["balance_minor"], 900, "applied exactly once");
     // The same key for a different request is refused, and nothing moves.
     let other = json!({ "from_user": a, "to_user": b, "amount_minor": 5 }).to_string();
-    let (status, err) = call(&app, "POST", "/transfers", Some(&other), Some("pay-42")).await;
+    let reuse = send(&app, request("POST", "/transfers", Some(&other), &[KEY])).await;
+    let (status, err) = (reuse.status, reuse.body);
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
     assert_eq!(total(&app, &[a]).await, 900);
 }
 
 #[tokio::test]
 async fn bad_input_is_a_4xx_naming_the_problem_and_writes_nothing() {
+    let _one = crate::one_at_a_time().await;
     let Some(pg) = TempPostgres::start("bad-input") else {
         return;
     };
@@ -325,7 +299,7 @@ async fn bad_input_is_a_4xx_naming_the_problem_and_writes_nothing() {
         ),
     ];
     for (method, uri, body, expected, needle) in cases {
-        let (status, value) = call(&app, &method, uri, Some(&body), None).await;
+        let (status, value) = call(&app, &method, uri, Some(&body)).await;
         assert_eq!(
             status,
             expected,
@@ -341,9 +315,9 @@ async fn bad_input_is_a_4xx_naming_the_problem_and_writes_nothing() {
     assert_eq!(total(&app, &[a, b]).await, 500, "nothing moved");
     // SQL in a field is data, stored as given.
     let sneaky = r#"{"name": "Robert'); DROP TABLE users; --", "email": "bobby@example.org"}"#;
-    let (status, user) = call(&app, "POST", "/users", Some(sneaky), None).await;
+    let (status, user) = call(&app, "POST", "/users", Some(sneaky)).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(user["name"], "Robert'); DROP TABLE users; --");
-    let (status, _) = call(&app, "GET", &format!("/users/{a}"), None, None).await;
+    let (status, _) = call(&app, "GET", &format!("/users/{a}"), None).await;
     assert_eq!(status, StatusCode::OK, "the users table is still there");
 }
