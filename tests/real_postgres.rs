@@ -122,7 +122,7 @@ fn lag_is_measured_three_ways_and_never_negative() {
         let idle = lag
             .iter()
             .find(|l| l.replica == replica && l.method == LagMethod::ReplayLag && l.phase == "idle")
-            .expect("idle samples");
+            .unwrap_or_else(|| panic!("no replay_lag sample for {replica} while idle: {lag:?}"));
         assert!(idle.nulls > 0, "{idle:?}");
     }
 

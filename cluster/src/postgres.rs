@@ -549,22 +549,31 @@ pub async fn wait_for_primary(
         })
 }
 
-/// Waits until `replicas` standbys stream from host `primary` (one of them synchronous in
-/// synchronous mode).
+/// Waits until `replicas` of the lab's members stream from host `primary` as standbys (one of
+/// them synchronous in synchronous mode).
 pub async fn wait_for_streaming(
     lab: &Lab,
     primary: usize,
     replicas: usize,
     limit: Duration,
 ) -> Result<(), LabError> {
-    let sync = cluster(lab)?.patroni.mode == ReplicationMode::Sync;
+    let pg = cluster(lab)?;
+    let sync = pg.patroni.mode == ReplicationMode::Sync;
+    // Patroni names each standby's connection after its member; pg_basebackup's own WAL stream
+    // while a replica is still being cloned also shows as 'streaming', and must not count.
+    let members: Vec<String> = (1..=pg.db_nodes)
+        .filter(|&i| i != primary)
+        .map(|i| format!("n{i}"))
+        .collect();
     let deadline = Instant::now() + limit;
     loop {
         if let Ok(mut conn) = connect(lab, primary, Duration::from_secs(1)).await {
             let rows = sqlx::query(
                 "SELECT count(*) FILTER (WHERE state = 'streaming'), \
-                        count(*) FILTER (WHERE sync_state = 'sync') FROM pg_stat_replication",
+                        count(*) FILTER (WHERE sync_state = 'sync') \
+                 FROM pg_stat_replication WHERE application_name = ANY($1)",
             )
+            .bind(&members)
             .fetch_one(&mut conn)
             .await;
             let _ = conn.close().await;
