@@ -95,9 +95,9 @@ pub async fn connect(database_url: &str, connections: u32) -> Result<PgPool, Ser
 }
 
 /// Connects to every node of a replicated cluster, finds the primary among them
-/// ([`routing::Db::discover`]), applies the schema migrations there, and returns the [`routing::Db`]
-/// that keeps following the primary through failovers. Nodes that are down now are tried again
-/// on every role poll.
+/// ([`routing::Db::discover`]), applies the schema migrations there, waits (boundedly) for the
+/// replicas to replay them, and returns the [`routing::Db`] that keeps following the primary
+/// through failovers. Nodes that are down now are tried again on every role poll.
 pub async fn connect_cluster(
     nodes: Vec<(String, PgConnectOptions)>,
     connections: u32,
@@ -120,8 +120,20 @@ pub async fn connect_cluster(
         .run(&db.primary())
         .await
         .map_err(|e| ServeError::Migrate(e.to_string()))?;
+    let schema = db
+        .token()
+        .await
+        .map_err(|e| ServeError::Database(e.to_string()))?;
+    for name in db.wait_for_replicas(schema, SCHEMA_WAIT).await {
+        eprintln!(
+            "quorumlab serve: replica {name} has not replayed the migrations within {SCHEMA_WAIT:?}; its reads may fail until it does"
+        );
+    }
     Ok(db)
 }
+
+/// How long [`connect_cluster`] waits for the replicas to replay the migrations.
+const SCHEMA_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `message` with any occurrence of the URL's password removed.
 fn redacted(message: &str, database_url: &str) -> String {

@@ -273,6 +273,39 @@ impl Db {
         })
     }
 
+    /// Waits up to `limit` for every replica to replay past `token`; returns the names of those
+    /// that did not (down, or far behind). Used after migrations, so that no replica serves a
+    /// read before it has the schema.
+    pub async fn wait_for_replicas(&self, token: Token, limit: Duration) -> Vec<String> {
+        let replicas = self.roles.read().expect("roles lock").replicas.clone();
+        let deadline = Instant::now() + limit;
+        let mut behind = Vec::new();
+        for i in replicas {
+            let node = &self.nodes[i];
+            loop {
+                let replayed: Result<Option<String>, _> =
+                    sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
+                        .fetch_one(&node.pool)
+                        .await;
+                let caught_up = replayed
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    .and_then(parse_lsn)
+                    .is_some_and(|r| r >= token.lsn);
+                if caught_up {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    behind.push(node.name.clone());
+                    break;
+                }
+                tokio::time::sleep(CATCH_UP_POLL * 10).await;
+            }
+        }
+        behind
+    }
+
     /// A connection to read from, and who it is: the next replica, once it has replayed past
     /// `token`; otherwise the primary.
     pub async fn reader(

@@ -1,6 +1,7 @@
 //! Reads from a lagging replica with read-your-writes tokens: a real primary and a real streaming
 //! replica that applies every commit 200 ms late. With tokens honoured the checker finds no stale
 //! read; with the deliberately broken build that ignores them it finds some.
+//! And at startup, a replica serves reads only once it has replayed the migrations.
 
 use std::time::Duration;
 
@@ -116,4 +117,27 @@ async fn tokens_keep_reads_from_a_lagging_replica_from_going_back_in_time() {
         "with tokens ignored, a replica 200 ms behind should serve stale reads"
     );
     assert!(stale.iter().all(|s| s.served_by == "replica1"), "{stale:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_serves_reads_only_once_it_has_replayed_the_migrations() {
+    let _one = crate::one_at_a_time().await;
+    let Some(primary) = TempPostgres::start("schema-primary") else {
+        return;
+    };
+    // The replica applies each commit a second late, so the migrations reach it after startup
+    // would otherwise already be routing reads to it.
+    let replica = TempPostgres::start_replica_of(&primary, "schema-replica", 1000);
+    let nodes = vec![
+        ("primary".to_string(), primary.url().parse().unwrap()),
+        ("replica".to_string(), replica.url().parse().unwrap()),
+    ];
+    let db = quorumlab_service::connect_cluster(nodes, 4, Duration::from_millis(200))
+        .await
+        .unwrap();
+    let app = quorumlab_service::router(db);
+    // A read with no token goes to the replica. One that has the tables says an unknown user is
+    // a 404; one without them fails the query ("relation does not exist"), a 503.
+    let read = send(&app, request("GET", "/users/0", None, &[])).await;
+    assert_eq!(read.status, StatusCode::NOT_FOUND, "{}", read.body);
 }
