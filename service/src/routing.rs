@@ -283,17 +283,7 @@ impl Db {
         for i in replicas {
             let node = &self.nodes[i];
             loop {
-                let replayed: Result<Option<String>, _> =
-                    sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
-                        .fetch_one(&node.pool)
-                        .await;
-                let caught_up = replayed
-                    .ok()
-                    .flatten()
-                    .as_deref()
-                    .and_then(parse_lsn)
-                    .is_some_and(|r| r >= token.lsn);
-                if caught_up {
+                if has_replayed(&node.pool, token).await.unwrap_or(false) {
                     break;
                 }
                 if Instant::now() >= deadline {
@@ -326,20 +316,11 @@ impl Db {
                 loop {
                     let caught_up = match token {
                         None => true,
-                        Some(t) => {
-                            let replayed: Result<Option<String>, _> =
-                                sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
-                                    .fetch_one(&mut *conn)
-                                    .await;
-                            match replayed {
-                                Ok(replayed) => replayed
-                                    .as_deref()
-                                    .and_then(parse_lsn)
-                                    .is_some_and(|r| r >= t.lsn),
-                                // A replica that cannot answer cannot serve the read either.
-                                Err(_) => break,
-                            }
-                        }
+                        Some(t) => match has_replayed(&mut *conn, t).await {
+                            Ok(replayed) => replayed,
+                            // A replica that cannot answer cannot serve the read either.
+                            Err(_) => break,
+                        },
                     };
                     if caught_up {
                         return Ok((conn, replica.name.clone()));
@@ -353,6 +334,21 @@ impl Db {
         }
         Ok((primary.pool.acquire().await?, primary.name.clone()))
     }
+}
+
+/// Whether the replica behind `executor` has replayed the WAL up to `token`
+/// (`pg_last_wal_replay_lsn()`; `false` on a node that is not replaying at all).
+async fn has_replayed<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    token: Token,
+) -> Result<bool, sqlx::Error> {
+    let replayed: Option<String> = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
+        .fetch_one(executor)
+        .await?;
+    Ok(replayed
+        .as_deref()
+        .and_then(parse_lsn)
+        .is_some_and(|r| r >= token.lsn))
 }
 
 /// Each node's answer to `pg_is_in_recovery()`, or `None` if it did not answer in time.
