@@ -515,7 +515,7 @@ fn load(name: &str, nodes: Option<usize>) -> Result<Scenario> {
 
 fn sim(args: RunArgs) -> Result<()> {
     let scenario = load(args.scenario.as_deref().unwrap_or_default(), args.nodes)?;
-    if scenario.system == quorumlab_experiment::scenario::System::Postgres {
+    if let quorumlab_experiment::System::Postgres(_) = scenario.system {
         return pg::sim(&scenario, args.seed, args.json);
     }
     let config = RunConfig {

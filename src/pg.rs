@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use quorumlab_cluster::pg_run::{run_postgres, PgRealRun};
 use quorumlab_experiment::measure::Distribution;
+use quorumlab_experiment::postgres::ReplicationMode;
 use quorumlab_experiment::replication::{LagMethod, PgRunSummary};
-use quorumlab_experiment::scenario::ReplicationMode;
 use quorumlab_experiment::Scenario;
 
 /// A measurement of one run, by name.
@@ -41,10 +41,10 @@ fn metric(runs: &[PgRunSummary], f: fn(&PgRunSummary) -> Option<f64>) -> Option<
 }
 
 fn modes(scenario: &Scenario) -> Vec<ReplicationMode> {
-    scenario
-        .postgres
-        .as_ref()
-        .map_or(vec![ReplicationMode::Async], |pg| pg.modes.clone())
+    match &scenario.system {
+        quorumlab_experiment::System::Postgres(pg) => pg.modes.clone(),
+        quorumlab_experiment::System::Etcd => vec![ReplicationMode::Async],
+    }
 }
 
 /// Runs `scenario` for real `runs` times in each of its modes.
@@ -225,7 +225,7 @@ pub fn run(scenario: &Scenario, runs: u64, json: bool, state_dir: &Path) -> Resu
 
 /// `run SCENARIO --target URL...`: the scenario's workload and measurements on any cluster.
 pub fn run_targets(scenario: &Scenario, targets: &[String], json: bool) -> Result<()> {
-    if scenario.system != quorumlab_experiment::scenario::System::Postgres {
+    if !matches!(scenario.system, quorumlab_experiment::System::Postgres(_)) {
         anyhow::bail!(
             "--target measures Postgres clusters; {} is an etcd scenario",
             scenario.name

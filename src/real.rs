@@ -8,8 +8,9 @@ use quorumlab_cluster::etcd::{EtcdTiming, Lab};
 use quorumlab_cluster::postgres::{self, PatroniSettings};
 use quorumlab_cluster::run::{check_supported, run_etcd, RealRun};
 use quorumlab_experiment::measure::{Distribution, RunSummary};
-use quorumlab_experiment::scenario::{ReplicationMode, System};
+use quorumlab_experiment::postgres::ReplicationMode;
 use quorumlab_experiment::Scenario;
+use quorumlab_experiment::System;
 use quorumlab_sim::sweep::sweep;
 use quorumlab_sim::RunConfig;
 
@@ -57,7 +58,7 @@ pub fn up_postgres(
     mode: Option<&str>,
     state_dir: &Path,
 ) -> Result<()> {
-    let Some(pg) = &scenario.postgres else {
+    let System::Postgres(pg) = &scenario.system else {
         bail!(
             "scenario {} has no [postgres] section to take Patroni's settings from",
             scenario.name
@@ -226,7 +227,7 @@ fn ms(d: &Option<Distribution>) -> String {
 
 /// `run SCENARIO [--runs N] [--json]`.
 pub fn run(scenario: &Scenario, runs: u64, json: bool, state_dir: &Path) -> Result<()> {
-    if scenario.system == System::Postgres {
+    if let System::Postgres(_) = scenario.system {
         return crate::pg::run(scenario, runs, json, state_dir);
     }
     let results = real_runs(scenario, runs, state_dir)?;
@@ -317,7 +318,7 @@ fn metric(
 
 /// `compare SCENARIO --runs N`: simulator (N seeds) beside reality (N runs).
 pub fn compare(scenario: &Scenario, runs: u64, json: bool, state_dir: &Path) -> Result<()> {
-    if scenario.system == System::Postgres {
+    if let System::Postgres(_) = scenario.system {
         return crate::pg::compare(scenario, runs, json, state_dir);
     }
     check_supported(scenario)?;

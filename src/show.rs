@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use quorumlab_experiment::report::render_html;
 use quorumlab_experiment::Verdict;
 use quorumlab_sim::sweep::SweepReport;
-use quorumlab_sim::trace::{timeline, Event, EventKind};
+use quorumlab_sim::trace::{Event, EventKind};
 use quorumlab_sim::RunOutput;
 
 /// Consecutive client operations folded into one timeline line.
@@ -216,7 +216,7 @@ pub fn write_report(out: &RunOutput, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create report directory {}", dir.display()))?;
     let page = dir.join("index.html");
-    let html = render_html(&timeline(out));
+    let html = render_html(&out.timeline());
     let json = serde_json::to_string(out)?;
     // Write to temporary names first so a failure never leaves a half-written report.
     let tmp_page = dir.join(".index.html.tmp");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use quorumlab_cluster::run::run_etcd;
-use quorumlab_experiment::scenario::{Fault, FaultStep, NodeRef};
+use quorumlab_experiment::fault::{Fault, FaultStep, NodeRef};
 use quorumlab_experiment::{Scenario, Verdict};
 
 /// Labs pick the first free network id; one lab at a time in this test binary.

@@ -13,9 +13,19 @@ use std::time::Duration;
 use quorumlab_cluster::etcd::Lab;
 use quorumlab_cluster::pg_run::{run_on_lab, run_on_urls};
 use quorumlab_cluster::postgres::{self, PatroniSettings};
+use quorumlab_experiment::postgres::{PostgresSettings, ReplicationMode};
 use quorumlab_experiment::replication::{write_id, LagMethod};
-use quorumlab_experiment::scenario::{ReplicationMode, Scenario};
+use quorumlab_experiment::scenario::Scenario;
+use quorumlab_experiment::System;
 use quorumlab_proto::agent::Action;
+
+/// The `[postgres]` settings of a Postgres scenario, to adjust in a test.
+fn pg_settings(scenario: &mut Scenario) -> &mut PostgresSettings {
+    match &mut scenario.system {
+        System::Postgres(pg) => pg,
+        System::Etcd => panic!("{} is not a Postgres scenario", scenario.name),
+    }
+}
 
 /// Labs pick the first free network id; one lab at a time in this test binary.
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -73,7 +83,7 @@ fn up(
     mode: ReplicationMode,
     rt: &tokio::runtime::Runtime,
 ) -> Lab {
-    let settings = PatroniSettings::from_scenario(scenario.postgres.as_ref().unwrap(), mode);
+    let settings = PatroniSettings::from_scenario(pg_settings(&mut scenario.clone()), mode);
     let binary = Path::new(env!("CARGO_BIN_EXE_quorumlab"));
     rt.block_on(postgres::up(&dir.0, 2, &settings, binary))
         .unwrap()
@@ -88,7 +98,7 @@ fn lag_is_measured_three_ways_and_never_negative() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = LabDir::new("lag");
     let mut scenario = Scenario::load("pg-lag").unwrap();
-    let pg = scenario.postgres.as_mut().unwrap();
+    let pg = pg_settings(&mut scenario);
     for (phase, ms) in pg.phases.iter_mut().zip([3000, 3000, 3000]) {
         phase.ms = ms;
     }

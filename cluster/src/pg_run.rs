@@ -16,14 +16,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
+use quorumlab_experiment::fault::{plan_fault, NodeState};
 use quorumlab_experiment::history::{History, Op, Outcome};
+use quorumlab_experiment::postgres::{phase_at, Phase, ReplicationMode};
 use quorumlab_experiment::replication::{
     compose_write_id, reduce_lag, summarize, write_op, FailoverObservation, LagMethod, LagSample,
     PgRunSummary, PROBE_CLIENT,
 };
-use quorumlab_experiment::scenario::{
-    phase_at, plan_fault, NodeState, Phase, ReplicationMode, Scenario, System,
-};
+use quorumlab_experiment::scenario::Scenario;
+use quorumlab_experiment::system::System;
 use rand::distributions::{Alphanumeric, DistString};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnection;
@@ -99,8 +100,8 @@ pub async fn run_postgres(
     state_dir: &Path,
     agent_binary: &Path,
 ) -> Result<PgRealRun, RunError> {
-    let pg = match (scenario.system, &scenario.postgres) {
-        (System::Postgres, Some(pg)) => pg,
+    let pg = match &scenario.system {
+        System::Postgres(pg) => pg,
         _ => {
             return Err(RunError::Unsupported {
                 scenario: scenario.name.clone(),
@@ -166,13 +167,12 @@ async fn run_on_nodes(
     mode: ReplicationMode,
     lab: Option<&Lab>,
 ) -> Result<PgRealRun, RunError> {
-    let pg = scenario
-        .postgres
-        .as_ref()
-        .ok_or_else(|| RunError::Unsupported {
+    let System::Postgres(pg) = &scenario.system else {
+        return Err(RunError::Unsupported {
             scenario: scenario.name.clone(),
             reason: "not a postgres scenario".into(),
-        })?;
+        });
+    };
     let db_nodes = nodes.len();
     let primary = nodes
         .wait_for_primary(None, Duration::from_secs(30))

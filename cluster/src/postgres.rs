@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use quorumlab_experiment::scenario::{PostgresSettings, ReplicationMode, SyncCommit};
+use quorumlab_experiment::postgres::{PostgresSettings, ReplicationMode, SyncCommit};
 use quorumlab_proto::agent::Action;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgConnection};

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
 use quorumlab_experiment::checker::{check_history, CheckLimits};
+use quorumlab_experiment::fault::{plan_fault, Disruption, Fault, NodeState};
 use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
 use quorumlab_experiment::measure::{Distribution, RunSummary};
-use quorumlab_experiment::scenario::{plan_fault, Disruption, Fault, NodeState, Scenario};
+use quorumlab_experiment::scenario::Scenario;
 use quorumlab_proto::agent::Action;
 use serde::{Deserialize, Serialize};
 

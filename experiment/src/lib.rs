@@ -8,14 +8,19 @@
 
 pub mod checker;
 pub mod consistency;
+pub mod fault;
 pub mod history;
 pub mod measure;
+pub mod postgres;
 pub mod replication;
 pub mod report;
 
 pub mod scenario;
+pub mod system;
 
 pub use checker::{check_history, CheckLimits, Verdict};
+pub use fault::{Fault, FaultStep, NodeRef};
 pub use history::{History, Op, OpKind, Outcome};
 pub use measure::{Distribution, RunSummary};
-pub use scenario::{Fault, FaultStep, NodeRef, Scenario, ScenarioError};
+pub use scenario::{Scenario, ScenarioError};
+pub use system::{System, SystemName};

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::history::{History, Op, OpKind, Outcome};
 use crate::measure::Distribution;
-use crate::scenario::ReplicationMode;
+use crate::postgres::ReplicationMode;
 
 /// One run of a Postgres scenario, as both the simulator and the real driver report it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

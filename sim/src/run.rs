@@ -10,11 +10,11 @@ use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use quorumlab_experiment::checker::{check_history, CheckLimits, Verdict};
+use quorumlab_experiment::fault::{plan_fault, Disruption, Fault, FaultStep, NodeRef, NodeState};
 use quorumlab_experiment::history::History;
 use quorumlab_experiment::measure::RunSummary;
-use quorumlab_experiment::scenario::{
-    plan_fault, Disruption, Fault, FaultStep, NodeRef, NodeState, Scenario,
-};
+use quorumlab_experiment::report::{FaultSpan, MessageArrow, RoleSpan, Timeline};
+use quorumlab_experiment::scenario::Scenario;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -376,4 +376,122 @@ fn apply_fault(
             label: plan.label(fault),
         },
     );
+}
+
+impl RunOutput {
+    /// The report's picture of this run: role spans per node, fault bands and messages.
+    pub fn timeline(&self) -> Timeline {
+        let out = self;
+        let nodes = out.scenario.topology.nodes;
+        let end_us = out.scenario.duration_ms * 1000;
+        let mut roles = Vec::new();
+        let mut current: Vec<(u64, Role, u64)> = vec![(0, Role::Follower, 0); nodes];
+        let node_index = |name: &str| {
+            name.strip_prefix('n')
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(|n| n - 1)
+        };
+        let mut faults: Vec<FaultSpan> = Vec::new();
+        // Fault events are recorded one per fired schedule step, in schedule order.
+        let mut fired = out.schedule.iter();
+        for e in &out.trace {
+            match &e.what {
+                EventKind::Role { role, term } => {
+                    let Some(i) = node_index(&e.node) else {
+                        continue;
+                    };
+                    let (from, old_role, old_term) = current[i];
+                    if e.at_us > from {
+                        roles.push(RoleSpan {
+                            node: i,
+                            from_us: from,
+                            to_us: e.at_us,
+                            role: old_role.to_string(),
+                            term: old_term,
+                        });
+                    }
+                    current[i] = (e.at_us, *role, *term);
+                }
+                EventKind::Fault { label } => {
+                    let step = fired.next().expect("a fault event for every fired step");
+                    if step.fault.is_repair() {
+                        for f in faults.iter_mut().filter(|f| f.to_us == end_us) {
+                            f.to_us = e.at_us;
+                        }
+                    } else {
+                        faults.push(FaultSpan {
+                            from_us: e.at_us,
+                            to_us: end_us,
+                            label: label.clone(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (i, (from, role, term)) in current.into_iter().enumerate() {
+            roles.push(RoleSpan {
+                node: i,
+                from_us: from,
+                to_us: end_us,
+                role: role.to_string(),
+                term,
+            });
+        }
+        // Draw the election itself: from just before the fault to just after the next leader.
+        let fault_us = out.summary.fault_at_ms.map_or(0, |ms| ms * 1000);
+        let window_end_us = out
+            .summary
+            .election_ms
+            .map_or(fault_us + 2_500_000, |ms| fault_us + ms * 1000 + 200_000);
+        let messages = out
+            .messages
+            .iter()
+            .filter(|m| m.send_us + 200_000 >= fault_us && m.send_us <= window_end_us)
+            .map(|m| MessageArrow {
+                from: m.from as usize - 1,
+                to: m.to as usize - 1,
+                send_us: m.send_us,
+                recv_us: m.recv_us,
+                label: format!(
+                    "{} t{}",
+                    m.kind.trim_start_matches("Msg").replace("Request", ""),
+                    m.term
+                ),
+            })
+            .collect();
+        let s = &out.summary;
+        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+        Timeline {
+            title: format!("{} — seed {}", out.scenario.name, out.seed),
+            description: out.scenario.description.clone(),
+            nodes: (1..=nodes).map(|i| format!("n{i}")).collect(),
+            duration_us: end_us,
+            roles,
+            faults,
+            messages,
+            summary: vec![
+                ("fault injected at".into(), ms(s.fault_at_ms)),
+                ("fault to new leader".into(), ms(s.election_ms)),
+                (
+                    "longest stretch with no write acknowledged".into(),
+                    format!("{} ms", s.write_unavailable_ms),
+                ),
+                (
+                    "operations ok / failed / unknown".into(),
+                    format!("{} / {} / {}", s.ops.ok, s.ops.fail, s.ops.info),
+                ),
+                ("leaders elected".into(), s.leaders_elected.to_string()),
+                ("linearizability".into(), s.verdict.headline()),
+                (
+                    "invariants".into(),
+                    if s.invariant_violations.is_empty() {
+                        "all held".into()
+                    } else {
+                        s.invariant_violations.join("; ")
+                    },
+                ),
+            ],
+        }
+    }
 }

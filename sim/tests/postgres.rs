@@ -1,9 +1,18 @@
 //! The Postgres model, end to end: determinism, what each durability level loses in a failover,
 //! and why Patroni's timing rule prevents split brain.
 
-use quorumlab_experiment::scenario::{ReplicationMode, SyncCommit};
+use quorumlab_experiment::postgres::{PostgresSettings, ReplicationMode, SyncCommit};
 use quorumlab_experiment::Scenario;
+use quorumlab_experiment::System;
 use quorumlab_sim::postgres::run_pg;
+
+/// The `[postgres]` settings of a Postgres scenario, to adjust in a test.
+fn pg_settings(scenario: &mut Scenario) -> &mut PostgresSettings {
+    match &mut scenario.system {
+        System::Postgres(pg) => pg,
+        System::Etcd => panic!("{} is not a Postgres scenario", scenario.name),
+    }
+}
 
 fn scenario(name: &str) -> Scenario {
     Scenario::load(name).unwrap()
@@ -14,7 +23,7 @@ fn scenario(name: &str) -> Scenario {
 fn lagging_failover(commit: SyncCommit) -> Scenario {
     let mut s = scenario("pg-failover");
     s.duration_ms = 22_000;
-    let pg = s.postgres.as_mut().unwrap();
+    let pg = pg_settings(&mut s);
     pg.bandwidth_mb_per_s = 0.02;
     pg.synchronous_commit = commit;
     s
@@ -35,7 +44,7 @@ fn same_seed_same_run_byte_for_byte() {
 #[test]
 fn a_crashed_primary_is_replaced_within_ttl_plus_a_loop() {
     let s = scenario("pg-failover");
-    let pg = s.postgres.clone().unwrap();
+    let pg = pg_settings(&mut s.clone()).clone();
     for seed in 1..=5 {
         let run = run_pg(&s, ReplicationMode::Async, seed).unwrap().summary;
         let detection = run.detection_ms.expect("the leader key expires");
@@ -111,7 +120,7 @@ fn breaking_patronis_timing_rule_lets_two_primaries_take_writes() {
     // retries, so a replica is promoted before the old primary gives up. Validation refuses this
     // file; the simulator shows why.
     let mut s = scenario("pg-isolate-primary");
-    let pg = s.postgres.as_mut().unwrap();
+    let pg = pg_settings(&mut s);
     pg.ttl_s = 4;
     pg.loop_wait_s = 2;
     pg.retry_timeout_s = 8;

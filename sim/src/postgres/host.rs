@@ -16,8 +16,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use quorumlab_experiment::history::{Op, OpKind, Outcome};
+use quorumlab_experiment::postgres::{Phase, ReplicationMode, SyncCommit};
 use quorumlab_experiment::replication::{LagMethod, LagSample};
-use quorumlab_experiment::scenario::{Phase, ReplicationMode, SyncCommit};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -134,7 +134,7 @@ impl PgLabState {
 
     /// The phase at `at_us` after the start.
     pub fn phase_at(&self, at_us: u64) -> &Phase {
-        quorumlab_experiment::scenario::phase_at(&self.phases, at_us)
+        quorumlab_experiment::postgres::phase_at(&self.phases, at_us)
     }
 }
 

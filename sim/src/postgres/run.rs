@@ -8,14 +8,15 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use quorumlab_experiment::fault::{plan_fault, Disruption, NodeState};
 use quorumlab_experiment::history::{History, Outcome};
+use quorumlab_experiment::postgres::{ReplicationMode, SyncCommit};
 use quorumlab_experiment::replication::{
     compose_write_id, reduce_lag, summarize, write_op, FailoverObservation, LagMethod,
     PgRunSummary, PROBE_CLIENT,
 };
-use quorumlab_experiment::scenario::{
-    plan_fault, Disruption, NodeState, ReplicationMode, Scenario, SyncCommit, System,
-};
+use quorumlab_experiment::scenario::Scenario;
+use quorumlab_experiment::system::System;
 use serde::{Deserialize, Serialize};
 use turmoil::net::UdpSocket;
 
@@ -45,8 +46,8 @@ pub struct PgSimRun {
 
 /// Runs `scenario` (system `postgres`) once in `mode` with `seed`.
 pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<PgSimRun, SimError> {
-    let pg = match (scenario.system, &scenario.postgres) {
-        (System::Postgres, Some(pg)) => pg,
+    let pg = match &scenario.system {
+        System::Postgres(pg) => pg,
         _ => {
             return Err(SimError::Host {
                 at_ms: 0,

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use quorumlab_experiment::scenario::SyncCommit;
+use quorumlab_experiment::postgres::SyncCommit;
 use serde::{Deserialize, Serialize};
 
 /// A WAL position, in bytes.
