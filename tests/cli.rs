@@ -499,3 +499,89 @@ fn load_says_in_one_line_when_there_is_no_service_or_no_lab() {
         .unwrap();
     assert_user_error(&out, "no lab is up");
 }
+
+#[test]
+fn etcd_only_simulator_options_are_refused_for_postgres_in_one_line() {
+    for args in [
+        &["sim", "pg-failover", "--step"][..],
+        &[
+            "sim",
+            "pg-failover",
+            "--report",
+            "/tmp/quorumlab-never-written",
+        ],
+        &["sim", "pg-lag", "--ops"],
+        &["sim", "pg-lag", "--stale-reads"],
+        &["sim", "pg-lag", "--step-ms", "2"],
+        &[
+            "sim",
+            "sweep",
+            "pg-lag",
+            "--seeds",
+            "1..2",
+            "--step-ms",
+            "8",
+        ],
+        &["sim", "sweep", "pg-lag", "--seeds", "1..2", "--stale-reads"],
+    ] {
+        let option = args
+            .iter()
+            .find(|a| a.starts_with("--") && **a != "--seeds");
+        assert_user_error(
+            &quorumlab(args),
+            &format!(
+                "{} is not available for postgres scenarios",
+                option.unwrap()
+            ),
+        );
+    }
+    assert!(!std::path::Path::new("/tmp/quorumlab-never-written").exists());
+}
+
+#[test]
+fn options_of_another_system_are_refused_in_one_line() {
+    assert_user_error(
+        &quorumlab(&[
+            "run",
+            "etcd-leader-kill",
+            "--target",
+            "postgres://u@127.0.0.1:1/db",
+        ]),
+        "--target measures Postgres clusters, not etcd ones",
+    );
+    assert_user_error(
+        &quorumlab(&["cluster", "up", "etcd", "--replicas", "2"]),
+        "--replicas is not available for etcd scenarios",
+    );
+    assert_user_error(
+        &quorumlab(&["cluster", "up", "postgres", "--nodes", "3"]),
+        "--nodes is not available for postgres scenarios",
+    );
+    assert_user_error(
+        &quorumlab(&["cluster", "up", "etcd", "--scenario", "pg-lag"]),
+        "scenario pg-lag has system = \"postgres\"",
+    );
+}
+
+#[test]
+fn a_postgres_sweep_runs_every_mode_in_the_postgres_simulator() {
+    let out = quorumlab(&["sim", "sweep", "pg-failover", "--seeds", "1..4", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 8, "4 seeds in each of async and sync");
+    for run in runs {
+        assert!(
+            run["detection_ms"].as_u64().is_some(),
+            "Postgres summaries: {run}"
+        );
+    }
+    let text = quorumlab(&["sim", "sweep", "pg-failover", "--seeds", "1..4"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("async, over 4 seeds") && text.contains("sync, over 4 seeds"));
+    assert!(text.contains("fault to leader key lost (ms)"), "{text}");
+}

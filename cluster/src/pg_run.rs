@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, ConnectOptions};
 use quorumlab_experiment::fault::{plan_fault, NodeState};
 use quorumlab_experiment::history::{History, Op, Outcome};
+use quorumlab_experiment::measure::RunRecord;
 use quorumlab_experiment::postgres::{phase_at, Phase, ReplicationMode};
 use quorumlab_experiment::replication::{
     compose_write_id, reduce_lag, summarize, write_op, FailoverObservation, LagMethod, LagSample,
@@ -55,6 +56,16 @@ pub struct PgRealRun {
     pub faults: Vec<FiredFault>,
     /// The client history (writers and prober).
     pub history: History,
+}
+
+impl RunRecord for PgRealRun {
+    type Summary = PgRunSummary;
+    fn summary(&self) -> &PgRunSummary {
+        &self.summary
+    }
+    fn history(&self) -> &History {
+        &self.history
+    }
 }
 
 struct Shared {

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::checker::Verdict;
-use crate::history::OutcomeCounts;
+use crate::history::{History, OutcomeCounts};
 
 /// What one run of a scenario measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,11 +34,58 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// What `run --runs N`, `sweep` and `compare` report for etcd scenarios, in order.
+    pub const METRICS: [Metric<RunSummary>; 4] = [
+        Metric {
+            name: "fault to new leader (ms)",
+            of: |s| s.election_ms.map(|v| v as f64),
+        },
+        Metric {
+            name: "write unavailability (ms)",
+            of: |s| Some(s.write_unavailable_ms as f64),
+        },
+        Metric {
+            name: "failed + unknown operations",
+            of: |s| Some((s.ops.fail + s.ops.info) as f64),
+        },
+        Metric {
+            name: "leaders elected",
+            of: |s| Some(s.leaders_elected as f64),
+        },
+    ];
+
     /// Whether the run kept every safety property.
     pub fn is_safe(&self) -> bool {
         self.invariant_violations.is_empty()
             && !matches!(self.verdict, Verdict::NotLinearizable { .. })
     }
+}
+
+/// A named measurement of one run, read from its summary: a row of every table and comparison.
+pub struct Metric<S> {
+    /// What it is, with its unit, e.g. `write unavailability (ms)`.
+    pub name: &'static str,
+    /// Its value in one run (`None` where the run has none, e.g. no fault fired).
+    pub of: fn(&S) -> Option<f64>,
+}
+
+impl<S> Metric<S> {
+    /// The metric's distribution over `runs` (runs without a value are left out).
+    pub fn over(&self, runs: &[S]) -> Option<Distribution> {
+        Distribution::of(runs.iter().filter_map(self.of))
+    }
+}
+
+/// What every record of a run offers, whatever the system and whether simulated or real: its
+/// summary and the client history behind it. The command line prints and compares any run
+/// through this.
+pub trait RunRecord {
+    /// The run's measurements.
+    type Summary;
+    /// The measurements.
+    fn summary(&self) -> &Self::Summary;
+    /// Every client operation of the run.
+    fn history(&self) -> &History;
 }
 
 /// Percentiles of one metric over many runs.

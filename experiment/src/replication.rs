@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::history::{History, Op, OpKind, Outcome};
-use crate::measure::Distribution;
+use crate::measure::{Distribution, Metric};
 use crate::postgres::ReplicationMode;
 
 /// One run of a Postgres scenario, as both the simulator and the real driver report it.
@@ -57,6 +57,38 @@ impl PgRunSummary {
     pub fn split_brain(&self) -> bool {
         self.dual_primary_ms > 0
     }
+
+    /// What `run --runs N`, `sweep` and `compare` report for Postgres scenarios, in order.
+    pub const METRICS: [Metric<PgRunSummary>; 7] = [
+        Metric {
+            name: "fault to leader key lost (ms)",
+            of: |s| s.detection_ms.map(|v| v as f64),
+        },
+        Metric {
+            name: "fault to new primary's first write (ms)",
+            of: |s| s.failover_ms.map(|v| v as f64),
+        },
+        Metric {
+            name: "write unavailability (ms)",
+            of: |s| s.fault_at_ms.map(|_| s.write_unavailable_ms as f64),
+        },
+        Metric {
+            name: "old primary acked writes for (ms)",
+            of: |s| s.old_primary_acked_for_ms.map(|v| v as f64),
+        },
+        Metric {
+            name: "two primaries at once (ms)",
+            of: |s| s.fault_at_ms.map(|_| s.dual_primary_ms as f64),
+        },
+        Metric {
+            name: "acknowledged writes lost",
+            of: |s| Some(s.lost_writes as f64),
+        },
+        Metric {
+            name: "write latency p50 (ms)",
+            of: |s| s.write_latency_ms.map(|d| d.p50),
+        },
+    ];
 }
 
 /// The ways replica lag is measured.

@@ -27,6 +27,33 @@ pub enum SystemName {
     Postgres,
 }
 
+impl SystemName {
+    /// Every system, in the order `--help` lists them.
+    pub const ALL: [SystemName; 2] = [SystemName::Etcd, SystemName::Postgres];
+
+    /// The built-in scenario whose settings `cluster up` uses when none is named.
+    pub fn lab_scenario(self) -> &'static str {
+        match self {
+            SystemName::Etcd => "etcd-leader-kill",
+            SystemName::Postgres => "pg-failover",
+        }
+    }
+}
+
+impl std::str::FromStr for SystemName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SystemName, String> {
+        SystemName::ALL
+            .into_iter()
+            .find(|name| name.to_string() == s)
+            .ok_or_else(|| {
+                let known: Vec<String> = SystemName::ALL.iter().map(|n| n.to_string()).collect();
+                format!("unknown system '{s}' (known: {})", known.join(", "))
+            })
+    }
+}
+
 impl fmt::Display for SystemName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -12,7 +12,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use quorumlab_experiment::checker::{check_history, CheckLimits, Verdict};
 use quorumlab_experiment::fault::{plan_fault, Disruption, Fault, FaultStep, NodeRef, NodeState};
 use quorumlab_experiment::history::History;
-use quorumlab_experiment::measure::RunSummary;
+use quorumlab_experiment::measure::{RunRecord, RunSummary};
 use quorumlab_experiment::report::{FaultSpan, MessageArrow, RoleSpan, Timeline};
 use quorumlab_experiment::scenario::Scenario;
 use rand::rngs::SmallRng;
@@ -91,6 +91,16 @@ pub struct RunOutput {
     /// Node states at each trace event (only with `record_views`).
     #[serde(skip)]
     pub views: Vec<Vec<NodeView>>,
+}
+
+impl RunRecord for RunOutput {
+    type Summary = RunSummary;
+    fn summary(&self) -> &RunSummary {
+        &self.summary
+    }
+    fn history(&self) -> &History {
+        &self.history
+    }
 }
 
 /// Runs `scenario` once.

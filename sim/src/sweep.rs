@@ -7,10 +7,13 @@ use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use quorumlab_experiment::measure::{Distribution, RunSummary};
+use quorumlab_experiment::postgres::ReplicationMode;
+use quorumlab_experiment::replication::PgRunSummary;
 use quorumlab_experiment::scenario::Scenario;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::postgres::run_pg;
 use crate::run::{run, RunConfig, SimError};
 
 /// The outcome of a sweep.
@@ -95,4 +98,25 @@ pub fn reduce(scenario: &Scenario, summaries: &[RunSummary]) -> SweepReport {
             })
             .collect(),
     }
+}
+
+/// Runs `seeds` of a Postgres scenario in `mode`, in parallel, sorted by seed; `progress` is
+/// called with the number of seeds finished so far.
+pub fn sweep_pg(
+    scenario: &Scenario,
+    mode: ReplicationMode,
+    seeds: RangeInclusive<u64>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<PgRunSummary>, SimError> {
+    let done = AtomicU64::new(0);
+    let mut summaries: Vec<PgRunSummary> = seeds
+        .into_par_iter()
+        .map(|seed| {
+            let out = run_pg(scenario, mode, seed).map(|r| r.summary);
+            progress(done.fetch_add(1, Ordering::Relaxed) + 1);
+            out
+        })
+        .collect::<Result<_, _>>()?;
+    summaries.sort_by_key(|s| s.seed);
+    Ok(summaries)
 }

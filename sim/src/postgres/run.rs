@@ -10,6 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use quorumlab_experiment::fault::{plan_fault, Disruption, NodeState};
 use quorumlab_experiment::history::{History, Outcome};
+use quorumlab_experiment::measure::RunRecord;
 use quorumlab_experiment::postgres::{ReplicationMode, SyncCommit};
 use quorumlab_experiment::replication::{
     compose_write_id, reduce_lag, summarize, write_op, FailoverObservation, LagMethod,
@@ -42,6 +43,16 @@ pub struct PgSimRun {
     pub trace: Vec<PgEvent>,
     /// Every client operation.
     pub history: History,
+}
+
+impl RunRecord for PgSimRun {
+    type Summary = PgRunSummary;
+    fn summary(&self) -> &PgRunSummary {
+        &self.summary
+    }
+    fn history(&self) -> &History {
+        &self.history
+    }
 }
 
 /// Runs `scenario` (system `postgres`) once in `mode` with `seed`.

@@ -32,8 +32,20 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// `sim bench`'s arguments.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Seeds in the sweep benchmark.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// Simulated milliseconds per world step.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=20))]
+    step_ms: u64,
+}
+
 /// Runs every benchmark and prints one JSON document.
-pub fn run(sweep_seeds: u64, step: Duration) -> Result<()> {
+pub fn command(args: BenchArgs) -> Result<()> {
+    let (sweep_seeds, step) = (args.seeds, Duration::from_millis(args.step_ms));
     let config = |seed| RunConfig {
         step,
         ..RunConfig::seeded(seed)

@@ -4,9 +4,50 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
 use quorumlab_shard::chart::render_svg;
 use quorumlab_shard::workload::Workload;
 use quorumlab_shard::{run, ShardConfig, ShardReport};
+
+/// `shard`'s arguments.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ShardArgs {
+    #[command(subcommand)]
+    action: Option<ShardAction>,
+    /// Workload file (see workloads/).
+    #[arg(required = true)]
+    workload: Option<PathBuf>,
+    /// Only these candidate keys, comma-separated (default: all in the file).
+    #[arg(long, value_delimiter = ',')]
+    keys: Option<Vec<String>>,
+    /// Number of shards (default: the workload's).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Growth factors, comma-separated, run one after another on the same cluster
+    /// (default: the workload's `growth`, else 1,10,100).
+    #[arg(long, value_delimiter = ',')]
+    growth: Option<Vec<u64>>,
+    /// Seed for the write stream and the query samples.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Where to write the SVG chart (default: WORKLOAD-shard-keys.svg here).
+    #[arg(long, value_name = "PATH")]
+    chart: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ShardAction {
+    /// Time 5 candidate keys over about 10 million writes each; prints JSON.
+    Bench {
+        /// Workload to time.
+        #[arg(long, default_value = "workloads/activity-events.toml")]
+        workload: PathBuf,
+    },
+}
 
 fn bytes(b: u64) -> String {
     match b {
@@ -78,8 +119,27 @@ pub fn print(report: &ShardReport, wall_s: f64, chart: &Path) {
     println!("\nchart: {}", chart.display());
 }
 
+/// Runs `shard` or `shard bench`.
+pub fn command(args: ShardArgs) -> Result<()> {
+    if let Some(ShardAction::Bench { workload }) = &args.action {
+        return bench(workload);
+    }
+    let config = ShardConfig {
+        shards: args.shards,
+        growth: args.growth,
+        seed: args.seed,
+        keys: args.keys,
+    };
+    experiment(
+        &args.workload.unwrap_or_default(),
+        &config,
+        args.json,
+        args.chart,
+    )
+}
+
 /// Runs the experiment and prints or emits JSON; writes the chart either way.
-pub fn command(
+fn experiment(
     workload: &Path,
     config: &ShardConfig,
     json: bool,
@@ -111,7 +171,7 @@ pub fn command(
 
 /// `quorumlab shard bench`: the shipped activity-events workload (about 10 million writes) under
 /// its 5 candidate keys, timed; prints JSON.
-pub fn bench(workload: &Path) -> Result<()> {
+fn bench(workload: &Path) -> Result<()> {
     let workload = Workload::load(workload)?;
     let config = ShardConfig {
         shards: None,

@@ -1,16 +1,19 @@
-//! How runs look on a terminal and on disk: the learner's timeline, the summary, stepping, the
-//! sweep table and the HTML report.
+//! How etcd runs look on a terminal and on disk: the learner's timeline, the summary, stepping, the
+//! sweep table, the HTML report and one real run.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use quorumlab_cluster::run::RealRun;
 use quorumlab_experiment::report::render_html;
 use quorumlab_experiment::Verdict;
 use quorumlab_sim::sweep::SweepReport;
 use quorumlab_sim::trace::{Event, EventKind};
 use quorumlab_sim::RunOutput;
+
+use crate::table;
 
 /// Consecutive client operations folded into one timeline line.
 #[derive(Default)]
@@ -230,16 +233,6 @@ pub fn write_report(out: &RunOutput, dir: &Path) -> Result<PathBuf> {
     Ok(page)
 }
 
-fn dist_line(name: &str, d: &Option<quorumlab_experiment::Distribution>) -> String {
-    match d {
-        Some(d) => format!(
-            "{name:<34} {:>8.0} {:>8.0} {:>8.0} {:>7}",
-            d.p50, d.p99, d.max, d.count
-        ),
-        None => format!("{name:<34} {:>8} {:>8} {:>8} {:>7}", "-", "-", "-", 0),
-    }
-}
-
 /// Prints a sweep's distributions and any seeds to replay.
 pub fn print_sweep(report: &SweepReport, wall: Duration) {
     println!(
@@ -248,14 +241,12 @@ pub fn print_sweep(report: &SweepReport, wall: Duration) {
         report.seeds,
         wall.as_secs_f64()
     );
-    println!(
-        "{:<34} {:>8} {:>8} {:>8} {:>7}",
-        "metric (ms)", "p50", "p99", "max", "runs"
-    );
-    println!("{}", dist_line("fault to new leader", &report.election_ms));
-    println!(
-        "{}",
-        dist_line("write unavailability", &report.write_unavailable_ms)
+    table::print_distributions(
+        "metric (ms)",
+        &[
+            ("fault to new leader", report.election_ms),
+            ("write unavailability", report.write_unavailable_ms),
+        ],
     );
     if report.seeds_without_new_leader > 0 {
         println!(
@@ -276,4 +267,39 @@ pub fn print_sweep(report: &SweepReport, wall: Duration) {
             println!("UNSAFE seed {seed}: {why}");
         }
     }
+}
+
+/// `p50/p99` of a latency distribution, or `-`.
+fn ms(d: &Option<quorumlab_experiment::Distribution>) -> String {
+    d.map_or("-".into(), |d| format!("{:.0}/{:.0}", d.p50, d.p99))
+}
+
+/// Prints one real run: its faults, election, unavailability, outcomes, latency and verdict.
+pub fn print_real_run(r: &RealRun) {
+    let s = &r.summary;
+    println!(
+        "\nrun {}: faults: {}",
+        s.seed,
+        crate::system::cli::fired_faults(&r.faults)
+    );
+    println!(
+        "  fault to new leader: {}",
+        s.election_ms
+            .map_or("no newer leader".into(), |e| format!("{e} ms"))
+    );
+    println!(
+        "  longest stretch with no write acknowledged: {} ms",
+        s.write_unavailable_ms
+    );
+    println!(
+        "  operations: {} ok, {} failed, {} unknown",
+        s.ops.ok, s.ops.fail, s.ops.info
+    );
+    println!(
+        "  latency p50/p99 ms: before {}  during {}  after {}",
+        ms(&r.latency.before_ms),
+        ms(&r.latency.during_ms),
+        ms(&r.latency.after_ms)
+    );
+    println!("  checker: {}", s.verdict.headline());
 }

@@ -1,0 +1,49 @@
+//! `quorumlab run SCENARIO`: the scenario on real clusters, a fresh lab per run, measured the way
+//! the simulator measures it; or, with `--target`, on a cluster the user runs.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::load_scenario;
+use crate::lab_setup::STATE_DIR_DEFAULT;
+use crate::system::{self, RealOptions};
+
+/// `run`'s arguments.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Built-in scenario name or path to a scenario .toml file.
+    scenario: String,
+    /// How many runs.
+    #[arg(long, default_value_t = 1)]
+    runs: u64,
+    /// Postgres scenarios without faults (pg-lag): measure your own cluster instead of a lab.
+    /// Give every node's URL (postgres://user:password@host:port/db), primary and replicas in
+    /// any order; it creates the tables ql_writes and ql_heartbeat there.
+    #[arg(long = "target", value_name = "URL", conflicts_with = "runs")]
+    targets: Vec<String>,
+    /// Override the scenario's node count.
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Print every run as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Where the lab keeps its state, data and logs.
+    #[arg(long, default_value = STATE_DIR_DEFAULT)]
+    state_dir: PathBuf,
+}
+
+/// Runs the scenario through its system's real side.
+pub fn command(args: RunArgs) -> Result<()> {
+    let scenario = load_scenario(&args.scenario, args.nodes)?;
+    let system = system::of(&scenario);
+    if !args.targets.is_empty() {
+        return system.run_targets(&args.targets, args.json);
+    }
+    system.run(&RealOptions {
+        runs: args.runs,
+        json: args.json,
+        state_dir: &args.state_dir,
+    })
+}

@@ -1,0 +1,33 @@
+//! How long work runs: the one place that builds a tokio runtime, and the progress bars that show
+//! long work on stderr.
+
+use anyhow::{Context, Result};
+
+/// A multi-threaded tokio runtime for one command. Every async call of the command line goes
+/// through here, so there is one place that decides how async work is run.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("cannot start the async runtime")
+}
+
+/// A progress bar of `len` steps named `what` (e.g. `real runs`), with elapsed time.
+pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{{bar:30}} {{pos}}/{{len}} {what}  {{elapsed_precise}}"
+    )) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// A progress bar over seeds, with an estimate of the time left (sweeps are long and even).
+pub fn seed_progress(seeds: u64) -> Result<indicatif::ProgressBar> {
+    let bar = indicatif::ProgressBar::new(seeds);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} seeds  {elapsed_precise} (eta {eta})",
+        )
+        .context("progress bar template")?,
+    );
+    Ok(bar)
+}

@@ -1,0 +1,208 @@
+//! etcd on the command line: simulated runs with their timeline, stepping and report; sweeps;
+//! real runs and `compare` on a lab of real etcd members; `cluster up etcd`.
+
+mod show;
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use quorumlab_cluster::etcd::{EtcdTiming, Lab};
+use quorumlab_cluster::run::{check_supported, run_etcd, RealRun};
+use quorumlab_experiment::measure::RunSummary;
+use quorumlab_experiment::Scenario;
+use quorumlab_sim::sweep::sweep;
+use quorumlab_sim::RunConfig;
+
+use super::cli::{refuse_option, RealOptions, SimOptions, SweepOptions, SystemCli, UpOptions};
+use crate::cmd::SafetyViolation;
+use crate::lab_setup::{install_if_missing, this_binary, Package};
+use crate::runtime::{progress, runtime, seed_progress};
+use crate::table;
+
+/// The Debian packages an etcd lab runs.
+const PACKAGES: &[Package] = &[("etcd-server", quorumlab_cluster::etcd::ETCD_BINARY)];
+
+/// Simulated milliseconds per world step when `--step-ms` is not given.
+const STEP_MS_DEFAULT: u64 = 4;
+
+/// An etcd scenario.
+pub struct Etcd<'a> {
+    /// The scenario, with `system = "etcd"`.
+    pub scenario: &'a Scenario,
+}
+
+impl Etcd<'_> {
+    fn run_config(&self, seed: u64, stale_reads: bool, step_ms: Option<u64>) -> RunConfig {
+        RunConfig {
+            stale_reads,
+            step: Duration::from_millis(step_ms.unwrap_or(STEP_MS_DEFAULT)),
+            ..RunConfig::seeded(seed)
+        }
+    }
+
+    /// Runs the scenario for real `runs` times, a fresh lab each.
+    fn real_runs(&self, options: &RealOptions) -> Result<Vec<RealRun>> {
+        check_supported(self.scenario)?;
+        install_if_missing(PACKAGES)?;
+        let binary = this_binary()?;
+        let rt = runtime()?;
+        let bar = progress(options.runs, "real runs");
+        let mut out = Vec::new();
+        for run in 1..=options.runs {
+            out.push(rt.block_on(run_etcd(self.scenario, run, options.state_dir, &binary))?);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(out)
+    }
+}
+
+impl SystemCli for Etcd<'_> {
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn sim(&self, options: &SimOptions) -> Result<()> {
+        let config = RunConfig {
+            record_messages: options.report.is_some(),
+            record_views: options.step,
+            ..self.run_config(options.seed, options.stale_reads, options.step_ms)
+        };
+        let out = quorumlab_sim::run(self.scenario, &config)?;
+        if let Some(dir) = &options.report {
+            let path = show::write_report(&out, dir)?;
+            if !options.json {
+                eprintln!("report written to {}", path.display());
+            }
+        }
+        if options.json {
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else if options.step {
+            if !std::io::stdin().is_terminal() {
+                eprintln!("(stdin is not a terminal: stepping reads one line per event)");
+            }
+            show::step_through(&out)?;
+        } else {
+            show::print_run(&out, options.ops);
+        }
+        Ok(())
+    }
+
+    fn sweep(&self, options: &SweepOptions) -> Result<()> {
+        let template = self.run_config(0, options.stale_reads, options.step_ms);
+        let bar = seed_progress(options.seeds.end() - options.seeds.start() + 1)?;
+        let started = Instant::now();
+        let (report, summaries) =
+            sweep(self.scenario, options.seeds.clone(), &template, &|done| {
+                bar.set_position(done)
+            })?;
+        bar.finish_and_clear();
+        if options.json {
+            let value = serde_json::json!({ "report": report, "runs": summaries });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else {
+            show::print_sweep(&report, started.elapsed());
+        }
+        if let Some((seed, _)) = report.unsafe_seeds.first() {
+            return Err(SafetyViolation(format!(
+                "{} seed(s) broke a safety property; replay one with `quorumlab sim {} --seed {seed}{} --step-ms {}{}`",
+                report.unsafe_seeds.len(),
+                options.named,
+                options.nodes.map_or(String::new(), |n| format!(" --nodes {n}")),
+                template.step.as_millis(),
+                if template.stale_reads { " --stale-reads" } else { "" }
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    fn run(&self, options: &RealOptions) -> Result<()> {
+        let results = self.real_runs(options)?;
+        if options.json {
+            println!("{}", serde_json::to_string_pretty(&results)?);
+            return Ok(());
+        }
+        println!(
+            "{} on a real etcd {} cluster, {} run(s)",
+            self.scenario.name, self.scenario.topology.nodes, options.runs
+        );
+        for r in &results {
+            show::print_real_run(r);
+        }
+        if results.len() > 1 {
+            let summaries: Vec<RunSummary> = results.iter().map(|r| r.summary.clone()).collect();
+            table::print_distributions(
+                &format!("over {} runs", options.runs),
+                &table::distributions(&RunSummary::METRICS, &summaries),
+            );
+            let linearizable = summaries.iter().filter(|s| s.is_safe()).count();
+            println!("linearizable histories: {linearizable}/{}", options.runs);
+        }
+        Ok(())
+    }
+
+    fn compare(&self, options: &RealOptions) -> Result<()> {
+        check_supported(self.scenario)?;
+        let (_, sim) = sweep(
+            self.scenario,
+            1..=options.runs,
+            &RunConfig::seeded(0),
+            &|_| {},
+        )?;
+        let real: Vec<RunSummary> = self
+            .real_runs(options)?
+            .into_iter()
+            .map(|r| r.summary)
+            .collect();
+        let rows = table::compare_rows(&RunSummary::METRICS, &sim, &real);
+        let unsafe_real = real.iter().filter(|s| !s.is_safe()).count();
+        let runs = options.runs;
+        if options.json {
+            let value = serde_json::json!({ "scenario": self.scenario.name, "runs": runs, "metrics": rows, "real_runs_not_linearizable": unsafe_real });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            return Ok(());
+        }
+        println!(
+            "{} — simulator ({runs} seeds) beside a real etcd 3.4 cluster ({runs} runs)",
+            self.scenario.name
+        );
+        table::print_comparison("metric", &rows);
+        println!(
+            "\nreal histories linearizable: {}/{runs}; the simulator runs the same raft library logic, \
+             real etcd adds disk fsyncs, gRPC and a real scheduler — the ratio shows what the model leaves out.",
+            runs as usize - unsafe_real
+        );
+        Ok(())
+    }
+
+    fn cluster_up(&self, options: &UpOptions) -> Result<()> {
+        refuse_option(
+            options.replicas.is_some(),
+            "--replicas",
+            "etcd",
+            "every member votes; give --nodes",
+        )?;
+        refuse_option(
+            options.mode.is_some(),
+            "--mode",
+            "etcd",
+            "replication modes are Postgres settings",
+        )?;
+        install_if_missing(PACKAGES)?;
+        let nodes = options.nodes.unwrap_or(self.scenario.topology.nodes);
+        let timing = EtcdTiming {
+            heartbeat_ms: self.scenario.topology.heartbeat_ms,
+            election_timeout_ms: self.scenario.topology.election_timeout_ms,
+        };
+        let lab =
+            runtime()?.block_on(Lab::up(options.state_dir, nodes, timing, &this_binary()?))?;
+        println!(
+            "etcd cluster of {nodes} up in {} (hosts: namespaces ql{}-n1..n{nodes})",
+            options.state_dir.display(),
+            lab.net.id
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,297 @@
+//! Postgres under Patroni on the command line: every replication mode the scenario lists, in the
+//! simulator and on real labs, measured alike; `run --target` on a cluster the user runs;
+//! `cluster up postgres`.
+
+mod show;
+
+use anyhow::Result;
+use quorumlab_cluster::pg_run::{run_on_urls, run_postgres, PgRealRun};
+use quorumlab_cluster::postgres::{self as lab, PatroniSettings};
+use quorumlab_experiment::postgres::{PostgresSettings, ReplicationMode};
+use quorumlab_experiment::replication::PgRunSummary;
+use quorumlab_experiment::Scenario;
+use quorumlab_sim::postgres::run_pg;
+use quorumlab_sim::sweep::sweep_pg;
+
+use super::cli::{
+    fired_faults, refuse_option, RealOptions, SimOptions, SweepOptions, SystemCli, UpOptions,
+};
+use crate::cmd::SafetyViolation;
+use crate::lab_setup::{install_if_missing, this_binary, Package};
+use crate::runtime::{progress, runtime, seed_progress};
+use crate::table;
+
+/// The Debian packages a Postgres lab runs.
+const PACKAGES: &[Package] = &[
+    ("etcd-server", quorumlab_cluster::etcd::ETCD_BINARY),
+    ("patroni", quorumlab_cluster::postgres::PATRONI_BINARY),
+    ("postgresql-15", "/usr/lib/postgresql/15/bin/postgres"),
+];
+
+/// A Postgres scenario and its `[postgres]` settings.
+pub struct Postgres<'a> {
+    /// The scenario, with `system = "postgres"`.
+    pub scenario: &'a Scenario,
+    /// Its settings.
+    pub settings: &'a PostgresSettings,
+}
+
+impl Postgres<'_> {
+    fn modes(&self) -> &[ReplicationMode] {
+        &self.settings.modes
+    }
+
+    /// Refuses the simulator options only the etcd model has.
+    fn refuse_etcd_only(&self, stale_reads: bool, step_ms: Option<u64>) -> Result<()> {
+        refuse_option(
+            stale_reads,
+            "--stale-reads",
+            "postgres",
+            "it breaks etcd's read path",
+        )?;
+        refuse_option(
+            step_ms.is_some(),
+            "--step-ms",
+            "postgres",
+            "the Postgres model steps in whole milliseconds",
+        )
+    }
+
+    /// Runs the scenario for real `runs` times in each of its modes.
+    fn real_runs(&self, options: &RealOptions) -> Result<Vec<PgRealRun>> {
+        install_if_missing(PACKAGES)?;
+        let binary = this_binary()?;
+        let rt = runtime()?;
+        let bar = progress(options.runs * self.modes().len() as u64, "real runs");
+        let mut out = Vec::new();
+        for &mode in self.modes() {
+            for run in 1..=options.runs {
+                let real = run_postgres(self.scenario, mode, run, options.state_dir, &binary);
+                out.push(rt.block_on(real)?);
+                bar.inc(1);
+            }
+        }
+        bar.finish_and_clear();
+        Ok(out)
+    }
+
+    /// Prints a distributions table per mode.
+    fn print_per_mode(&self, summaries: &[PgRunSummary], over: &str) {
+        for &mode in self.modes() {
+            let of_mode: Vec<PgRunSummary> = summaries
+                .iter()
+                .filter(|s| s.mode == mode)
+                .cloned()
+                .collect();
+            println!();
+            table::print_distributions(
+                &format!("{mode}, over {over}"),
+                &table::distributions(&PgRunSummary::METRICS, &of_mode),
+            );
+        }
+    }
+}
+
+impl SystemCli for Postgres<'_> {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn sim(&self, options: &SimOptions) -> Result<()> {
+        self.refuse_etcd_only(options.stale_reads, options.step_ms)?;
+        refuse_option(
+            options.step,
+            "--step",
+            "postgres",
+            "the Postgres model records no per-event node views; its trace prints in full",
+        )?;
+        refuse_option(
+            options.report.is_some(),
+            "--report",
+            "postgres",
+            "the HTML report draws Raft roles and messages only",
+        )?;
+        refuse_option(
+            options.ops,
+            "--ops",
+            "postgres",
+            "its trace already lists every event",
+        )?;
+        let mut runs = Vec::new();
+        for &mode in self.modes() {
+            runs.push(run_pg(self.scenario, mode, options.seed)?);
+        }
+        if options.json {
+            println!("{}", serde_json::to_string_pretty(&runs)?);
+            return Ok(());
+        }
+        println!(
+            "{} in the simulator, seed {}: primary + {} replicas under a Patroni model on a simulated etcd",
+            self.scenario.name,
+            options.seed,
+            self.scenario.topology.nodes - 1
+        );
+        for run in &runs {
+            println!("\n{} mode:", run.summary.mode);
+            for e in &run.trace {
+                println!("  {:>9.3}s  {:<6} {}", e.at_us as f64 / 1e6, e.node, e.what);
+            }
+            show::print_run(&run.summary, "");
+        }
+        Ok(())
+    }
+
+    fn sweep(&self, options: &SweepOptions) -> Result<()> {
+        self.refuse_etcd_only(options.stale_reads, options.step_ms)?;
+        let seeds = options.seeds.end() - options.seeds.start() + 1;
+        let bar = seed_progress(seeds * self.modes().len() as u64)?;
+        let mut summaries = Vec::new();
+        for &mode in self.modes() {
+            let base = bar.position();
+            let runs = sweep_pg(self.scenario, mode, options.seeds.clone(), &|done| {
+                bar.set_position(base + done)
+            })?;
+            summaries.extend(runs);
+        }
+        bar.finish_and_clear();
+        let split: Vec<&PgRunSummary> = summaries.iter().filter(|s| s.split_brain()).collect();
+        if options.json {
+            let value = serde_json::json!({ "scenario": self.scenario.name, "seeds": seeds, "runs": summaries });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else {
+            println!("{} — {seeds} seeds per mode", self.scenario.name);
+            self.print_per_mode(&summaries, &format!("{seeds} seeds"));
+            for s in split.iter().take(20) {
+                println!(
+                    "UNSAFE seed {} ({}): two primaries acknowledged writes for {} ms",
+                    s.seed, s.mode, s.dual_primary_ms
+                );
+            }
+        }
+        if let Some(first) = split.first() {
+            return Err(SafetyViolation(format!(
+                "{} run(s) had two primaries at once; replay one with `quorumlab sim {} --seed {}{}`",
+                split.len(),
+                options.named,
+                first.seed,
+                options.nodes.map_or(String::new(), |n| format!(" --nodes {n}")),
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    fn run(&self, options: &RealOptions) -> Result<()> {
+        let results = self.real_runs(options)?;
+        if options.json {
+            println!("{}", serde_json::to_string_pretty(&results)?);
+            return Ok(());
+        }
+        println!(
+            "{} on a real Postgres 15 cluster under Patroni on etcd: primary + {} replicas, {} run(s) per mode",
+            self.scenario.name,
+            self.scenario.topology.nodes - 1,
+            options.runs
+        );
+        for r in &results {
+            show::print_run(&r.summary, &fired_faults(&r.faults));
+        }
+        if options.runs > 1 {
+            let summaries: Vec<PgRunSummary> = results.into_iter().map(|r| r.summary).collect();
+            self.print_per_mode(&summaries, &format!("{} runs", options.runs));
+        }
+        Ok(())
+    }
+
+    fn run_targets(&self, targets: &[String], json: bool) -> Result<()> {
+        let run = runtime()?.block_on(run_on_urls(self.scenario, targets))?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&run)?);
+            return Ok(());
+        }
+        println!(
+            "{} against {} given node(s) ({} replication)",
+            self.scenario.name,
+            targets.len(),
+            run.summary.mode
+        );
+        show::print_run(&run.summary, "");
+        Ok(())
+    }
+
+    fn compare(&self, options: &RealOptions) -> Result<()> {
+        let runs = options.runs;
+        let mut sim: Vec<PgRunSummary> = Vec::new();
+        for &mode in self.modes() {
+            sim.extend(sweep_pg(self.scenario, mode, 1..=runs, &|_| {})?);
+        }
+        let real: Vec<PgRunSummary> = self
+            .real_runs(options)?
+            .into_iter()
+            .map(|r| r.summary)
+            .collect();
+        let of = |all: &[PgRunSummary], mode| -> Vec<PgRunSummary> {
+            all.iter().filter(|s| s.mode == mode).cloned().collect()
+        };
+        let per_mode: Vec<(ReplicationMode, Vec<table::Comparison>)> = self
+            .modes()
+            .iter()
+            .map(|&m| {
+                let rows = table::compare_rows(&PgRunSummary::METRICS, &of(&sim, m), &of(&real, m));
+                (m, rows)
+            })
+            .collect();
+        if options.json {
+            let modes: Vec<serde_json::Value> = per_mode
+                .iter()
+                .map(|(mode, rows)| serde_json::json!({ "mode": mode, "metrics": rows }))
+                .collect();
+            let value =
+                serde_json::json!({ "scenario": self.scenario.name, "runs": runs, "modes": modes });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            return Ok(());
+        }
+        println!(
+            "{} — simulator ({runs} seeds) beside a real Postgres 15 + Patroni 3.0 + etcd 3.4 cluster ({runs} runs), per mode",
+            self.scenario.name
+        );
+        for (mode, rows) in &per_mode {
+            table::print_comparison(&format!("{mode} replication"), rows);
+        }
+        println!(
+            "\nThe simulator models Patroni's loop and lease, WAL shipping and commit waits; it leaves out \
+             Postgres's own CPU and fsync costs and rounds network latency up to whole milliseconds."
+        );
+        Ok(())
+    }
+
+    fn cluster_up(&self, options: &UpOptions) -> Result<()> {
+        refuse_option(
+            options.nodes.is_some(),
+            "--nodes",
+            "postgres",
+            "give --replicas (the primary is one more node; etcd runs on the first three hosts)",
+        )?;
+        let mode = match options.mode {
+            Some("sync") => ReplicationMode::Sync,
+            Some(_) => ReplicationMode::Async,
+            None => self.modes()[0],
+        };
+        let replicas = options.replicas.unwrap_or(self.scenario.topology.nodes - 1);
+        install_if_missing(PACKAGES)?;
+        let settings = PatroniSettings::from_scenario(self.settings, mode);
+        let lab = runtime()?.block_on(lab::up(
+            options.state_dir,
+            replicas,
+            &settings,
+            &this_binary()?,
+        ))?;
+        println!(
+            "Postgres primary + {replicas} replicas ({mode}) under Patroni on etcd, up in {} (hosts: namespaces ql{}-n1..n{})",
+            options.state_dir.display(),
+            lab.net.id,
+            lab.net.hosts
+        );
+        Ok(())
+    }
+}
