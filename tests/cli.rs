@@ -585,3 +585,33 @@ fn a_postgres_sweep_runs_every_mode_in_the_postgres_simulator() {
     assert!(text.contains("async, over 4 seeds") && text.contains("sync, over 4 seeds"));
     assert!(text.contains("fault to leader key lost (ms)"), "{text}");
 }
+
+#[test]
+fn a_fault_the_real_lab_cannot_do_is_refused_before_anything_starts() {
+    let dir = temp_dir("netem");
+    let lossy = pg_scenario_with(
+        &dir,
+        "kind = \"crash\"\nnode = \"leader\"",
+        "kind = \"loss\"\nrate = 0.2",
+    );
+    for command in ["run", "compare"] {
+        let state = dir.join(format!("state-{command}"));
+        let out = quorumlab(&[command, &lossy, "--state-dir", state.to_str().unwrap()]);
+        assert_user_error(&out, "the real lab cannot carry out fault 'loss 20%'");
+        assert!(!state.exists(), "nothing started for {command}");
+        let out = quorumlab(&[
+            command,
+            "etcd-chaos",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]);
+        assert_user_error(&out, "the real lab cannot run chaos, which may draw");
+    }
+    // The simulator carries the same fault out.
+    let out = quorumlab(&["sim", &lossy, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

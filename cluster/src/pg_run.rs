@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
-use quorumlab_experiment::fault::{plan_fault, NodeState};
+use quorumlab_experiment::fault::{plan_fault, Fault, FaultExecutor, NodeState};
 use quorumlab_experiment::history::{History, Op, Outcome};
 use quorumlab_experiment::measure::RunRecord;
 use quorumlab_experiment::postgres::{phase_at, Phase, ReplicationMode};
@@ -34,7 +34,7 @@ use tokio::sync::watch;
 
 use crate::etcd::{Lab, LabError};
 use crate::postgres::{self, PatroniSettings, PgNodes, LEADER_KEY};
-use crate::run::{carry_out, FiredFault, RunError};
+use crate::run::{carry_out, check_supported, FiredFault, RunError};
 
 /// How often the prober tries every node.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -111,15 +111,13 @@ pub async fn run_postgres(
     state_dir: &Path,
     agent_binary: &Path,
 ) -> Result<PgRealRun, RunError> {
-    let pg = match &scenario.system {
-        System::Postgres(pg) => pg,
-        _ => {
-            return Err(RunError::Unsupported {
-                scenario: scenario.name.clone(),
-                reason: "not a postgres scenario".into(),
-            })
-        }
+    let System::Postgres(pg) = &scenario.system else {
+        return Err(RunError::Unsupported {
+            scenario: scenario.name.clone(),
+            reason: "not a postgres scenario".into(),
+        });
     };
+    check_supported(scenario)?;
     let settings = PatroniSettings::from_scenario(pg, mode);
     let replicas = scenario.topology.nodes - 1;
     let lab = postgres::up(state_dir, replicas, &settings, agent_binary).await?;
@@ -135,21 +133,35 @@ pub async fn run_on_lab(
     run_number: u64,
     lab: &Lab,
 ) -> Result<PgRealRun, RunError> {
+    check_supported(scenario)?;
     let nodes = PgNodes::of_lab(lab)?;
     let mode = postgres::cluster(lab)?.patroni.mode;
     run_on_nodes(scenario, run_number, nodes, mode, Some(lab)).await
+}
+
+/// A cluster given by URLs as a fault runner: there are no node agents, so it carries out none.
+struct TargetCluster;
+
+impl FaultExecutor for TargetCluster {
+    fn runner(&self) -> &'static str {
+        "a cluster given by --target"
+    }
+
+    fn supports(&self, _fault: &Fault) -> Result<(), String> {
+        Err("faults need the lab's node agents; with --target only fault-free scenarios (pg-lag) run".into())
+    }
 }
 
 /// Runs `scenario`'s workload and measurements (no faults: there are no agents) against any
 /// Postgres cluster given by URLs, e.g. an operator's own primary and replicas. It creates the
 /// tables `ql_writes` and `ql_heartbeat` in the database the URLs name.
 pub async fn run_on_urls(scenario: &Scenario, urls: &[String]) -> Result<PgRealRun, RunError> {
-    if !scenario.faults.is_empty() {
-        return Err(RunError::Unsupported {
+    TargetCluster
+        .check_faults(&scenario.faults, scenario.chaos.as_ref())
+        .map_err(|reason| RunError::Unsupported {
             scenario: scenario.name.clone(),
-            reason: "faults need the lab's node agents; with --target only fault-free scenarios (pg-lag) run".into(),
-        });
-    }
+            reason,
+        })?;
     let nodes = PgNodes::from_urls(urls)?;
     for i in 1..=nodes.len() {
         let conn = nodes.connect(i, Duration::from_secs(5)).await?;

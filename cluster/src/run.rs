@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
 use quorumlab_experiment::checker::{check_history, CheckLimits};
-use quorumlab_experiment::fault::{plan_fault, Disruption, Fault, NodeState};
+use quorumlab_experiment::fault::{plan_fault, Disruption, Fault, FaultExecutor, NodeState};
 use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
 use quorumlab_experiment::measure::{Distribution, RunRecord, RunSummary};
 use quorumlab_experiment::scenario::Scenario;
@@ -113,30 +113,35 @@ impl Shared {
     }
 }
 
-/// Checks, before anything starts, that every fault of the scenario can be done for real.
-pub fn check_supported(scenario: &Scenario) -> Result<(), RunError> {
-    for step in &scenario.faults {
-        if matches!(
-            step.fault,
-            Fault::Delay { .. } | Fault::Loss { .. } | Fault::Duplicate { .. }
-        ) {
-            return Err(RunError::Unsupported {
-                scenario: scenario.name.clone(),
-                reason: format!(
-                    "fault '{}' needs tc netem, which this kernel lacks; the real driver does partitions, crashes and heals",
-                    step.fault.label()
-                ),
-            });
+/// A real lab as a fault runner: agents cut links with blackhole routes and kill and start
+/// processes with real signals; delay, loss and duplication would need `tc netem`, which this
+/// kernel lacks, so they are refused before anything starts.
+pub struct RealLab;
+
+impl FaultExecutor for RealLab {
+    fn runner(&self) -> &'static str {
+        "the real lab"
+    }
+
+    fn supports(&self, fault: &Fault) -> Result<(), String> {
+        match fault {
+            Fault::Delay { .. } | Fault::Loss { .. } | Fault::Duplicate { .. } => Err(
+                "it needs tc netem, which this kernel lacks; the real driver does partitions, crashes and heals"
+                    .into(),
+            ),
+            _ => Ok(()),
         }
     }
-    if scenario.chaos.is_some() {
-        return Err(RunError::Unsupported {
+}
+
+/// Checks, before anything starts, that every fault of the scenario can be done for real.
+pub fn check_supported(scenario: &Scenario) -> Result<(), RunError> {
+    RealLab
+        .check_faults(&scenario.faults, scenario.chaos.as_ref())
+        .map_err(|reason| RunError::Unsupported {
             scenario: scenario.name.clone(),
-            reason: "chaos schedules are simulator-only (they include delay, loss and duplication)"
-                .into(),
-        });
-    }
-    Ok(())
+            reason,
+        })
 }
 
 /// Runs `scenario` once on a fresh cluster in `state_dir`; `agent_binary` is the quorumlab binary.

@@ -209,6 +209,74 @@ pub struct Chaos {
     pub to_ms: u64,
 }
 
+impl Chaos {
+    /// The faults chaos draws from, in the order the seed picks them (index `0..8`). Each is
+    /// followed by a heal, and a crash also by a restart.
+    pub fn menu() -> [Fault; 8] {
+        [
+            Fault::Isolate {
+                node: NodeRef::Leader,
+            },
+            Fault::Partition {
+                groups: vec![
+                    vec![NodeRef::Leader, NodeRef::Follower],
+                    vec![NodeRef::Rest],
+                ],
+            },
+            Fault::PartitionOneway {
+                from: NodeRef::Leader,
+                to: NodeRef::Follower,
+            },
+            Fault::Bridge {
+                bridge: NodeRef::Follower,
+            },
+            Fault::Crash {
+                node: NodeRef::Leader,
+            },
+            Fault::Loss { rate: 0.2 },
+            Fault::Duplicate { rate: 0.3 },
+            Fault::Delay { ms_max: 80 },
+        ]
+    }
+}
+
+/// The one contract every runner of faults keeps — the etcd and Postgres simulators and the real
+/// labs: before anything starts, it says which faults it can carry out, so an unsupported fault
+/// is refused up front and in the same words everywhere. (Carrying a fault out is each runner's
+/// own: [`plan_fault`] gives the same [`Disruption`]s to all of them.)
+pub trait FaultExecutor {
+    /// The runner, in messages (e.g. `the real lab`).
+    fn runner(&self) -> &'static str;
+
+    /// Whether this runner can carry out `fault`; `Err` says why not, in one line.
+    fn supports(&self, fault: &Fault) -> Result<(), String>;
+
+    /// Checks every fault a scenario can fire: its schedule, and all that chaos may draw.
+    fn check_faults(&self, faults: &[FaultStep], chaos: Option<&Chaos>) -> Result<(), String> {
+        for step in faults {
+            self.supports(&step.fault).map_err(|why| {
+                format!(
+                    "{} cannot carry out fault '{}': {why}",
+                    self.runner(),
+                    step.fault.label()
+                )
+            })?;
+        }
+        if chaos.is_some() {
+            for fault in Chaos::menu() {
+                self.supports(&fault).map_err(|why| {
+                    format!(
+                        "{} cannot run chaos, which may draw '{}': {why}",
+                        self.runner(),
+                        fault.label()
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a runner knows of one node when a fault fires; used to resolve [`NodeRef`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NodeState {

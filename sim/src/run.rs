@@ -10,7 +10,9 @@ use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use quorumlab_experiment::checker::{check_history, CheckLimits, Verdict};
-use quorumlab_experiment::fault::{plan_fault, Disruption, Fault, FaultStep, NodeRef, NodeState};
+use quorumlab_experiment::fault::{
+    plan_fault, Chaos, Disruption, Fault, FaultExecutor, FaultStep, NodeRef, NodeState,
+};
 use quorumlab_experiment::history::History;
 use quorumlab_experiment::measure::{RunRecord, RunSummary};
 use quorumlab_experiment::report::{FaultSpan, MessageArrow, RoleSpan, Timeline};
@@ -68,6 +70,9 @@ pub enum SimError {
         /// What the host said.
         reason: String,
     },
+    /// The scenario asks for something this simulator cannot do; nothing was run.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Everything a run produced.
@@ -103,8 +108,25 @@ impl RunRecord for RunOutput {
     }
 }
 
+/// The etcd simulator as a fault runner: turmoil cuts links and crashes hosts, and senders drop,
+/// duplicate and delay Raft messages, so it carries out every fault.
+pub struct EtcdSim;
+
+impl FaultExecutor for EtcdSim {
+    fn runner(&self) -> &'static str {
+        "the etcd simulator"
+    }
+
+    fn supports(&self, _fault: &Fault) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// Runs `scenario` once.
 pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimError> {
+    EtcdSim
+        .check_faults(&scenario.faults, scenario.chaos.as_ref())
+        .map_err(SimError::Unsupported)?;
     let nodes = scenario.topology.nodes;
     let duration = Duration::from_millis(scenario.duration_ms);
     let schedule = fault_schedule(scenario, config.seed);
@@ -266,30 +288,7 @@ pub fn fault_schedule(scenario: &Scenario, seed: u64) -> Vec<FaultStep> {
             let start = chaos.from_ms + i * slot;
             let at_ms = start + rng.gen_range(0..=slot / 4);
             let heal_ms = at_ms + rng.gen_range(slot / 4..=slot / 2).max(1);
-            let fault = match rng.gen_range(0..8) {
-                0 => Fault::Isolate {
-                    node: NodeRef::Leader,
-                },
-                1 => Fault::Partition {
-                    groups: vec![
-                        vec![NodeRef::Leader, NodeRef::Follower],
-                        vec![NodeRef::Rest],
-                    ],
-                },
-                2 => Fault::PartitionOneway {
-                    from: NodeRef::Leader,
-                    to: NodeRef::Follower,
-                },
-                3 => Fault::Bridge {
-                    bridge: NodeRef::Follower,
-                },
-                4 => Fault::Crash {
-                    node: NodeRef::Leader,
-                },
-                5 => Fault::Loss { rate: 0.2 },
-                6 => Fault::Duplicate { rate: 0.3 },
-                _ => Fault::Delay { ms_max: 80 },
-            };
+            let fault = Chaos::menu()[rng.gen_range(0..8)].clone();
             if matches!(fault, Fault::Crash { .. }) {
                 schedule.push(FaultStep {
                     at_ms: heal_ms,

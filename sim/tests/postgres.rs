@@ -165,3 +165,43 @@ fn lag_is_measured_every_way_and_the_views_go_null_when_idle() {
         "the burst outruns replay"
     );
 }
+
+/// pg-lag's steady writes under one network fault from 2 s on (no crash), in sync mode so that
+/// every commit waits for a standby across the faulty network.
+fn under(fault: quorumlab_experiment::Fault) -> quorumlab_experiment::replication::PgRunSummary {
+    let mut s = scenario("pg-failover");
+    s.duration_ms = 12_000;
+    s.faults = vec![quorumlab_experiment::FaultStep {
+        at_ms: 2_000,
+        fault,
+    }];
+    run_pg(&s, ReplicationMode::Sync, 3).unwrap().summary
+}
+
+#[test]
+fn delay_loss_and_duplication_reach_the_postgres_model() {
+    use quorumlab_experiment::Fault;
+    let heal = under(Fault::Heal);
+    let delayed = under(Fault::Delay { ms_max: 150 });
+    let lossy = under(Fault::Loss { rate: 0.5 });
+    let doubled = under(Fault::Duplicate { rate: 0.5 });
+    // Every commit waits for the sync standby: slower links acknowledge fewer writes.
+    assert!(
+        delayed.acked_writes < heal.acked_writes * 9 / 10,
+        "delay: {} acked writes against {} without",
+        delayed.acked_writes,
+        heal.acked_writes
+    );
+    assert!(
+        lossy.acked_writes < heal.acked_writes * 9 / 10,
+        "loss: {} acked writes against {} without",
+        lossy.acked_writes,
+        heal.acked_writes
+    );
+    // A repeated WAL record or answer is recognised and dropped: nothing is lost or doubled.
+    assert_eq!(doubled.lost_writes, 0);
+    assert!(doubled.acked_writes > heal.acked_writes * 9 / 10);
+    for s in [&heal, &delayed, &lossy, &doubled] {
+        assert!(!s.split_brain(), "{s:?}");
+    }
+}

@@ -25,7 +25,7 @@ use turmoil::net::UdpSocket;
 
 use super::patroni::{decide, HaAction, HaView, LeaderLock, LEADER_KEY, OPTIME_KEY, SYNC_KEY};
 use super::server::{Lsn, PgOutput, PgRole, PgServer, WalRecord};
-use crate::host::{node_addr, now_us};
+use crate::host::{node_addr, now_us, Lossiness};
 use crate::wire::{Packet, Reply, Request};
 
 /// Postgres's port.
@@ -105,6 +105,13 @@ pub struct PgLabState {
     pub phases: Vec<Phase>,
     /// Workload start, microseconds.
     pub start_us: u64,
+    /// Current loss and duplication of the database hosts' datagrams (faults `loss`, `duplicate`).
+    pub lossiness: Lossiness,
+    /// Seeds the loss and duplication draws.
+    pub seed: u64,
+    /// Draws taken so far; draws happen only while loss or duplication is on, so fault-free runs
+    /// are untouched by them.
+    pub(super) draws: u64,
 }
 
 /// Shared handle.
@@ -125,6 +132,28 @@ impl PgLabState {
             );
         }
         self.lock_writes.push((now_us(), lock));
+    }
+
+    /// A uniform draw in [0, 1), a pure function of the seed and the draw's number.
+    fn draw(&mut self) -> f64 {
+        self.draws += 1;
+        let mut x = self.seed ^ self.draws.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// How many copies of a datagram go out now: 0 (lost), 1, or 2 (duplicated).
+    fn copies_to_send(&mut self) -> usize {
+        let Lossiness { loss, duplicate } = self.lossiness;
+        if loss > 0.0 && self.draw() < loss {
+            return 0;
+        }
+        if duplicate > 0.0 && self.draw() < duplicate {
+            return 2;
+        }
+        1
     }
 
     fn event(&mut self, node: String, what: String) {
@@ -296,7 +325,7 @@ async fn postgres_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Re
                     }
                     drop(state);
                     for (to, p) in replies {
-                        let _ = socket.try_send_to(&p.encode(), to);
+                        send(&lab, &socket, &p.encode(), to);
                     }
                     streaming_from = None;
                     continue;
@@ -416,14 +445,14 @@ async fn postgres_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Re
             }
         }
         for (to, packet) in replies {
-            // A full send buffer drops the datagram, as UDP would.
-            let _ = socket.try_send_to(&packet.encode(), to);
+            send(&lab, &socket, &packet.encode(), to);
         }
     }
 }
 
 /// Patroni's view of etcd: one request at a time, to the member it believes leads.
 struct DcsClient {
+    lab: PgLab,
     socket: UdpSocket,
     client: u32,
     seq: u64,
@@ -442,9 +471,12 @@ impl DcsClient {
                 seq: self.seq,
                 op,
             });
-            let _ = self
-                .socket
-                .try_send_to(&request.encode(), node_addr(self.leader));
+            send(
+                &self.lab,
+                &self.socket,
+                &request.encode(),
+                node_addr(self.leader),
+            );
             let wait = DCS_ATTEMPT.min(Duration::from_micros(deadline_us - now_us()));
             let seq = self.seq;
             let answer = tokio::time::timeout(wait, async {
@@ -484,6 +516,7 @@ fn alive(lab: &PgLab, me: u64) -> bool {
 /// Asks every other database host's Patroni for its WAL position; the best answer within
 /// [`PEER_WAIT`].
 async fn best_peer_position(
+    lab: &PgLab,
     rest: &UdpSocket,
     me: u64,
     db_nodes: u64,
@@ -492,7 +525,9 @@ async fn best_peer_position(
     *seq += 1;
     let ask = *seq;
     for peer in (1..=db_nodes).filter(|&p| p != me) {
-        let _ = rest.try_send_to(
+        send(
+            lab,
+            rest,
             &PgPacket::Position { seq: ask }.encode(),
             host_addr(peer, REST_PORT),
         );
@@ -531,7 +566,12 @@ async fn rest_task(lab: PgLab, me: u64) -> turmoil::Result {
                 .as_ref()
                 .map(PgServer::end_lsn);
             if lsn.is_some() {
-                let _ = rest.try_send_to(&PgPacket::PositionIs { seq, lsn }.encode(), from);
+                send(
+                    &lab,
+                    &rest,
+                    &PgPacket::PositionIs { seq, lsn }.encode(),
+                    from,
+                );
             }
         }
     }
@@ -541,6 +581,7 @@ async fn rest_task(lab: PgLab, me: u64) -> turmoil::Result {
 async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Result {
     let peers = bind(PEER_ASK_PORT).await?;
     let mut dcs = DcsClient {
+        lab: lab.clone(),
         socket: bind(DCS_PORT).await?,
         client: 100 + me as u32,
         seq: 0,
@@ -614,7 +655,7 @@ async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Res
         let (best_peer_lsn, leader_optime, sync_standby) = if live || lock.is_none() {
             (None, 0, None)
         } else {
-            let best = best_peer_position(&peers, me, config.db_nodes, &mut rest_seq).await;
+            let best = best_peer_position(&lab, &peers, me, config.db_nodes, &mut rest_seq).await;
             let optime = match dcs.call(OpKind::Get { key: OPTIME_KEY }, deadline).await {
                 Some(Reply::Get(v)) => v.unwrap_or(0),
                 _ => u64::MAX,
@@ -790,6 +831,17 @@ fn demote(lab: &PgLab, me: u64, upstream: Option<u64>, why: &str) {
     }
     server.demote(upstream);
     state.event(format!("n{me}"), why.to_string());
+}
+
+/// Sends one datagram from a database host through the run's loss and duplication. Postgres and
+/// Patroni speak TCP, where a lost segment arrives late and a duplicate is discarded; the model's
+/// receivers already treat a gap or a repeat that way (a standby reconnects from its end of WAL,
+/// a repeated record or answer is ignored). A full send buffer drops the datagram, as UDP would.
+fn send(lab: &PgLab, socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    let copies = lab.borrow_mut().copies_to_send();
+    for _ in 0..copies {
+        let _ = socket.try_send_to(bytes, to);
+    }
 }
 
 /// One request from a client socket to host `node`'s Postgres, answered within `timeout`.

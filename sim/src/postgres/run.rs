@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use quorumlab_experiment::fault::{plan_fault, Disruption, NodeState};
+use quorumlab_experiment::fault::{plan_fault, Disruption, Fault, FaultExecutor, NodeState};
 use quorumlab_experiment::history::{History, Outcome};
 use quorumlab_experiment::measure::RunRecord;
 use quorumlab_experiment::postgres::{ReplicationMode, SyncCommit};
@@ -25,7 +25,7 @@ use super::host::{
     ask, db_host, ok, record, sample, PgEvent, PgHostConfig, PgLab, PgLabState, PgPacket,
 };
 use super::server::{PgRole, PgServer};
-use crate::host::{node_host, LabState};
+use crate::host::{node_host, LabState, Lossiness};
 use crate::node::NodeConfig;
 use crate::run::SimError;
 
@@ -55,17 +55,30 @@ impl RunRecord for PgSimRun {
     }
 }
 
+/// The Postgres simulator as a fault runner: turmoil cuts links, killed servers are dropped, and
+/// database hosts' datagrams and the etcd members' Raft messages are delayed, lost and duplicated,
+/// so it carries out every fault.
+pub struct PgSim;
+
+impl FaultExecutor for PgSim {
+    fn runner(&self) -> &'static str {
+        "the Postgres simulator"
+    }
+
+    fn supports(&self, _fault: &Fault) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// Runs `scenario` (system `postgres`) once in `mode` with `seed`.
 pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<PgSimRun, SimError> {
-    let pg = match &scenario.system {
-        System::Postgres(pg) => pg,
-        _ => {
-            return Err(SimError::Host {
-                at_ms: 0,
-                reason: format!("{} is not a postgres scenario", scenario.name),
-            })
-        }
+    let System::Postgres(pg) = &scenario.system else {
+        let why = format!("{} is not a postgres scenario", scenario.name);
+        return Err(SimError::Unsupported(why));
     };
+    PgSim
+        .check_faults(&scenario.faults, scenario.chaos.as_ref())
+        .map_err(SimError::Unsupported)?;
     let db_nodes = scenario.topology.nodes as u64;
     let hosts = db_nodes.max(ETCD_MEMBERS);
     let start_us = BOOTSTRAP_MS * 1000;
@@ -104,6 +117,7 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
             .collect(),
         phases: phases.clone(),
         start_us,
+        seed,
         ..PgLabState::default()
     }));
     let etcd: crate::host::Lab = Rc::new(RefCell::new(LabState::for_members(
@@ -232,7 +246,13 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
                     what: label,
                 });
             }
-            apply(&mut sim, &lab, &plan.steps, hosts);
+            apply(
+                &mut sim,
+                (&lab, &etcd),
+                &plan.steps,
+                hosts,
+                net.latency_ms_max,
+            );
         }
         sim.step().map_err(|e| SimError::Host {
             at_ms: sim.elapsed().as_millis() as u64,
@@ -316,7 +336,15 @@ fn current_primary(lab: &PgLab) -> Option<u64> {
     })
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, lab: &PgLab, steps: &[Disruption], hosts: u64) {
+/// Carries out a fault's steps on the simulated world: links, processes, and the latency, loss and
+/// duplication of the database hosts' datagrams and of the etcd members' Raft messages.
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    (lab, etcd): (&PgLab, &crate::host::Lab),
+    steps: &[Disruption],
+    hosts: u64,
+    latency_ms_max: u64,
+) {
     let name = |i: u64| format!("n{i}");
     for step in steps {
         match *step {
@@ -349,8 +377,21 @@ fn apply(sim: &mut turmoil::Sim<'_>, lab: &PgLab, steps: &[Disruption], hosts: u
                         }
                     }
                 }
+                sim.set_max_message_latency(Duration::from_millis(latency_ms_max));
+                lab.borrow_mut().lossiness = Lossiness::default();
+                etcd.borrow_mut().lossiness = Lossiness::default();
             }
-            Disruption::Delay { .. } | Disruption::Loss(_) | Disruption::Duplicate(_) => {}
+            Disruption::Delay { ms_max } => {
+                sim.set_max_message_latency(Duration::from_millis(ms_max))
+            }
+            Disruption::Loss(rate) => {
+                lab.borrow_mut().lossiness.loss = rate;
+                etcd.borrow_mut().lossiness.loss = rate;
+            }
+            Disruption::Duplicate(rate) => {
+                lab.borrow_mut().lossiness.duplicate = rate;
+                etcd.borrow_mut().lossiness.duplicate = rate;
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ mod show;
 use anyhow::Result;
 use quorumlab_cluster::pg_run::{run_on_urls, run_postgres, PgRealRun};
 use quorumlab_cluster::postgres::{self as lab, PatroniSettings};
+use quorumlab_cluster::run::check_supported;
 use quorumlab_experiment::postgres::{PostgresSettings, ReplicationMode};
 use quorumlab_experiment::replication::PgRunSummary;
 use quorumlab_experiment::Scenario;
@@ -59,6 +60,7 @@ impl Postgres<'_> {
 
     /// Runs the scenario for real `runs` times in each of its modes.
     fn real_runs(&self, options: &RealOptions) -> Result<Vec<PgRealRun>> {
+        check_supported(self.scenario)?;
         install_if_missing(PACKAGES)?;
         let binary = this_binary()?;
         let rt = runtime()?;
@@ -220,6 +222,7 @@ impl SystemCli for Postgres<'_> {
     }
 
     fn compare(&self, options: &RealOptions) -> Result<()> {
+        check_supported(self.scenario)?;
         let runs = options.runs;
         let mut sim: Vec<PgRunSummary> = Vec::new();
         for &mode in self.modes() {
