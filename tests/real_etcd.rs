@@ -4,47 +4,18 @@
 //! These need root (namespaces) and Debian's etcd-server; `cargo xtask test` installs etcd and CI
 //! runs as root. Elsewhere each test prints why it is skipped and passes without running.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
-use quorumlab_cluster::run::run_etcd;
+use quorumlab_cluster::etcd::run_etcd;
 use quorumlab_experiment::fault::{Fault, FaultStep, NodeRef};
 use quorumlab_experiment::{Scenario, Verdict};
 
-/// Labs pick the first free network id; one lab at a time in this test binary.
-static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+mod common;
 
-fn skip_reason() -> Option<&'static str> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
-        return Some("not root: network namespaces need CAP_NET_ADMIN");
-    }
-    if !Path::new("/usr/bin/etcd").exists() {
-        return Some("etcd is not installed (apt-get install etcd-server)");
-    }
-    None
-}
+use common::LabDir;
 
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
-/// Removes the lab even when an assertion fails.
-struct LabDir(PathBuf);
-
-impl LabDir {
-    fn new(tag: &str) -> LabDir {
-        LabDir(std::env::temp_dir().join(format!("quorumlab-real-{tag}-{}", std::process::id())))
-    }
-}
-
-impl Drop for LabDir {
-    fn drop(&mut self) {
-        let _ = quorumlab_cluster::etcd::Lab::down(&self.0);
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// What these tests run.
+const NEEDS: &[common::Requirement] = &[common::ETCD];
 
 fn short(mut scenario: Scenario, duration_ms: u64, faults: Vec<FaultStep>) -> Scenario {
     scenario.duration_ms = duration_ms;
@@ -53,7 +24,7 @@ fn short(mut scenario: Scenario, duration_ms: u64, faults: Vec<FaultStep>) -> Sc
     scenario
 }
 
-fn run(scenario: &Scenario, dir: &LabDir) -> quorumlab_cluster::run::RealRun {
+fn run(scenario: &Scenario, dir: &LabDir) -> quorumlab_cluster::etcd::RealRun {
     let binary = Path::new(env!("CARGO_BIN_EXE_quorumlab"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(run_etcd(scenario, 1, &dir.0, binary)).unwrap()
@@ -72,11 +43,10 @@ fn namespaces() -> String {
 
 #[test]
 fn killing_the_leader_elects_a_new_one_and_the_history_stays_linearizable() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    if common::skipped(NEEDS) {
         return;
     }
-    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::one_lab();
     let dir = LabDir::new("kill");
     let scenario = short(
         Scenario::load("etcd-leader-kill").unwrap(),
@@ -122,11 +92,10 @@ fn killing_the_leader_elects_a_new_one_and_the_history_stays_linearizable() {
 
 #[test]
 fn an_isolated_leader_never_acknowledges_a_write() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    if common::skipped(NEEDS) {
         return;
     }
-    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::one_lab();
     let dir = LabDir::new("isolate");
     let scenario = short(
         Scenario::load("etcd-leader-isolate").unwrap(),

@@ -6,74 +6,30 @@
 //! is missing and CI runs as root. Elsewhere each test prints why it is skipped and passes.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 use std::time::Duration;
 
-use quorumlab_cluster::etcd::Lab;
-use quorumlab_cluster::pg_run::{run_on_lab, run_on_urls};
-use quorumlab_cluster::postgres::{self, PatroniSettings};
+use quorumlab_cluster::lab::Lab;
+use quorumlab_cluster::postgres::{lab as postgres, PatroniSettings};
+use quorumlab_cluster::postgres::{run_on_lab, run_on_urls};
 use quorumlab_experiment::postgres::{PostgresSettings, ReplicationMode};
 use quorumlab_experiment::replication::{write_id, LagMethod};
 use quorumlab_experiment::scenario::Scenario;
 use quorumlab_experiment::System;
 use quorumlab_proto::agent::Action;
 
+mod common;
+
+use common::LabDir;
+
+/// What these tests run.
+const NEEDS: &[common::Requirement] = &[common::ETCD, common::PATRONI, common::POSTGRES];
+
 /// The `[postgres]` settings of a Postgres scenario, to adjust in a test.
 fn pg_settings(scenario: &mut Scenario) -> &mut PostgresSettings {
     match &mut scenario.system {
         System::Postgres(pg) => pg,
         System::Etcd => panic!("{} is not a Postgres scenario", scenario.name),
-    }
-}
-
-/// Labs pick the first free network id; one lab at a time in this test binary.
-static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
-fn skip_reason() -> Option<&'static str> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
-        return Some("not root: network namespaces need CAP_NET_ADMIN");
-    }
-    for (program, why) in [
-        (
-            "/usr/bin/etcd",
-            "etcd is not installed (apt-get install etcd-server)",
-        ),
-        (
-            "/usr/bin/patroni",
-            "Patroni is not installed (apt-get install patroni)",
-        ),
-        (
-            "/usr/lib/postgresql/15/bin/postgres",
-            "Postgres 15 is not installed (apt-get install postgresql-15)",
-        ),
-    ] {
-        if !Path::new(program).exists() {
-            return Some(why);
-        }
-    }
-    None
-}
-
-/// Removes the lab even when an assertion fails.
-struct LabDir(PathBuf);
-
-impl LabDir {
-    fn new(tag: &str) -> LabDir {
-        LabDir(std::env::temp_dir().join(format!("quorumlab-pg-{tag}-{}", std::process::id())))
-    }
-}
-
-impl Drop for LabDir {
-    fn drop(&mut self) {
-        let _ = Lab::down(&self.0);
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -91,11 +47,10 @@ fn up(
 
 #[test]
 fn lag_is_measured_three_ways_and_never_negative() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    if common::skipped(NEEDS) {
         return;
     }
-    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::one_lab();
     let dir = LabDir::new("lag");
     let mut scenario = Scenario::load("pg-lag").unwrap();
     let pg = pg_settings(&mut scenario);
@@ -167,11 +122,10 @@ fn lag_is_measured_three_ways_and_never_negative() {
 
 #[test]
 fn an_isolated_primary_is_demoted_and_its_lost_writes_are_exactly_the_missing_rows() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    if common::skipped(NEEDS) {
         return;
     }
-    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::one_lab();
     let dir = LabDir::new("isolate");
     let mut scenario = Scenario::load("pg-isolate-primary").unwrap();
     scenario.faults[0].at_ms = 3000;
@@ -222,11 +176,10 @@ fn an_isolated_primary_is_demoted_and_its_lost_writes_are_exactly_the_missing_ro
 
 #[test]
 fn synchronous_mode_loses_no_acknowledged_write_across_five_failovers() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    if common::skipped(NEEDS) {
         return;
     }
-    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::one_lab();
     let dir = LabDir::new("sync");
     let mut scenario = Scenario::load("pg-failover").unwrap();
     scenario.faults[0].at_ms = 2000;
@@ -307,11 +260,10 @@ async fn deposit(
 
 #[test]
 fn the_service_follows_a_patroni_failover() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    if common::skipped(NEEDS) {
         return;
     }
-    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::one_lab();
     let dir = LabDir::new("serve");
     let scenario = Scenario::load("pg-failover").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -1,11 +1,13 @@
 //! The real-cluster driver: runs the same scenario files as the simulator against real clusters,
 //! through a node agent on each host, and records histories in the shared format of
-//! [`quorumlab_experiment`].
+//! [`quorumlab_experiment`]. The layout mirrors the simulator's: one folder per system.
 //!
 //! - [`hosts`]: one network namespace per host, joined by a bridge (local labs need root).
 //! - [`agent`]: the node agent, the only thing that touches processes and links on a host.
-//! - [`etcd`]: a real etcd cluster's lifecycle (`cluster up/status/down`).
-//! - [`run`]: one real run of a scenario: workload, leader polling, faults, measurements.
+//! - [`lab`]: hosts, agents and `lab.json` — what every system's lab is made of, and `down`.
+//! - [`run`]: what every real run shares: fired faults, errors, the real lab's fault contract.
+//! - [`etcd`]: a real etcd cluster (`cluster up etcd`) and one real run of an etcd scenario.
+//! - [`postgres`]: Postgres under Patroni on the lab's etcd, and one real run of a Postgres scenario.
 //!
 //! The dependency direction is fixed: `cluster` depends on `experiment` and `proto`, never on
 //! `sim`; the CLI puts the two side by side (`compare`).
@@ -13,7 +15,7 @@
 pub mod agent;
 pub mod etcd;
 pub mod hosts;
-pub mod pg_run;
+pub mod lab;
 pub mod postgres;
 pub mod run;
 

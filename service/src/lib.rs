@@ -18,6 +18,7 @@ pub mod error;
 pub mod idempotency;
 pub mod online;
 pub mod routing;
+pub mod summary;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -62,7 +63,7 @@ pub fn router(db: routing::Db) -> Router {
         .route("/users/{id}/movements", get(accounts::movements))
         .route(
             "/users/{id}/activity/summary",
-            get(activity::summary_handler),
+            get(summary::summary_handler),
         )
         .route("/transfers", post(accounts::transfer))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))

@@ -4,7 +4,7 @@
 //! `step`/`request` calls, a simulated-time interval into `tick`, and the node's outputs back into
 //! datagrams and trace events. [`client_task`] is one client of the workload: it sends requests to
 //! the node it believes leads, times out, retries on a definite refusal and records every operation
-//! in the history. Everything shared between hosts lives in [`LabState`] behind an `Rc`, which is
+//! in the history. Everything shared between hosts lives in [`World`] behind an `Rc`, which is
 //! safe because turmoil runs every host on one thread, in a fixed order.
 
 use std::cell::RefCell;
@@ -31,7 +31,7 @@ pub const CLIENT_PORT_BASE: u16 = 9000;
 /// Largest datagram a host reads.
 const DATAGRAM_BYTES_MAX: usize = 256 * 1024;
 
-/// What the lab knows of one node at this instant (for resolving `leader` in faults).
+/// What the world knows of one node at this instant (for resolving `leader` in faults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeView {
     /// Current role (`Down` while crashed).
@@ -68,9 +68,10 @@ pub struct MessageRecord {
     pub recv_us: Option<u64>,
 }
 
-/// State shared by all hosts of one run and by the driver.
+/// The simulated etcd world of one run: what its hosts and the driver share (trace, safety
+/// monitor, node views, history, loss settings, persisted Raft state).
 #[derive(Default)]
-pub struct LabState {
+pub struct World {
     /// The trace so far.
     pub events: Vec<Event>,
     /// Safety monitor.
@@ -98,7 +99,7 @@ pub struct LabState {
 }
 
 /// Shared handle to the run's state.
-pub type Lab = Rc<RefCell<LabState>>;
+pub type WorldRef = Rc<RefCell<World>>;
 
 /// Upper bound on recorded messages, so a long window cannot blow up a report.
 const MESSAGES_RECORDED_MAX: usize = 2_000;
@@ -108,11 +109,11 @@ pub fn now_us() -> u64 {
     turmoil::elapsed().as_micros() as u64
 }
 
-impl LabState {
+impl World {
     /// The state of a fresh cluster of `members` followers that have seen nothing, ticking every
     /// `heartbeat_us`.
-    pub fn for_members(members: usize, heartbeat_us: u64) -> LabState {
-        LabState {
+    pub fn for_members(members: usize, heartbeat_us: u64) -> World {
+        World {
             views: vec![
                 NodeView {
                     role: Role::Follower,
@@ -123,7 +124,7 @@ impl LabState {
             ],
             stores: (0..members).map(|_| MemStorage::new()).collect(),
             heartbeat_us,
-            ..LabState::default()
+            ..World::default()
         }
     }
 
@@ -177,10 +178,10 @@ pub fn node_addr(id: u64) -> SocketAddr {
 
 /// Runs node `config.id` until the host is crashed. Called again by turmoil on restart, with the
 /// same durable store and a fresh incarnation seed.
-pub async fn node_host(lab: Lab, config: NodeConfig, store: MemStorage) -> turmoil::Result {
+pub async fn node_host(world: WorldRef, config: NodeConfig, store: MemStorage) -> turmoil::Result {
     let id = config.id;
     let name = format!("n{id}");
-    let tick = Duration::from_micros(lab.borrow().heartbeat_us);
+    let tick = Duration::from_micros(world.borrow().heartbeat_us);
     let socket = UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), NODE_PORT)).await?;
     let mut rng = SmallRng::seed_from_u64(config.rng_seed ^ 0x5eed_1055);
     let peers: Vec<SocketAddr> = (1..=config.voters).map(node_addr).collect();
@@ -193,7 +194,7 @@ pub async fn node_host(lab: Lab, config: NodeConfig, store: MemStorage) -> turmo
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
     {
-        let mut state = lab.borrow_mut();
+        let mut state = world.borrow_mut();
         state.push(name.clone(), EventKind::Process { up: true });
         state.views[id as usize - 1] = NodeView {
             role: node.role(),
@@ -208,7 +209,7 @@ pub async fn node_host(lab: Lab, config: NodeConfig, store: MemStorage) -> turmo
                 let (len, from) = received?;
                 match Packet::decode(&buf[..len]) {
                     Ok(Packet::Raft { packet_id, msg }) => {
-                        lab.borrow_mut().record_receive(msg.from, packet_id);
+                        world.borrow_mut().record_receive(msg.from, packet_id);
                         node.step(*msg);
                     }
                     Ok(Packet::Request(request)) => {
@@ -221,7 +222,7 @@ pub async fn node_host(lab: Lab, config: NodeConfig, store: MemStorage) -> turmo
             _ = ticker.tick() => node.tick(),
         }
         let outputs: Vec<Output> = node.drain().collect();
-        let mut state = lab.borrow_mut();
+        let mut state = world.borrow_mut();
         state.views[id as usize - 1] = NodeView {
             role: node.role(),
             term: node.term(),
@@ -315,7 +316,7 @@ pub struct ClientPlan {
 }
 
 /// Runs one client: an operation every `period`, at most one in flight, each recorded.
-pub async fn client_task(lab: Lab, plan: ClientPlan) -> turmoil::Result {
+pub async fn client_task(world: WorldRef, plan: ClientPlan) -> turmoil::Result {
     let port = CLIENT_PORT_BASE + plan.client as u16;
     let socket = UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)).await?;
     let mut rng = SmallRng::seed_from_u64(plan.seed);
@@ -446,7 +447,7 @@ pub async fn client_task(lab: Lab, plan: ClientPlan) -> turmoil::Result {
             outcome,
             node,
         };
-        let mut state = lab.borrow_mut();
+        let mut state = world.borrow_mut();
         let outcome = match op.outcome {
             Outcome::Ok { .. } => "ok",
             Outcome::Fail => "fail",

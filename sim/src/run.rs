@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::host::{
-    client_task, node_host, ClientPlan, Lab, LabState, Lossiness, MessageRecord, NodeView,
+    client_task, node_host, ClientPlan, Lossiness, MessageRecord, NodeView, World, WorldRef,
 };
 use crate::node::{NodeConfig, Role};
 use crate::trace::{Event, EventKind};
@@ -131,13 +131,13 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimErro
     let duration = Duration::from_millis(scenario.duration_ms);
     let schedule = fault_schedule(scenario, config.seed);
 
-    let mut state = LabState::for_members(nodes, scenario.topology.heartbeat_ms * 1000);
+    let mut state = World::for_members(nodes, scenario.topology.heartbeat_ms * 1000);
     state.record_views = config.record_views;
-    let lab: Lab = Rc::new(RefCell::new(state));
+    let world: WorldRef = Rc::new(RefCell::new(state));
     if config.record_messages {
         if let Some(first) = schedule.iter().find(|s| s.fault.disrupts_leadership()) {
             let start = first.at_ms.saturating_sub(300) * 1000;
-            lab.borrow_mut().message_window_us = Some((start, start + 3_300_000));
+            world.borrow_mut().message_window_us = Some((start, start + 3_300_000));
         }
     }
 
@@ -154,8 +154,8 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimErro
     let election_ticks =
         (scenario.topology.election_timeout_ms / scenario.topology.heartbeat_ms) as usize;
     for id in 1..=nodes as u64 {
-        let lab = lab.clone();
-        let store = lab.borrow().stores[id as usize - 1].clone();
+        let world = world.clone();
+        let store = world.borrow().stores[id as usize - 1].clone();
         let incarnation = Rc::new(RefCell::new(0u64));
         let (seed, stale_reads) = (config.seed, config.stale_reads);
         sim.host(format!("n{id}"), move || {
@@ -167,7 +167,7 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimErro
                 rng_seed: mix(seed, id, *incarnation.borrow()),
                 stale_reads,
             };
-            node_host(lab.clone(), node_config, store.clone())
+            node_host(world.clone(), node_config, store.clone())
         });
     }
 
@@ -186,11 +186,11 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimErro
             reads_anywhere: config.stale_reads,
         })
         .collect();
-    let client_lab = lab.clone();
+    let client_world = world.clone();
     sim.client("clients", async move {
         let tasks: Vec<_> = plans
             .into_iter()
-            .map(|plan| tokio::task::spawn_local(client_task(client_lab.clone(), plan)))
+            .map(|plan| tokio::task::spawn_local(client_task(client_world.clone(), plan)))
             .collect();
         for task in tasks {
             task.await.map_err(|e| e.to_string())??;
@@ -207,9 +207,22 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimErro
         while let Some(step) = pending.next_if(|s| s.at_ms <= now_ms) {
             if fault_at_ms.is_none() && step.fault.disrupts_leadership() {
                 fault_at_ms = Some(now_ms);
-                term_at_fault = lab.borrow().views.iter().map(|v| v.term).max().unwrap_or(0);
+                term_at_fault = world
+                    .borrow()
+                    .views
+                    .iter()
+                    .map(|v| v.term)
+                    .max()
+                    .unwrap_or(0);
             }
-            apply_fault(&mut sim, &lab, scenario, &step.fault, &mut crashed, now_ms);
+            apply_fault(
+                &mut sim,
+                &world,
+                scenario,
+                &step.fault,
+                &mut crashed,
+                now_ms,
+            );
         }
         sim.step().map_err(|e| SimError::Host {
             at_ms: sim.elapsed().as_millis() as u64,
@@ -217,7 +230,7 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimErro
         })?;
     }
 
-    let mut state = lab.borrow_mut();
+    let mut state = world.borrow_mut();
     let stores = state.stores.clone();
     state.monitor.check_log_matching(&stores);
     let history = History {
@@ -315,14 +328,14 @@ fn host_name(id: u64) -> String {
 /// Fires one fault on the simulated world and records it in the trace.
 fn apply_fault(
     sim: &mut turmoil::Sim,
-    lab: &Lab,
+    world: &WorldRef,
     scenario: &Scenario,
     fault: &Fault,
     crashed: &mut [bool],
     now_ms: u64,
 ) {
     let nodes = scenario.topology.nodes as u64;
-    let states: Vec<NodeState> = lab
+    let states: Vec<NodeState> = world
         .borrow()
         .views
         .iter()
@@ -341,7 +354,7 @@ fn apply_fault(
             Disruption::Kill(id) => {
                 sim.crash(host_name(id));
                 crashed[id as usize - 1] = true;
-                let mut state = lab.borrow_mut();
+                let mut state = world.borrow_mut();
                 state.views[id as usize - 1].role = Role::Down;
                 let term = state.views[id as usize - 1].term;
                 state.record(
@@ -365,8 +378,8 @@ fn apply_fault(
             Disruption::Delay { ms_max } => {
                 sim.set_max_message_latency(Duration::from_millis(ms_max))
             }
-            Disruption::Loss(rate) => lab.borrow_mut().lossiness.loss = rate,
-            Disruption::Duplicate(rate) => lab.borrow_mut().lossiness.duplicate = rate,
+            Disruption::Loss(rate) => world.borrow_mut().lossiness.loss = rate,
+            Disruption::Duplicate(rate) => world.borrow_mut().lossiness.duplicate = rate,
             Disruption::HealAll => {
                 for a in 1..=nodes {
                     for b in a + 1..=nodes {
@@ -374,11 +387,11 @@ fn apply_fault(
                     }
                 }
                 sim.set_max_message_latency(Duration::from_millis(scenario.network.latency_ms_max));
-                lab.borrow_mut().lossiness = Lossiness::default();
+                world.borrow_mut().lossiness = Lossiness::default();
             }
         }
     }
-    lab.borrow_mut().record(
+    world.borrow_mut().record(
         now_ms * 1000,
         "lab".into(),
         EventKind::Fault {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use quorumlab_cluster::etcd::Lab;
-use quorumlab_cluster::postgres;
+use quorumlab_cluster::lab::Lab;
+use quorumlab_cluster::postgres::lab as postgres;
 use quorumlab_experiment::SystemName;
 
 use super::load_scenario;

@@ -46,7 +46,7 @@ pub fn database_url() -> Result<String> {
 /// The nodes to serve: the lab's, or the primary and replica URLs from the environment.
 fn nodes(args: &ServeArgs) -> Result<PgNodes> {
     if args.lab {
-        return Ok(PgNodes::of_lab(&quorumlab_cluster::etcd::Lab::load(
+        return Ok(PgNodes::of_lab(&quorumlab_cluster::lab::Lab::load(
             &args.state_dir,
         )?)?);
     }

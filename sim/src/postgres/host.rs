@@ -88,9 +88,9 @@ pub struct PgEvent {
     pub what: String,
 }
 
-/// Everything shared by the hosts, the clients and the driver of one run.
+/// The simulated Postgres world of one run: what its hosts, clients and driver share.
 #[derive(Default)]
-pub struct PgLabState {
+pub struct PgWorld {
     /// Each database host's server; `None` while killed.
     pub servers: Vec<Option<PgServer>>,
     /// Client operations.
@@ -115,9 +115,9 @@ pub struct PgLabState {
 }
 
 /// Shared handle.
-pub type PgLab = Rc<RefCell<PgLabState>>;
+pub type PgWorldRef = Rc<RefCell<PgWorld>>;
 
-impl PgLabState {
+impl PgWorld {
     /// Records a successful write of the leader lock, asserting the lock's safety: a different
     /// holder may only take it once the previous lease has run out.
     fn lock_written(&mut self, lock: LeaderLock) {
@@ -288,16 +288,16 @@ fn bind(port: u16) -> impl std::future::Future<Output = std::io::Result<UdpSocke
 }
 
 /// Runs database host `me`: its Postgres and its Patroni, until the simulation ends.
-pub async fn db_host(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Result {
-    let patroni = tokio::task::spawn_local(patroni_task(lab.clone(), config.clone(), me));
-    let rest = tokio::task::spawn_local(rest_task(lab.clone(), me));
-    let result = postgres_task(lab, config, me).await;
+pub async fn db_host(world: PgWorldRef, config: PgHostConfig, me: u64) -> turmoil::Result {
+    let patroni = tokio::task::spawn_local(patroni_task(world.clone(), config.clone(), me));
+    let rest = tokio::task::spawn_local(rest_task(world.clone(), me));
+    let result = postgres_task(world, config, me).await;
     patroni.abort();
     rest.abort();
     result
 }
 
-async fn postgres_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Result {
+async fn postgres_task(world: PgWorldRef, config: PgHostConfig, me: u64) -> turmoil::Result {
     let socket = bind(PG_PORT).await?;
     let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
     let mut ticker = tokio::time::interval(TICK);
@@ -316,7 +316,7 @@ async fn postgres_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Re
             received = socket.recv_from(&mut buf) => {
                 let (len, from) = received?;
                 let Some(packet) = PgPacket::decode(&buf[..len]) else { continue };
-                let mut state = lab.borrow_mut();
+                let mut state = world.borrow_mut();
                 let now = now_us();
                 let Some(server) = state.servers[me as usize - 1].as_mut() else {
                     // The process is gone: the kernel refuses connections.
@@ -325,7 +325,7 @@ async fn postgres_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Re
                     }
                     drop(state);
                     for (to, p) in replies {
-                        send(&lab, &socket, &p.encode(), to);
+                        send(&world, &socket, &p.encode(), to);
                     }
                     streaming_from = None;
                     continue;
@@ -354,7 +354,7 @@ async fn postgres_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Re
                             server
                                 .standbys
                                 .iter()
-                                .map(|(&id, p)| (id, p.lag_us, end.saturating_sub(p.replay)))
+                                .map(|(&id, p)| (id, p.lag_us, end.bytes_since(p.replay)))
                                 .collect()
                         } else {
                             vec![]
@@ -390,7 +390,7 @@ async fn postgres_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Re
                 let now = now_us();
                 let dt = now.saturating_sub(last_tick_us);
                 last_tick_us = now;
-                let mut state = lab.borrow_mut();
+                let mut state = world.borrow_mut();
                 let Some(server) = state.servers[me as usize - 1].as_mut() else {
                     streaming_from = None;
                     waiting.clear();
@@ -445,14 +445,14 @@ async fn postgres_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Re
             }
         }
         for (to, packet) in replies {
-            send(&lab, &socket, &packet.encode(), to);
+            send(&world, &socket, &packet.encode(), to);
         }
     }
 }
 
 /// Patroni's view of etcd: one request at a time, to the member it believes leads.
 struct DcsClient {
-    lab: PgLab,
+    world: PgWorldRef,
     socket: UdpSocket,
     client: u32,
     seq: u64,
@@ -472,7 +472,7 @@ impl DcsClient {
                 op,
             });
             send(
-                &self.lab,
+                &self.world,
                 &self.socket,
                 &request.encode(),
                 node_addr(self.leader),
@@ -509,14 +509,14 @@ impl DcsClient {
     }
 }
 
-fn alive(lab: &PgLab, me: u64) -> bool {
-    lab.borrow().servers[me as usize - 1].is_some()
+fn alive(world: &PgWorldRef, me: u64) -> bool {
+    world.borrow().servers[me as usize - 1].is_some()
 }
 
 /// Asks every other database host's Patroni for its WAL position; the best answer within
 /// [`PEER_WAIT`].
 async fn best_peer_position(
-    lab: &PgLab,
+    world: &PgWorldRef,
     rest: &UdpSocket,
     me: u64,
     db_nodes: u64,
@@ -526,7 +526,7 @@ async fn best_peer_position(
     let ask = *seq;
     for peer in (1..=db_nodes).filter(|&p| p != me) {
         send(
-            lab,
+            world,
             rest,
             &PgPacket::Position { seq: ask }.encode(),
             host_addr(peer, REST_PORT),
@@ -556,18 +556,18 @@ async fn best_peer_position(
 
 /// Patroni's REST API: answers peers asking for this member's WAL position (nothing while its
 /// Postgres is down, like a Patroni that died with it).
-async fn rest_task(lab: PgLab, me: u64) -> turmoil::Result {
+async fn rest_task(world: PgWorldRef, me: u64) -> turmoil::Result {
     let rest = bind(REST_PORT).await?;
     let mut buf = vec![0u8; 4096];
     loop {
         let (len, from) = rest.recv_from(&mut buf).await?;
         if let Some(PgPacket::Position { seq }) = PgPacket::decode(&buf[..len]) {
-            let lsn = lab.borrow().servers[me as usize - 1]
+            let lsn = world.borrow().servers[me as usize - 1]
                 .as_ref()
                 .map(PgServer::end_lsn);
             if lsn.is_some() {
                 send(
-                    &lab,
+                    &world,
                     &rest,
                     &PgPacket::PositionIs { seq, lsn }.encode(),
                     from,
@@ -578,10 +578,10 @@ async fn rest_task(lab: PgLab, me: u64) -> turmoil::Result {
 }
 
 /// Patroni's HA loop on host `me`.
-async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Result {
+async fn patroni_task(world: PgWorldRef, config: PgHostConfig, me: u64) -> turmoil::Result {
     let peers = bind(PEER_ASK_PORT).await?;
     let mut dcs = DcsClient {
-        lab: lab.clone(),
+        world: world.clone(),
         socket: bind(DCS_PORT).await?,
         client: 100 + me as u32,
         seq: 0,
@@ -608,7 +608,7 @@ async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Res
                 value: lock.encode(),
             };
             if let Some(Reply::Put) = dcs.call(put, now_us() + 1_000_000).await {
-                let mut state = lab.borrow_mut();
+                let mut state = world.borrow_mut();
                 state.lock_written(lock);
                 state.event(name.clone(), "bootstrapped: holds the leader key".into());
                 break;
@@ -625,20 +625,20 @@ async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Res
     tokio::time::sleep(offset).await;
     loop {
         let loop_start = now_us();
-        if !alive(&lab, me) {
+        if !alive(&world, me) {
             // Patroni died with its Postgres (kill -9 of the database host's processes).
             tokio::time::sleep(Duration::from_millis(config.loop_wait_ms)).await;
             continue;
         }
         let deadline = loop_start + config.retry_timeout_ms * 1000;
-        let is_primary = lab.borrow().servers[me as usize - 1]
+        let is_primary = world.borrow().servers[me as usize - 1]
             .as_ref()
             .is_some_and(|s| s.role == PgRole::Primary);
         let read = dcs.call(OpKind::Get { key: LEADER_KEY }, deadline).await;
         let Some(Reply::Get(value)) = read else {
             if is_primary {
                 demote(
-                    &lab,
+                    &world,
                     me,
                     None,
                     "cannot reach etcd within retry_timeout: demoting",
@@ -648,17 +648,17 @@ async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Res
         };
         let lock = value.map(LeaderLock::decode);
         let now_ms = now_us() / 1000;
-        let my_lsn = lab.borrow().servers[me as usize - 1]
+        let my_lsn = world.borrow().servers[me as usize - 1]
             .as_ref()
-            .map_or(0, PgServer::end_lsn);
+            .map_or(Lsn::ZERO, PgServer::end_lsn);
         let live = lock.is_some_and(|l| l.is_live(now_ms));
         let (best_peer_lsn, leader_optime, sync_standby) = if live || lock.is_none() {
-            (None, 0, None)
+            (None, Lsn::ZERO, None)
         } else {
-            let best = best_peer_position(&lab, &peers, me, config.db_nodes, &mut rest_seq).await;
+            let best = best_peer_position(&world, &peers, me, config.db_nodes, &mut rest_seq).await;
             let optime = match dcs.call(OpKind::Get { key: OPTIME_KEY }, deadline).await {
-                Some(Reply::Get(v)) => v.unwrap_or(0),
-                _ => u64::MAX,
+                Some(Reply::Get(v)) => Lsn(v.unwrap_or(0)),
+                _ => Lsn(u64::MAX),
             };
             let sync = if sync_mode {
                 match dcs.call(OpKind::Get { key: SYNC_KEY }, deadline).await {
@@ -697,11 +697,11 @@ async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Res
                 };
                 match dcs.call(cas, deadline).await {
                     Some(Reply::Cas(true)) => {
-                        lab.borrow_mut().lock_written(renewed);
-                        publish_leader_state(&lab, &mut dcs, me, sync_mode, deadline).await;
+                        world.borrow_mut().lock_written(renewed);
+                        publish_leader_state(&world, &mut dcs, me, sync_mode, deadline).await;
                     }
                     _ if is_primary => demote(
-                        &lab,
+                        &world,
                         me,
                         None,
                         "failed to update the leader lock within retry_timeout: demoting",
@@ -712,12 +712,12 @@ async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Res
             HaAction::Follow(holder) => {
                 if is_primary {
                     demote(
-                        &lab,
+                        &world,
                         me,
                         Some(holder),
                         "another member holds the leader key: demoting",
                     );
-                } else if let Some(server) = lab.borrow_mut().servers[me as usize - 1].as_mut() {
+                } else if let Some(server) = world.borrow_mut().servers[me as usize - 1].as_mut() {
                     server.upstream = Some(holder);
                 }
             }
@@ -733,13 +733,13 @@ async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Res
                 };
                 if let Some(Reply::Cas(true)) = dcs.call(cas, deadline).await {
                     {
-                        let mut state = lab.borrow_mut();
+                        let mut state = world.borrow_mut();
                         state.lock_written(mine);
                         state.event(name.clone(), "took the leader key: promoting".into());
                     }
                     tokio::time::sleep(Duration::from_micros(PROMOTE_US)).await;
-                    promote(&lab, me);
-                    publish_leader_state(&lab, &mut dcs, me, sync_mode, deadline + ttl_us).await;
+                    promote(&world, me);
+                    publish_leader_state(&world, &mut dcs, me, sync_mode, deadline + ttl_us).await;
                     continue;
                 }
             }
@@ -760,14 +760,14 @@ async fn patroni_task(lab: PgLab, config: PgHostConfig, me: u64) -> turmoil::Res
 /// The leader publishes its WAL position and, in synchronous mode, picks and publishes the
 /// synchronous standby before the primary waits for it.
 async fn publish_leader_state(
-    lab: &PgLab,
+    world: &PgWorldRef,
     dcs: &mut DcsClient,
     me: u64,
     sync_mode: bool,
     deadline: u64,
 ) {
     let (lsn, sync) = {
-        let state = lab.borrow();
+        let state = world.borrow();
         let Some(server) = state.servers[me as usize - 1].as_ref() else {
             return;
         };
@@ -778,13 +778,13 @@ async fn publish_leader_state(
         .call(
             OpKind::Put {
                 key: OPTIME_KEY,
-                value: lsn,
+                value: lsn.0,
             },
             deadline,
         )
         .await;
     if sync_mode {
-        let current = lab.borrow().servers[me as usize - 1]
+        let current = world.borrow().servers[me as usize - 1]
             .as_ref()
             .and_then(|s| s.sync_standby);
         if let (Some(s), true) = (sync, current.is_none()) {
@@ -798,7 +798,7 @@ async fn publish_leader_state(
                 )
                 .await
             {
-                let mut state = lab.borrow_mut();
+                let mut state = world.borrow_mut();
                 if let Some(server) = state.servers[me as usize - 1].as_mut() {
                     server.sync_standby = Some(s);
                 }
@@ -808,8 +808,8 @@ async fn publish_leader_state(
     }
 }
 
-fn promote(lab: &PgLab, me: u64) {
-    let mut state = lab.borrow_mut();
+fn promote(world: &PgWorldRef, me: u64) {
+    let mut state = world.borrow_mut();
     let Some(server) = state.servers[me as usize - 1].as_mut() else {
         return;
     };
@@ -821,8 +821,8 @@ fn promote(lab: &PgLab, me: u64) {
     );
 }
 
-fn demote(lab: &PgLab, me: u64, upstream: Option<u64>, why: &str) {
-    let mut state = lab.borrow_mut();
+fn demote(world: &PgWorldRef, me: u64, upstream: Option<u64>, why: &str) {
+    let mut state = world.borrow_mut();
     let Some(server) = state.servers[me as usize - 1].as_mut() else {
         return;
     };
@@ -837,8 +837,8 @@ fn demote(lab: &PgLab, me: u64, upstream: Option<u64>, why: &str) {
 /// Patroni speak TCP, where a lost segment arrives late and a duplicate is discarded; the model's
 /// receivers already treat a gap or a repeat that way (a standby reconnects from its end of WAL,
 /// a repeated record or answer is ignored). A full send buffer drops the datagram, as UDP would.
-fn send(lab: &PgLab, socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
-    let copies = lab.borrow_mut().copies_to_send();
+fn send(world: &PgWorldRef, socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    let copies = world.borrow_mut().copies_to_send();
     for _ in 0..copies {
         let _ = socket.try_send_to(bytes, to);
     }
@@ -884,8 +884,8 @@ fn reply_seq(p: &PgPacket) -> Option<u64> {
 }
 
 /// Records a lag sample in the phase running now.
-pub fn sample(lab: &PgLab, replica: u64, method: LagMethod, value: Option<f64>) {
-    let mut state = lab.borrow_mut();
+pub fn sample(world: &PgWorldRef, replica: u64, method: LagMethod, value: Option<f64>) {
+    let mut state = world.borrow_mut();
     let at = now_us().saturating_sub(state.start_us);
     let phase = state.phase_at(at).name.clone();
     state.samples.push(LagSample {
@@ -897,8 +897,8 @@ pub fn sample(lab: &PgLab, replica: u64, method: LagMethod, value: Option<f64>) 
 }
 
 /// Records a client operation.
-pub fn record(lab: &PgLab, op: Op) {
-    lab.borrow_mut().ops.push(op);
+pub fn record(world: &PgWorldRef, op: Op) {
+    world.borrow_mut().ops.push(op);
 }
 
 /// An acknowledged-write outcome.

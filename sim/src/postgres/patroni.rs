@@ -10,6 +10,8 @@
 
 use quorumlab_experiment::history::{Key, Value};
 
+use super::server::Lsn;
+
 /// The etcd key holding the leader lock.
 pub const LEADER_KEY: Key = 0;
 /// The etcd key holding the leader's last WAL position (Patroni's `/optime/leader`).
@@ -70,11 +72,11 @@ pub struct HaView {
     /// Now, in simulated milliseconds.
     pub now_ms: u64,
     /// This member's received WAL position.
-    pub my_lsn: u64,
+    pub my_lsn: Lsn,
     /// The highest received position among the other members that answered.
-    pub best_peer_lsn: Option<u64>,
-    /// The leader's last published position.
-    pub leader_optime: u64,
+    pub best_peer_lsn: Option<Lsn>,
+    /// The leader's last published position (`Lsn(u64::MAX)` when it could not be read).
+    pub leader_optime: Lsn,
     /// `maximum_lag_on_failover`, bytes.
     pub maximum_lag_on_failover: u64,
     /// Synchronous mode: the standby named in `/sync` (0 when none). `None` in async mode.
@@ -89,7 +91,7 @@ pub fn decide(view: &HaView) -> HaAction {
         _ => {
             let behind_a_peer = view.best_peer_lsn.is_some_and(|p| p > view.my_lsn);
             let too_far_behind =
-                view.leader_optime.saturating_sub(view.my_lsn) > view.maximum_lag_on_failover;
+                view.leader_optime.bytes_since(view.my_lsn) > view.maximum_lag_on_failover;
             let not_the_sync_standby = view.sync_standby.is_some_and(|s| s != 0 && s != view.me);
             if behind_a_peer || too_far_behind || not_the_sync_standby {
                 HaAction::Wait
@@ -109,9 +111,9 @@ mod tests {
             me: 2,
             lock,
             now_ms: 1000,
-            my_lsn: 500,
-            best_peer_lsn: Some(400),
-            leader_optime: 600,
+            my_lsn: Lsn(500),
+            best_peer_lsn: Some(Lsn(400)),
+            leader_optime: Lsn(600),
             maximum_lag_on_failover: 1 << 20,
             sync_standby: None,
         }
@@ -142,7 +144,7 @@ mod tests {
         assert_eq!(decide(&view(live(1))), HaAction::Follow(1));
         assert_eq!(decide(&view(dead)), HaAction::Acquire);
         let behind = HaView {
-            best_peer_lsn: Some(501),
+            best_peer_lsn: Some(Lsn(501)),
             ..view(dead)
         };
         assert_eq!(decide(&behind), HaAction::Wait);

@@ -22,16 +22,16 @@ use serde::{Deserialize, Serialize};
 use turmoil::net::UdpSocket;
 
 use super::host::{
-    ask, db_host, ok, record, sample, PgEvent, PgHostConfig, PgLab, PgLabState, PgPacket,
+    ask, db_host, ok, record, sample, PgEvent, PgHostConfig, PgPacket, PgWorld, PgWorldRef,
 };
 use super::server::{PgRole, PgServer};
-use crate::host::{node_host, LabState, Lossiness};
+use crate::host::{node_host, Lossiness, World};
 use crate::node::NodeConfig;
 use crate::run::SimError;
 
 /// Simulated time before the workload starts: etcd elects a leader and Patroni bootstraps.
 pub const BOOTSTRAP_MS: u64 = 3000;
-/// etcd members in a Postgres lab.
+/// etcd members in a Postgres world.
 const ETCD_MEMBERS: u64 = 3;
 
 /// One simulated run of a Postgres scenario.
@@ -101,7 +101,7 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
         seed,
     };
     let phases = pg.phases_or(scenario.duration_ms, scenario.workload.rate_per_s);
-    let lab: PgLab = Rc::new(RefCell::new(PgLabState {
+    let world: PgWorldRef = Rc::new(RefCell::new(PgWorld {
         servers: (1..=db_nodes)
             .map(|i| {
                 let mut server = if i == 1 {
@@ -118,9 +118,9 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
         phases: phases.clone(),
         start_us,
         seed,
-        ..PgLabState::default()
+        ..PgWorld::default()
     }));
-    let etcd: crate::host::Lab = Rc::new(RefCell::new(LabState::for_members(
+    let etcd: crate::host::WorldRef = Rc::new(RefCell::new(World::for_members(
         ETCD_MEMBERS as usize,
         scenario.topology.heartbeat_ms * 1000,
     )));
@@ -138,9 +138,9 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
     let election_ticks =
         (scenario.topology.election_timeout_ms / scenario.topology.heartbeat_ms) as usize;
     for i in 1..=hosts {
-        let (lab, etcd, config) = (lab.clone(), etcd.clone(), config.clone());
+        let (world, etcd, config) = (world.clone(), etcd.clone(), config.clone());
         sim.host(format!("n{i}"), move || {
-            let (lab, etcd, config) = (lab.clone(), etcd.clone(), config.clone());
+            let (world, etcd, config) = (world.clone(), etcd.clone(), config.clone());
             async move {
                 if i <= ETCD_MEMBERS {
                     let node_config = NodeConfig {
@@ -154,7 +154,7 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
                     tokio::task::spawn_local(node_host(etcd, node_config, store));
                 }
                 if i <= config.db_nodes {
-                    db_host(lab, config, i).await
+                    db_host(world, config, i).await
                 } else {
                     std::future::pending().await
                 }
@@ -165,13 +165,13 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
     let workload = scenario.workload.clone();
     let duration_ms = scenario.duration_ms;
     let measuring_lag = !pg.phases.is_empty();
-    let client_lab = lab.clone();
+    let client_world = world.clone();
     sim.client("clients", async move {
         tokio::time::sleep(Duration::from_micros(start_us)).await;
         let until = Duration::from_micros(start_us) + Duration::from_millis(duration_ms);
         let primary = Rc::new(Cell::new(1u64));
         let mut tasks = vec![tokio::task::spawn_local(track_primary(
-            client_lab.clone(),
+            client_world.clone(),
             primary.clone(),
             db_nodes,
             until,
@@ -179,7 +179,7 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
         let clients = workload.clients.clamp(1, PROBE_CLIENT as usize - 1) as u64;
         for client in 0..clients {
             tasks.push(tokio::task::spawn_local(writer(
-                client_lab.clone(),
+                client_world.clone(),
                 client,
                 clients,
                 Duration::from_millis(workload.timeout_ms),
@@ -188,24 +188,24 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
             )));
         }
         tasks.push(tokio::task::spawn_local(prober(
-            client_lab.clone(),
+            client_world.clone(),
             db_nodes,
             until,
         )));
         if measuring_lag {
             tasks.push(tokio::task::spawn_local(heartbeat(
-                client_lab.clone(),
+                client_world.clone(),
                 primary.clone(),
                 until,
             )));
             tasks.push(tokio::task::spawn_local(view_sampler(
-                client_lab.clone(),
+                client_world.clone(),
                 db_nodes,
                 until,
             )));
             for replica in 2..=db_nodes {
                 tasks.push(tokio::task::spawn_local(heartbeat_watcher(
-                    client_lab.clone(),
+                    client_world.clone(),
                     replica,
                     until,
                 )));
@@ -223,13 +223,13 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
     while sim.elapsed() < duration {
         let now_us = sim.elapsed().as_micros() as u64;
         while let Some(step) = pending.next_if(|s| start_us + s.at_ms * 1000 <= now_us) {
-            let primary = current_primary(&lab);
+            let primary = current_primary(&world);
             let states: Vec<NodeState> = (1..=hosts)
                 .map(|i| NodeState {
                     term: 0,
                     leader: Some(i) == primary,
-                    crashed: (i as usize) <= lab.borrow().servers.len()
-                        && lab.borrow().servers[i as usize - 1].is_none(),
+                    crashed: (i as usize) <= world.borrow().servers.len()
+                        && world.borrow().servers[i as usize - 1].is_none(),
                 })
                 .collect();
             let plan = plan_fault(&step.fault, &states);
@@ -239,7 +239,7 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
             }
             let label = plan.label(&step.fault);
             {
-                let mut state = lab.borrow_mut();
+                let mut state = world.borrow_mut();
                 state.events.push(PgEvent {
                     at_us: now_us - start_us,
                     node: "fault".into(),
@@ -248,7 +248,7 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
             }
             apply(
                 &mut sim,
-                (&lab, &etcd),
+                (&world, &etcd),
                 &plan.steps,
                 hosts,
                 net.latency_ms_max,
@@ -262,14 +262,14 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
     let end_us = duration.as_micros() as u64 - start_us;
     // Let the cluster settle, as the real driver does, then read what survived.
     let settle_until = duration + Duration::from_secs(60);
-    while current_primary(&lab).is_none() && sim.elapsed() < settle_until {
+    while current_primary(&world).is_none() && sim.elapsed() < settle_until {
         sim.step().map_err(|e| SimError::Host {
             at_ms: sim.elapsed().as_millis() as u64,
             reason: e.to_string(),
         })?;
     }
-    let state = lab.borrow();
-    let new_primary = current_primary(&lab);
+    let state = world.borrow();
+    let new_primary = current_primary(&world);
     let surviving_ids: BTreeSet<u64> = new_primary
         .and_then(|p| state.servers[p as usize - 1].as_ref())
         .map(|s| s.wal.iter().map(|r| r.write_id).collect())
@@ -327,8 +327,8 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
     })
 }
 
-fn current_primary(lab: &PgLab) -> Option<u64> {
-    let state = lab.borrow();
+fn current_primary(world: &PgWorldRef) -> Option<u64> {
+    let state = world.borrow();
     (1..=state.servers.len() as u64).find(|&i| {
         state.servers[i as usize - 1]
             .as_ref()
@@ -340,7 +340,7 @@ fn current_primary(lab: &PgLab) -> Option<u64> {
 /// duplication of the database hosts' datagrams and of the etcd members' Raft messages.
 fn apply(
     sim: &mut turmoil::Sim<'_>,
-    (lab, etcd): (&PgLab, &crate::host::Lab),
+    (world, etcd): (&PgWorldRef, &crate::host::WorldRef),
     steps: &[Disruption],
     hosts: u64,
     latency_ms_max: u64,
@@ -351,13 +351,13 @@ fn apply(
             Disruption::Cut(a, b) => sim.partition(name(a), name(b)),
             Disruption::CutOneway(a, b) => sim.partition_oneway(name(a), name(b)),
             Disruption::Kill(i) => {
-                let mut state = lab.borrow_mut();
+                let mut state = world.borrow_mut();
                 if let Some(slot) = state.servers.get_mut(i as usize - 1) {
                     *slot = None;
                 }
             }
             Disruption::Start(i) => {
-                let mut state = lab.borrow_mut();
+                let mut state = world.borrow_mut();
                 let primary = (1..=state.servers.len() as u64).find(|&p| {
                     state.servers[p as usize - 1]
                         .as_ref()
@@ -378,18 +378,18 @@ fn apply(
                     }
                 }
                 sim.set_max_message_latency(Duration::from_millis(latency_ms_max));
-                lab.borrow_mut().lossiness = Lossiness::default();
+                world.borrow_mut().lossiness = Lossiness::default();
                 etcd.borrow_mut().lossiness = Lossiness::default();
             }
             Disruption::Delay { ms_max } => {
                 sim.set_max_message_latency(Duration::from_millis(ms_max))
             }
             Disruption::Loss(rate) => {
-                lab.borrow_mut().lossiness.loss = rate;
+                world.borrow_mut().lossiness.loss = rate;
                 etcd.borrow_mut().lossiness.loss = rate;
             }
             Disruption::Duplicate(rate) => {
-                lab.borrow_mut().lossiness.duplicate = rate;
+                world.borrow_mut().lossiness.duplicate = rate;
                 etcd.borrow_mut().lossiness.duplicate = rate;
             }
         }
@@ -410,12 +410,12 @@ fn now() -> u64 {
 
 /// Asks every node `pg_is_in_recovery()` every 100 ms; publishes the first that says no.
 async fn track_primary(
-    lab: PgLab,
+    world: PgWorldRef,
     primary: Rc<Cell<u64>>,
     nodes: u64,
     until: Duration,
 ) -> turmoil::Result {
-    let _ = lab;
+    let _ = world;
     let socket = bind(7000).await?;
     let mut buf = vec![0u8; 4096];
     let mut seq = 0;
@@ -442,7 +442,7 @@ async fn track_primary(
 }
 
 async fn writer(
-    lab: PgLab,
+    world: PgWorldRef,
     client: u64,
     clients: u64,
     timeout: Duration,
@@ -451,10 +451,10 @@ async fn writer(
 ) -> turmoil::Result {
     let socket = bind(7100 + client as u16).await?;
     let mut buf = vec![0u8; 4096];
-    let start_us = lab.borrow().start_us;
+    let start_us = world.borrow().start_us;
     let mut n = 0;
     while elapsed() < until {
-        let phase = lab.borrow().phase_at(now() - start_us).clone();
+        let phase = world.borrow().phase_at(now() - start_us).clone();
         if phase.rate_per_s == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
@@ -477,7 +477,7 @@ async fn writer(
             None => Outcome::Info,
         };
         record(
-            &lab,
+            &world,
             write_op(
                 client as u32,
                 next_id,
@@ -494,15 +494,15 @@ async fn writer(
 }
 
 /// Tries one insert on every node every 100 ms; records the acknowledged ones.
-async fn prober(lab: PgLab, nodes: u64, until: Duration) -> turmoil::Result {
+async fn prober(world: PgWorldRef, nodes: u64, until: Duration) -> turmoil::Result {
     let socket = bind(7200).await?;
     let mut buf = vec![0u8; 4096];
-    let start_us = lab.borrow().start_us;
+    let start_us = world.borrow().start_us;
     let mut n = 0;
     while elapsed() < until {
         tokio::time::sleep(Duration::from_millis(100)).await;
         // An idle phase stays idle: no writes at all, or the views could not be seen to mislead.
-        if lab.borrow().phase_at(now() - start_us).rate_per_s == 0 {
+        if world.borrow().phase_at(now() - start_us).rate_per_s == 0 {
             continue;
         }
         for i in 1..=nodes {
@@ -526,7 +526,7 @@ async fn prober(lab: PgLab, nodes: u64, until: Duration) -> turmoil::Result {
             .await
             {
                 record(
-                    &lab,
+                    &world,
                     write_op(
                         PROBE_CLIENT,
                         next_id,
@@ -542,14 +542,14 @@ async fn prober(lab: PgLab, nodes: u64, until: Duration) -> turmoil::Result {
 }
 
 /// Writes a heartbeat row every 100 ms while the phase has writes.
-async fn heartbeat(lab: PgLab, primary: Rc<Cell<u64>>, until: Duration) -> turmoil::Result {
+async fn heartbeat(world: PgWorldRef, primary: Rc<Cell<u64>>, until: Duration) -> turmoil::Result {
     let socket = bind(7300).await?;
     let mut buf = vec![0u8; 4096];
-    let start_us = lab.borrow().start_us;
+    let start_us = world.borrow().start_us;
     let mut seq = 0;
     while elapsed() < until {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if lab.borrow().phase_at(now() - start_us).rate_per_s == 0 {
+        if world.borrow().phase_at(now() - start_us).rate_per_s == 0 {
             continue;
         }
         seq += 1;
@@ -573,7 +573,7 @@ async fn heartbeat(lab: PgLab, primary: Rc<Cell<u64>>, until: Duration) -> turmo
 }
 
 /// Polls one replica every 10 ms; each newly visible heartbeat's lag is now minus its commit.
-async fn heartbeat_watcher(lab: PgLab, replica: u64, until: Duration) -> turmoil::Result {
+async fn heartbeat_watcher(world: PgWorldRef, replica: u64, until: Duration) -> turmoil::Result {
     let socket = bind(7400 + replica as u16).await?;
     let mut buf = vec![0u8; 4096];
     let mut seq = 0;
@@ -598,7 +598,7 @@ async fn heartbeat_watcher(lab: PgLab, replica: u64, until: Duration) -> turmoil
             if hb > last_seen {
                 last_seen = hb;
                 let lag_ms = now().saturating_sub(committed_us) as f64 / 1000.0;
-                sample(&lab, replica, LagMethod::Heartbeat, Some(lag_ms));
+                sample(&world, replica, LagMethod::Heartbeat, Some(lag_ms));
             }
         }
     }
@@ -606,7 +606,7 @@ async fn heartbeat_watcher(lab: PgLab, replica: u64, until: Duration) -> turmoil
 }
 
 /// Every 100 ms: `pg_stat_replication` on the primary, the replay timestamp's age on standbys.
-async fn view_sampler(lab: PgLab, nodes: u64, until: Duration) -> turmoil::Result {
+async fn view_sampler(world: PgWorldRef, nodes: u64, until: Duration) -> turmoil::Result {
     let socket = bind(7500).await?;
     let mut buf = vec![0u8; 1 << 16];
     let mut seq = 0;
@@ -635,14 +635,14 @@ async fn view_sampler(lab: PgLab, nodes: u64, until: Duration) -> turmoil::Resul
             if primary {
                 for (standby, lags, bytes) in replication {
                     let ms = |v: Option<u64>| v.map(|us| us as f64 / 1000.0);
-                    sample(&lab, standby, LagMethod::WriteLag, ms(lags[0]));
-                    sample(&lab, standby, LagMethod::FlushLag, ms(lags[1]));
-                    sample(&lab, standby, LagMethod::ReplayLag, ms(lags[2]));
-                    sample(&lab, standby, LagMethod::Bytes, Some(bytes as f64));
+                    sample(&world, standby, LagMethod::WriteLag, ms(lags[0]));
+                    sample(&world, standby, LagMethod::FlushLag, ms(lags[1]));
+                    sample(&world, standby, LagMethod::ReplayLag, ms(lags[2]));
+                    sample(&world, standby, LagMethod::Bytes, Some(bytes as f64));
                 }
             } else {
                 sample(
-                    &lab,
+                    &world,
                     i,
                     LagMethod::ReplayAge,
                     replay_age_us.map(|us| us as f64 / 1000.0),

@@ -18,8 +18,47 @@ use std::collections::{BTreeMap, VecDeque};
 use quorumlab_experiment::postgres::SyncCommit;
 use serde::{Deserialize, Serialize};
 
-/// A WAL position, in bytes.
-pub type Lsn = u64;
+/// A WAL position: bytes since the start of WAL. Printed and serialised as that number.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// The start of WAL.
+    pub const ZERO: Lsn = Lsn(0);
+
+    /// Bytes of WAL from `earlier` up to this position (0 when `earlier` is ahead).
+    pub fn bytes_since(self, earlier: Lsn) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl std::ops::Add<u64> for Lsn {
+    type Output = Lsn;
+    fn add(self, bytes: u64) -> Lsn {
+        Lsn(self.0 + bytes)
+    }
+}
+
+impl std::ops::Sub<u64> for Lsn {
+    type Output = Lsn;
+    fn sub(self, bytes: u64) -> Lsn {
+        assert!(
+            bytes <= self.0,
+            "WAL position {} minus {bytes} bytes",
+            self.0
+        );
+        Lsn(self.0 - bytes)
+    }
+}
+
+impl std::fmt::Display for Lsn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// Bytes of WAL an insert costs besides its payload (tuple and commit record headers).
 pub const RECORD_OVERHEAD_BYTES: u64 = 120;
@@ -142,11 +181,11 @@ impl PgServer {
         PgServer {
             role: PgRole::Primary,
             timeline: 1,
-            timeline_start: 0,
+            timeline_start: Lsn::ZERO,
             wal: Vec::new(),
             upstream: None,
-            flushed: 0,
-            replayed: 0,
+            flushed: Lsn::ZERO,
+            replayed: Lsn::ZERO,
             standbys: BTreeMap::new(),
             sync_standby: None,
             synchronous_commit,
@@ -166,7 +205,7 @@ impl PgServer {
 
     /// End of this server's WAL (received, for a standby).
     pub fn end_lsn(&self) -> Lsn {
-        self.wal.last().map_or(0, |r| r.end)
+        self.wal.last().map_or(Lsn::ZERO, |r| r.end)
     }
 
     /// Appends a committed insert; its acknowledgement comes from [`PgServer::tick`].
@@ -184,7 +223,7 @@ impl PgServer {
         }
         let bytes = payload + RECORD_OVERHEAD_BYTES;
         let end = self.end_lsn() + bytes;
-        self.wal.push(WalRecord {
+        self.append(WalRecord {
             end,
             bytes,
             write_id,
@@ -204,6 +243,7 @@ impl PgServer {
         for standby in self.standbys.values_mut() {
             standby.samples.push_back((end, now_us + FSYNC_US));
         }
+        self.assert_invariants();
         Some(end)
     }
 
@@ -291,6 +331,7 @@ impl PgServer {
         for c in &mut p.cursors {
             *c -= consumed;
         }
+        self.assert_invariants();
     }
 
     /// A standby receives WAL from its upstream on `timeline`. Returns `false` when the records
@@ -315,9 +356,10 @@ impl PgServer {
             if start > self.end_lsn() {
                 return false;
             }
-            self.wal.push(record);
+            self.append(record);
         }
         self.timeline = self.timeline.max(timeline);
+        self.assert_invariants();
         true
     }
 
@@ -390,6 +432,7 @@ impl PgServer {
                 }
             }
         }
+        self.assert_invariants();
         out
     }
 
@@ -405,6 +448,8 @@ impl PgServer {
 
     /// Promotes a standby: replay everything received, start a new timeline, accept writes.
     pub fn promote(&mut self) {
+        assert_eq!(self.role, PgRole::Standby, "only a standby is promoted");
+        let timeline = self.timeline;
         self.role = PgRole::Primary;
         self.flushed = self.end_lsn();
         self.replayed = self.end_lsn();
@@ -413,11 +458,18 @@ impl PgServer {
         self.upstream = None;
         self.standbys.clear();
         self.pending.clear();
+        assert_eq!(
+            self.timeline,
+            timeline + 1,
+            "a promotion starts the next timeline"
+        );
+        self.assert_invariants();
     }
 
     /// Demotes a primary to a standby of `upstream` (none while no leader is known). Commits
     /// still waiting are never acknowledged.
     pub fn demote(&mut self, upstream: Option<u64>) {
+        assert_eq!(self.role, PgRole::Primary, "only a primary is demoted");
         self.role = PgRole::Standby;
         self.flushed = self.end_lsn();
         self.replayed = self.end_lsn();
@@ -425,6 +477,45 @@ impl PgServer {
         self.standbys.clear();
         self.pending.clear();
         self.sync_standby = None;
+        self.assert_invariants();
+    }
+
+    /// What holds between any two calls: WAL positions in order (replayed <= flushed <= written,
+    /// the end of WAL) and, for every standby the primary tracks, replay <= flush <= write.
+    /// Checked in every build: a model that breaks them would teach something false.
+    fn assert_invariants(&self) {
+        let written = self.end_lsn();
+        assert!(
+            self.flushed <= written,
+            "flushed {} past the end of WAL {written}",
+            self.flushed
+        );
+        assert!(
+            self.replayed <= self.flushed,
+            "replayed {} past flushed {}",
+            self.replayed,
+            self.flushed
+        );
+        assert!(self.timeline >= 1 && self.timeline_start <= written);
+        for (id, p) in &self.standbys {
+            assert!(
+                p.replay <= p.flush && p.flush <= p.write,
+                "standby n{id} reports replay {} flush {} write {}",
+                p.replay,
+                p.flush,
+                p.write
+            );
+        }
+    }
+
+    /// Appends `record` to the WAL, which must follow on from the current end.
+    fn append(&mut self, record: WalRecord) {
+        assert_eq!(
+            record.end - record.bytes,
+            self.end_lsn(),
+            "WAL records follow on from each other"
+        );
+        self.wal.push(record);
     }
 
     /// Commit time of the last replayed record (`pg_last_xact_replay_timestamp()`).
@@ -484,7 +575,7 @@ mod tests {
         {
             let mut p = PgServer::primary(level);
             let mut s = PgServer::standby(1, level);
-            p.standby_connect(2, 0, 1);
+            p.standby_connect(2, Lsn::ZERO, 1);
             p.sync_standby = Some(2);
             p.commit(0, 7, 100, None, 70).unwrap();
             // Before the standby has heard anything, only `local` acknowledges.
@@ -510,7 +601,7 @@ mod tests {
     fn lag_columns_go_null_once_an_idle_standby_has_replayed_everything() {
         let mut p = PgServer::primary(SyncCommit::Local);
         let mut s = PgServer::standby(1, SyncCommit::Local);
-        p.standby_connect(2, 0, 1);
+        p.standby_connect(2, Lsn::ZERO, 1);
         p.commit(0, 1, 100, None, 1);
         for step in 1..4 {
             stream(&mut p, &mut s, step * 1000, 1000);

@@ -7,8 +7,10 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use quorumlab_cluster::etcd::{EtcdTiming, Lab};
-use quorumlab_cluster::run::{check_supported, run_etcd, RealRun};
+use quorumlab_cluster::etcd::EtcdTiming;
+use quorumlab_cluster::etcd::{run_etcd, RealRun};
+use quorumlab_cluster::lab::Lab;
+use quorumlab_cluster::run::check_supported;
 use quorumlab_experiment::measure::RunSummary;
 use quorumlab_experiment::Scenario;
 use quorumlab_sim::sweep::sweep;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use quorumlab_cluster::run::RealRun;
+use quorumlab_cluster::etcd::RealRun;
 use quorumlab_experiment::report::render_html;
 use quorumlab_experiment::Verdict;
 use quorumlab_sim::sweep::SweepReport;

@@ -5,8 +5,8 @@
 mod show;
 
 use anyhow::Result;
-use quorumlab_cluster::pg_run::{run_on_urls, run_postgres, PgRealRun};
-use quorumlab_cluster::postgres::{self as lab, PatroniSettings};
+use quorumlab_cluster::postgres::{lab, PatroniSettings};
+use quorumlab_cluster::postgres::{run_on_urls, run_postgres, PgRealRun};
 use quorumlab_cluster::run::check_supported;
 use quorumlab_experiment::postgres::{PostgresSettings, ReplicationMode};
 use quorumlab_experiment::replication::PgRunSummary;

@@ -32,8 +32,9 @@ use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 use tokio::sync::watch;
 
-use crate::etcd::{Lab, LabError};
-use crate::postgres::{self, PatroniSettings, PgNodes, LEADER_KEY};
+use super::lab::{self as postgres, PgNodes, LEADER_KEY};
+use super::settings::PatroniSettings;
+use crate::lab::{Lab, LabError};
 use crate::run::{carry_out, check_supported, FiredFault, RunError};
 
 /// How often the prober tries every node.

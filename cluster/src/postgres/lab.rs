@@ -12,18 +12,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use quorumlab_experiment::postgres::{PostgresSettings, ReplicationMode, SyncCommit};
+use quorumlab_experiment::postgres::ReplicationMode;
 use quorumlab_proto::agent::Action;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Row};
 
+use super::settings::{PatroniSettings, PgCluster, PG_PORT};
 use crate::agent::ServiceSpec;
-use crate::etcd::{random_token, write_secret, EtcdTiming, Lab, LabError, CLIENT_PORT};
+use crate::etcd::lab::{EtcdTiming, CLIENT_PORT};
 use crate::hosts::LabNet;
+use crate::lab::{random_token, write_secret, Lab, LabError};
 
-/// Postgres's port on every database host.
-pub const PG_PORT: u16 = 5432;
 /// Patroni's REST API port on every database host.
 pub const PATRONI_PORT: u16 = 8008;
 /// Where Debian's patroni package puts its entry point.
@@ -40,59 +40,6 @@ pub const LEADER_KEY: &str = "/service/quorumlab/leader";
 const ETCD_MEMBERS: usize = 3;
 /// Largest number of replicas `cluster up postgres` makes.
 pub const REPLICAS_MAX: usize = 6;
-
-/// Patroni settings that a scenario chooses.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PatroniSettings {
-    /// Leader key TTL, seconds.
-    pub ttl_s: u64,
-    /// HA loop period, seconds.
-    pub loop_wait_s: u64,
-    /// Retry budget for DCS and Postgres calls, seconds.
-    pub retry_timeout_s: u64,
-    /// Replicas further behind than this are not promoted.
-    pub maximum_lag_on_failover_bytes: u64,
-    /// Asynchronous streaming or Patroni's synchronous mode.
-    pub mode: ReplicationMode,
-    /// `synchronous_commit` in synchronous mode.
-    pub synchronous_commit: SyncCommit,
-}
-
-impl PatroniSettings {
-    /// The settings a scenario asks for, in `mode`.
-    pub fn from_scenario(pg: &PostgresSettings, mode: ReplicationMode) -> PatroniSettings {
-        PatroniSettings {
-            ttl_s: pg.ttl_s,
-            loop_wait_s: pg.loop_wait_s,
-            retry_timeout_s: pg.retry_timeout_s,
-            maximum_lag_on_failover_bytes: pg.maximum_lag_on_failover_bytes,
-            mode,
-            synchronous_commit: pg.synchronous_commit,
-        }
-    }
-
-    /// Patroni's rule, checked before anything starts.
-    pub fn validate(&self) -> Result<(), LabError> {
-        if self.loop_wait_s == 0 || self.loop_wait_s + 2 * self.retry_timeout_s > self.ttl_s {
-            return Err(LabError::Settings(format!(
-                "Patroni needs 0 < loop_wait and loop_wait + 2*retry_timeout <= ttl, but {} + 2*{} > {}",
-                self.loop_wait_s, self.retry_timeout_s, self.ttl_s
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// What `lab.json` records about the Postgres cluster.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PgCluster {
-    /// Hosts `n1..=n{db_nodes}` run Patroni and Postgres.
-    pub db_nodes: usize,
-    /// Password of the `postgres` superuser (the lab's clients connect as it).
-    pub superuser_password: String,
-    /// Patroni's settings.
-    pub patroni: PatroniSettings,
-}
 
 /// One Postgres node as `cluster status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,20 +69,6 @@ fn pg_err(what: &str, e: impl std::fmt::Display) -> LabError {
 /// Folds an error message to one line.
 pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-impl PgCluster {
-    /// Connection options for the node on host `i` of `net`.
-    pub fn connect_options(&self, net: &LabNet, i: usize) -> PgConnectOptions {
-        PgConnectOptions::new()
-            .host(&net.addr(i).to_string())
-            .port(PG_PORT)
-            .username("postgres")
-            .password(&self.superuser_password)
-            .database("postgres")
-            .application_name("quorumlab")
-            .disable_statement_logging()
-    }
 }
 
 /// The Postgres nodes a workload talks to, numbered from 1: a lab's database hosts, or any
@@ -448,7 +381,7 @@ pub async fn up(
             "a Postgres lab needs 1 to {REPLICAS_MAX} replicas, not {replicas}"
         )));
     }
-    settings.validate()?;
+    settings.validate().map_err(LabError::Settings)?;
     for program in [PATRONI_BINARY, &format!("{PG_BIN_DIR}/postgres")] {
         if !Path::new(program).exists() {
             return Err(LabError::NoPostgres(format!(

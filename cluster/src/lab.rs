@@ -1,0 +1,341 @@
+//! A lab: hosts (network namespaces on a bridge), one node agent per host, and the record of it
+//! all in `STATE_DIR/lab.json`, written before anything starts so that `down` can always find and
+//! stop what the lab started. What runs on the hosts — etcd members, Patroni and Postgres — is the
+//! business of [`crate::etcd`] and [`crate::postgres`], which give each host its services.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use quorumlab_proto::agent::{Action, LinksRequest, SignalRequest};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::{connect, AgentClient, AgentConfig, ServiceSpec};
+use crate::hosts::{is_root, HostError, LabNet};
+use crate::postgres::settings::PgCluster;
+
+/// The agent's port on every host.
+pub const AGENT_PORT: u16 = 7070;
+
+/// Why a lab operation failed; each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// Hosts could not be made.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// etcd is not installed (at the path given).
+    #[error(
+        "etcd is not installed at {0}: apt-get install etcd-server (cargo xtask test does it)"
+    )]
+    NoEtcd(&'static str),
+    /// The requested size is impossible.
+    #[error("an etcd cluster needs 1 to 9 nodes, not {0}")]
+    Size(usize),
+    /// A lab is already up in this state directory.
+    #[error("a lab is already up in {0}; run `quorumlab cluster down` first")]
+    AlreadyUp(String),
+    /// No lab is recorded in this state directory.
+    #[error("no lab is up in {0} (`quorumlab cluster up etcd` starts one)")]
+    NotUp(String),
+    /// Files in the state directory.
+    #[error("state directory {path}: {reason}")]
+    State {
+        /// The path.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+    /// An agent or etcd did not answer in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// Settings that cannot work (Patroni's rule, replica counts).
+    #[error("{0}")]
+    Settings(String),
+    /// Postgres or Patroni is not installed.
+    #[error("{0}")]
+    NoPostgres(String),
+    /// Postgres refused or could not be reached.
+    #[error("{0}")]
+    Postgres(String),
+    /// An agent refused or failed a call.
+    #[error("agent on {host}: {reason}")]
+    Agent {
+        /// Host name.
+        host: String,
+        /// gRPC status message.
+        reason: String,
+    },
+}
+
+/// What `lab.json` records about a running lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lab {
+    /// The hosts.
+    pub net: LabNet,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// Shared agent token.
+    pub token: String,
+    /// Agent process ids, per host.
+    pub agent_pids: Vec<u32>,
+    /// Hosts `n1..=n{etcd_members}` run an etcd member.
+    pub etcd_members: usize,
+    /// The Postgres cluster on this lab's hosts, if it has one.
+    #[serde(default)]
+    pub postgres: Option<PgCluster>,
+}
+
+/// The services host `i` (1-based) may run, given the lab's hosts and that host's directory.
+pub type HostServices<'a> =
+    &'a dyn Fn(&LabNet, usize, &Path) -> Result<BTreeMap<String, ServiceSpec>, LabError>;
+
+pub(crate) fn agent_error(host: usize, status: tonic::Status) -> LabError {
+    LabError::Agent {
+        host: format!("n{host}"),
+        reason: status.message().to_string(),
+    }
+}
+
+pub(crate) fn state_err(path: &Path, e: impl std::fmt::Display) -> LabError {
+    LabError::State {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Writes a file only its owner may read.
+pub fn write_secret(path: &Path, contents: &[u8]) -> Result<(), LabError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents))
+        .map_err(|e| state_err(path, e))
+}
+
+/// A random hex string of 32 characters (tokens, lab passwords).
+pub fn random_token() -> Result<String, LabError> {
+    let mut buf = [0u8; 16];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| state_err(Path::new("/dev/urandom"), e))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Lab {
+    fn file(state_dir: &Path) -> PathBuf {
+        state_dir.join("lab.json")
+    }
+
+    /// The agent address of host `i`.
+    pub fn agent_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.net.addr(i), AGENT_PORT)
+    }
+
+    /// Reads the lab recorded in `state_dir`.
+    pub fn load(state_dir: &Path) -> Result<Lab, LabError> {
+        let file = Lab::file(state_dir);
+        let text = std::fs::read_to_string(&file)
+            .map_err(|_| LabError::NotUp(state_dir.display().to_string()))?;
+        serde_json::from_str(&text).map_err(|e| state_err(&file, e))
+    }
+
+    /// Creates `hosts` hosts with an agent on each that may run the `services` named for it
+    /// (started later, through the agents), and records the lab in `state_dir`. Hosts
+    /// `n1..=n{etcd_members}` are recorded as running etcd. On failure, whatever was made is
+    /// removed again.
+    pub fn create(
+        state_dir: &Path,
+        hosts: usize,
+        etcd_members: usize,
+        agent_binary: &Path,
+        services: HostServices<'_>,
+    ) -> Result<Lab, LabError> {
+        if !is_root() {
+            return Err(HostError::NotRoot.into());
+        }
+        if Lab::file(state_dir).exists() {
+            return Err(LabError::AlreadyUp(state_dir.display().to_string()));
+        }
+        std::fs::create_dir_all(state_dir).map_err(|e| state_err(state_dir, e))?;
+        // Others may pass through (Postgres runs as its own user in a host directory below) but
+        // not list it; the files holding secrets are readable by their owner only.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| state_err(state_dir, e))?;
+        let id = (1..=250u8)
+            .find(|&id| !LabNet { id, hosts }.exists())
+            .ok_or_else(|| LabError::Timeout("no free lab id (250 labs are up)".into()))?;
+        let mut lab = Lab {
+            net: LabNet { id, hosts },
+            state_dir: state_dir.to_path_buf(),
+            token: random_token()?,
+            agent_pids: vec![],
+            etcd_members,
+            postgres: None,
+        };
+        lab.save()?;
+        let started = lab.start_agents(agent_binary, services);
+        if started.is_err() {
+            let _ = Lab::down(state_dir);
+        }
+        started?;
+        Ok(lab)
+    }
+
+    /// Records the lab in `lab.json` (owner-only: it holds the agent token and passwords).
+    pub fn save(&self) -> Result<(), LabError> {
+        let file = Lab::file(&self.state_dir);
+        let tmp = file.with_extension("json.tmp");
+        write_secret(
+            &tmp,
+            &serde_json::to_vec_pretty(self).expect("lab serialises"),
+        )?;
+        std::fs::rename(&tmp, &file).map_err(|e| state_err(&file, e))
+    }
+
+    /// Creates the hosts and starts one agent in each, recording every pid as it starts.
+    fn start_agents(
+        &mut self,
+        agent_binary: &Path,
+        services: HostServices<'_>,
+    ) -> Result<(), LabError> {
+        self.net.create()?;
+        let token_file = self.state_dir.join("agent.token");
+        write_secret(&token_file, self.token.as_bytes())?;
+        for i in 1..=self.net.hosts {
+            let dir = self.state_dir.join(format!("n{i}"));
+            std::fs::create_dir_all(&dir).map_err(|e| state_err(&dir, e))?;
+            let config = AgentConfig {
+                listen: self.agent_addr(i),
+                token_file: token_file.clone(),
+                services: services(&self.net, i, &dir)?,
+                peers: (1..=self.net.hosts)
+                    .filter(|&j| j != i)
+                    .map(|j| (format!("n{j}"), self.net.addr(j)))
+                    .collect(),
+            };
+            let pid = self.start_agent(i, &dir, &config, agent_binary)?;
+            self.agent_pids.push(pid);
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Writes host `i`'s agent configuration and starts its agent inside the host's namespace.
+    fn start_agent(
+        &self,
+        i: usize,
+        dir: &Path,
+        config: &AgentConfig,
+        agent_binary: &Path,
+    ) -> Result<u32, LabError> {
+        let config_file = dir.join("agent.toml");
+        std::fs::write(
+            &config_file,
+            toml::to_string(config).expect("agent config serialises"),
+        )
+        .map_err(|e| state_err(&config_file, e))?;
+        let log = std::fs::File::create(dir.join("agent.log")).map_err(|e| state_err(dir, e))?;
+        let err_log = log.try_clone().map_err(|e| state_err(dir, e))?;
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.net.namespace(i)])
+            .arg(agent_binary)
+            .args(["agent", "--config"])
+            .arg(&config_file)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err_log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| state_err(agent_binary, e))?;
+        Ok(child.id())
+    }
+
+    /// A client for host `i`'s agent.
+    pub async fn agent(&self, i: usize) -> Result<AgentClient, LabError> {
+        connect(self.agent_addr(i), &self.token, Duration::from_secs(10))
+            .await
+            .map_err(LabError::Timeout)
+    }
+
+    /// Asks host `i`'s agent to start, stop, kill, pause or resume one of its services.
+    pub async fn signal(&self, i: usize, service: &str, action: Action) -> Result<(), LabError> {
+        let request = SignalRequest {
+            service: service.into(),
+            action: action as i32,
+        };
+        self.agent(i)
+            .await?
+            .signal(request)
+            .await
+            .map_err(|e| agent_error(i, e))?;
+        Ok(())
+    }
+
+    /// Asks host `i`'s agent to cut (or heal) its links to `peers` (1-based host numbers).
+    pub async fn links(&self, i: usize, peers: &[u64], cut: bool) -> Result<(), LabError> {
+        let request = LinksRequest {
+            peers: peers.iter().map(|p| format!("n{p}")).collect(),
+            cut,
+        };
+        self.agent(i)
+            .await?
+            .links(request)
+            .await
+            .map_err(|e| agent_error(i, e))?;
+        Ok(())
+    }
+
+    /// Stops everything the lab in `state_dir` started and removes its hosts and state.
+    /// Returns whether there was anything to stop.
+    pub fn down(state_dir: &Path) -> Result<bool, LabError> {
+        let lab = match Lab::load(state_dir) {
+            Ok(lab) => lab,
+            Err(LabError::NotUp(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        // Ask the agents first: each kills and reaps the etcd it started, leaving no zombies.
+        for &pid in &lab.agent_pids {
+            // SAFETY: kill(2) on a pid this lab recorded; a stale pid only yields ESRCH.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // SAFETY: kill(pid, 0) only checks that the process exists.
+        let alive = |pid: u32| unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+        while lab.agent_pids.iter().any(|&pid| alive(pid)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Then make sure: whatever still runs in the lab's namespaces is killed.
+        for i in 1..=lab.net.hosts {
+            kill_namespace_processes(&lab.net.namespace(i));
+        }
+        lab.net.destroy();
+        std::fs::remove_dir_all(state_dir).map_err(|e| state_err(state_dir, e))?;
+        Ok(true)
+    }
+}
+
+/// Kills every process inside a namespace (etcd orphaned by a killed agent included).
+fn kill_namespace_processes(namespace: &str) {
+    let Ok(out) = std::process::Command::new("ip")
+        .args(["netns", "pids", namespace])
+        .output()
+    else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        // SAFETY: kill(2); the pid belongs to a process inside our own namespace.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
