@@ -577,10 +577,10 @@ async fn rest_task(world: PgWorldRef, me: u64) -> turmoil::Result {
     }
 }
 
-/// Patroni's HA loop on host `me`.
+/// Patroni's HA loop on host `me`: bootstrap (on `n1`), then one HA round per `loop_wait`.
 async fn patroni_task(world: PgWorldRef, config: PgHostConfig, me: u64) -> turmoil::Result {
     let peers = bind(PEER_ASK_PORT).await?;
-    let mut dcs = DcsClient {
+    let dcs = DcsClient {
         world: world.clone(),
         socket: bind(DCS_PORT).await?,
         client: 100 + me as u32,
@@ -589,165 +589,227 @@ async fn patroni_task(world: PgWorldRef, config: PgHostConfig, me: u64) -> turmo
         members: config.etcd_members,
         buf: vec![0u8; 4096],
     };
-    let name = format!("n{me}");
-    let mut rest_seq = 0;
-    let ttl_us = config.ttl_ms * 1000;
     // Members' loops are not in phase: each starts at a seeded offset within one loop_wait.
     let mut rng = SmallRng::seed_from_u64(config.seed ^ me.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let offset = Duration::from_micros(rng.gen_range(0..config.loop_wait_ms * 1000));
-    let sync_mode = config.mode == ReplicationMode::Sync;
-    // Bootstrap: n1 initialised the database and takes the lock first.
+    let mut patroni = Patroni {
+        name: format!("n{me}"),
+        ttl_us: config.ttl_ms * 1000,
+        sync_mode: config.mode == ReplicationMode::Sync,
+        world,
+        config,
+        me,
+        dcs,
+        peers,
+        rest_seq: 0,
+    };
     if me == 1 {
+        patroni.bootstrap().await;
+    }
+    tokio::time::sleep(offset).await;
+    loop {
+        patroni.ha_round().await;
+    }
+}
+
+/// One member's Patroni: its etcd client, its socket for asking peers' positions, and its
+/// settings. Each HA action is one method.
+struct Patroni {
+    world: PgWorldRef,
+    config: PgHostConfig,
+    me: u64,
+    name: String,
+    dcs: DcsClient,
+    peers: UdpSocket,
+    rest_seq: u64,
+    ttl_us: u64,
+    sync_mode: bool,
+}
+
+impl Patroni {
+    /// A lock held by this member for one `ttl` from now.
+    fn my_lock(&self) -> LeaderLock {
+        LeaderLock {
+            holder: self.me,
+            expires_ms: (now_us() + self.ttl_us) / 1000,
+        }
+    }
+
+    fn is_primary(&self) -> bool {
+        self.world.borrow().servers[self.me as usize - 1]
+            .as_ref()
+            .is_some_and(|s| s.role == PgRole::Primary)
+    }
+
+    /// `n1` initialised the database: it takes the lock first (and names `n2` synchronous).
+    async fn bootstrap(&mut self) {
         loop {
-            let lock = LeaderLock {
-                holder: 1,
-                expires_ms: (now_us() + ttl_us) / 1000,
-            };
+            let lock = self.my_lock();
             let put = OpKind::Put {
                 key: LEADER_KEY,
                 value: lock.encode(),
             };
-            if let Some(Reply::Put) = dcs.call(put, now_us() + 1_000_000).await {
-                let mut state = world.borrow_mut();
+            if let Some(Reply::Put) = self.dcs.call(put, now_us() + 1_000_000).await {
+                let mut state = self.world.borrow_mut();
                 state.lock_written(lock);
-                state.event(name.clone(), "bootstrapped: holds the leader key".into());
+                state.event(self.name.clone(), "bootstrapped: holds the leader key".into());
                 break;
             }
         }
-        if sync_mode {
+        if self.sync_mode {
             let put = OpKind::Put {
                 key: SYNC_KEY,
                 value: 2,
             };
-            let _ = dcs.call(put, now_us() + 1_000_000).await;
+            let _ = self.dcs.call(put, now_us() + 1_000_000).await;
         }
     }
-    tokio::time::sleep(offset).await;
-    loop {
+
+    /// One run of the HA loop: read the lock, decide, act, sleep until the next run.
+    async fn ha_round(&mut self) {
         let loop_start = now_us();
-        if !alive(&world, me) {
+        if !alive(&self.world, self.me) {
             // Patroni died with its Postgres (kill -9 of the database host's processes).
-            tokio::time::sleep(Duration::from_millis(config.loop_wait_ms)).await;
-            continue;
+            tokio::time::sleep(Duration::from_millis(self.config.loop_wait_ms)).await;
+            return;
         }
-        let deadline = loop_start + config.retry_timeout_ms * 1000;
-        let is_primary = world.borrow().servers[me as usize - 1]
-            .as_ref()
-            .is_some_and(|s| s.role == PgRole::Primary);
-        let read = dcs.call(OpKind::Get { key: LEADER_KEY }, deadline).await;
+        let deadline = loop_start + self.config.retry_timeout_ms * 1000;
+        let is_primary = self.is_primary();
+        let read = self.dcs.call(OpKind::Get { key: LEADER_KEY }, deadline).await;
         let Some(Reply::Get(value)) = read else {
             if is_primary {
-                demote(
-                    &world,
-                    me,
-                    None,
-                    "cannot reach etcd within retry_timeout: demoting",
-                );
+                let why = "cannot reach etcd within retry_timeout: demoting";
+                demote(&self.world, self.me, None, why);
             }
-            continue;
+            return;
         };
         let lock = value.map(LeaderLock::decode);
-        let now_ms = now_us() / 1000;
-        let my_lsn = world.borrow().servers[me as usize - 1]
-            .as_ref()
-            .map_or(Lsn::ZERO, PgServer::end_lsn);
-        let live = lock.is_some_and(|l| l.is_live(now_ms));
-        let (best_peer_lsn, leader_optime, sync_standby) = if live || lock.is_none() {
-            (None, Lsn::ZERO, None)
-        } else {
-            let best = best_peer_position(&world, &peers, me, config.db_nodes, &mut rest_seq).await;
-            let optime = match dcs.call(OpKind::Get { key: OPTIME_KEY }, deadline).await {
-                Some(Reply::Get(v)) => Lsn(v.unwrap_or(0)),
-                _ => Lsn(u64::MAX),
-            };
-            let sync = if sync_mode {
-                match dcs.call(OpKind::Get { key: SYNC_KEY }, deadline).await {
-                    Some(Reply::Get(v)) => Some(v.unwrap_or(0)),
-                    _ => Some(u64::MAX),
-                }
-            } else {
-                None
-            };
-            (best, optime, sync)
-        };
-        let action = match lock {
-            None => HaAction::Wait,
-            Some(_) => decide(&HaView {
-                me,
-                lock,
-                now_ms,
-                my_lsn,
-                best_peer_lsn,
-                leader_optime,
-                maximum_lag_on_failover: config.maximum_lag_on_failover,
-                sync_standby,
-            }),
-        };
+        let action = self.decide(lock, deadline).await;
         let expect = value.unwrap_or(0);
         match action {
-            HaAction::Renew => {
-                let renewed = LeaderLock {
-                    holder: me,
-                    expires_ms: (now_us() + ttl_us) / 1000,
-                };
-                let cas = OpKind::Cas {
-                    key: LEADER_KEY,
-                    expect,
-                    new: renewed.encode(),
-                };
-                match dcs.call(cas, deadline).await {
-                    Some(Reply::Cas(true)) => {
-                        world.borrow_mut().lock_written(renewed);
-                        publish_leader_state(&world, &mut dcs, me, sync_mode, deadline).await;
-                    }
-                    _ if is_primary => demote(
-                        &world,
-                        me,
-                        None,
-                        "failed to update the leader lock within retry_timeout: demoting",
-                    ),
-                    _ => {}
-                }
-            }
-            HaAction::Follow(holder) => {
-                if is_primary {
-                    demote(
-                        &world,
-                        me,
-                        Some(holder),
-                        "another member holds the leader key: demoting",
-                    );
-                } else if let Some(server) = world.borrow_mut().servers[me as usize - 1].as_mut() {
-                    server.upstream = Some(holder);
-                }
-            }
+            HaAction::Renew => self.renew(expect, deadline, is_primary).await,
+            HaAction::Follow(holder) => self.follow(holder, is_primary),
             HaAction::Acquire => {
-                let mine = LeaderLock {
-                    holder: me,
-                    expires_ms: (now_us() + ttl_us) / 1000,
-                };
-                let cas = OpKind::Cas {
-                    key: LEADER_KEY,
-                    expect,
-                    new: mine.encode(),
-                };
-                if let Some(Reply::Cas(true)) = dcs.call(cas, deadline).await {
-                    {
-                        let mut state = world.borrow_mut();
-                        state.lock_written(mine);
-                        state.event(name.clone(), "took the leader key: promoting".into());
-                    }
-                    tokio::time::sleep(Duration::from_micros(PROMOTE_US)).await;
-                    promote(&world, me);
-                    publish_leader_state(&world, &mut dcs, me, sync_mode, deadline + ttl_us).await;
-                    continue;
+                if self.acquire(expect, deadline).await {
+                    return;
                 }
             }
             HaAction::Wait => {}
         }
-        // Sleep until the next loop, or until the lock would expire (Patroni watches the key).
-        let mut next = loop_start + config.loop_wait_ms * 1000;
-        if let Some(l) = lock.filter(|l| l.holder != me) {
+        self.sleep_until_next_round(loop_start, lock).await;
+    }
+
+    /// What Patroni would do with `lock`; with an expired lock it first asks the peers' positions,
+    /// the leader's last optime and, in synchronous mode, `/sync`.
+    async fn decide(&mut self, lock: Option<LeaderLock>, deadline: u64) -> HaAction {
+        let now_ms = now_us() / 1000;
+        let my_lsn = self.world.borrow().servers[self.me as usize - 1]
+            .as_ref()
+            .map_or(Lsn::ZERO, PgServer::end_lsn);
+        let Some(held) = lock else {
+            return HaAction::Wait;
+        };
+        let (best_peer_lsn, leader_optime, sync_standby) = if held.is_live(now_ms) {
+            (None, Lsn::ZERO, None)
+        } else {
+            self.failover_facts(deadline).await
+        };
+        decide(&HaView {
+            me: self.me,
+            lock,
+            now_ms,
+            my_lsn,
+            best_peer_lsn,
+            leader_optime,
+            maximum_lag_on_failover: self.config.maximum_lag_on_failover,
+            sync_standby,
+        })
+    }
+
+    /// Before racing for an expired lock: the best peer position, the leader's last published
+    /// optime (`Lsn(u64::MAX)` when unreadable) and, in synchronous mode, the `/sync` standby.
+    async fn failover_facts(&mut self, deadline: u64) -> (Option<Lsn>, Lsn, Option<u64>) {
+        let (me, db_nodes) = (self.me, self.config.db_nodes);
+        let best = best_peer_position(&self.world, &self.peers, me, db_nodes, &mut self.rest_seq)
+            .await;
+        let optime = match self.dcs.call(OpKind::Get { key: OPTIME_KEY }, deadline).await {
+            Some(Reply::Get(v)) => Lsn(v.unwrap_or(0)),
+            _ => Lsn(u64::MAX),
+        };
+        let sync = if self.sync_mode {
+            match self.dcs.call(OpKind::Get { key: SYNC_KEY }, deadline).await {
+                Some(Reply::Get(v)) => Some(v.unwrap_or(0)),
+                _ => Some(u64::MAX),
+            }
+        } else {
+            None
+        };
+        (best, optime, sync)
+    }
+
+    /// The holder renews its lease by CAS; a primary that cannot, demotes.
+    async fn renew(&mut self, expect: u64, deadline: u64, is_primary: bool) {
+        let renewed = self.my_lock();
+        let cas = OpKind::Cas {
+            key: LEADER_KEY,
+            expect,
+            new: renewed.encode(),
+        };
+        match self.dcs.call(cas, deadline).await {
+            Some(Reply::Cas(true)) => {
+                self.world.borrow_mut().lock_written(renewed);
+                let (me, sync_mode) = (self.me, self.sync_mode);
+                publish_leader_state(&self.world, &mut self.dcs, me, sync_mode, deadline).await;
+            }
+            _ if is_primary => demote(
+                &self.world,
+                self.me,
+                None,
+                "failed to update the leader lock within retry_timeout: demoting",
+            ),
+            _ => {}
+        }
+    }
+
+    /// Another member holds the lock: a primary demotes, a standby streams from the holder.
+    fn follow(&mut self, holder: u64, is_primary: bool) {
+        if is_primary {
+            let why = "another member holds the leader key: demoting";
+            demote(&self.world, self.me, Some(holder), why);
+        } else if let Some(server) = self.world.borrow_mut().servers[self.me as usize - 1].as_mut() {
+            server.upstream = Some(holder);
+        }
+    }
+
+    /// Races for the expired lock by CAS; the winner promotes itself and publishes its state.
+    /// Returns whether it won (it then starts its next round at once).
+    async fn acquire(&mut self, expect: u64, deadline: u64) -> bool {
+        let mine = self.my_lock();
+        let cas = OpKind::Cas {
+            key: LEADER_KEY,
+            expect,
+            new: mine.encode(),
+        };
+        let Some(Reply::Cas(true)) = self.dcs.call(cas, deadline).await else {
+            return false;
+        };
+        {
+            let mut state = self.world.borrow_mut();
+            state.lock_written(mine);
+            state.event(self.name.clone(), "took the leader key: promoting".into());
+        }
+        tokio::time::sleep(Duration::from_micros(PROMOTE_US)).await;
+        promote(&self.world, self.me);
+        let (me, sync_mode, until) = (self.me, self.sync_mode, deadline + self.ttl_us);
+        publish_leader_state(&self.world, &mut self.dcs, me, sync_mode, until).await;
+        true
+    }
+
+    /// Sleeps until the next round, or until another holder's lock would expire (Patroni watches
+    /// the key).
+    async fn sleep_until_next_round(&self, loop_start: u64, lock: Option<LeaderLock>) {
+        let mut next = loop_start + self.config.loop_wait_ms * 1000;
+        if let Some(l) = lock.filter(|l| l.holder != self.me) {
             let expiry_us = l.expires_ms * 1000 + 1000;
             if expiry_us > now_us() {
                 next = next.min(expiry_us);
