@@ -652,7 +652,10 @@ impl Patroni {
             if let Some(Reply::Put) = self.dcs.call(put, now_us() + 1_000_000).await {
                 let mut state = self.world.borrow_mut();
                 state.lock_written(lock);
-                state.event(self.name.clone(), "bootstrapped: holds the leader key".into());
+                state.event(
+                    self.name.clone(),
+                    "bootstrapped: holds the leader key".into(),
+                );
                 break;
             }
         }
@@ -675,7 +678,10 @@ impl Patroni {
         }
         let deadline = loop_start + self.config.retry_timeout_ms * 1000;
         let is_primary = self.is_primary();
-        let read = self.dcs.call(OpKind::Get { key: LEADER_KEY }, deadline).await;
+        let read = self
+            .dcs
+            .call(OpKind::Get { key: LEADER_KEY }, deadline)
+            .await;
         let Some(Reply::Get(value)) = read else {
             if is_primary {
                 let why = "cannot reach etcd within retry_timeout: demoting";
@@ -730,9 +736,13 @@ impl Patroni {
     /// optime (`Lsn(u64::MAX)` when unreadable) and, in synchronous mode, the `/sync` standby.
     async fn failover_facts(&mut self, deadline: u64) -> (Option<Lsn>, Lsn, Option<u64>) {
         let (me, db_nodes) = (self.me, self.config.db_nodes);
-        let best = best_peer_position(&self.world, &self.peers, me, db_nodes, &mut self.rest_seq)
-            .await;
-        let optime = match self.dcs.call(OpKind::Get { key: OPTIME_KEY }, deadline).await {
+        let best =
+            best_peer_position(&self.world, &self.peers, me, db_nodes, &mut self.rest_seq).await;
+        let optime = match self
+            .dcs
+            .call(OpKind::Get { key: OPTIME_KEY }, deadline)
+            .await
+        {
             Some(Reply::Get(v)) => Lsn(v.unwrap_or(0)),
             _ => Lsn(u64::MAX),
         };
@@ -776,7 +786,8 @@ impl Patroni {
         if is_primary {
             let why = "another member holds the leader key: demoting";
             demote(&self.world, self.me, Some(holder), why);
-        } else if let Some(server) = self.world.borrow_mut().servers[self.me as usize - 1].as_mut() {
+        } else if let Some(server) = self.world.borrow_mut().servers[self.me as usize - 1].as_mut()
+        {
             server.upstream = Some(holder);
         }
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use quorumlab_experiment::fault::{plan_fault, Disruption, Fault, FaultExecutor, NodeState};
 use quorumlab_experiment::history::{History, Outcome};
 use quorumlab_experiment::measure::RunRecord;
-use quorumlab_experiment::postgres::{ReplicationMode, SyncCommit};
+use quorumlab_experiment::postgres::{Phase, PostgresSettings, ReplicationMode, SyncCommit};
 use quorumlab_experiment::replication::{
     compose_write_id, reduce_lag, summarize, write_op, FailoverObservation, LagMethod,
     PgRunSummary, PROBE_CLIENT,
@@ -19,6 +19,7 @@ use quorumlab_experiment::replication::{
 use quorumlab_experiment::scenario::Scenario;
 use quorumlab_experiment::system::System;
 use serde::{Deserialize, Serialize};
+use tokio::task::spawn_local;
 use turmoil::net::UdpSocket;
 
 use super::host::{
@@ -81,50 +82,13 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
         .map_err(SimError::Unsupported)?;
     let db_nodes = scenario.topology.nodes as u64;
     let hosts = db_nodes.max(ETCD_MEMBERS);
-    let start_us = BOOTSTRAP_MS * 1000;
-    let synchronous_commit = match mode {
-        ReplicationMode::Async => SyncCommit::Local,
-        ReplicationMode::Sync => pg.synchronous_commit,
-    };
-    let config = PgHostConfig {
-        db_nodes,
-        etcd_members: ETCD_MEMBERS,
-        ttl_ms: pg.ttl_s * 1000,
-        loop_wait_ms: pg.loop_wait_s * 1000,
-        retry_timeout_ms: pg.retry_timeout_s * 1000,
-        maximum_lag_on_failover: pg.maximum_lag_on_failover_bytes,
-        mode,
-        synchronous_commit,
-        bandwidth: pg.bandwidth_mb_per_s * 1e6,
-        replay_rate: pg.replay_mb_per_s * 1e6,
-        start_us,
-        seed,
-    };
+    let config = host_config(pg, mode, db_nodes, seed);
     let phases = pg.phases_or(scenario.duration_ms, scenario.workload.rate_per_s);
-    let world: PgWorldRef = Rc::new(RefCell::new(PgWorld {
-        servers: (1..=db_nodes)
-            .map(|i| {
-                let mut server = if i == 1 {
-                    PgServer::primary(synchronous_commit)
-                } else {
-                    PgServer::standby(1, synchronous_commit)
-                };
-                if i == 1 && mode == ReplicationMode::Sync {
-                    server.sync_standby = Some(2);
-                }
-                Some(server)
-            })
-            .collect(),
-        phases: phases.clone(),
-        start_us,
-        seed,
-        ..PgWorld::default()
-    }));
+    let world = fresh_world(&config, phases);
     let etcd: crate::host::WorldRef = Rc::new(RefCell::new(World::for_members(
         ETCD_MEMBERS as usize,
         scenario.topology.heartbeat_ms * 1000,
     )));
-
     let duration = Duration::from_millis(BOOTSTRAP_MS + scenario.duration_ms);
     let net = &scenario.network;
     let mut sim = turmoil::Builder::new()
@@ -137,6 +101,75 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
         .build();
     let election_ticks =
         (scenario.topology.election_timeout_ms / scenario.topology.heartbeat_ms) as usize;
+    add_hosts(&mut sim, hosts, (&world, &etcd), &config, election_ticks);
+    let measuring_lag = !pg.phases.is_empty();
+    add_workload(&mut sim, &world, scenario, db_nodes, measuring_lag);
+    let fault = drive(&mut sim, scenario, (&world, &etcd), hosts, duration)?;
+    let end_us = duration.as_micros() as u64 - config.start_us;
+    let state = world.borrow();
+    let run = measure(scenario, (mode, seed), &state, fault, end_us, measuring_lag);
+    Ok(run)
+}
+
+/// What every database host of the run is configured with.
+fn host_config(
+    pg: &PostgresSettings,
+    mode: ReplicationMode,
+    db_nodes: u64,
+    seed: u64,
+) -> PgHostConfig {
+    PgHostConfig {
+        db_nodes,
+        etcd_members: ETCD_MEMBERS,
+        ttl_ms: pg.ttl_s * 1000,
+        loop_wait_ms: pg.loop_wait_s * 1000,
+        retry_timeout_ms: pg.retry_timeout_s * 1000,
+        maximum_lag_on_failover: pg.maximum_lag_on_failover_bytes,
+        mode,
+        synchronous_commit: match mode {
+            ReplicationMode::Async => SyncCommit::Local,
+            ReplicationMode::Sync => pg.synchronous_commit,
+        },
+        bandwidth: pg.bandwidth_mb_per_s * 1e6,
+        replay_rate: pg.replay_mb_per_s * 1e6,
+        start_us: BOOTSTRAP_MS * 1000,
+        seed,
+    }
+}
+
+/// The world at bootstrap: `n1` primary (with `n2` synchronous in sync mode), the rest standbys.
+fn fresh_world(config: &PgHostConfig, phases: Vec<Phase>) -> PgWorldRef {
+    let servers = (1..=config.db_nodes)
+        .map(|i| {
+            let mut server = if i == 1 {
+                PgServer::primary(config.synchronous_commit)
+            } else {
+                PgServer::standby(1, config.synchronous_commit)
+            };
+            if i == 1 && config.mode == ReplicationMode::Sync {
+                server.sync_standby = Some(2);
+            }
+            Some(server)
+        })
+        .collect();
+    Rc::new(RefCell::new(PgWorld {
+        servers,
+        phases,
+        start_us: config.start_us,
+        seed: config.seed,
+        ..PgWorld::default()
+    }))
+}
+
+/// Hosts `n1..`: the first three run an etcd member, the database hosts Postgres and Patroni.
+fn add_hosts(
+    sim: &mut turmoil::Sim<'_>,
+    hosts: u64,
+    (world, etcd): (&PgWorldRef, &crate::host::WorldRef),
+    config: &PgHostConfig,
+    election_ticks: usize,
+) {
+    let seed = config.seed;
     for i in 1..=hosts {
         let (world, etcd, config) = (world.clone(), etcd.clone(), config.clone());
         sim.host(format!("n{i}"), move || {
@@ -161,51 +194,56 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
             }
         });
     }
+}
 
-    let workload = scenario.workload.clone();
-    let duration_ms = scenario.duration_ms;
-    let measuring_lag = !pg.phases.is_empty();
-    let client_world = world.clone();
+/// The clients, the same as the real driver's: a primary tracker, writers, an every-node prober
+/// and, for phased (lag) scenarios, a heartbeat writer, its watchers and a view sampler.
+fn add_workload(
+    sim: &mut turmoil::Sim<'_>,
+    world: &PgWorldRef,
+    scenario: &Scenario,
+    db_nodes: u64,
+    measuring_lag: bool,
+) {
+    let start = Duration::from_millis(BOOTSTRAP_MS);
+    let until = start + Duration::from_millis(scenario.duration_ms);
+    let timeout = Duration::from_millis(scenario.workload.timeout_ms);
+    let clients = scenario
+        .workload
+        .clients
+        .clamp(1, PROBE_CLIENT as usize - 1) as u64;
+    let world = world.clone();
     sim.client("clients", async move {
-        tokio::time::sleep(Duration::from_micros(start_us)).await;
-        let until = Duration::from_micros(start_us) + Duration::from_millis(duration_ms);
+        tokio::time::sleep(start).await;
         let primary = Rc::new(Cell::new(1u64));
-        let mut tasks = vec![tokio::task::spawn_local(track_primary(
-            client_world.clone(),
+        let mut tasks = vec![spawn_local(track_primary(
+            world.clone(),
             primary.clone(),
             db_nodes,
             until,
         ))];
-        let clients = workload.clients.clamp(1, PROBE_CLIENT as usize - 1) as u64;
         for client in 0..clients {
-            tasks.push(tokio::task::spawn_local(writer(
-                client_world.clone(),
+            let writer = writer(
+                world.clone(),
                 client,
                 clients,
-                Duration::from_millis(workload.timeout_ms),
+                timeout,
                 primary.clone(),
                 until,
-            )));
+            );
+            tasks.push(spawn_local(writer));
         }
-        tasks.push(tokio::task::spawn_local(prober(
-            client_world.clone(),
-            db_nodes,
-            until,
-        )));
+        tasks.push(spawn_local(prober(world.clone(), db_nodes, until)));
         if measuring_lag {
-            tasks.push(tokio::task::spawn_local(heartbeat(
-                client_world.clone(),
+            tasks.push(spawn_local(heartbeat(
+                world.clone(),
                 primary.clone(),
                 until,
             )));
-            tasks.push(tokio::task::spawn_local(view_sampler(
-                client_world.clone(),
-                db_nodes,
-                until,
-            )));
+            tasks.push(spawn_local(view_sampler(world.clone(), db_nodes, until)));
             for replica in 2..=db_nodes {
-                tasks.push(tokio::task::spawn_local(heartbeat_watcher(
-                    client_world.clone(),
+                tasks.push(spawn_local(heartbeat_watcher(
+                    world.clone(),
                     replica,
                     until,
                 )));
@@ -216,84 +254,107 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
         }
         Ok(())
     });
+}
 
+/// When the first fault fired (µs after the workload's start) and who was primary then.
+type FirstFault = (Option<u64>, Option<u64>);
+
+/// Steps the world to the end, firing the scenario's faults on time, then lets it settle until
+/// some node is primary (as the real driver waits), within a minute.
+fn drive(
+    sim: &mut turmoil::Sim<'_>,
+    scenario: &Scenario,
+    (world, etcd): (&PgWorldRef, &crate::host::WorldRef),
+    hosts: u64,
+    duration: Duration,
+) -> Result<FirstFault, SimError> {
+    let start_us = BOOTSTRAP_MS * 1000;
     let mut pending = scenario.faults.iter().peekable();
-    let mut fault_at_us = None;
-    let mut old_primary = None;
+    let (mut fault_at_us, mut old_primary) = (None, None);
     while sim.elapsed() < duration {
         let now_us = sim.elapsed().as_micros() as u64;
         while let Some(step) = pending.next_if(|s| start_us + s.at_ms * 1000 <= now_us) {
-            let primary = current_primary(&world);
-            let states: Vec<NodeState> = (1..=hosts)
-                .map(|i| NodeState {
-                    term: 0,
-                    leader: Some(i) == primary,
-                    crashed: (i as usize) <= world.borrow().servers.len()
-                        && world.borrow().servers[i as usize - 1].is_none(),
-                })
-                .collect();
-            let plan = plan_fault(&step.fault, &states);
+            let primary = current_primary(world);
             if fault_at_us.is_none() {
                 fault_at_us = Some(now_us - start_us);
                 old_primary = primary;
             }
-            let label = plan.label(&step.fault);
-            {
-                let mut state = world.borrow_mut();
-                state.events.push(PgEvent {
-                    at_us: now_us - start_us,
-                    node: "fault".into(),
-                    what: label,
-                });
-            }
-            apply(
-                &mut sim,
-                (&world, &etcd),
-                &plan.steps,
-                hosts,
-                net.latency_ms_max,
-            );
+            let plan = plan_fault(&step.fault, &node_states(world, hosts, primary));
+            world.borrow_mut().events.push(PgEvent {
+                at_us: now_us - start_us,
+                node: "fault".into(),
+                what: plan.label(&step.fault),
+            });
+            let latency_ms_max = scenario.network.latency_ms_max;
+            apply(sim, (world, etcd), &plan.steps, hosts, latency_ms_max);
         }
-        sim.step().map_err(|e| SimError::Host {
-            at_ms: sim.elapsed().as_millis() as u64,
-            reason: e.to_string(),
-        })?;
+        step(sim)?;
     }
-    let end_us = duration.as_micros() as u64 - start_us;
-    // Let the cluster settle, as the real driver does, then read what survived.
     let settle_until = duration + Duration::from_secs(60);
-    while current_primary(&world).is_none() && sim.elapsed() < settle_until {
-        sim.step().map_err(|e| SimError::Host {
-            at_ms: sim.elapsed().as_millis() as u64,
-            reason: e.to_string(),
-        })?;
+    while current_primary(world).is_none() && sim.elapsed() < settle_until {
+        step(sim)?;
     }
+    Ok((fault_at_us, old_primary))
+}
+
+/// One step of the world; a host's error ends the run.
+fn step(sim: &mut turmoil::Sim<'_>) -> Result<(), SimError> {
+    sim.step().map(|_| ()).map_err(|e| SimError::Host {
+        at_ms: sim.elapsed().as_millis() as u64,
+        reason: e.to_string(),
+    })
+}
+
+/// What a fault resolves its nodes against: who is primary, who is down.
+fn node_states(world: &PgWorldRef, hosts: u64, primary: Option<u64>) -> Vec<NodeState> {
     let state = world.borrow();
-    let new_primary = current_primary(&world);
+    (1..=hosts)
+        .map(|i| NodeState {
+            term: 0,
+            leader: Some(i) == primary,
+            crashed: (i as usize) <= state.servers.len() && state.servers[i as usize - 1].is_none(),
+        })
+        .collect()
+}
+
+/// When the old primary's leader key was lost: its lease ran out, or another member took the
+/// key, whichever came first (µs after the workload's start).
+fn detected_at_us(state: &PgWorld, (fault_at_us, old_primary): FirstFault) -> Option<u64> {
+    let old = old_primary?;
+    let fault = fault_at_us? + state.start_us;
+    let last_old = state
+        .lock_writes
+        .iter()
+        .filter(|(_, l)| l.holder == old)
+        .map(|(_, l)| l.expires_ms * 1000)
+        .max();
+    let first_other = state
+        .lock_writes
+        .iter()
+        .filter(|(at, l)| l.holder != old && *at >= fault)
+        .map(|(at, _)| *at)
+        .min();
+    let detected = match (last_old, first_other) {
+        (Some(e), Some(o)) => e.min(o),
+        (e, o) => e.or(o)?,
+    };
+    Some(detected.max(fault) - state.start_us)
+}
+
+/// The run's measurements, taken the way the real driver takes them.
+fn measure(
+    scenario: &Scenario,
+    (mode, seed): (ReplicationMode, u64),
+    state: &PgWorld,
+    fault: FirstFault,
+    end_us: u64,
+    measuring_lag: bool,
+) -> PgSimRun {
+    let new_primary = current_primary_of(state);
     let surviving_ids: BTreeSet<u64> = new_primary
         .and_then(|p| state.servers[p as usize - 1].as_ref())
         .map(|s| s.wal.iter().map(|r| r.write_id).collect())
         .unwrap_or_default();
-    let detected_at_us = old_primary.and_then(|old| {
-        let fault = fault_at_us? + start_us;
-        let last_old = state
-            .lock_writes
-            .iter()
-            .filter(|(_, l)| l.holder == old)
-            .map(|(_, l)| l.expires_ms * 1000)
-            .max();
-        let first_other = state
-            .lock_writes
-            .iter()
-            .filter(|(at, l)| l.holder != old && *at >= fault)
-            .map(|(at, _)| *at)
-            .min();
-        let detected = match (last_old, first_other) {
-            (Some(e), Some(o)) => e.min(o),
-            (e, o) => e.or(o)?,
-        };
-        Some(detected.max(fault) - start_us)
-    });
     let mut ops = state.ops.clone();
     ops.sort_by_key(|op| (op.invoke_us, op.client));
     for (i, op) in ops.iter_mut().enumerate() {
@@ -301,34 +362,32 @@ pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<P
     }
     let history = History { ops };
     let seen = FailoverObservation {
-        fault_at_us,
-        old_primary: old_primary.map(|p| format!("n{p}")),
+        fault_at_us: fault.0,
+        old_primary: fault.1.map(|p| format!("n{p}")),
         new_primary: new_primary.map(|p| format!("n{p}")),
-        detected_at_us,
+        detected_at_us: detected_at_us(state, fault),
         surviving_ids,
         end_us,
     };
-    let mut summary = summarize(
-        &scenario.name,
-        mode,
-        seed,
-        db_nodes as usize,
-        &history,
-        &seen,
-    );
+    let db_nodes = scenario.topology.nodes;
+    let mut summary = summarize(&scenario.name, mode, seed, db_nodes, &history, &seen);
     if measuring_lag {
         let order: Vec<String> = state.phases.iter().map(|p| p.name.clone()).collect();
         summary.lag = reduce_lag(&state.samples, &order);
     }
-    Ok(PgSimRun {
+    PgSimRun {
         summary,
         trace: state.events.clone(),
         history,
-    })
+    }
 }
 
 fn current_primary(world: &PgWorldRef) -> Option<u64> {
-    let state = world.borrow();
+    current_primary_of(&world.borrow())
+}
+
+/// The first node whose server is primary, if any.
+fn current_primary_of(state: &PgWorld) -> Option<u64> {
     (1..=state.servers.len() as u64).find(|&i| {
         state.servers[i as usize - 1]
             .as_ref()
