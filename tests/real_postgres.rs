@@ -15,7 +15,7 @@ use quorumlab_cluster::postgres::{run_on_lab, run_on_urls};
 use quorumlab_experiment::postgres::{PostgresSettings, ReplicationMode};
 use quorumlab_experiment::replication::{write_id, LagMethod};
 use quorumlab_experiment::scenario::Scenario;
-use quorumlab_experiment::System;
+use quorumlab_experiment::{NodeId, System};
 use quorumlab_proto::agent::Action;
 
 mod common;
@@ -212,7 +212,7 @@ fn synchronous_mode_loses_no_acknowledged_write_across_five_failovers() {
         let old: usize = s.old_primary.as_ref().unwrap()[1..].parse().unwrap();
         let new: usize = s.new_primary.as_ref().unwrap()[1..].parse().unwrap();
         rt.block_on(async {
-            postgres::signal_patroni(&lab, old, Action::Start)
+            postgres::signal_patroni(&lab, NodeId(old as u64), Action::Start)
                 .await
                 .unwrap();
             postgres::wait_for_streaming(&lab, new, 2, Duration::from_secs(120))
@@ -334,7 +334,7 @@ fn the_service_follows_a_patroni_failover() {
             }
         }
 
-        postgres::signal_patroni(&lab, old, Action::Kill)
+        postgres::signal_patroni(&lab, NodeId(old as u64), Action::Kill)
             .await
             .unwrap();
         // The same write, retried under one key until the promoted node takes it.

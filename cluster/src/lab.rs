@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use quorumlab_experiment::node::NodeId;
 use quorumlab_proto::agent::{Action, LinksRequest, SignalRequest};
 use serde::{Deserialize, Serialize};
 
@@ -90,9 +91,9 @@ pub struct Lab {
 pub type HostServices<'a> =
     &'a dyn Fn(&LabNet, usize, &Path) -> Result<BTreeMap<String, ServiceSpec>, LabError>;
 
-pub(crate) fn agent_error(host: usize, status: tonic::Status) -> LabError {
+pub(crate) fn agent_error(host: NodeId, status: tonic::Status) -> LabError {
     LabError::Agent {
-        host: format!("n{host}"),
+        host: host.to_string(),
         reason: status.message().to_string(),
     }
 }
@@ -259,38 +260,44 @@ impl Lab {
         Ok(child.id())
     }
 
-    /// A client for host `i`'s agent.
-    pub async fn agent(&self, i: usize) -> Result<AgentClient, LabError> {
-        connect(self.agent_addr(i), &self.token, Duration::from_secs(10))
+    /// A client for `host`'s agent.
+    pub async fn agent(&self, host: NodeId) -> Result<AgentClient, LabError> {
+        let addr = self.agent_addr(host.0 as usize);
+        connect(addr, &self.token, Duration::from_secs(10))
             .await
             .map_err(LabError::Timeout)
     }
 
-    /// Asks host `i`'s agent to start, stop, kill, pause or resume one of its services.
-    pub async fn signal(&self, i: usize, service: &str, action: Action) -> Result<(), LabError> {
+    /// Asks `host`'s agent to start, stop, kill, pause or resume one of its services.
+    pub async fn signal(
+        &self,
+        host: NodeId,
+        service: &str,
+        action: Action,
+    ) -> Result<(), LabError> {
         let request = SignalRequest {
             service: service.into(),
             action: action as i32,
         };
-        self.agent(i)
+        self.agent(host)
             .await?
             .signal(request)
             .await
-            .map_err(|e| agent_error(i, e))?;
+            .map_err(|e| agent_error(host, e))?;
         Ok(())
     }
 
-    /// Asks host `i`'s agent to cut (or heal) its links to `peers` (1-based host numbers).
-    pub async fn links(&self, i: usize, peers: &[u64], cut: bool) -> Result<(), LabError> {
+    /// Asks `host`'s agent to cut (or heal) its links to `peers`.
+    pub async fn links(&self, host: NodeId, peers: &[NodeId], cut: bool) -> Result<(), LabError> {
         let request = LinksRequest {
-            peers: peers.iter().map(|p| format!("n{p}")).collect(),
+            peers: peers.iter().map(NodeId::to_string).collect(),
             cut,
         };
-        self.agent(i)
+        self.agent(host)
             .await?
             .links(request)
             .await
-            .map_err(|e| agent_error(i, e))?;
+            .map_err(|e| agent_error(host, e))?;
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! fault's steps are carried out through the node agents ([`carry_out`]).
 
 use quorumlab_experiment::fault::{Disruption, Fault, FaultExecutor};
+use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::scenario::Scenario;
 use quorumlab_proto::agent::Action;
 use serde::{Deserialize, Serialize};
@@ -68,22 +69,22 @@ pub fn check_supported(scenario: &Scenario) -> Result<(), RunError> {
 /// Carries out a fault's steps through the agents: links are cut and healed with blackhole
 /// routes, and `service` (the database process of each host) is killed or started.
 pub async fn carry_out(lab: &Lab, steps: &[Disruption], service: &str) -> Result<(), RunError> {
-    let all: Vec<u64> = (1..=lab.net.hosts as u64).collect();
+    let all: Vec<NodeId> = NodeId::all(lab.net.hosts).collect();
     for step in steps {
         match *step {
             Disruption::Cut(a, b) => {
-                lab.links(a as usize, &[b], true).await?;
-                lab.links(b as usize, &[a], true).await?;
+                lab.links(a, &[b], true).await?;
+                lab.links(b, &[a], true).await?;
             }
             // A blackhole route on `a` drops what it sends to `b`; TCP then fails both ways, so
             // on a real network this is coarser than the simulator's one-way drop.
-            Disruption::CutOneway(a, b) => lab.links(a as usize, &[b], true).await?,
-            Disruption::Kill(id) => lab.signal(id as usize, service, Action::Kill).await?,
-            Disruption::Start(id) => lab.signal(id as usize, service, Action::Start).await?,
+            Disruption::CutOneway(a, b) => lab.links(a, &[b], true).await?,
+            Disruption::Kill(id) => lab.signal(id, service, Action::Kill).await?,
+            Disruption::Start(id) => lab.signal(id, service, Action::Start).await?,
             Disruption::HealAll => {
                 for &host in &all {
-                    let peers: Vec<u64> = all.iter().copied().filter(|&p| p != host).collect();
-                    lab.links(host as usize, &peers, false).await?;
+                    let peers: Vec<NodeId> = all.iter().copied().filter(|&p| p != host).collect();
+                    lab.links(host, &peers, false).await?;
                 }
             }
             Disruption::Delay { .. } | Disruption::Loss(_) | Disruption::Duplicate(_) => {

@@ -11,6 +11,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::node::NodeId;
+
 /// A fault and when it fires. (Unknown keys are caught by [`Fault`], which this flattens.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FaultStep {
@@ -143,8 +145,8 @@ pub enum NodeRef {
     Rest,
     /// Every node currently crashed.
     Crashed,
-    /// Node `n{1-based index}`.
-    Node(usize),
+    /// One fixed node, e.g. `n3`.
+    Node(NodeId),
 }
 
 impl FromStr for NodeRef {
@@ -158,9 +160,9 @@ impl FromStr for NodeRef {
             "crashed" => Ok(NodeRef::Crashed),
             _ => s
                 .strip_prefix('n')
-                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| n.parse::<u64>().ok())
                 .filter(|&n| n >= 1)
-                .map(NodeRef::Node)
+                .map(|n| NodeRef::Node(NodeId(n)))
                 .ok_or_else(|| {
                     format!(
                         "'{s}' is not a node (use leader, follower, rest, crashed or n1, n2, ...)"
@@ -191,7 +193,7 @@ impl fmt::Display for NodeRef {
             NodeRef::Follower => f.write_str("follower"),
             NodeRef::Rest => f.write_str("rest"),
             NodeRef::Crashed => f.write_str("crashed"),
-            NodeRef::Node(n) => write!(f, "n{n}"),
+            NodeRef::Node(id) => write!(f, "{id}"),
         }
     }
 }
@@ -292,31 +294,27 @@ pub struct NodeState {
 /// in the simulator and on a real cluster. `leader` is the live node that leads in the highest
 /// term (or, with none, the live node with the highest term); `follower` is the lowest-numbered
 /// node not otherwise named; `rest` is every node not named elsewhere.
-pub fn resolve_nodes(refs: &[Vec<NodeRef>], nodes: &[NodeState]) -> Vec<Vec<u64>> {
-    let n = nodes.len() as u64;
-    let state = |id: u64| nodes[id as usize - 1];
-    let live = || (1..=n).filter(|&id| !state(id).crashed);
+pub fn resolve_nodes(refs: &[Vec<NodeRef>], nodes: &[NodeState]) -> Vec<Vec<NodeId>> {
+    let all = || NodeId::all(nodes.len());
+    let state = |id: NodeId| nodes[id.index()];
+    let live = || all().filter(|&id| !state(id).crashed);
     let leader = live()
         .filter(|&id| state(id).leader)
         .max_by_key(|&id| (state(id).term, std::cmp::Reverse(id)))
         .or_else(|| live().max_by_key(|&id| (state(id).term, std::cmp::Reverse(id))))
-        .unwrap_or(1);
-    let named = |id: u64| {
-        refs.iter()
-            .flatten()
-            .any(|r| *r == NodeRef::Node(id as usize))
-    };
-    let mut taken: Vec<u64> = Vec::new();
-    let mut groups: Vec<Vec<u64>> = refs
+        .unwrap_or(NodeId(1));
+    let named = |id: NodeId| refs.iter().flatten().any(|r| *r == NodeRef::Node(id));
+    let mut taken: Vec<NodeId> = Vec::new();
+    let mut groups: Vec<Vec<NodeId>> = refs
         .iter()
         .map(|group| {
             let mut ids = Vec::new();
             for r in group {
-                let chosen: Vec<u64> = match r {
+                let chosen: Vec<NodeId> = match r {
                     NodeRef::Leader => vec![leader],
-                    NodeRef::Node(i) => vec![*i as u64],
-                    NodeRef::Crashed => (1..=n).filter(|&id| state(id).crashed).collect(),
-                    NodeRef::Follower => (1..=n)
+                    NodeRef::Node(id) => vec![*id],
+                    NodeRef::Crashed => all().filter(|&id| state(id).crashed).collect(),
+                    NodeRef::Follower => all()
                         .find(|id| *id != leader && !taken.contains(id) && !named(*id))
                         .into_iter()
                         .collect(),
@@ -330,7 +328,7 @@ pub fn resolve_nodes(refs: &[Vec<NodeRef>], nodes: &[NodeState]) -> Vec<Vec<u64>
         .collect();
     for (group, refs) in groups.iter_mut().zip(refs) {
         if refs.contains(&NodeRef::Rest) {
-            group.extend((1..=n).filter(|id| !taken.contains(id)));
+            group.extend(all().filter(|id| !taken.contains(id)));
         }
     }
     groups
@@ -341,13 +339,13 @@ pub fn resolve_nodes(refs: &[Vec<NodeRef>], nodes: &[NodeState]) -> Vec<Vec<u64>
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Disruption {
     /// Drop all traffic between two nodes, both ways.
-    Cut(u64, u64),
+    Cut(NodeId, NodeId),
     /// Drop traffic from the first node to the second.
-    CutOneway(u64, u64),
+    CutOneway(NodeId, NodeId),
     /// Kill a node's process (SIGKILL); its durable state survives.
-    Kill(u64),
+    Kill(NodeId),
     /// Start a killed node's process again.
-    Start(u64),
+    Start(NodeId),
     /// Raise the highest one-way latency on every link.
     Delay {
         /// Milliseconds.
@@ -381,15 +379,15 @@ impl FaultPlan {
     }
 }
 
-fn node_names(ids: &[u64]) -> String {
+fn node_names(ids: &[NodeId]) -> String {
     ids.iter()
-        .map(|id| format!("n{id}"))
+        .map(NodeId::to_string)
         .collect::<Vec<_>>()
         .join(",")
 }
 
 /// Cuts every link between `a` and `b`.
-fn cut_all(a: &[u64], b: &[u64], steps: &mut Vec<Disruption>) {
+fn cut_all(a: &[NodeId], b: &[NodeId], steps: &mut Vec<Disruption>) {
     for &x in a {
         for &y in b.iter().filter(|&&y| y != x) {
             steps.push(Disruption::Cut(x, y));
@@ -400,13 +398,13 @@ fn cut_all(a: &[u64], b: &[u64], steps: &mut Vec<Disruption>) {
 /// Turns a fault into primitive steps, resolving its symbolic nodes against `nodes` (index 0 is n1).
 /// Killing a node that is down, or starting one that is up, is left out.
 pub fn plan_fault(fault: &Fault, nodes: &[NodeState]) -> FaultPlan {
-    let all: Vec<u64> = (1..=nodes.len() as u64).collect();
+    let all: Vec<NodeId> = NodeId::all(nodes.len()).collect();
     let one = |r: NodeRef| resolve_nodes(&[vec![r]], nodes).remove(0);
     let mut steps = Vec::new();
     let resolved = match fault {
         Fault::Isolate { node } => {
             let target = one(*node);
-            let others: Vec<u64> = all
+            let others: Vec<NodeId> = all
                 .iter()
                 .copied()
                 .filter(|i| !target.contains(i))
@@ -437,7 +435,7 @@ pub fn plan_fault(fault: &Fault, nodes: &[NodeState]) -> FaultPlan {
         }
         Fault::Bridge { bridge } => {
             let b = one(*bridge);
-            let others: Vec<u64> = all.iter().copied().filter(|i| !b.contains(i)).collect();
+            let others: Vec<NodeId> = all.iter().copied().filter(|i| !b.contains(i)).collect();
             let (left, right) = others.split_at(others.len() / 2);
             cut_all(left, right, &mut steps);
             format!(
@@ -451,7 +449,7 @@ pub fn plan_fault(fault: &Fault, nodes: &[NodeState]) -> FaultPlan {
             let ids = one(*node);
             steps.extend(
                 ids.iter()
-                    .filter(|&&id| !nodes[id as usize - 1].crashed)
+                    .filter(|&&id| !nodes[id.index()].crashed)
                     .map(|&id| Disruption::Kill(id)),
             );
             node_names(&ids)
@@ -460,7 +458,7 @@ pub fn plan_fault(fault: &Fault, nodes: &[NodeState]) -> FaultPlan {
             let ids = one(*node);
             steps.extend(
                 ids.iter()
-                    .filter(|&&id| nodes[id as usize - 1].crashed)
+                    .filter(|&&id| nodes[id.index()].crashed)
                     .map(|&id| Disruption::Start(id)),
             );
             node_names(&ids)
@@ -489,6 +487,13 @@ pub fn plan_fault(fault: &Fault, nodes: &[NodeState]) -> FaultPlan {
 mod tests {
     use super::*;
 
+    fn ids(groups: &[&[u64]]) -> Vec<Vec<NodeId>> {
+        groups
+            .iter()
+            .map(|g| g.iter().copied().map(NodeId).collect())
+            .collect()
+    }
+
     #[test]
     fn symbolic_nodes_resolve_around_the_leader() {
         let mut nodes = vec![NodeState::default(); 5];
@@ -501,14 +506,11 @@ mod tests {
             vec![NodeRef::Leader, NodeRef::Follower],
             vec![NodeRef::Rest],
         ];
-        assert_eq!(
-            resolve_nodes(&groups, &nodes),
-            vec![vec![3, 1], vec![2, 4, 5]]
-        );
+        assert_eq!(resolve_nodes(&groups, &nodes), ids(&[&[3, 1], &[2, 4, 5]]));
         nodes[2].crashed = true;
         assert_eq!(
             resolve_nodes(&[vec![NodeRef::Crashed]], &nodes),
-            vec![vec![3]]
+            ids(&[&[3]])
         );
     }
 
@@ -528,10 +530,10 @@ mod tests {
         );
         assert_eq!(bridge.resolved, "n1,n3 | n2 | n4,n5");
         assert_eq!(bridge.steps.len(), 4, "{:?}", bridge.steps);
-        assert!(bridge
-            .steps
-            .iter()
-            .all(|d| !matches!(d, Disruption::Cut(2, _) | Disruption::Cut(_, 2))));
+        assert!(bridge.steps.iter().all(|d| !matches!(
+            d,
+            Disruption::Cut(NodeId(2), _) | Disruption::Cut(_, NodeId(2))
+        )));
         let isolate = plan_fault(
             &Fault::Isolate {
                 node: NodeRef::Leader,
@@ -541,10 +543,10 @@ mod tests {
         assert_eq!(
             isolate.steps,
             vec![
-                Disruption::Cut(2, 1),
-                Disruption::Cut(2, 3),
-                Disruption::Cut(2, 4),
-                Disruption::Cut(2, 5)
+                Disruption::Cut(NodeId(2), NodeId(1)),
+                Disruption::Cut(NodeId(2), NodeId(3)),
+                Disruption::Cut(NodeId(2), NodeId(4)),
+                Disruption::Cut(NodeId(2), NodeId(5))
             ]
         );
         assert_eq!(
@@ -557,7 +559,7 @@ mod tests {
         assert!(
             plan_fault(
                 &Fault::Crash {
-                    node: NodeRef::Node(2)
+                    node: NodeRef::Node(NodeId(2))
                 },
                 &nodes
             )
@@ -573,7 +575,7 @@ mod tests {
                 &nodes
             )
             .steps,
-            vec![Disruption::Start(2)]
+            vec![Disruption::Start(NodeId(2))]
         );
     }
 

@@ -354,8 +354,8 @@ impl Scenario {
                 )));
             }
             for node in step.fault.node_refs() {
-                if let NodeRef::Node(n) = node {
-                    if *n > nodes {
+                if let NodeRef::Node(id) = node {
+                    if id.index() >= nodes {
                         return Err(invalid(format!(
                             "fault '{}' names {node}, but the cluster has only {nodes} nodes (n1..n{nodes})",
                             step.fault.label()
@@ -435,7 +435,7 @@ mod tests {
         s.faults.push(FaultStep {
             at_ms: 10,
             fault: Fault::Crash {
-                node: NodeRef::Node(9),
+                node: NodeRef::Node(crate::NodeId(9)),
             },
         });
         let err = s.validate().unwrap_err().to_string();

@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use quorumlab_experiment::history::{Key, Op, OpKind, Outcome, Value};
+use quorumlab_experiment::node::NodeId;
 use raft::storage::MemStorage;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -132,6 +133,16 @@ impl World {
         self.record(now_us(), node, what);
     }
 
+    /// A node's process was killed: it shows as down until it restarts and reports again.
+    pub fn record_crash(&mut self, at_us: u64, id: NodeId) {
+        let view = &mut self.views[id.index()];
+        view.role = Role::Down;
+        let term = view.term;
+        self.record(at_us, id.to_string(), EventKind::Process { up: false });
+        let role = Role::Down;
+        self.record(at_us, id.to_string(), EventKind::Role { role, term });
+    }
+
     /// Appends an event to the trace (and a snapshot of every node, when recording views).
     pub fn record(&mut self, at_us: u64, node: String, what: EventKind) {
         debug_assert!(
@@ -171,16 +182,16 @@ impl World {
     }
 }
 
-/// The simulated address of node `id` (1-based).
+/// The simulated address of etcd member `id` (its Raft id, from 1).
 pub fn node_addr(id: u64) -> SocketAddr {
-    SocketAddr::new(turmoil::lookup(format!("n{id}")), NODE_PORT)
+    SocketAddr::new(turmoil::lookup(NodeId(id).to_string()), NODE_PORT)
 }
 
 /// Runs node `config.id` until the host is crashed. Called again by turmoil on restart, with the
 /// same durable store and a fresh incarnation seed.
 pub async fn node_host(world: WorldRef, config: NodeConfig, store: MemStorage) -> turmoil::Result {
-    let id = config.id;
-    let name = format!("n{id}");
+    let (id, me) = (config.id, NodeId(config.id));
+    let name = me.to_string();
     let tick = Duration::from_micros(world.borrow().heartbeat_us);
     let socket = UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), NODE_PORT)).await?;
     let mut rng = SmallRng::seed_from_u64(config.rng_seed ^ 0x5eed_1055);
@@ -196,7 +207,7 @@ pub async fn node_host(world: WorldRef, config: NodeConfig, store: MemStorage) -
     {
         let mut state = world.borrow_mut();
         state.push(name.clone(), EventKind::Process { up: true });
-        state.views[id as usize - 1] = NodeView {
+        state.views[me.index()] = NodeView {
             role: node.role(),
             term: node.term(),
             commit: node.commit_index(),
@@ -223,7 +234,7 @@ pub async fn node_host(world: WorldRef, config: NodeConfig, store: MemStorage) -
         }
         let outputs: Vec<Output> = node.drain().collect();
         let mut state = world.borrow_mut();
-        state.views[id as usize - 1] = NodeView {
+        state.views[me.index()] = NodeView {
             role: node.role(),
             term: node.term(),
             commit: node.commit_index(),
@@ -237,7 +248,7 @@ pub async fn node_host(world: WorldRef, config: NodeConfig, store: MemStorage) -
                     }
                     packet_id += 1;
                     state.record_send(id, packet_id, &msg);
-                    let to = peers[msg.to as usize - 1];
+                    let to = peers[NodeId(msg.to).index()];
                     let bytes = Packet::Raft {
                         packet_id,
                         msg: Box::new(msg),
@@ -270,7 +281,7 @@ pub async fn node_host(world: WorldRef, config: NodeConfig, store: MemStorage) -
                     state.push(
                         name.clone(),
                         EventKind::VoteGranted {
-                            to: format!("n{to}"),
+                            to: NodeId(to).to_string(),
                             term,
                             pre_vote,
                         },
@@ -434,7 +445,7 @@ pub async fn client_task(world: WorldRef, plan: ClientPlan) -> turmoil::Result {
                     if let (OpKind::Cas { new, .. }, Reply::Cas(true)) = (op, reply) {
                         last_seen.insert(key, new);
                     }
-                    break (outcome, Some(format!("n{target}")));
+                    break (outcome, Some(NodeId(target).to_string()));
                 }
             }
         };

@@ -15,6 +15,7 @@ use quorumlab_experiment::fault::{
 };
 use quorumlab_experiment::history::History;
 use quorumlab_experiment::measure::{RunRecord, RunSummary};
+use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::report::{FaultSpan, MessageArrow, RoleSpan, Timeline};
 use quorumlab_experiment::scenario::Scenario;
 use rand::rngs::SmallRng;
@@ -153,18 +154,18 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimErro
 
     let election_ticks =
         (scenario.topology.election_timeout_ms / scenario.topology.heartbeat_ms) as usize;
-    for id in 1..=nodes as u64 {
+    for id in NodeId::all(nodes) {
         let world = world.clone();
-        let store = world.borrow().stores[id as usize - 1].clone();
+        let store = world.borrow().stores[id.index()].clone();
         let incarnation = Rc::new(RefCell::new(0u64));
         let (seed, stale_reads) = (config.seed, config.stale_reads);
-        sim.host(format!("n{id}"), move || {
+        sim.host(id.to_string(), move || {
             *incarnation.borrow_mut() += 1;
             let node_config = NodeConfig {
-                id,
+                id: id.0,
                 voters: nodes as u64,
                 election_ticks,
-                rng_seed: mix(seed, id, *incarnation.borrow()),
+                rng_seed: mix(seed, id.0, *incarnation.borrow()),
                 stale_reads,
             };
             node_host(world.clone(), node_config, store.clone())
@@ -321,10 +322,6 @@ pub fn fault_schedule(scenario: &Scenario, seed: u64) -> Vec<FaultStep> {
     schedule
 }
 
-fn host_name(id: u64) -> String {
-    format!("n{id}")
-}
-
 /// Fires one fault on the simulated world and records it in the trace.
 fn apply_fault(
     sim: &mut turmoil::Sim,
@@ -334,7 +331,7 @@ fn apply_fault(
     crashed: &mut [bool],
     now_ms: u64,
 ) {
-    let nodes = scenario.topology.nodes as u64;
+    let nodes = scenario.topology.nodes;
     let states: Vec<NodeState> = world
         .borrow()
         .views
@@ -349,31 +346,16 @@ fn apply_fault(
     let plan = plan_fault(fault, &states);
     for step in &plan.steps {
         match *step {
-            Disruption::Cut(a, b) => sim.partition(host_name(a), host_name(b)),
-            Disruption::CutOneway(a, b) => sim.partition_oneway(host_name(a), host_name(b)),
+            Disruption::Cut(a, b) => sim.partition(a.to_string(), b.to_string()),
+            Disruption::CutOneway(a, b) => sim.partition_oneway(a.to_string(), b.to_string()),
             Disruption::Kill(id) => {
-                sim.crash(host_name(id));
-                crashed[id as usize - 1] = true;
-                let mut state = world.borrow_mut();
-                state.views[id as usize - 1].role = Role::Down;
-                let term = state.views[id as usize - 1].term;
-                state.record(
-                    now_ms * 1000,
-                    host_name(id),
-                    EventKind::Process { up: false },
-                );
-                state.record(
-                    now_ms * 1000,
-                    host_name(id),
-                    EventKind::Role {
-                        role: Role::Down,
-                        term,
-                    },
-                );
+                sim.crash(id.to_string());
+                crashed[id.index()] = true;
+                world.borrow_mut().record_crash(now_ms * 1000, id);
             }
             Disruption::Start(id) => {
-                sim.bounce(host_name(id));
-                crashed[id as usize - 1] = false;
+                sim.bounce(id.to_string());
+                crashed[id.index()] = false;
             }
             Disruption::Delay { ms_max } => {
                 sim.set_max_message_latency(Duration::from_millis(ms_max))
@@ -381,9 +363,9 @@ fn apply_fault(
             Disruption::Loss(rate) => world.borrow_mut().lossiness.loss = rate,
             Disruption::Duplicate(rate) => world.borrow_mut().lossiness.duplicate = rate,
             Disruption::HealAll => {
-                for a in 1..=nodes {
-                    for b in a + 1..=nodes {
-                        sim.repair(host_name(a), host_name(b));
+                for a in NodeId::all(nodes) {
+                    for b in NodeId::all(nodes).filter(|&b| b > a) {
+                        sim.repair(a.to_string(), b.to_string());
                     }
                 }
                 sim.set_max_message_latency(Duration::from_millis(scenario.network.latency_ms_max));
@@ -471,8 +453,8 @@ impl RunOutput {
             .iter()
             .filter(|m| m.send_us + 200_000 >= fault_us && m.send_us <= window_end_us)
             .map(|m| MessageArrow {
-                from: m.from as usize - 1,
-                to: m.to as usize - 1,
+                from: NodeId(m.from).index(),
+                to: NodeId(m.to).index(),
                 send_us: m.send_us,
                 recv_us: m.recv_us,
                 label: format!(
@@ -487,7 +469,7 @@ impl RunOutput {
         Timeline {
             title: format!("{} — seed {}", out.scenario.name, out.seed),
             description: out.scenario.description.clone(),
-            nodes: (1..=nodes).map(|i| format!("n{i}")).collect(),
+            nodes: NodeId::all(nodes).map(|id| id.to_string()).collect(),
             duration_us: end_us,
             roles,
             faults,

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
+use quorumlab_experiment::node::NodeId;
 use quorumlab_proto::agent::Action;
 use serde::{Deserialize, Serialize};
 
@@ -110,17 +111,17 @@ impl Lab {
 
     /// Starts every member and waits for a leader.
     async fn start_etcd(&self) -> Result<(), LabError> {
-        for i in 1..=self.etcd_members {
-            self.signal_etcd(i, Action::Start).await?;
+        for member in NodeId::all(self.etcd_members) {
+            self.signal_etcd(member, Action::Start).await?;
         }
         self.wait_for_leader(Duration::from_secs(30))
             .await
             .map(|_| ())
     }
 
-    /// Asks host `i`'s agent to start, stop, kill, pause or resume its etcd.
-    pub async fn signal_etcd(&self, i: usize, action: Action) -> Result<(), LabError> {
-        self.signal(i, "etcd", action).await
+    /// Asks `member`'s agent to start, stop, kill, pause or resume its etcd.
+    pub async fn signal_etcd(&self, member: NodeId, action: Action) -> Result<(), LabError> {
+        self.signal(member, "etcd", action).await
     }
 
     /// Polls until some member reports a leader; returns the statuses then.

@@ -265,8 +265,8 @@ async fn fire(
     carry_out(lab, &plan.steps, "etcd").await?;
     for step in &plan.steps {
         match *step {
-            Disruption::Kill(id) => crashed[id as usize - 1] = true,
-            Disruption::Start(id) => crashed[id as usize - 1] = false,
+            Disruption::Kill(id) => crashed[id.index()] = true,
+            Disruption::Start(id) => crashed[id.index()] = false,
             _ => {}
         }
     }

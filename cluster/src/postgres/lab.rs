@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::postgres::ReplicationMode;
 use quorumlab_proto::agent::Action;
 use serde::{Deserialize, Serialize};
@@ -443,10 +444,10 @@ pub async fn up(
     });
     let started = async {
         lab.save()?;
-        signal_patroni(&lab, 1, Action::Start).await?;
+        signal_patroni(&lab, NodeId(1), Action::Start).await?;
         wait_for_primary(&lab, Some(1), Duration::from_secs(90)).await?;
-        for i in 2..=db_nodes {
-            signal_patroni(&lab, i, Action::Start).await?;
+        for replica in NodeId::all(db_nodes).skip(1) {
+            signal_patroni(&lab, replica, Action::Start).await?;
         }
         wait_for_streaming(&lab, 1, replicas, Duration::from_secs(120)).await
     }
@@ -458,10 +459,10 @@ pub async fn up(
     Ok(lab)
 }
 
-/// Asks host `i`'s agent to start, stop, kill, pause or resume Patroni (and with a kill, its
+/// Asks `host`'s agent to start, stop, kill, pause or resume Patroni (and with a kill, its
 /// Postgres).
-pub async fn signal_patroni(lab: &Lab, i: usize, action: Action) -> Result<(), LabError> {
-    lab.signal(i, "patroni", action).await
+pub async fn signal_patroni(lab: &Lab, host: NodeId, action: Action) -> Result<(), LabError> {
+    lab.signal(host, "patroni", action).await
 }
 
 /// Waits until a primary is found (`expected`, or any node); returns its host number.

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use quorumlab_experiment::history::{Op, OpKind, Outcome};
+use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::postgres::{Phase, ReplicationMode, SyncCommit};
 use quorumlab_experiment::replication::{LagMethod, LagSample};
 use rand::rngs::SmallRng;
@@ -227,7 +228,7 @@ pub enum PgPacket {
         /// Whether the node is a primary (not in recovery).
         primary: bool,
         /// Primary: (standby, write/flush/replay lag µs, byte lag) per standby.
-        replication: Vec<(u64, [Option<u64>; 3], u64)>,
+        replication: Vec<(NodeId, [Option<u64>; 3], u64)>,
         /// Standby: age of the last replayed commit, µs.
         replay_age_us: Option<u64>,
     },
@@ -275,12 +276,13 @@ impl PgPacket {
 }
 
 /// The address of database host `i`'s port.
-pub fn host_addr(i: u64, port: u16) -> SocketAddr {
-    SocketAddr::new(turmoil::lookup(format!("n{i}")), port)
+pub fn host_addr(id: NodeId, port: u16) -> SocketAddr {
+    SocketAddr::new(turmoil::lookup(id.to_string()), port)
 }
 
-fn host_number(addr: SocketAddr, hosts: u64) -> Option<u64> {
-    (1..=hosts).find(|&i| turmoil::lookup(format!("n{i}")) == addr.ip())
+/// Which database host an address belongs to.
+fn host_number(addr: SocketAddr, hosts: u64) -> Option<NodeId> {
+    NodeId::all(hosts as usize).find(|id| turmoil::lookup(id.to_string()) == addr.ip())
 }
 
 fn bind(port: u16) -> impl std::future::Future<Output = std::io::Result<UdpSocket>> {
@@ -288,7 +290,7 @@ fn bind(port: u16) -> impl std::future::Future<Output = std::io::Result<UdpSocke
 }
 
 /// Runs database host `me`: its Postgres and its Patroni, until the simulation ends.
-pub async fn db_host(world: PgWorldRef, config: PgHostConfig, me: u64) -> turmoil::Result {
+pub async fn db_host(world: PgWorldRef, config: PgHostConfig, me: NodeId) -> turmoil::Result {
     let patroni = tokio::task::spawn_local(patroni_task(world.clone(), config.clone(), me));
     let rest = tokio::task::spawn_local(rest_task(world.clone(), me));
     let result = postgres_task(world, config, me).await;
@@ -297,7 +299,7 @@ pub async fn db_host(world: PgWorldRef, config: PgHostConfig, me: u64) -> turmoi
     result
 }
 
-async fn postgres_task(world: PgWorldRef, config: PgHostConfig, me: u64) -> turmoil::Result {
+async fn postgres_task(world: PgWorldRef, config: PgHostConfig, me: NodeId) -> turmoil::Result {
     let socket = bind(PG_PORT).await?;
     let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
     let mut ticker = tokio::time::interval(TICK);
@@ -305,7 +307,7 @@ async fn postgres_task(world: PgWorldRef, config: PgHostConfig, me: u64) -> turm
     // Commits waiting for acknowledgement: token -> (client address, request seq).
     let mut waiting: BTreeMap<u64, (SocketAddr, u64)> = BTreeMap::new();
     let mut next_token: u64 = 0;
-    let mut streaming_from: Option<u64> = None;
+    let mut streaming_from: Option<NodeId> = None;
     let mut last_status_us: u64 = 0;
     let mut last_tick_us = now_us();
     loop {
@@ -318,7 +320,7 @@ async fn postgres_task(world: PgWorldRef, config: PgHostConfig, me: u64) -> turm
                 let Some(packet) = PgPacket::decode(&buf[..len]) else { continue };
                 let mut state = world.borrow_mut();
                 let now = now_us();
-                let Some(server) = state.servers[me as usize - 1].as_mut() else {
+                let Some(server) = state.servers[me.index()].as_mut() else {
                     // The process is gone: the kernel refuses connections.
                     if let PgPacket::Insert { seq, .. } = packet {
                         replies.push((from, PgPacket::Refused { seq }));
@@ -391,7 +393,7 @@ async fn postgres_task(world: PgWorldRef, config: PgHostConfig, me: u64) -> turm
                 let dt = now.saturating_sub(last_tick_us);
                 last_tick_us = now;
                 let mut state = world.borrow_mut();
-                let Some(server) = state.servers[me as usize - 1].as_mut() else {
+                let Some(server) = state.servers[me.index()].as_mut() else {
                     streaming_from = None;
                     waiting.clear();
                     continue;
@@ -509,8 +511,8 @@ impl DcsClient {
     }
 }
 
-fn alive(world: &PgWorldRef, me: u64) -> bool {
-    world.borrow().servers[me as usize - 1].is_some()
+fn alive(world: &PgWorldRef, me: NodeId) -> bool {
+    world.borrow().servers[me.index()].is_some()
 }
 
 /// Asks every other database host's Patroni for its WAL position; the best answer within
@@ -518,13 +520,13 @@ fn alive(world: &PgWorldRef, me: u64) -> bool {
 async fn best_peer_position(
     world: &PgWorldRef,
     rest: &UdpSocket,
-    me: u64,
+    me: NodeId,
     db_nodes: u64,
     seq: &mut u64,
 ) -> Option<Lsn> {
     *seq += 1;
     let ask = *seq;
-    for peer in (1..=db_nodes).filter(|&p| p != me) {
+    for peer in NodeId::all(db_nodes as usize).filter(|&p| p != me) {
         send(
             world,
             rest,
@@ -556,13 +558,13 @@ async fn best_peer_position(
 
 /// Patroni's REST API: answers peers asking for this member's WAL position (nothing while its
 /// Postgres is down, like a Patroni that died with it).
-async fn rest_task(world: PgWorldRef, me: u64) -> turmoil::Result {
+async fn rest_task(world: PgWorldRef, me: NodeId) -> turmoil::Result {
     let rest = bind(REST_PORT).await?;
     let mut buf = vec![0u8; 4096];
     loop {
         let (len, from) = rest.recv_from(&mut buf).await?;
         if let Some(PgPacket::Position { seq }) = PgPacket::decode(&buf[..len]) {
-            let lsn = world.borrow().servers[me as usize - 1]
+            let lsn = world.borrow().servers[me.index()]
                 .as_ref()
                 .map(PgServer::end_lsn);
             if lsn.is_some() {
@@ -578,22 +580,22 @@ async fn rest_task(world: PgWorldRef, me: u64) -> turmoil::Result {
 }
 
 /// Patroni's HA loop on host `me`: bootstrap (on `n1`), then one HA round per `loop_wait`.
-async fn patroni_task(world: PgWorldRef, config: PgHostConfig, me: u64) -> turmoil::Result {
+async fn patroni_task(world: PgWorldRef, config: PgHostConfig, me: NodeId) -> turmoil::Result {
     let peers = bind(PEER_ASK_PORT).await?;
     let dcs = DcsClient {
         world: world.clone(),
         socket: bind(DCS_PORT).await?,
-        client: 100 + me as u32,
+        client: 100 + me.0 as u32,
         seq: 0,
-        leader: 1 + (me - 1) % config.etcd_members,
+        leader: 1 + me.index() as u64 % config.etcd_members,
         members: config.etcd_members,
         buf: vec![0u8; 4096],
     };
     // Members' loops are not in phase: each starts at a seeded offset within one loop_wait.
-    let mut rng = SmallRng::seed_from_u64(config.seed ^ me.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut rng = SmallRng::seed_from_u64(config.seed ^ me.0.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let offset = Duration::from_micros(rng.gen_range(0..config.loop_wait_ms * 1000));
     let mut patroni = Patroni {
-        name: format!("n{me}"),
+        name: me.to_string(),
         ttl_us: config.ttl_ms * 1000,
         sync_mode: config.mode == ReplicationMode::Sync,
         world,
@@ -603,7 +605,7 @@ async fn patroni_task(world: PgWorldRef, config: PgHostConfig, me: u64) -> turmo
         peers,
         rest_seq: 0,
     };
-    if me == 1 {
+    if me == NodeId(1) {
         patroni.bootstrap().await;
     }
     tokio::time::sleep(offset).await;
@@ -617,7 +619,7 @@ async fn patroni_task(world: PgWorldRef, config: PgHostConfig, me: u64) -> turmo
 struct Patroni {
     world: PgWorldRef,
     config: PgHostConfig,
-    me: u64,
+    me: NodeId,
     name: String,
     dcs: DcsClient,
     peers: UdpSocket,
@@ -636,7 +638,7 @@ impl Patroni {
     }
 
     fn is_primary(&self) -> bool {
-        self.world.borrow().servers[self.me as usize - 1]
+        self.world.borrow().servers[self.me.index()]
             .as_ref()
             .is_some_and(|s| s.role == PgRole::Primary)
     }
@@ -709,7 +711,7 @@ impl Patroni {
     /// the leader's last optime and, in synchronous mode, `/sync`.
     async fn decide(&mut self, lock: Option<LeaderLock>, deadline: u64) -> HaAction {
         let now_ms = now_us() / 1000;
-        let my_lsn = self.world.borrow().servers[self.me as usize - 1]
+        let my_lsn = self.world.borrow().servers[self.me.index()]
             .as_ref()
             .map_or(Lsn::ZERO, PgServer::end_lsn);
         let Some(held) = lock else {
@@ -782,12 +784,11 @@ impl Patroni {
     }
 
     /// Another member holds the lock: a primary demotes, a standby streams from the holder.
-    fn follow(&mut self, holder: u64, is_primary: bool) {
+    fn follow(&mut self, holder: NodeId, is_primary: bool) {
         if is_primary {
             let why = "another member holds the leader key: demoting";
             demote(&self.world, self.me, Some(holder), why);
-        } else if let Some(server) = self.world.borrow_mut().servers[self.me as usize - 1].as_mut()
-        {
+        } else if let Some(server) = self.world.borrow_mut().servers[self.me.index()].as_mut() {
             server.upstream = Some(holder);
         }
     }
@@ -835,13 +836,13 @@ impl Patroni {
 async fn publish_leader_state(
     world: &PgWorldRef,
     dcs: &mut DcsClient,
-    me: u64,
+    me: NodeId,
     sync_mode: bool,
     deadline: u64,
 ) {
     let (lsn, sync) = {
         let state = world.borrow();
-        let Some(server) = state.servers[me as usize - 1].as_ref() else {
+        let Some(server) = state.servers[me.index()].as_ref() else {
             return;
         };
         let sync = server.standbys.keys().next().copied();
@@ -857,7 +858,7 @@ async fn publish_leader_state(
         )
         .await;
     if sync_mode {
-        let current = world.borrow().servers[me as usize - 1]
+        let current = world.borrow().servers[me.index()]
             .as_ref()
             .and_then(|s| s.sync_standby);
         if let (Some(s), true) = (sync, current.is_none()) {
@@ -865,45 +866,45 @@ async fn publish_leader_state(
                 .call(
                     OpKind::Put {
                         key: SYNC_KEY,
-                        value: s,
+                        value: s.0,
                     },
                     deadline,
                 )
                 .await
             {
                 let mut state = world.borrow_mut();
-                if let Some(server) = state.servers[me as usize - 1].as_mut() {
+                if let Some(server) = state.servers[me.index()].as_mut() {
                     server.sync_standby = Some(s);
                 }
-                state.event(format!("n{me}"), format!("n{s} is the synchronous standby"));
+                state.event(me.to_string(), format!("{s} is the synchronous standby"));
             }
         }
     }
 }
 
-fn promote(world: &PgWorldRef, me: u64) {
+fn promote(world: &PgWorldRef, me: NodeId) {
     let mut state = world.borrow_mut();
-    let Some(server) = state.servers[me as usize - 1].as_mut() else {
+    let Some(server) = state.servers[me.index()].as_mut() else {
         return;
     };
     server.promote();
     let timeline = server.timeline;
     state.event(
-        format!("n{me}"),
+        me.to_string(),
         format!("promoted: primary on timeline {timeline}"),
     );
 }
 
-fn demote(world: &PgWorldRef, me: u64, upstream: Option<u64>, why: &str) {
+fn demote(world: &PgWorldRef, me: NodeId, upstream: Option<NodeId>, why: &str) {
     let mut state = world.borrow_mut();
-    let Some(server) = state.servers[me as usize - 1].as_mut() else {
+    let Some(server) = state.servers[me.index()].as_mut() else {
         return;
     };
     if server.role != PgRole::Primary {
         return;
     }
     server.demote(upstream);
-    state.event(format!("n{me}"), why.to_string());
+    state.event(me.to_string(), why.to_string());
 }
 
 /// Sends one datagram from a database host through the run's loss and duplication. Postgres and
@@ -921,7 +922,7 @@ fn send(world: &PgWorldRef, socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
 pub async fn ask(
     socket: &UdpSocket,
     buf: &mut [u8],
-    node: u64,
+    node: NodeId,
     packet: PgPacket,
     seq: u64,
     timeout: Duration,
@@ -957,13 +958,13 @@ fn reply_seq(p: &PgPacket) -> Option<u64> {
 }
 
 /// Records a lag sample in the phase running now.
-pub fn sample(world: &PgWorldRef, replica: u64, method: LagMethod, value: Option<f64>) {
+pub fn sample(world: &PgWorldRef, replica: NodeId, method: LagMethod, value: Option<f64>) {
     let mut state = world.borrow_mut();
     let at = now_us().saturating_sub(state.start_us);
     let phase = state.phase_at(at).name.clone();
     state.samples.push(LagSample {
         phase,
-        replica: format!("n{replica}"),
+        replica: replica.to_string(),
         method,
         value,
     });

@@ -10,6 +10,8 @@
 
 use quorumlab_experiment::history::{Key, Value};
 
+use quorumlab_experiment::node::NodeId;
+
 use super::server::Lsn;
 
 /// The etcd key holding the leader lock.
@@ -23,7 +25,7 @@ pub const SYNC_KEY: Key = 2;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaderLock {
     /// Host number of the holder.
-    pub holder: u64,
+    pub holder: NodeId,
     /// When the lease runs out, in simulated milliseconds.
     pub expires_ms: u64,
 }
@@ -31,14 +33,14 @@ pub struct LeaderLock {
 impl LeaderLock {
     /// Packs the lock into one etcd value (holder in the top 16 bits).
     pub fn encode(self) -> Value {
-        debug_assert!(self.expires_ms < 1 << 48 && self.holder < 1 << 16);
-        self.holder << 48 | self.expires_ms
+        assert!(self.expires_ms < 1 << 48 && self.holder.0 < 1 << 16);
+        self.holder.0 << 48 | self.expires_ms
     }
 
     /// Unpacks an etcd value.
     pub fn decode(value: Value) -> LeaderLock {
         LeaderLock {
-            holder: value >> 48,
+            holder: NodeId(value >> 48),
             expires_ms: value & ((1 << 48) - 1),
         }
     }
@@ -57,7 +59,7 @@ pub enum HaAction {
     /// Lease gone and this member is fit: take the lock, then promote.
     Acquire,
     /// Someone else leads: be (or stay) its standby.
-    Follow(u64),
+    Follow(NodeId),
     /// Lease gone but this member may not take it: wait for the next loop.
     Wait,
 }
@@ -66,7 +68,7 @@ pub enum HaAction {
 #[derive(Debug, Clone, Copy)]
 pub struct HaView {
     /// This member's host number.
-    pub me: u64,
+    pub me: NodeId,
     /// The lock as read from etcd (`None` when never written).
     pub lock: Option<LeaderLock>,
     /// Now, in simulated milliseconds.
@@ -92,7 +94,7 @@ pub fn decide(view: &HaView) -> HaAction {
             let behind_a_peer = view.best_peer_lsn.is_some_and(|p| p > view.my_lsn);
             let too_far_behind =
                 view.leader_optime.bytes_since(view.my_lsn) > view.maximum_lag_on_failover;
-            let not_the_sync_standby = view.sync_standby.is_some_and(|s| s != 0 && s != view.me);
+            let not_the_sync_standby = view.sync_standby.is_some_and(|s| s != 0 && s != view.me.0);
             if behind_a_peer || too_far_behind || not_the_sync_standby {
                 HaAction::Wait
             } else {
@@ -108,7 +110,7 @@ mod tests {
 
     fn view(lock: Option<LeaderLock>) -> HaView {
         HaView {
-            me: 2,
+            me: NodeId(2),
             lock,
             now_ms: 1000,
             my_lsn: Lsn(500),
@@ -122,7 +124,7 @@ mod tests {
     #[test]
     fn the_lock_round_trips_through_one_etcd_value() {
         let lock = LeaderLock {
-            holder: 3,
+            holder: NodeId(3),
             expires_ms: 123_456,
         };
         assert_eq!(LeaderLock::decode(lock.encode()), lock);
@@ -132,16 +134,16 @@ mod tests {
     fn holders_renew_others_follow_and_an_expired_lock_goes_to_the_fittest() {
         let live = |holder| {
             Some(LeaderLock {
-                holder,
+                holder: NodeId(holder),
                 expires_ms: 2000,
             })
         };
         let dead = Some(LeaderLock {
-            holder: 1,
+            holder: NodeId(1),
             expires_ms: 900,
         });
         assert_eq!(decide(&view(live(2))), HaAction::Renew);
-        assert_eq!(decide(&view(live(1))), HaAction::Follow(1));
+        assert_eq!(decide(&view(live(1))), HaAction::Follow(NodeId(1)));
         assert_eq!(decide(&view(dead)), HaAction::Acquire);
         let behind = HaView {
             best_peer_lsn: Some(Lsn(501)),
@@ -160,7 +162,7 @@ mod tests {
         assert_eq!(decide(&not_sync), HaAction::Wait);
         // An expired lock of our own (we were cut off) is not renewed but raced for again.
         let own_dead = Some(LeaderLock {
-            holder: 2,
+            holder: NodeId(2),
             expires_ms: 900,
         });
         assert_eq!(decide(&view(own_dead)), HaAction::Acquire);

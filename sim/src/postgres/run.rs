@@ -11,6 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use quorumlab_experiment::fault::{plan_fault, Disruption, Fault, FaultExecutor, NodeState};
 use quorumlab_experiment::history::{History, Outcome};
 use quorumlab_experiment::measure::RunRecord;
+use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::postgres::{Phase, PostgresSettings, ReplicationMode, SyncCommit};
 use quorumlab_experiment::replication::{
     compose_write_id, reduce_lag, summarize, write_op, FailoverObservation, LagMethod,
@@ -144,10 +145,10 @@ fn fresh_world(config: &PgHostConfig, phases: Vec<Phase>) -> PgWorldRef {
             let mut server = if i == 1 {
                 PgServer::primary(config.synchronous_commit)
             } else {
-                PgServer::standby(1, config.synchronous_commit)
+                PgServer::standby(NodeId(1), config.synchronous_commit)
             };
             if i == 1 && config.mode == ReplicationMode::Sync {
-                server.sync_standby = Some(2);
+                server.sync_standby = Some(NodeId(2));
             }
             Some(server)
         })
@@ -170,24 +171,24 @@ fn add_hosts(
     election_ticks: usize,
 ) {
     let seed = config.seed;
-    for i in 1..=hosts {
+    for id in NodeId::all(hosts as usize) {
         let (world, etcd, config) = (world.clone(), etcd.clone(), config.clone());
-        sim.host(format!("n{i}"), move || {
+        sim.host(id.to_string(), move || {
             let (world, etcd, config) = (world.clone(), etcd.clone(), config.clone());
             async move {
-                if i <= ETCD_MEMBERS {
+                if id.0 <= ETCD_MEMBERS {
                     let node_config = NodeConfig {
-                        id: i,
+                        id: id.0,
                         voters: ETCD_MEMBERS,
                         election_ticks,
-                        rng_seed: seed.wrapping_mul(31).wrapping_add(i),
+                        rng_seed: seed.wrapping_mul(31).wrapping_add(id.0),
                         stale_reads: false,
                     };
-                    let store = etcd.borrow().stores[i as usize - 1].clone();
+                    let store = etcd.borrow().stores[id.index()].clone();
                     tokio::task::spawn_local(node_host(etcd, node_config, store));
                 }
-                if i <= config.db_nodes {
-                    db_host(world, config, i).await
+                if id.0 <= config.db_nodes {
+                    db_host(world, config, id).await
                 } else {
                     std::future::pending().await
                 }
@@ -215,7 +216,7 @@ fn add_workload(
     let world = world.clone();
     sim.client("clients", async move {
         tokio::time::sleep(start).await;
-        let primary = Rc::new(Cell::new(1u64));
+        let primary = Rc::new(Cell::new(NodeId(1)));
         let mut tasks = vec![spawn_local(track_primary(
             world.clone(),
             primary.clone(),
@@ -241,7 +242,7 @@ fn add_workload(
                 until,
             )));
             tasks.push(spawn_local(view_sampler(world.clone(), db_nodes, until)));
-            for replica in 2..=db_nodes {
+            for replica in NodeId::all(db_nodes as usize).skip(1) {
                 tasks.push(spawn_local(heartbeat_watcher(
                     world.clone(),
                     replica,
@@ -257,7 +258,7 @@ fn add_workload(
 }
 
 /// When the first fault fired (µs after the workload's start) and who was primary then.
-type FirstFault = (Option<u64>, Option<u64>);
+type FirstFault = (Option<u64>, Option<NodeId>);
 
 /// Steps the world to the end, firing the scenario's faults on time, then lets it settle until
 /// some node is primary (as the real driver waits), within a minute.
@@ -306,13 +307,13 @@ fn step(sim: &mut turmoil::Sim<'_>) -> Result<(), SimError> {
 }
 
 /// What a fault resolves its nodes against: who is primary, who is down.
-fn node_states(world: &PgWorldRef, hosts: u64, primary: Option<u64>) -> Vec<NodeState> {
+fn node_states(world: &PgWorldRef, hosts: u64, primary: Option<NodeId>) -> Vec<NodeState> {
     let state = world.borrow();
-    (1..=hosts)
+    NodeId::all(hosts as usize)
         .map(|i| NodeState {
             term: 0,
             leader: Some(i) == primary,
-            crashed: (i as usize) <= state.servers.len() && state.servers[i as usize - 1].is_none(),
+            crashed: state.servers.get(i.index()).is_some_and(Option::is_none),
         })
         .collect()
 }
@@ -352,7 +353,7 @@ fn measure(
 ) -> PgSimRun {
     let new_primary = current_primary_of(state);
     let surviving_ids: BTreeSet<u64> = new_primary
-        .and_then(|p| state.servers[p as usize - 1].as_ref())
+        .and_then(|p| state.servers[p.index()].as_ref())
         .map(|s| s.wal.iter().map(|r| r.write_id).collect())
         .unwrap_or_default();
     let mut ops = state.ops.clone();
@@ -363,8 +364,8 @@ fn measure(
     let history = History { ops };
     let seen = FailoverObservation {
         fault_at_us: fault.0,
-        old_primary: fault.1.map(|p| format!("n{p}")),
-        new_primary: new_primary.map(|p| format!("n{p}")),
+        old_primary: fault.1.map(|p| p.to_string()),
+        new_primary: new_primary.map(|p| p.to_string()),
         detected_at_us: detected_at_us(state, fault),
         surviving_ids,
         end_us,
@@ -382,14 +383,14 @@ fn measure(
     }
 }
 
-fn current_primary(world: &PgWorldRef) -> Option<u64> {
+fn current_primary(world: &PgWorldRef) -> Option<NodeId> {
     current_primary_of(&world.borrow())
 }
 
 /// The first node whose server is primary, if any.
-fn current_primary_of(state: &PgWorld) -> Option<u64> {
-    (1..=state.servers.len() as u64).find(|&i| {
-        state.servers[i as usize - 1]
+fn current_primary_of(state: &PgWorld) -> Option<NodeId> {
+    NodeId::all(state.servers.len()).find(|&i| {
+        state.servers[i.index()]
             .as_ref()
             .is_some_and(|s| s.role == PgRole::Primary)
     })
@@ -404,36 +405,32 @@ fn apply(
     hosts: u64,
     latency_ms_max: u64,
 ) {
-    let name = |i: u64| format!("n{i}");
     for step in steps {
         match *step {
-            Disruption::Cut(a, b) => sim.partition(name(a), name(b)),
-            Disruption::CutOneway(a, b) => sim.partition_oneway(name(a), name(b)),
-            Disruption::Kill(i) => {
+            Disruption::Cut(a, b) => sim.partition(a.to_string(), b.to_string()),
+            Disruption::CutOneway(a, b) => sim.partition_oneway(a.to_string(), b.to_string()),
+            Disruption::Kill(id) => {
                 let mut state = world.borrow_mut();
-                if let Some(slot) = state.servers.get_mut(i as usize - 1) {
+                if let Some(slot) = state.servers.get_mut(id.index()) {
                     *slot = None;
                 }
             }
-            Disruption::Start(i) => {
+            Disruption::Start(id) => {
                 let mut state = world.borrow_mut();
-                let primary = (1..=state.servers.len() as u64).find(|&p| {
-                    state.servers[p as usize - 1]
-                        .as_ref()
-                        .is_some_and(|s| s.role == PgRole::Primary)
-                });
-                if let Some(slot) = state.servers.get_mut(i as usize - 1) {
+                let primary = current_primary_of(&state);
+                if let Some(slot) = state.servers.get_mut(id.index()) {
                     if slot.is_none() {
-                        *slot = Some(PgServer::standby(primary.unwrap_or(1), SyncCommit::Local));
+                        *slot = Some(PgServer::standby(
+                            primary.unwrap_or(NodeId(1)),
+                            SyncCommit::Local,
+                        ));
                     }
                 }
             }
             Disruption::HealAll => {
-                for a in 1..=hosts {
-                    for b in 1..=hosts {
-                        if a != b {
-                            sim.repair(name(a), name(b));
-                        }
+                for a in NodeId::all(hosts as usize) {
+                    for b in NodeId::all(hosts as usize).filter(|&b| b != a) {
+                        sim.repair(a.to_string(), b.to_string());
                     }
                 }
                 sim.set_max_message_latency(Duration::from_millis(latency_ms_max));
@@ -470,7 +467,7 @@ fn now() -> u64 {
 /// Asks every node `pg_is_in_recovery()` every 100 ms; publishes the first that says no.
 async fn track_primary(
     world: PgWorldRef,
-    primary: Rc<Cell<u64>>,
+    primary: Rc<Cell<NodeId>>,
     nodes: u64,
     until: Duration,
 ) -> turmoil::Result {
@@ -479,7 +476,7 @@ async fn track_primary(
     let mut buf = vec![0u8; 4096];
     let mut seq = 0;
     while elapsed() < until {
-        for i in 1..=nodes {
+        for i in NodeId::all(nodes as usize) {
             seq += 1;
             let answer = ask(
                 &socket,
@@ -505,7 +502,7 @@ async fn writer(
     client: u64,
     clients: u64,
     timeout: Duration,
-    primary: Rc<Cell<u64>>,
+    primary: Rc<Cell<NodeId>>,
     until: Duration,
 ) -> turmoil::Result {
     let socket = bind(7100 + client as u16).await?;
@@ -542,7 +539,7 @@ async fn writer(
                 next_id,
                 (invoke_us, now() - start_us),
                 outcome,
-                format!("n{target}"),
+                target.to_string(),
             ),
         );
         if let Some(rest) = period.checked_sub(elapsed() - began) {
@@ -564,7 +561,7 @@ async fn prober(world: PgWorldRef, nodes: u64, until: Duration) -> turmoil::Resu
         if world.borrow().phase_at(now() - start_us).rate_per_s == 0 {
             continue;
         }
-        for i in 1..=nodes {
+        for i in NodeId::all(nodes as usize) {
             n += 1;
             let next_id = compose_write_id(0, PROBE_CLIENT, n);
             let invoke_us = now() - start_us;
@@ -591,7 +588,7 @@ async fn prober(world: PgWorldRef, nodes: u64, until: Duration) -> turmoil::Resu
                         next_id,
                         (invoke_us, now() - start_us),
                         ok(),
-                        format!("n{i}"),
+                        i.to_string(),
                     ),
                 );
             }
@@ -601,7 +598,11 @@ async fn prober(world: PgWorldRef, nodes: u64, until: Duration) -> turmoil::Resu
 }
 
 /// Writes a heartbeat row every 100 ms while the phase has writes.
-async fn heartbeat(world: PgWorldRef, primary: Rc<Cell<u64>>, until: Duration) -> turmoil::Result {
+async fn heartbeat(
+    world: PgWorldRef,
+    primary: Rc<Cell<NodeId>>,
+    until: Duration,
+) -> turmoil::Result {
     let socket = bind(7300).await?;
     let mut buf = vec![0u8; 4096];
     let start_us = world.borrow().start_us;
@@ -632,8 +633,8 @@ async fn heartbeat(world: PgWorldRef, primary: Rc<Cell<u64>>, until: Duration) -
 }
 
 /// Polls one replica every 10 ms; each newly visible heartbeat's lag is now minus its commit.
-async fn heartbeat_watcher(world: PgWorldRef, replica: u64, until: Duration) -> turmoil::Result {
-    let socket = bind(7400 + replica as u16).await?;
+async fn heartbeat_watcher(world: PgWorldRef, replica: NodeId, until: Duration) -> turmoil::Result {
+    let socket = bind(7400 + replica.0 as u16).await?;
     let mut buf = vec![0u8; 4096];
     let mut seq = 0;
     let mut last_seen = 0;
@@ -671,7 +672,7 @@ async fn view_sampler(world: PgWorldRef, nodes: u64, until: Duration) -> turmoil
     let mut seq = 0;
     while elapsed() < until {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        for i in 1..=nodes {
+        for i in NodeId::all(nodes as usize) {
             seq += 1;
             let answer = ask(
                 &socket,

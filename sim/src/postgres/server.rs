@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::postgres::SyncCommit;
 use serde::{Deserialize, Serialize};
 
@@ -133,15 +134,15 @@ pub struct PgServer {
     /// The WAL this server holds: flushed (primary) or received (standby).
     pub wal: Vec<WalRecord>,
     /// Standby: the server it streams from.
-    pub upstream: Option<u64>,
+    pub upstream: Option<NodeId>,
     /// Standby: flushed up to here.
     pub flushed: Lsn,
     /// Standby: replayed up to here (what reads see).
     pub replayed: Lsn,
     /// Primary: its standbys' progress, by host number.
-    pub standbys: BTreeMap<u64, StandbyProgress>,
+    pub standbys: BTreeMap<NodeId, StandbyProgress>,
     /// Primary: the synchronous standby, in synchronous mode.
-    pub sync_standby: Option<u64>,
+    pub sync_standby: Option<NodeId>,
     /// What commits wait for.
     pub synchronous_commit: SyncCommit,
     pending: Vec<PendingAck>,
@@ -156,7 +157,7 @@ pub enum PgOutput {
     /// Send WAL to a standby.
     Wal {
         /// Host number of the standby.
-        to: u64,
+        to: NodeId,
         /// Sender's timeline.
         timeline: u64,
         /// Records, in order.
@@ -165,7 +166,7 @@ pub enum PgOutput {
     /// Report positions to the upstream primary.
     Reply {
         /// Host number of the primary.
-        to: u64,
+        to: NodeId,
         /// Written.
         write: Lsn,
         /// Flushed.
@@ -195,7 +196,7 @@ impl PgServer {
     }
 
     /// A standby of `upstream`, starting empty.
-    pub fn standby(upstream: u64, synchronous_commit: SyncCommit) -> PgServer {
+    pub fn standby(upstream: NodeId, synchronous_commit: SyncCommit) -> PgServer {
         PgServer {
             role: PgRole::Standby,
             upstream: Some(upstream),
@@ -266,7 +267,7 @@ impl PgServer {
     /// A standby connects (or reconnects) and asks for WAL from `from` on `timeline`. A standby
     /// on an older timeline that went past this timeline's start is rewound to it (pg_rewind).
     /// Returns the LSN streaming resumes from.
-    pub fn standby_connect(&mut self, standby: u64, from: Lsn, timeline: u64) -> Lsn {
+    pub fn standby_connect(&mut self, standby: NodeId, from: Lsn, timeline: u64) -> Lsn {
         let from = if timeline < self.timeline {
             from.min(self.timeline_start)
         } else {
@@ -293,7 +294,7 @@ impl PgServer {
     }
 
     /// The primary hears a standby's positions; updates the lag tracker as Postgres does.
-    pub fn standby_reply(&mut self, now_us: u64, standby: u64, positions: [Lsn; 3]) {
+    pub fn standby_reply(&mut self, now_us: u64, standby: NodeId, positions: [Lsn; 3]) {
         let Some(p) = self.standbys.get_mut(&standby) else {
             return;
         };
@@ -437,7 +438,7 @@ impl PgServer {
     }
 
     /// This standby's positions, as a reply to `to`.
-    pub fn reply_to(&self, to: u64) -> PgOutput {
+    pub fn reply_to(&self, to: NodeId) -> PgOutput {
         PgOutput::Reply {
             to,
             write: self.end_lsn(),
@@ -468,7 +469,7 @@ impl PgServer {
 
     /// Demotes a primary to a standby of `upstream` (none while no leader is known). Commits
     /// still waiting are never acknowledged.
-    pub fn demote(&mut self, upstream: Option<u64>) {
+    pub fn demote(&mut self, upstream: Option<NodeId>) {
         assert_eq!(self.role, PgRole::Primary, "only a primary is demoted");
         self.role = PgRole::Standby;
         self.flushed = self.end_lsn();
@@ -562,7 +563,7 @@ mod tests {
                 ..
             } = out
             {
-                primary.standby_reply(now, 2, [write, flush, replay]);
+                primary.standby_reply(now, NodeId(2), [write, flush, replay]);
             }
         }
         acks
@@ -574,9 +575,9 @@ mod tests {
             [(SyncCommit::Local, true), (SyncCommit::RemoteApply, false)]
         {
             let mut p = PgServer::primary(level);
-            let mut s = PgServer::standby(1, level);
-            p.standby_connect(2, Lsn::ZERO, 1);
-            p.sync_standby = Some(2);
+            let mut s = PgServer::standby(NodeId(1), level);
+            p.standby_connect(NodeId(2), Lsn::ZERO, 1);
+            p.sync_standby = Some(NodeId(2));
             p.commit(0, 7, 100, None, 70).unwrap();
             // Before the standby has heard anything, only `local` acknowledges.
             let acks: Vec<u64> = p
@@ -600,15 +601,15 @@ mod tests {
     #[test]
     fn lag_columns_go_null_once_an_idle_standby_has_replayed_everything() {
         let mut p = PgServer::primary(SyncCommit::Local);
-        let mut s = PgServer::standby(1, SyncCommit::Local);
-        p.standby_connect(2, Lsn::ZERO, 1);
+        let mut s = PgServer::standby(NodeId(1), SyncCommit::Local);
+        p.standby_connect(NodeId(2), Lsn::ZERO, 1);
         p.commit(0, 1, 100, None, 1);
         for step in 1..4 {
             stream(&mut p, &mut s, step * 1000, 1000);
         }
-        assert!(p.standbys[&2].lag_us[2].is_some());
+        assert!(p.standbys[&NodeId(2)].lag_us[2].is_some());
         for _ in 0..2 {
-            let reply = s.reply_to(1);
+            let reply = s.reply_to(NodeId(1));
             if let PgOutput::Reply {
                 write,
                 flush,
@@ -616,24 +617,24 @@ mod tests {
                 ..
             } = reply
             {
-                p.standby_reply(10_000, 2, [write, flush, replay]);
+                p.standby_reply(10_000, NodeId(2), [write, flush, replay]);
             }
         }
-        assert_eq!(p.standbys[&2].lag_us, [None, None, None]);
+        assert_eq!(p.standbys[&NodeId(2)].lag_us, [None, None, None]);
     }
 
     #[test]
     fn a_standby_on_an_old_timeline_is_rewound_to_the_new_primarys_history() {
         let mut old = PgServer::primary(SyncCommit::Local);
         old.commit(0, 1, 100, None, 1);
-        let mut new = PgServer::standby(1, SyncCommit::Local);
+        let mut new = PgServer::standby(NodeId(1), SyncCommit::Local);
         assert!(new.receive(1, old.wal.clone()));
         old.commit(1, 2, 100, None, 2);
-        let mut other = PgServer::standby(1, SyncCommit::Local);
+        let mut other = PgServer::standby(NodeId(1), SyncCommit::Local);
         assert!(other.receive(1, old.wal.clone()));
         new.promote();
         new.commit(5, 3, 50, None, 3);
-        let from = new.standby_connect(3, other.end_lsn(), other.timeline);
+        let from = new.standby_connect(NodeId(3), other.end_lsn(), other.timeline);
         assert_eq!(from, new.timeline_start);
         let records: Vec<WalRecord> = new.wal.iter().filter(|r| r.end > from).cloned().collect();
         assert!(other.receive(new.timeline, records));
