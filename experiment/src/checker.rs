@@ -185,7 +185,9 @@ impl OpSet {
 }
 
 /// Wing–Gong–Lowe search over one key's operations.
-fn check_register(ops: &[&Op], deadline: Instant) -> Search {
+/// The operations' calls and returns as a doubly linked list in time order (the search lifts
+/// calls out of it and puts them back); `entries[0]` is the head sentinel.
+fn event_list(ops: &[&Op]) -> Vec<Entry> {
     // Events sorted by time; a call sorts before a return at the same instant, so operations that
     // touch at a boundary count as concurrent.
     let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
@@ -233,7 +235,11 @@ fn check_register(ops: &[&Op], deadline: Instant) -> Search {
             entries[k].partner = return_slot[entries[k].op];
         }
     }
+    entries
+}
 
+fn check_register(ops: &[&Op], deadline: Instant) -> Search {
+    let mut entries = event_list(ops);
     let mut state: Option<Value> = None;
     let mut linearized = OpSet::new(ops.len());
     let mut cache: HashSet<(OpSet, Option<Value>)> = HashSet::new();

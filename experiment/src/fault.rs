@@ -398,10 +398,39 @@ fn cut_all(a: &[NodeId], b: &[NodeId], steps: &mut Vec<Disruption>) {
 /// Turns a fault into primitive steps, resolving its symbolic nodes against `nodes` (index 0 is n1).
 /// Killing a node that is down, or starting one that is up, is left out.
 pub fn plan_fault(fault: &Fault, nodes: &[NodeState]) -> FaultPlan {
-    let all: Vec<NodeId> = NodeId::all(nodes.len()).collect();
-    let one = |r: NodeRef| resolve_nodes(&[vec![r]], nodes).remove(0);
     let mut steps = Vec::new();
     let resolved = match fault {
+        Fault::Isolate { .. }
+        | Fault::Partition { .. }
+        | Fault::PartitionOneway { .. }
+        | Fault::Bridge { .. } => plan_links(fault, nodes, &mut steps),
+        Fault::Crash { node } => plan_processes(*node, nodes, false, &mut steps),
+        Fault::Restart { node } => plan_processes(*node, nodes, true, &mut steps),
+        Fault::Delay { ms_max } => {
+            steps.push(Disruption::Delay { ms_max: *ms_max });
+            String::new()
+        }
+        Fault::Loss { rate } => {
+            steps.push(Disruption::Loss(*rate));
+            String::new()
+        }
+        Fault::Duplicate { rate } => {
+            steps.push(Disruption::Duplicate(*rate));
+            String::new()
+        }
+        Fault::Heal => {
+            steps.push(Disruption::HealAll);
+            String::new()
+        }
+    };
+    FaultPlan { steps, resolved }
+}
+
+/// The links a partition-like fault cuts; returns the nodes it resolved to, for the timeline.
+fn plan_links(fault: &Fault, nodes: &[NodeState], steps: &mut Vec<Disruption>) -> String {
+    let all: Vec<NodeId> = NodeId::all(nodes.len()).collect();
+    let one = |r: NodeRef| resolve_nodes(&[vec![r]], nodes).remove(0);
+    match fault {
         Fault::Isolate { node } => {
             let target = one(*node);
             let others: Vec<NodeId> = all
@@ -409,14 +438,14 @@ pub fn plan_fault(fault: &Fault, nodes: &[NodeState]) -> FaultPlan {
                 .copied()
                 .filter(|i| !target.contains(i))
                 .collect();
-            cut_all(&target, &others, &mut steps);
+            cut_all(&target, &others, steps);
             node_names(&target)
         }
         Fault::Partition { groups } => {
             let ids = resolve_nodes(groups, nodes);
             for (i, a) in ids.iter().enumerate() {
                 for b in &ids[i + 1..] {
-                    cut_all(a, b, &mut steps);
+                    cut_all(a, b, steps);
                 }
             }
             ids.iter()
@@ -437,7 +466,7 @@ pub fn plan_fault(fault: &Fault, nodes: &[NodeState]) -> FaultPlan {
             let b = one(*bridge);
             let others: Vec<NodeId> = all.iter().copied().filter(|i| !b.contains(i)).collect();
             let (left, right) = others.split_at(others.len() / 2);
-            cut_all(left, right, &mut steps);
+            cut_all(left, right, steps);
             format!(
                 "{} | {} | {}",
                 node_names(left),
@@ -445,42 +474,26 @@ pub fn plan_fault(fault: &Fault, nodes: &[NodeState]) -> FaultPlan {
                 node_names(right)
             )
         }
-        Fault::Crash { node } => {
-            let ids = one(*node);
-            steps.extend(
-                ids.iter()
-                    .filter(|&&id| !nodes[id.index()].crashed)
-                    .map(|&id| Disruption::Kill(id)),
-            );
-            node_names(&ids)
+        _ => unreachable!("plan_links takes partition-like faults only, not {fault:?}"),
+    }
+}
+
+/// Kills the named nodes that are up (or, to `start`, starts those that are down).
+fn plan_processes(
+    node: NodeRef,
+    nodes: &[NodeState],
+    start: bool,
+    steps: &mut Vec<Disruption>,
+) -> String {
+    let ids = resolve_nodes(&[vec![node]], nodes).remove(0);
+    for &id in &ids {
+        match (start, nodes[id.index()].crashed) {
+            (true, true) => steps.push(Disruption::Start(id)),
+            (false, false) => steps.push(Disruption::Kill(id)),
+            _ => {}
         }
-        Fault::Restart { node } => {
-            let ids = one(*node);
-            steps.extend(
-                ids.iter()
-                    .filter(|&&id| nodes[id.index()].crashed)
-                    .map(|&id| Disruption::Start(id)),
-            );
-            node_names(&ids)
-        }
-        Fault::Delay { ms_max } => {
-            steps.push(Disruption::Delay { ms_max: *ms_max });
-            String::new()
-        }
-        Fault::Loss { rate } => {
-            steps.push(Disruption::Loss(*rate));
-            String::new()
-        }
-        Fault::Duplicate { rate } => {
-            steps.push(Disruption::Duplicate(*rate));
-            String::new()
-        }
-        Fault::Heal => {
-            steps.push(Disruption::HealAll);
-            String::new()
-        }
-    };
-    FaultPlan { steps, resolved }
+    }
+    node_names(&ids)
 }
 
 #[cfg(test)]

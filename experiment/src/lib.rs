@@ -13,6 +13,7 @@ pub mod history;
 pub mod measure;
 pub mod node;
 pub mod postgres;
+pub mod register;
 pub mod replication;
 pub mod report;
 

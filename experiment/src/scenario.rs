@@ -292,109 +292,116 @@ impl Scenario {
 
     /// Checks everything that would make the scenario impossible to run.
     pub fn validate(&self) -> Result<(), ScenarioError> {
-        let invalid = |reason: String| ScenarioError::Invalid {
-            name: self.name.clone(),
-            reason,
-        };
+        self.check_shape()
+            .and_then(|()| self.check_system())
+            .and_then(|()| self.faults.iter().try_for_each(|s| self.check_fault(s)))
+            .and_then(|()| self.check_chaos())
+            .map_err(|reason| ScenarioError::Invalid {
+                name: self.name.clone(),
+                reason,
+            })
+    }
+
+    /// Topology, network, workload and duration.
+    fn check_shape(&self) -> Result<(), String> {
         let nodes = self.topology.nodes;
         if nodes == 0 || nodes > NODES_MAX {
-            return Err(invalid(format!(
+            return Err(format!(
                 "topology.nodes is {nodes}; it must be 1 to {NODES_MAX}"
-            )));
+            ));
         }
         let t = &self.topology;
         if t.heartbeat_ms == 0 || t.election_timeout_ms < 2 * t.heartbeat_ms {
-            return Err(invalid(format!(
+            return Err(format!(
                 "election_timeout_ms ({}) must be at least twice heartbeat_ms ({}), which must be > 0",
                 t.election_timeout_ms, t.heartbeat_ms
-            )));
+            ));
         }
         if self.network.latency_ms_min > self.network.latency_ms_max {
-            return Err(invalid(
-                "network.latency_ms_min exceeds latency_ms_max".into(),
-            ));
+            return Err("network.latency_ms_min exceeds latency_ms_max".into());
         }
         let w = &self.workload;
         if w.clients == 0 || w.keys == 0 || w.timeout_ms == 0 {
-            return Err(invalid(
-                "workload.clients, keys and timeout_ms must be > 0".into(),
-            ));
+            return Err("workload.clients, keys and timeout_ms must be > 0".into());
         }
         if w.put + w.get + w.cas == 0 {
-            return Err(invalid(
-                "workload mix is empty: put + get + cas weights are 0".into(),
-            ));
+            return Err("workload mix is empty: put + get + cas weights are 0".into());
         }
         if self.duration_ms == 0 {
-            return Err(invalid("duration_ms must be > 0".into()));
-        }
-        if let System::Postgres(pg) = &self.system {
-            if nodes < 2 {
-                return Err(invalid(format!(
-                    "a Postgres scenario needs at least 1 replica (topology.nodes >= 2); it asks for {}",
-                    nodes.saturating_sub(1)
-                )));
-            }
-            pg.validate().map_err(invalid)?;
-            let phases_ms: u64 = pg.phases.iter().map(|p| p.ms).sum();
-            if phases_ms > self.duration_ms {
-                return Err(invalid(format!(
-                    "postgres phases last {phases_ms} ms, longer than duration_ms ({})",
-                    self.duration_ms
-                )));
-            }
-        }
-        for step in &self.faults {
-            if step.at_ms > self.duration_ms {
-                return Err(invalid(format!(
-                    "fault '{}' at {} ms is after the end of the run ({} ms)",
-                    step.fault.label(),
-                    step.at_ms,
-                    self.duration_ms
-                )));
-            }
-            for node in step.fault.node_refs() {
-                if let NodeRef::Node(id) = node {
-                    if id.index() >= nodes {
-                        return Err(invalid(format!(
-                            "fault '{}' names {node}, but the cluster has only {nodes} nodes (n1..n{nodes})",
-                            step.fault.label()
-                        )));
-                    }
-                }
-            }
-            match &step.fault {
-                Fault::Partition { groups }
-                    if groups.len() < 2 || groups.iter().any(Vec::is_empty) =>
-                {
-                    return Err(invalid(
-                        "a partition needs at least two non-empty groups".into(),
-                    ));
-                }
-                Fault::Loss { rate } | Fault::Duplicate { rate } if !(0.0..=1.0).contains(rate) => {
-                    return Err(invalid(format!(
-                        "rate {rate} is not a probability in [0, 1]"
-                    )));
-                }
-                Fault::Delay { ms_max } if *ms_max < self.network.latency_ms_min => {
-                    return Err(invalid(
-                        "delay ms_max is below network.latency_ms_min".into(),
-                    ));
-                }
-                Fault::Bridge { .. } if nodes < 3 => {
-                    return Err(invalid("a bridge partition needs at least 3 nodes".into()));
-                }
-                _ => {}
-            }
-        }
-        if let Some(chaos) = &self.chaos {
-            if chaos.from_ms >= chaos.to_ms || chaos.to_ms > self.duration_ms {
-                return Err(invalid(
-                    "chaos window must satisfy from_ms < to_ms <= duration_ms".into(),
-                ));
-            }
+            return Err("duration_ms must be > 0".into());
         }
         Ok(())
+    }
+
+    /// What the system's own settings require.
+    fn check_system(&self) -> Result<(), String> {
+        let nodes = self.topology.nodes;
+        match &self.system {
+            System::Etcd => Ok(()),
+            System::Postgres(pg) => {
+                if nodes < 2 {
+                    return Err(format!(
+                        "a Postgres scenario needs at least 1 replica (topology.nodes >= 2); it asks for {}",
+                        nodes.saturating_sub(1)
+                    ));
+                }
+                pg.validate()?;
+                let phases_ms: u64 = pg.phases.iter().map(|p| p.ms).sum();
+                if phases_ms > self.duration_ms {
+                    return Err(format!(
+                        "postgres phases last {phases_ms} ms, longer than duration_ms ({})",
+                        self.duration_ms
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// One scheduled fault: in the run, naming nodes that exist, with sensible parameters.
+    fn check_fault(&self, step: &FaultStep) -> Result<(), String> {
+        let nodes = self.topology.nodes;
+        let label = step.fault.label();
+        if step.at_ms > self.duration_ms {
+            return Err(format!(
+                "fault '{label}' at {} ms is after the end of the run ({} ms)",
+                step.at_ms, self.duration_ms
+            ));
+        }
+        for node in step.fault.node_refs() {
+            if let NodeRef::Node(id) = node {
+                if id.index() >= nodes {
+                    return Err(format!(
+                        "fault '{label}' names {node}, but the cluster has only {nodes} nodes (n1..n{nodes})"
+                    ));
+                }
+            }
+        }
+        match &step.fault {
+            Fault::Partition { groups } if groups.len() < 2 || groups.iter().any(Vec::is_empty) => {
+                Err("a partition needs at least two non-empty groups".into())
+            }
+            Fault::Loss { rate } | Fault::Duplicate { rate } if !(0.0..=1.0).contains(rate) => {
+                Err(format!("rate {rate} is not a probability in [0, 1]"))
+            }
+            Fault::Delay { ms_max } if *ms_max < self.network.latency_ms_min => {
+                Err("delay ms_max is below network.latency_ms_min".into())
+            }
+            Fault::Bridge { .. } if nodes < 3 => {
+                Err("a bridge partition needs at least 3 nodes".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The chaos window lies within the run.
+    fn check_chaos(&self) -> Result<(), String> {
+        match &self.chaos {
+            Some(chaos) if chaos.from_ms >= chaos.to_ms || chaos.to_ms > self.duration_ms => {
+                Err("chaos window must satisfy from_ms < to_ms <= duration_ms".into())
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -13,8 +13,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
-use quorumlab_experiment::history::{Key, Op, OpKind, Outcome, Value};
+use quorumlab_experiment::history::{Key, Op, OpKind, Outcome};
 use quorumlab_experiment::node::NodeId;
+use quorumlab_experiment::register::RegisterClient;
 use raft::storage::MemStorage;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -133,6 +134,46 @@ impl World {
         self.record(now_us(), node, what);
     }
 
+    /// What the driver sees of member `me` now.
+    fn set_view(&mut self, me: NodeId, node: &EtcdNode) {
+        self.views[me.index()] = NodeView {
+            role: node.role(),
+            term: node.term(),
+            commit: node.commit_index(),
+        };
+    }
+
+    /// Puts the safety monitor's violations found since the last call into the trace.
+    fn report_new_violations(&mut self, node: &str) {
+        let reported = self.violations_reported;
+        let new: Vec<String> = self.monitor.violations()[reported..].to_vec();
+        self.violations_reported += new.len();
+        for what in new {
+            self.push(node.to_string(), EventKind::Violation { what });
+        }
+    }
+
+    /// Records a completed client operation in the history and, as a line, in the trace.
+    pub fn record_op(&mut self, client: &str, op: Op) {
+        let outcome = match op.outcome {
+            Outcome::Ok { .. } => "ok",
+            Outcome::Fail => "fail",
+            Outcome::Info => "unknown",
+        };
+        let what = op.describe_brief();
+        let index = self.ops.len();
+        self.ops.push(op);
+        let outcome = outcome.to_string();
+        self.push(
+            client.to_string(),
+            EventKind::Op {
+                op: index,
+                outcome,
+                what,
+            },
+        );
+    }
+
     /// A node's process was killed: it shows as down until it restarts and reports again.
     pub fn record_crash(&mut self, at_us: u64, id: NodeId) {
         let view = &mut self.views[id.index()];
@@ -190,113 +231,125 @@ pub fn node_addr(id: u64) -> SocketAddr {
 /// Runs node `config.id` until the host is crashed. Called again by turmoil on restart, with the
 /// same durable store and a fresh incarnation seed.
 pub async fn node_host(world: WorldRef, config: NodeConfig, store: MemStorage) -> turmoil::Result {
-    let (id, me) = (config.id, NodeId(config.id));
-    let name = me.to_string();
+    let me = NodeId(config.id);
     let tick = Duration::from_micros(world.borrow().heartbeat_us);
-    let socket = UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), NODE_PORT)).await?;
-    let mut rng = SmallRng::seed_from_u64(config.rng_seed ^ 0x5eed_1055);
-    let peers: Vec<SocketAddr> = (1..=config.voters).map(node_addr).collect();
+    let mut host = MemberHost {
+        me,
+        name: me.to_string(),
+        socket: UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), NODE_PORT)).await?,
+        rng: SmallRng::seed_from_u64(config.rng_seed ^ 0x5eed_1055),
+        peers: (1..=config.voters).map(node_addr).collect(),
+        clients: BTreeMap::new(),
+        packet_id: 0,
+    };
     let mut node = EtcdNode::start(config, store);
-    let mut clients: BTreeMap<u32, SocketAddr> = BTreeMap::new();
-    let mut packet_id: u64 = 0;
     // Real members' tick timers are not in phase: start each at a seeded offset within one tick.
-    let phase = Duration::from_micros(rng.gen_range(0..tick.as_micros() as u64));
+    let phase = Duration::from_micros(host.rng.gen_range(0..tick.as_micros() as u64));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
     {
         let mut state = world.borrow_mut();
-        state.push(name.clone(), EventKind::Process { up: true });
-        state.views[me.index()] = NodeView {
-            role: node.role(),
-            term: node.term(),
-            commit: node.commit_index(),
-        };
+        state.push(host.name.clone(), EventKind::Process { up: true });
+        state.set_view(me, &node);
     }
     loop {
         tokio::select! {
             biased;
-            received = socket.recv_from(&mut buf) => {
+            received = host.socket.recv_from(&mut buf) => {
                 let (len, from) = received?;
-                match Packet::decode(&buf[..len]) {
-                    Ok(Packet::Raft { packet_id, msg }) => {
-                        world.borrow_mut().record_receive(msg.from, packet_id);
-                        node.step(*msg);
-                    }
-                    Ok(Packet::Request(request)) => {
-                        clients.insert(request.client, from);
-                        node.request(request);
-                    }
-                    Ok(Packet::Reply { .. }) | Err(_) => {}
-                }
+                host.deliver(&world, &mut node, &buf[..len], from);
             }
             _ = ticker.tick() => node.tick(),
         }
         let outputs: Vec<Output> = node.drain().collect();
         let mut state = world.borrow_mut();
-        state.views[me.index()] = NodeView {
-            role: node.role(),
-            term: node.term(),
-            commit: node.commit_index(),
-        };
-        let lossiness = state.lossiness;
+        state.set_view(me, &node);
         for output in outputs {
-            match output {
-                Output::Send(msg) => {
-                    if rng.gen_bool(lossiness.loss) {
-                        continue;
-                    }
-                    packet_id += 1;
-                    state.record_send(id, packet_id, &msg);
-                    let to = peers[NodeId(msg.to).index()];
-                    let bytes = Packet::Raft {
-                        packet_id,
-                        msg: Box::new(msg),
-                    }
-                    .encode();
-                    let copies = if rng.gen_bool(lossiness.duplicate) {
-                        2
-                    } else {
-                        1
-                    };
-                    for _ in 0..copies {
-                        // A full send buffer drops the datagram, as UDP would.
-                        let _ = socket.try_send_to(&bytes, to);
-                    }
-                }
-                Output::Reply { client, seq, reply } => {
-                    if let Some(&to) = clients.get(&client) {
-                        let _ =
-                            socket.try_send_to(&Packet::Reply { client, seq, reply }.encode(), to);
-                    }
-                }
-                Output::Role { role, term, .. } => {
-                    if role == Role::Leader {
-                        let store = node.store().clone();
-                        state.monitor.on_leader(id, term, &store);
-                    }
-                    state.push(name.clone(), EventKind::Role { role, term });
-                }
-                Output::VoteGranted { to, term, pre_vote } => {
-                    state.push(
-                        name.clone(),
-                        EventKind::VoteGranted {
-                            to: NodeId(to).to_string(),
-                            term,
-                            pre_vote,
-                        },
-                    );
-                }
-                Output::Applied { index, term, data } => {
-                    state.monitor.on_applied(id, index, term, &data)
+            host.emit(&mut state, &node, output);
+        }
+        state.report_new_violations(&host.name);
+    }
+}
+
+/// The network side of one etcd member: its socket, peers and clients, and the randomness that
+/// drops and duplicates what it sends while a loss or duplication fault is on.
+struct MemberHost {
+    me: NodeId,
+    name: String,
+    socket: UdpSocket,
+    rng: SmallRng,
+    peers: Vec<SocketAddr>,
+    /// Where each client's requests came from, so replies find it.
+    clients: BTreeMap<u32, SocketAddr>,
+    packet_id: u64,
+}
+
+impl MemberHost {
+    /// One datagram in: a Raft message steps the node, a client request goes to it.
+    fn deliver(&mut self, world: &WorldRef, node: &mut EtcdNode, bytes: &[u8], from: SocketAddr) {
+        match Packet::decode(bytes) {
+            Ok(Packet::Raft { packet_id, msg }) => {
+                world.borrow_mut().record_receive(msg.from, packet_id);
+                node.step(*msg);
+            }
+            Ok(Packet::Request(request)) => {
+                self.clients.insert(request.client, from);
+                node.request(request);
+            }
+            Ok(Packet::Reply { .. }) | Err(_) => {}
+        }
+    }
+
+    /// One output of the node out: a message sent, a reply, or an observation recorded.
+    fn emit(&mut self, state: &mut World, node: &EtcdNode, output: Output) {
+        let id = self.me.0;
+        match output {
+            Output::Send(msg) => self.send_raft(state, msg),
+            Output::Reply { client, seq, reply } => {
+                if let Some(&to) = self.clients.get(&client) {
+                    let bytes = Packet::Reply { client, seq, reply }.encode();
+                    let _ = self.socket.try_send_to(&bytes, to);
                 }
             }
+            Output::Role { role, term, .. } => {
+                if role == Role::Leader {
+                    let store = node.store().clone();
+                    state.monitor.on_leader(id, term, &store);
+                }
+                state.push(self.name.clone(), EventKind::Role { role, term });
+            }
+            Output::VoteGranted { to, term, pre_vote } => {
+                let to = NodeId(to).to_string();
+                let vote = EventKind::VoteGranted { to, term, pre_vote };
+                state.push(self.name.clone(), vote);
+            }
+            Output::Applied { index, term, data } => {
+                state.monitor.on_applied(id, index, term, &data)
+            }
         }
-        let reported = state.violations_reported;
-        let new: Vec<String> = state.monitor.violations()[reported..].to_vec();
-        state.violations_reported += new.len();
-        for what in new {
-            state.push(name.clone(), EventKind::Violation { what });
+    }
+
+    /// Sends a Raft message through the current loss and duplication.
+    fn send_raft(&mut self, state: &mut World, msg: raft::eraftpb::Message) {
+        let lossiness = state.lossiness;
+        if self.rng.gen_bool(lossiness.loss) {
+            return;
+        }
+        self.packet_id += 1;
+        state.record_send(self.me.0, self.packet_id, &msg);
+        let to = self.peers[NodeId(msg.to).index()];
+        let packet_id = self.packet_id;
+        let msg = Box::new(msg);
+        let bytes = Packet::Raft { packet_id, msg }.encode();
+        let copies = if self.rng.gen_bool(lossiness.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            // A full send buffer drops the datagram, as UDP would.
+            let _ = self.socket.try_send_to(&bytes, to);
         }
     }
 }
@@ -330,150 +383,152 @@ pub struct ClientPlan {
 pub async fn client_task(world: WorldRef, plan: ClientPlan) -> turmoil::Result {
     let port = CLIENT_PORT_BASE + plan.client as u16;
     let socket = UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)).await?;
-    let mut rng = SmallRng::seed_from_u64(plan.seed);
-    let mut leader: u64 = 1 + plan.client as u64 % plan.nodes;
-    let mut seq: u64 = 0;
-    let mut last_seen: BTreeMap<Key, Value> = BTreeMap::new();
-    let mut writes: u64 = 0;
     let mut ticker = tokio::time::interval(plan.period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut buf = vec![0u8; 1024];
-    let name = format!("client{}", plan.client);
-    let total: u32 = plan.mix.iter().sum();
+    let mut client = Client {
+        rng: SmallRng::seed_from_u64(plan.seed),
+        leader: 1 + plan.client as u64 % plan.nodes,
+        seq: 0,
+        register: RegisterClient::new(plan.client, plan.mix),
+        buf: vec![0u8; 1024],
+        socket,
+        plan,
+    };
+    let name = format!("client{}", client.plan.client);
     loop {
         ticker.tick().await;
-        if turmoil::elapsed() >= plan.until {
+        if turmoil::elapsed() >= client.plan.until {
             return Ok(());
         }
-        let key = rng.gen_range(0..plan.keys);
-        let pick = rng.gen_range(0..total);
-        let value = || -> Value { (u64::from(plan.client) + 1) * 1_000_000_000 };
-        let op = if pick < plan.mix[0] {
-            writes += 1;
-            OpKind::Put {
-                key,
-                value: value() + writes,
-            }
-        } else if pick < plan.mix[0] + plan.mix[1] {
-            OpKind::Get { key }
-        } else {
-            writes += 1;
-            let expect = last_seen.get(&key).copied().unwrap_or(0);
-            OpKind::Cas {
-                key,
-                expect,
-                new: value() + writes,
-            }
-        };
+        let kind = client.next_op();
         let invoke_us = now_us();
-        let mut attempt = 0;
-        let (outcome, node) = loop {
-            seq += 1;
-            let target = if plan.reads_anywhere && !op.is_write() {
-                rng.gen_range(1..=plan.nodes)
-            } else {
-                leader
-            };
-            let request = Packet::Request(Request {
-                client: plan.client,
-                seq,
-                op,
-            })
-            .encode();
-            let _ = socket.try_send_to(&request, node_addr(target));
-            let reply = tokio::time::timeout(plan.timeout, async {
-                loop {
-                    let (len, _) = socket.recv_from(&mut buf).await?;
-                    if let Ok(Packet::Reply { seq: s, reply, .. }) = Packet::decode(&buf[..len]) {
-                        if s == seq {
-                            return Ok::<Reply, std::io::Error>(reply);
-                        }
-                    }
-                }
-            })
-            .await;
-            match reply {
-                Err(_elapsed) => {
-                    // No answer: a write may still commit, so its outcome is unknown; a read
-                    // changed nothing, so it simply failed.
-                    leader = leader % plan.nodes + 1;
-                    break (
-                        if op.is_write() {
-                            Outcome::Info
-                        } else {
-                            Outcome::Fail
-                        },
-                        None,
-                    );
-                }
-                Ok(Err(e)) => return Err(e.into()),
-                Ok(Ok(Reply::NotLeader { hint })) => {
-                    leader = if hint != 0 {
-                        hint
-                    } else {
-                        leader % plan.nodes + 1
-                    };
-                    attempt += 1;
-                    if attempt > plan.retries {
-                        break (Outcome::Fail, None);
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Ok(Ok(reply)) => {
-                    let outcome = match reply {
-                        Reply::Get(read) => {
-                            if let Some(v) = read {
-                                last_seen.insert(key, v);
-                            }
-                            Outcome::Ok {
-                                read: Some(read),
-                                swapped: None,
-                            }
-                        }
-                        Reply::Cas(swapped) => Outcome::Ok {
-                            read: None,
-                            swapped: Some(swapped),
-                        },
-                        _ => Outcome::Ok {
-                            read: None,
-                            swapped: None,
-                        },
-                    };
-                    if let OpKind::Put { value, .. } = op {
-                        last_seen.insert(key, value);
-                    }
-                    if let (OpKind::Cas { new, .. }, Reply::Cas(true)) = (op, reply) {
-                        last_seen.insert(key, new);
-                    }
-                    break (outcome, Some(NodeId(target).to_string()));
-                }
-            }
-        };
+        let (outcome, node) = client.perform(kind).await?;
         let op = Op {
             id: 0,
-            client: plan.client,
-            kind: op,
+            client: client.plan.client,
+            kind,
             invoke_us,
             complete_us: now_us(),
             outcome,
             node,
         };
-        let mut state = world.borrow_mut();
-        let outcome = match op.outcome {
-            Outcome::Ok { .. } => "ok",
-            Outcome::Fail => "fail",
-            Outcome::Info => "unknown",
+        world.borrow_mut().record_op(&name, op);
+    }
+}
+
+/// One workload client's state between operations.
+struct Client {
+    plan: ClientPlan,
+    socket: UdpSocket,
+    buf: Vec<u8>,
+    rng: SmallRng,
+    /// The member it believes leads (1-based Raft id).
+    leader: u64,
+    seq: u64,
+    /// What it issues next and remembers of each key.
+    register: RegisterClient,
+}
+
+/// How one attempt of an operation ended.
+enum Attempt {
+    /// An answer from `target`.
+    Answered(Reply, u64),
+    /// No answer within the timeout.
+    TimedOut,
+}
+
+impl Client {
+    /// Draws the next operation from the mix.
+    fn next_op(&mut self) -> OpKind {
+        let key = self.rng.gen_range(0..self.plan.keys);
+        let pick = self.rng.gen_range(0..self.register.total_weight());
+        self.register.next_op(key, pick)
+    }
+
+    /// Sends `op` until it is answered, refused too often, or times out; returns its outcome
+    /// and the node that answered.
+    async fn perform(&mut self, op: OpKind) -> std::io::Result<(Outcome, Option<String>)> {
+        let mut refusals = 0;
+        loop {
+            match self.attempt(op).await? {
+                Attempt::TimedOut => {
+                    // No answer: a write may still commit, so its outcome is unknown; a read
+                    // changed nothing, so it simply failed.
+                    self.leader = self.leader % self.plan.nodes + 1;
+                    let outcome = if op.is_write() {
+                        Outcome::Info
+                    } else {
+                        Outcome::Fail
+                    };
+                    return Ok((outcome, None));
+                }
+                Attempt::Answered(Reply::NotLeader { hint }, _) => {
+                    self.leader = if hint != 0 {
+                        hint
+                    } else {
+                        self.leader % self.plan.nodes + 1
+                    };
+                    refusals += 1;
+                    if refusals > self.plan.retries {
+                        return Ok((Outcome::Fail, None));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Attempt::Answered(reply, target) => {
+                    let outcome = self.learn(op, reply);
+                    return Ok((outcome, Some(NodeId(target).to_string())));
+                }
+            }
+        }
+    }
+
+    /// One request to the leader (or, for reads in the broken build, to any node) and its reply.
+    async fn attempt(&mut self, op: OpKind) -> std::io::Result<Attempt> {
+        self.seq += 1;
+        let seq = self.seq;
+        let target = if self.plan.reads_anywhere && !op.is_write() {
+            self.rng.gen_range(1..=self.plan.nodes)
+        } else {
+            self.leader
         };
-        let what = op.describe_brief();
-        let index = state.ops.len();
-        state.ops.push(op);
-        state.push(
-            name.clone(),
-            EventKind::Op {
-                op: index,
-                outcome: outcome.to_string(),
-                what,
+        let client = self.plan.client;
+        let request = Packet::Request(Request { client, seq, op }).encode();
+        let _ = self.socket.try_send_to(&request, node_addr(target));
+        let (socket, buf) = (&self.socket, &mut self.buf);
+        let reply = tokio::time::timeout(self.plan.timeout, async {
+            loop {
+                let (len, _) = socket.recv_from(buf).await?;
+                if let Ok(Packet::Reply { seq: s, reply, .. }) = Packet::decode(&buf[..len]) {
+                    if s == seq {
+                        return Ok::<Reply, std::io::Error>(reply);
+                    }
+                }
+            }
+        })
+        .await;
+        match reply {
+            Err(_elapsed) => Ok(Attempt::TimedOut),
+            Ok(reply) => Ok(Attempt::Answered(reply?, target)),
+        }
+    }
+
+    /// The outcome of an answered operation; what it read or wrote becomes the key's last value.
+    fn learn(&mut self, op: OpKind, reply: Reply) -> Outcome {
+        let outcome = match reply {
+            Reply::Get(read) => Outcome::Ok {
+                read: Some(read),
+                swapped: None,
             },
-        );
+            Reply::Cas(swapped) => Outcome::Ok {
+                read: None,
+                swapped: Some(swapped),
+            },
+            _ => Outcome::Ok {
+                read: None,
+                swapped: None,
+            },
+        };
+        self.register.learn(op, &outcome);
+        outcome
     }
 }

@@ -128,20 +128,9 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimErro
     EtcdSim
         .check_faults(&scenario.faults, scenario.chaos.as_ref())
         .map_err(SimError::Unsupported)?;
-    let nodes = scenario.topology.nodes;
     let duration = Duration::from_millis(scenario.duration_ms);
     let schedule = fault_schedule(scenario, config.seed);
-
-    let mut state = World::for_members(nodes, scenario.topology.heartbeat_ms * 1000);
-    state.record_views = config.record_views;
-    let world: WorldRef = Rc::new(RefCell::new(state));
-    if config.record_messages {
-        if let Some(first) = schedule.iter().find(|s| s.fault.disrupts_leadership()) {
-            let start = first.at_ms.saturating_sub(300) * 1000;
-            world.borrow_mut().message_window_us = Some((start, start + 3_300_000));
-        }
-    }
-
+    let world = fresh_world(scenario, config, &schedule);
     let net = &scenario.network;
     let mut sim = turmoil::Builder::new()
         .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
@@ -151,7 +140,31 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimErro
         .max_message_latency(Duration::from_millis(net.latency_ms_max))
         .rng_seed(config.seed)
         .build();
+    add_members(&mut sim, &world, scenario, config);
+    add_clients(&mut sim, &world, scenario, config);
+    let first_fault = drive(&mut sim, &world, scenario, &schedule)?;
+    let mut state = world.borrow_mut();
+    Ok(finish(&mut state, scenario, config, schedule, first_fault))
+}
 
+/// A cluster of followers that have seen nothing, recording what `config` asks for.
+fn fresh_world(scenario: &Scenario, config: &RunConfig, schedule: &[FaultStep]) -> WorldRef {
+    let nodes = scenario.topology.nodes;
+    let mut state = World::for_members(nodes, scenario.topology.heartbeat_ms * 1000);
+    state.record_views = config.record_views;
+    if config.record_messages {
+        // The sequence diagram shows the election around the first fault that can cause one.
+        if let Some(first) = schedule.iter().find(|s| s.fault.disrupts_leadership()) {
+            let start = first.at_ms.saturating_sub(300) * 1000;
+            state.message_window_us = Some((start, start + 3_300_000));
+        }
+    }
+    Rc::new(RefCell::new(state))
+}
+
+/// One host per member; a restarted host keeps its durable Raft state and draws a new seed.
+fn add_members(sim: &mut turmoil::Sim, world: &WorldRef, scenario: &Scenario, config: &RunConfig) {
+    let nodes = scenario.topology.nodes;
     let election_ticks =
         (scenario.topology.election_timeout_ms / scenario.topology.heartbeat_ms) as usize;
     for id in NodeId::all(nodes) {
@@ -171,67 +184,79 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimErro
             node_host(world.clone(), node_config, store.clone())
         });
     }
+}
 
+/// The workload's clients, each on its own seeded schedule.
+fn add_clients(sim: &mut turmoil::Sim, world: &WorldRef, scenario: &Scenario, config: &RunConfig) {
     let w = &scenario.workload;
     let plans: Vec<ClientPlan> = (0..w.clients as u32)
         .map(|client| ClientPlan {
             client,
-            nodes: nodes as u64,
+            nodes: scenario.topology.nodes as u64,
             period: Duration::from_micros(1_000_000 * w.clients as u64 / w.rate_per_s.max(1)),
             mix: [w.put, w.get, w.cas],
             keys: w.keys,
             timeout: Duration::from_millis(w.timeout_ms),
             retries: w.retries,
-            until: duration,
+            until: Duration::from_millis(scenario.duration_ms),
             seed: mix(config.seed, 1000 + u64::from(client), 0),
             reads_anywhere: config.stale_reads,
         })
         .collect();
-    let client_world = world.clone();
+    let world = world.clone();
     sim.client("clients", async move {
         let tasks: Vec<_> = plans
             .into_iter()
-            .map(|plan| tokio::task::spawn_local(client_task(client_world.clone(), plan)))
+            .map(|plan| tokio::task::spawn_local(client_task(world.clone(), plan)))
             .collect();
         for task in tasks {
             task.await.map_err(|e| e.to_string())??;
         }
         Ok(())
     });
+}
 
+/// When the first leadership-disrupting fault fired (ms) and the highest term then.
+type FirstFault = Option<(u64, u64)>;
+
+/// Steps the world to the end, firing each scheduled fault once its time has come.
+fn drive(
+    sim: &mut turmoil::Sim,
+    world: &WorldRef,
+    scenario: &Scenario,
+    schedule: &[FaultStep],
+) -> Result<FirstFault, SimError> {
+    let duration = Duration::from_millis(scenario.duration_ms);
     let mut pending = schedule.iter().peekable();
-    let mut crashed: Vec<bool> = vec![false; nodes];
-    let mut fault_at_ms: Option<u64> = None;
-    let mut term_at_fault: u64 = 0;
+    let mut crashed: Vec<bool> = vec![false; scenario.topology.nodes];
+    let mut first_fault: FirstFault = None;
     while sim.elapsed() < duration {
         let now_ms = sim.elapsed().as_millis() as u64;
         while let Some(step) = pending.next_if(|s| s.at_ms <= now_ms) {
-            if fault_at_ms.is_none() && step.fault.disrupts_leadership() {
-                fault_at_ms = Some(now_ms);
-                term_at_fault = world
-                    .borrow()
-                    .views
-                    .iter()
-                    .map(|v| v.term)
-                    .max()
-                    .unwrap_or(0);
+            if first_fault.is_none() && step.fault.disrupts_leadership() {
+                let term = world.borrow().views.iter().map(|v| v.term).max();
+                let term = term.unwrap_or(0);
+                first_fault = Some((now_ms, term));
             }
-            apply_fault(
-                &mut sim,
-                &world,
-                scenario,
-                &step.fault,
-                &mut crashed,
-                now_ms,
-            );
+            apply_fault(sim, world, scenario, &step.fault, &mut crashed, now_ms);
         }
         sim.step().map_err(|e| SimError::Host {
             at_ms: sim.elapsed().as_millis() as u64,
             reason: e.to_string(),
         })?;
     }
+    Ok(first_fault)
+}
 
-    let mut state = world.borrow_mut();
+/// Checks the logs and the history, measures the run and hands over everything it recorded.
+fn finish(
+    state: &mut World,
+    scenario: &Scenario,
+    config: &RunConfig,
+    schedule: Vec<FaultStep>,
+    first_fault: FirstFault,
+) -> RunOutput {
+    let end_us = scenario.duration_ms * 1000;
     let stores = state.stores.clone();
     state.monitor.check_log_matching(&stores);
     let history = History {
@@ -240,29 +265,16 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimErro
     let verdict = check_history(&history, config.check_limits);
     if let Verdict::NotLinearizable { kind, key, .. } = &verdict {
         let what = format!("linearizability: {kind} on k{key}");
-        state.record(
-            duration.as_micros() as u64,
-            "checker".into(),
-            EventKind::Violation { what },
-        );
+        state.record(end_us, "checker".into(), EventKind::Violation { what });
     }
     let events = std::mem::take(&mut state.events);
-    let election_ms = fault_at_ms.and_then(|at| {
-        events.iter().find_map(|e| match e.what {
-            EventKind::Role {
-                role: Role::Leader,
-                term,
-            } if term > term_at_fault && e.at_us >= at * 1000 => Some(e.at_us / 1000 - at),
-            _ => None,
-        })
-    });
-    let end_us = duration.as_micros() as u64;
+    let fault_at_ms = first_fault.map(|(at, _)| at);
     let summary = RunSummary {
         scenario: scenario.name.clone(),
         seed: config.seed,
-        nodes,
+        nodes: scenario.topology.nodes,
         fault_at_ms,
-        election_ms,
+        election_ms: election_ms(&events, first_fault),
         write_unavailable_ms: history.longest_write_gap_us(fault_at_ms.unwrap_or(0) * 1000, end_us)
             / 1000,
         ops: history.counts(),
@@ -270,8 +282,7 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimErro
         verdict,
         invariant_violations: state.monitor.violations().to_vec(),
     };
-    let views = std::mem::take(&mut state.view_log);
-    Ok(RunOutput {
+    RunOutput {
         scenario: scenario.clone(),
         seed: config.seed,
         schedule,
@@ -279,7 +290,19 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimErro
         history,
         summary,
         messages: std::mem::take(&mut state.messages),
-        views,
+        views: std::mem::take(&mut state.view_log),
+    }
+}
+
+/// From the first disrupting fault to a leader elected in a newer term than any before it.
+fn election_ms(events: &[Event], first_fault: FirstFault) -> Option<u64> {
+    let (at, term_at_fault) = first_fault?;
+    events.iter().find_map(|e| match e.what {
+        EventKind::Role {
+            role: Role::Leader,
+            term,
+        } if term > term_at_fault && e.at_us >= at * 1000 => Some(e.at_us / 1000 - at),
+        _ => None,
     })
 }
 
@@ -385,53 +408,48 @@ fn apply_fault(
 impl RunOutput {
     /// The report's picture of this run: role spans per node, fault bands and messages.
     pub fn timeline(&self) -> Timeline {
-        let out = self;
-        let nodes = out.scenario.topology.nodes;
-        let end_us = out.scenario.duration_ms * 1000;
+        let nodes = self.scenario.topology.nodes;
+        Timeline {
+            title: format!("{} — seed {}", self.scenario.name, self.seed),
+            description: self.scenario.description.clone(),
+            nodes: NodeId::all(nodes).map(|id| id.to_string()).collect(),
+            duration_us: self.scenario.duration_ms * 1000,
+            roles: self.role_spans(),
+            faults: self.fault_spans(),
+            messages: self.election_messages(),
+            summary: self.summary_rows(),
+        }
+    }
+
+    /// Each node's roles over time, one span per role and term.
+    fn role_spans(&self) -> Vec<RoleSpan> {
+        let end_us = self.scenario.duration_ms * 1000;
         let mut roles = Vec::new();
-        let mut current: Vec<(u64, Role, u64)> = vec![(0, Role::Follower, 0); nodes];
+        let mut current: Vec<(u64, Role, u64)> =
+            vec![(0, Role::Follower, 0); self.scenario.topology.nodes];
         let node_index = |name: &str| {
             name.strip_prefix('n')
-                .and_then(|n| n.parse::<usize>().ok())
-                .map(|n| n - 1)
+                .and_then(|n| n.parse::<u64>().ok())
+                .map(|n| NodeId(n).index())
         };
-        let mut faults: Vec<FaultSpan> = Vec::new();
-        // Fault events are recorded one per fired schedule step, in schedule order.
-        let mut fired = out.schedule.iter();
-        for e in &out.trace {
-            match &e.what {
-                EventKind::Role { role, term } => {
-                    let Some(i) = node_index(&e.node) else {
-                        continue;
-                    };
-                    let (from, old_role, old_term) = current[i];
-                    if e.at_us > from {
-                        roles.push(RoleSpan {
-                            node: i,
-                            from_us: from,
-                            to_us: e.at_us,
-                            role: old_role.to_string(),
-                            term: old_term,
-                        });
-                    }
-                    current[i] = (e.at_us, *role, *term);
-                }
-                EventKind::Fault { label } => {
-                    let step = fired.next().expect("a fault event for every fired step");
-                    if step.fault.is_repair() {
-                        for f in faults.iter_mut().filter(|f| f.to_us == end_us) {
-                            f.to_us = e.at_us;
-                        }
-                    } else {
-                        faults.push(FaultSpan {
-                            from_us: e.at_us,
-                            to_us: end_us,
-                            label: label.clone(),
-                        });
-                    }
-                }
-                _ => {}
+        for e in &self.trace {
+            let EventKind::Role { role, term } = &e.what else {
+                continue;
+            };
+            let Some(i) = node_index(&e.node) else {
+                continue;
+            };
+            let (from, old_role, old_term) = current[i];
+            if e.at_us > from {
+                roles.push(RoleSpan {
+                    node: i,
+                    from_us: from,
+                    to_us: e.at_us,
+                    role: old_role.to_string(),
+                    term: old_term,
+                });
             }
+            current[i] = (e.at_us, *role, *term);
         }
         for (i, (from, role, term)) in current.into_iter().enumerate() {
             roles.push(RoleSpan {
@@ -442,14 +460,43 @@ impl RunOutput {
                 term,
             });
         }
-        // Draw the election itself: from just before the fault to just after the next leader.
-        let fault_us = out.summary.fault_at_ms.map_or(0, |ms| ms * 1000);
-        let window_end_us = out
-            .summary
+        roles
+    }
+
+    /// A band from each harmful fault to the repair that ended it (or the end of the run).
+    fn fault_spans(&self) -> Vec<FaultSpan> {
+        let end_us = self.scenario.duration_ms * 1000;
+        let mut faults: Vec<FaultSpan> = Vec::new();
+        // Fault events are recorded one per fired schedule step, in schedule order.
+        let mut fired = self.schedule.iter();
+        for e in &self.trace {
+            let EventKind::Fault { label } = &e.what else {
+                continue;
+            };
+            let step = fired.next().expect("a fault event for every fired step");
+            if step.fault.is_repair() {
+                for f in faults.iter_mut().filter(|f| f.to_us == end_us) {
+                    f.to_us = e.at_us;
+                }
+            } else {
+                faults.push(FaultSpan {
+                    from_us: e.at_us,
+                    to_us: end_us,
+                    label: label.clone(),
+                });
+            }
+        }
+        faults
+    }
+
+    /// The Raft messages of the election: from just before the fault to just after the next leader.
+    fn election_messages(&self) -> Vec<MessageArrow> {
+        let s = &self.summary;
+        let fault_us = s.fault_at_ms.map_or(0, |ms| ms * 1000);
+        let window_end_us = s
             .election_ms
             .map_or(fault_us + 2_500_000, |ms| fault_us + ms * 1000 + 200_000);
-        let messages = out
-            .messages
+        self.messages
             .iter()
             .filter(|m| m.send_us + 200_000 >= fault_us && m.send_us <= window_end_us)
             .map(|m| MessageArrow {
@@ -463,39 +510,34 @@ impl RunOutput {
                     m.term
                 ),
             })
-            .collect();
-        let s = &out.summary;
+            .collect()
+    }
+
+    /// The report's summary table.
+    fn summary_rows(&self) -> Vec<(String, String)> {
+        let s = &self.summary;
         let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
-        Timeline {
-            title: format!("{} — seed {}", out.scenario.name, out.seed),
-            description: out.scenario.description.clone(),
-            nodes: NodeId::all(nodes).map(|id| id.to_string()).collect(),
-            duration_us: end_us,
-            roles,
-            faults,
-            messages,
-            summary: vec![
-                ("fault injected at".into(), ms(s.fault_at_ms)),
-                ("fault to new leader".into(), ms(s.election_ms)),
-                (
-                    "longest stretch with no write acknowledged".into(),
-                    format!("{} ms", s.write_unavailable_ms),
-                ),
-                (
-                    "operations ok / failed / unknown".into(),
-                    format!("{} / {} / {}", s.ops.ok, s.ops.fail, s.ops.info),
-                ),
-                ("leaders elected".into(), s.leaders_elected.to_string()),
-                ("linearizability".into(), s.verdict.headline()),
-                (
-                    "invariants".into(),
-                    if s.invariant_violations.is_empty() {
-                        "all held".into()
-                    } else {
-                        s.invariant_violations.join("; ")
-                    },
-                ),
-            ],
-        }
+        vec![
+            ("fault injected at".into(), ms(s.fault_at_ms)),
+            ("fault to new leader".into(), ms(s.election_ms)),
+            (
+                "longest stretch with no write acknowledged".into(),
+                format!("{} ms", s.write_unavailable_ms),
+            ),
+            (
+                "operations ok / failed / unknown".into(),
+                format!("{} / {} / {}", s.ops.ok, s.ops.fail, s.ops.info),
+            ),
+            ("leaders elected".into(), s.leaders_elected.to_string()),
+            ("linearizability".into(), s.verdict.headline()),
+            (
+                "invariants".into(),
+                if s.invariant_violations.is_empty() {
+                    "all held".into()
+                } else {
+                    s.invariant_violations.join("; ")
+                },
+            ),
+        ]
     }
 }

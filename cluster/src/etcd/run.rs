@@ -17,6 +17,7 @@ use quorumlab_experiment::checker::{check_history, CheckLimits};
 use quorumlab_experiment::fault::{plan_fault, Disruption, Fault, NodeState};
 use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
 use quorumlab_experiment::measure::{Distribution, RunRecord, RunSummary};
+use quorumlab_experiment::register::RegisterClient;
 use quorumlab_experiment::scenario::Scenario;
 use serde::{Deserialize, Serialize};
 
@@ -134,11 +135,29 @@ async fn drive(scenario: &Scenario, run_number: u64, lab: &Lab) -> Result<RealRu
     });
     let duration = Duration::from_millis(scenario.duration_ms);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-
     let poller = tokio::spawn(poll_leaders(lab.clone(), shared.clone(), stop_rx.clone()));
+    let clients = spawn_clients(lab, scenario, run_number, &shared, &stop_rx);
+    let fired = fire_faults(lab, scenario, &shared).await?;
+    tokio::time::sleep_until((shared.started + duration).into()).await;
+    let _ = stop_tx.send(true);
+    for c in clients {
+        let _ = c.await;
+    }
+    let _ = poller.await;
+    Ok(measure(scenario, run_number, &shared, fired))
+}
+
+/// The workload's clients, each with its own seeded schedule, through `etcd-client`.
+fn spawn_clients(
+    lab: &Lab,
+    scenario: &Scenario,
+    run_number: u64,
+    shared: &Arc<Shared>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let w = &scenario.workload;
     let period = Duration::from_micros(1_000_000 * w.clients as u64 / w.rate_per_s.max(1));
-    let clients: Vec<_> = (0..w.clients as u32)
+    (0..w.clients as u32)
         .map(|client| {
             let plan = ClientPlan {
                 client,
@@ -148,19 +167,25 @@ async fn drive(scenario: &Scenario, run_number: u64, lab: &Lab) -> Result<RealRu
                 keys: w.keys,
                 seed: run_number.wrapping_mul(1000) + u64::from(client),
             };
-            tokio::spawn(client_loop(
-                lab.endpoints(),
-                plan,
-                shared.clone(),
-                stop_rx.clone(),
-            ))
+            let endpoints = lab.endpoints();
+            tokio::spawn(client_loop(endpoints, plan, shared.clone(), stop.clone()))
         })
-        .collect();
+        .collect()
+}
 
-    let mut faults = Vec::new();
-    let mut fault_at_ms = None;
-    let mut term_at_fault = 0;
-    let mut crashed = vec![false; nodes];
+/// The faults as fired, and the first leadership-disrupting one: (when in ms, highest term then).
+struct Fired {
+    faults: Vec<FiredFault>,
+    first: Option<(u64, u64)>,
+}
+
+/// Fires the scenario's faults on time, resolving their nodes against the poller's latest view.
+async fn fire_faults(lab: &Lab, scenario: &Scenario, shared: &Shared) -> Result<Fired, RunError> {
+    let mut fired = Fired {
+        faults: Vec::new(),
+        first: None,
+    };
+    let mut crashed = vec![false; scenario.topology.nodes];
     for step in &scenario.faults {
         let at = shared.started + Duration::from_millis(step.at_ms);
         tokio::time::sleep_until(at.into()).await;
@@ -171,23 +196,21 @@ async fn drive(scenario: &Scenario, run_number: u64, lab: &Lab) -> Result<RealRu
                 .for_each(|(m, &c)| m.crashed |= c);
             s
         };
-        if fault_at_ms.is_none() && step.fault.disrupts_leadership() {
-            fault_at_ms = Some(shared.now_us() / 1000);
-            term_at_fault = states.iter().map(|s| s.term).max().unwrap_or(0);
+        if fired.first.is_none() && step.fault.disrupts_leadership() {
+            let term = states.iter().map(|s| s.term).max().unwrap_or(0);
+            fired.first = Some((shared.now_us() / 1000, term));
         }
         let label = fire(lab, &step.fault, &states, &mut crashed).await?;
-        faults.push(FiredFault {
+        fired.faults.push(FiredFault {
             at_ms: shared.now_us() / 1000,
             label,
         });
     }
-    tokio::time::sleep_until((shared.started + duration).into()).await;
-    let _ = stop_tx.send(true);
-    for c in clients {
-        let _ = c.await;
-    }
-    let _ = poller.await;
+    Ok(fired)
+}
 
+/// The same measurements the simulator takes, plus latency before, during and after the fault.
+fn measure(scenario: &Scenario, run_number: u64, shared: &Shared, fired: Fired) -> RealRun {
     let mut ops = std::mem::take(&mut *shared.ops.lock().expect("ops"));
     ops.sort_by_key(|o| (o.invoke_us, o.client));
     ops.iter_mut()
@@ -195,44 +218,41 @@ async fn drive(scenario: &Scenario, run_number: u64, lab: &Lab) -> Result<RealRu
         .for_each(|(i, o)| o.id = i as u64);
     let history = History { ops };
     let leaders = std::mem::take(&mut *shared.leaders.lock().expect("leaders"));
-    let election_ms = fault_at_ms.and_then(|at| {
+    let fault_at_ms = fired.first.map(|(at, _)| at);
+    let election_ms = fired.first.and_then(|(at, term_at_fault)| {
         leaders
             .iter()
             .find(|l| l.term > term_at_fault && l.at_us >= at * 1000)
             .map(|l| l.at_us / 1000 - at)
     });
-    let end_us = duration.as_micros() as u64;
+    let end_us = scenario.duration_ms * 1000;
     let repair_ms = scenario
         .faults
         .iter()
-        .find(|f| matches!(f.fault, Fault::Heal | Fault::Restart { .. }))
+        .find(|f| f.fault.is_repair())
         .map(|f| f.at_ms);
-    let latency = phase_latency(&history, fault_at_ms, repair_ms);
-    let verdict = check_history(&history, CheckLimits::default());
+    let mut terms: Vec<u64> = leaders.iter().map(|l| l.term).collect();
+    terms.dedup();
     let summary = RunSummary {
         scenario: scenario.name.clone(),
         seed: run_number,
-        nodes,
+        nodes: scenario.topology.nodes,
         fault_at_ms,
         election_ms,
         write_unavailable_ms: history.longest_write_gap_us(fault_at_ms.unwrap_or(0) * 1000, end_us)
             / 1000,
         ops: history.counts(),
-        leaders_elected: {
-            let mut terms: Vec<u64> = leaders.iter().map(|l| l.term).collect();
-            terms.dedup();
-            terms.len() as u64
-        },
-        verdict,
+        leaders_elected: terms.len() as u64,
+        verdict: check_history(&history, CheckLimits::default()),
         invariant_violations: vec![],
     };
-    Ok(RealRun {
+    RealRun {
         summary,
-        latency,
-        faults,
+        latency: phase_latency(&history, fault_at_ms, repair_ms),
+        faults: fired.faults,
         leaders,
         history,
-    })
+    }
 }
 
 fn phase_latency(history: &History, fault_ms: Option<u64>, repair_ms: Option<u64>) -> PhaseLatency {
@@ -335,30 +355,12 @@ async fn client_loop(
     };
     let mut ticker = tokio::time::interval(plan.period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut last_seen: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut writes = 0u64;
-    let total: u32 = plan.mix.iter().sum();
-    let base = (u64::from(plan.client) + 1) * 1_000_000_000;
+    let mut register = RegisterClient::new(plan.client, plan.mix);
     while !*stop.borrow() {
         ticker.tick().await;
         let key = rng.gen_range(0..plan.keys);
-        let pick = rng.gen_range(0..total);
-        let kind = if pick < plan.mix[0] {
-            writes += 1;
-            OpKind::Put {
-                key,
-                value: base + writes,
-            }
-        } else if pick < plan.mix[0] + plan.mix[1] {
-            OpKind::Get { key }
-        } else {
-            writes += 1;
-            OpKind::Cas {
-                key,
-                expect: last_seen.get(&key).copied().unwrap_or(0),
-                new: base + writes,
-            }
-        };
+        let pick = rng.gen_range(0..register.total_weight());
+        let kind = register.next_op(key, pick);
         let invoke_us = shared.now_us();
         let answer = tokio::time::timeout(plan.timeout, perform(&mut client, kind)).await;
         let complete_us = shared.now_us();
@@ -374,30 +376,7 @@ async fn client_loop(
                 None,
             ),
         };
-        match (kind, outcome) {
-            (OpKind::Put { value, .. }, Outcome::Ok { .. }) => {
-                last_seen.insert(key, value);
-            }
-            (
-                OpKind::Get { .. },
-                Outcome::Ok {
-                    read: Some(Some(v)),
-                    ..
-                },
-            ) => {
-                last_seen.insert(key, v);
-            }
-            (
-                OpKind::Cas { new, .. },
-                Outcome::Ok {
-                    swapped: Some(true),
-                    ..
-                },
-            ) => {
-                last_seen.insert(key, new);
-            }
-            _ => {}
-        }
+        register.learn(kind, &outcome);
         let node = member.and_then(|id| shared.member_names.get(&id).cloned());
         shared.ops.lock().expect("ops").push(Op {
             id: 0,

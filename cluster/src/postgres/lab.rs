@@ -272,12 +272,6 @@ fn patroni_config(
         .map(|j| format!("{}:{CLIENT_PORT}", net.addr(j)))
         .collect();
     let subnet = format!("10.77.{}.0/24", net.id);
-    let synchronous = settings.mode == ReplicationMode::Sync;
-    let synchronous_commit = if synchronous {
-        settings.synchronous_commit.to_string()
-    } else {
-        "local".to_string()
-    };
     // YAML is a superset of JSON, so Patroni reads this as it is.
     serde_json::json!({
         "scope": SCOPE,
@@ -290,26 +284,7 @@ fn patroni_config(
         },
         "etcd3": {"hosts": etcd_hosts},
         "bootstrap": {
-            "dcs": {
-                "ttl": settings.ttl_s,
-                "loop_wait": settings.loop_wait_s,
-                "retry_timeout": settings.retry_timeout_s,
-                "maximum_lag_on_failover": settings.maximum_lag_on_failover_bytes,
-                "synchronous_mode": synchronous,
-                "postgresql": {
-                    "use_pg_rewind": true,
-                    "parameters": {
-                        "wal_level": "replica",
-                        "hot_standby": "on",
-                        "max_wal_senders": 10,
-                        "max_replication_slots": 10,
-                        "wal_keep_size": "256MB",
-                        "wal_log_hints": "on",
-                        "synchronous_commit": synchronous_commit,
-                        "wal_receiver_status_interval": "1s",
-                    },
-                },
-            },
+            "dcs": bootstrap_dcs(settings),
             "initdb": [{"encoding": "UTF8"}, "data-checksums"],
         },
         "postgresql": {
@@ -329,6 +304,37 @@ fn patroni_config(
                 format!("host replication replicator {subnet} scram-sha-256"),
             ],
             "parameters": {"unix_socket_directories": dir},
+        },
+    })
+}
+
+/// The cluster-wide settings Patroni writes to the DCS at bootstrap: its timing from the
+/// scenario, and Postgres's replication parameters.
+fn bootstrap_dcs(settings: &PatroniSettings) -> serde_json::Value {
+    let synchronous = settings.mode == ReplicationMode::Sync;
+    let synchronous_commit = if synchronous {
+        settings.synchronous_commit.to_string()
+    } else {
+        "local".to_string()
+    };
+    serde_json::json!({
+        "ttl": settings.ttl_s,
+        "loop_wait": settings.loop_wait_s,
+        "retry_timeout": settings.retry_timeout_s,
+        "maximum_lag_on_failover": settings.maximum_lag_on_failover_bytes,
+        "synchronous_mode": synchronous,
+        "postgresql": {
+            "use_pg_rewind": true,
+            "parameters": {
+                "wal_level": "replica",
+                "hot_standby": "on",
+                "max_wal_senders": 10,
+                "max_replication_slots": 10,
+                "wal_keep_size": "256MB",
+                "wal_log_hints": "on",
+                "synchronous_commit": synchronous_commit,
+                "wal_receiver_status_interval": "1s",
+            },
         },
     })
 }
@@ -377,51 +383,15 @@ pub async fn up(
     settings: &PatroniSettings,
     agent_binary: &Path,
 ) -> Result<Lab, LabError> {
-    if replicas == 0 || replicas > REPLICAS_MAX {
-        return Err(LabError::Settings(format!(
-            "a Postgres lab needs 1 to {REPLICAS_MAX} replicas, not {replicas}"
-        )));
-    }
-    settings.validate().map_err(LabError::Settings)?;
-    for program in [PATRONI_BINARY, &format!("{PG_BIN_DIR}/postgres")] {
-        if !Path::new(program).exists() {
-            return Err(LabError::NoPostgres(format!(
-                "{program} is missing: apt-get install patroni postgresql-15 (cargo xtask test does it)"
-            )));
-        }
-    }
+    check_can_start(replicas, settings)?;
     traversable(state_dir)?;
     let db_nodes = replicas + 1;
     let passwords = [random_token()?, random_token()?, random_token()?];
     let services = |net: &LabNet, i: usize, dir: &Path| {
-        let mut services = BTreeMap::new();
         if i > db_nodes {
-            return Ok(services);
+            return Ok(BTreeMap::new());
         }
-        chown_to_postgres(dir)?;
-        let config_file = dir.join("patroni.yml");
-        let config = patroni_config(net, i, dir, settings, &passwords);
-        write_secret(
-            &config_file,
-            serde_json::to_string_pretty(&config)
-                .expect("config serialises")
-                .as_bytes(),
-        )?;
-        chown_to_postgres(&config_file)?;
-        let log = dir.join("patroni.log");
-        write_secret(&log, b"")?;
-        chown_to_postgres(&log)?;
-        services.insert(
-            "patroni".to_string(),
-            ServiceSpec {
-                program: PATRONI_BINARY.into(),
-                args: vec![config_file.display().to_string()],
-                log,
-                user: Some(PG_USER.to_string()),
-                pid_files: vec![dir.join("pgdata").join("postmaster.pid")],
-            },
-        );
-        Ok(services)
+        patroni_service(net, i, dir, settings, &passwords)
     };
     let hosts = db_nodes.max(ETCD_MEMBERS);
     let timing = EtcdTiming {
@@ -442,21 +412,68 @@ pub async fn up(
         superuser_password: passwords[0].clone(),
         patroni: settings.clone(),
     });
-    let started = async {
-        lab.save()?;
-        signal_patroni(&lab, NodeId(1), Action::Start).await?;
-        wait_for_primary(&lab, Some(1), Duration::from_secs(90)).await?;
-        for replica in NodeId::all(db_nodes).skip(1) {
-            signal_patroni(&lab, replica, Action::Start).await?;
-        }
-        wait_for_streaming(&lab, 1, replicas, Duration::from_secs(120)).await
-    }
-    .await;
-    if let Err(e) = started {
+    if let Err(e) = start_patroni(&lab, db_nodes).await {
         let _ = Lab::down(state_dir);
         return Err(e);
     }
     Ok(lab)
+}
+
+/// Refuses, before anything starts, a size or settings Patroni cannot run, or missing programs.
+fn check_can_start(replicas: usize, settings: &PatroniSettings) -> Result<(), LabError> {
+    if replicas == 0 || replicas > REPLICAS_MAX {
+        return Err(LabError::Settings(format!(
+            "a Postgres lab needs 1 to {REPLICAS_MAX} replicas, not {replicas}"
+        )));
+    }
+    settings.validate().map_err(LabError::Settings)?;
+    for program in [PATRONI_BINARY, &format!("{PG_BIN_DIR}/postgres")] {
+        if !Path::new(program).exists() {
+            return Err(LabError::NoPostgres(format!(
+                "{program} is missing: apt-get install patroni postgresql-15 (cargo xtask test does it)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Database host `i`'s Patroni service: its configuration (owner-only, it holds passwords) and
+/// log, owned by the postgres user it runs as; killing it kills its postmaster too.
+fn patroni_service(
+    net: &LabNet,
+    i: usize,
+    dir: &Path,
+    settings: &PatroniSettings,
+    passwords: &[String; 3],
+) -> Result<BTreeMap<String, ServiceSpec>, LabError> {
+    chown_to_postgres(dir)?;
+    let config_file = dir.join("patroni.yml");
+    let config = patroni_config(net, i, dir, settings, passwords);
+    let text = serde_json::to_string_pretty(&config).expect("config serialises");
+    write_secret(&config_file, text.as_bytes())?;
+    chown_to_postgres(&config_file)?;
+    let log = dir.join("patroni.log");
+    write_secret(&log, b"")?;
+    chown_to_postgres(&log)?;
+    let patroni = ServiceSpec {
+        program: PATRONI_BINARY.into(),
+        args: vec![config_file.display().to_string()],
+        log,
+        user: Some(PG_USER.to_string()),
+        pid_files: vec![dir.join("pgdata").join("postmaster.pid")],
+    };
+    Ok(BTreeMap::from([("patroni".to_string(), patroni)]))
+}
+
+/// Bootstraps on `n1` (initdb, leader key), then starts the replicas and waits until they stream.
+async fn start_patroni(lab: &Lab, db_nodes: usize) -> Result<(), LabError> {
+    lab.save()?;
+    signal_patroni(lab, NodeId(1), Action::Start).await?;
+    wait_for_primary(lab, Some(1), Duration::from_secs(90)).await?;
+    for replica in NodeId::all(db_nodes).skip(1) {
+        signal_patroni(lab, replica, Action::Start).await?;
+    }
+    wait_for_streaming(lab, 1, db_nodes - 1, Duration::from_secs(120)).await
 }
 
 /// Asks `host`'s agent to start, stop, kill, pause or resume Patroni (and with a kill, its

@@ -80,6 +80,16 @@ struct Shared {
 }
 
 impl Shared {
+    /// The client operations so far, in invocation order, numbered.
+    fn history(&self) -> History {
+        let mut ops = std::mem::take(&mut *self.ops.lock().expect("ops"));
+        ops.sort_by_key(|op| (op.invoke_us, op.client));
+        for (i, op) in ops.iter_mut().enumerate() {
+            op.id = i as u64;
+        }
+        History { ops }
+    }
+
     fn now_us(&self) -> u64 {
         self.started.elapsed().as_micros() as u64
     }
@@ -197,7 +207,6 @@ async fn run_on_nodes(
             reason: "not a postgres scenario".into(),
         });
     };
-    let db_nodes = nodes.len();
     let primary = nodes
         .wait_for_primary(None, Duration::from_secs(30))
         .await?;
@@ -207,65 +216,117 @@ async fn run_on_nodes(
         ops: Mutex::new(Vec::new()),
         samples: Mutex::new(Vec::new()),
         phases: pg.phases_or(scenario.duration_ms, scenario.workload.rate_per_s),
-        db_nodes,
+        db_nodes: nodes.len(),
         nodes: nodes.clone(),
         run: run_number,
     });
+    let measuring_lag = !pg.phases.is_empty();
     let (stop_tx, stop) = watch::channel(false);
+    let detection = Arc::new(Mutex::new(Detection::default()));
+    let mut tasks = spawn_workload(&shared, scenario, primary, measuring_lag, &stop);
+    if let Some(lab) = lab {
+        let endpoints = lab.endpoints();
+        let watch = watch_leader_key(shared.clone(), endpoints, detection.clone(), primary, stop);
+        tasks.push(tokio::spawn(watch));
+    }
+    let fired = fire_faults(lab, scenario, &shared, primary, &detection).await;
+    tokio::time::sleep_until((shared.started + Duration::from_millis(scenario.duration_ms)).into())
+        .await;
+    let end_us = shared.now_us();
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let (fired, fault_at_us) = fired?;
+    // Let the cluster settle, then read what survived on whichever node is primary now.
+    let new_primary = nodes
+        .wait_for_primary(None, Duration::from_secs(scenario.duration_ms / 1000 + 60))
+        .await?;
+    let detected_at_us = detection.lock().expect("detection").detected_at_us;
+    let seen = FailoverObservation {
+        fault_at_us,
+        old_primary: Some(format!("n{primary}")),
+        new_primary: Some(format!("n{new_primary}")),
+        detected_at_us,
+        surviving_ids: surviving_ids(&nodes, new_primary).await?,
+        end_us,
+    };
+    let history = shared.history();
+    let mut summary = summarize(
+        &scenario.name,
+        mode,
+        run_number,
+        nodes.len(),
+        &history,
+        &seen,
+    );
+    if measuring_lag {
+        let order: Vec<String> = shared.phases.iter().map(|p| p.name.clone()).collect();
+        summary.lag = reduce_lag(&shared.samples.lock().expect("samples"), &order);
+    }
+    Ok(PgRealRun {
+        summary,
+        faults: fired,
+        history,
+    })
+}
+
+/// The same clients as the simulator's: writers on the tracked primary, an every-node prober
+/// and, for phased (lag) scenarios, a heartbeat writer, its watchers and a view sampler.
+fn spawn_workload(
+    shared: &Arc<Shared>,
+    scenario: &Scenario,
+    primary: usize,
+    measuring_lag: bool,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let (primary_tx, primary_rx) = watch::channel(primary);
-    let mut tasks = Vec::new();
     let clients = scenario
         .workload
         .clients
         .clamp(1, PROBE_CLIENT as usize - 1);
+    let timeout = Duration::from_millis(scenario.workload.timeout_ms);
+    let mut tasks = Vec::new();
     for client in 0..clients {
-        tasks.push(tokio::spawn(writer(
+        let writer = writer(
             shared.clone(),
             client as u32,
             clients as u64,
-            Duration::from_millis(scenario.workload.timeout_ms),
+            timeout,
             primary_rx.clone(),
             stop.clone(),
-        )));
+        );
+        tasks.push(tokio::spawn(writer));
     }
     tasks.push(tokio::spawn(prober(shared.clone(), stop.clone())));
-    let measuring_lag = !pg.phases.is_empty();
     if measuring_lag {
-        tasks.push(tokio::spawn(heartbeat(
-            shared.clone(),
-            primary_rx.clone(),
-            stop.clone(),
-        )));
+        let beat = heartbeat(shared.clone(), primary_rx.clone(), stop.clone());
+        tasks.push(tokio::spawn(beat));
         tasks.push(tokio::spawn(view_sampler(shared.clone(), stop.clone())));
-        for replica in (1..=db_nodes).filter(|&i| i != primary) {
-            tasks.push(tokio::spawn(heartbeat_watcher(
-                shared.clone(),
-                replica,
-                stop.clone(),
-            )));
+        for replica in (1..=shared.db_nodes).filter(|&i| i != primary) {
+            let watcher = heartbeat_watcher(shared.clone(), replica, stop.clone());
+            tasks.push(tokio::spawn(watcher));
         }
     }
-    let detection = Arc::new(Mutex::new(Detection::default()));
-    let mut fault_at_us = None;
-    let key_watch = lab.map(|lab| {
-        tokio::spawn(watch_leader_key(
-            shared.clone(),
-            lab.endpoints(),
-            detection.clone(),
-            primary,
-            stop.clone(),
-        ))
-    });
-    tasks.push(tokio::spawn(track_primary(
-        shared.clone(),
-        primary_tx,
-        stop.clone(),
-    )));
+    let tracker = track_primary(shared.clone(), primary_tx, stop.clone());
+    tasks.push(tokio::spawn(tracker));
+    tasks
+}
 
-    let mut fired = Vec::new();
-    let mut fault_error = None;
-    for step in scenario.faults.iter().filter(|_| lab.is_some()) {
-        let lab = lab.expect("filtered");
+/// Fires the scenario's faults on time through the lab's agents (none without a lab); returns
+/// what fired and when the first one did.
+async fn fire_faults(
+    lab: Option<&Lab>,
+    scenario: &Scenario,
+    shared: &Shared,
+    primary: usize,
+    detection: &Mutex<Detection>,
+) -> Result<(Vec<FiredFault>, Option<u64>), RunError> {
+    let Some(lab) = lab else {
+        return Ok((Vec::new(), None));
+    };
+    let (mut fired, mut fault_at_us) = (Vec::new(), None);
+    for step in &scenario.faults {
         let at = shared.started + Duration::from_millis(step.at_ms);
         tokio::time::sleep_until(at.into()).await;
         let states: Vec<NodeState> = (1..=lab.net.hosts)
@@ -278,59 +339,14 @@ async fn run_on_nodes(
         let plan = plan_fault(&step.fault, &states);
         fault_at_us.get_or_insert(shared.now_us());
         // A database host crash: Patroni and its Postgres, killed with SIGKILL.
-        if let Err(e) = carry_out(lab, &plan.steps, "patroni").await {
-            fault_error = Some(e);
-            break;
-        }
+        carry_out(lab, &plan.steps, "patroni").await?;
         detection.lock().expect("detection").armed = true;
         fired.push(FiredFault {
             at_ms: step.at_ms,
             label: plan.label(&step.fault),
         });
     }
-    tokio::time::sleep_until((shared.started + Duration::from_millis(scenario.duration_ms)).into())
-        .await;
-    let end_us = shared.now_us();
-    let _ = stop_tx.send(true);
-    for task in tasks {
-        let _ = task.await;
-    }
-    if let Some(key_watch) = key_watch {
-        let _ = key_watch.await;
-    }
-    if let Some(e) = fault_error {
-        return Err(e);
-    }
-    // Let the cluster settle, then read what survived on whichever node is primary now.
-    let new_primary = nodes
-        .wait_for_primary(None, Duration::from_secs(scenario.duration_ms / 1000 + 60))
-        .await?;
-    let surviving_ids = surviving_ids(&nodes, new_primary).await?;
-    let mut ops = std::mem::take(&mut *shared.ops.lock().expect("ops"));
-    ops.sort_by_key(|op| (op.invoke_us, op.client));
-    for (i, op) in ops.iter_mut().enumerate() {
-        op.id = i as u64;
-    }
-    let history = History { ops };
-    let detected_at_us = detection.lock().expect("detection").detected_at_us;
-    let seen = FailoverObservation {
-        fault_at_us,
-        old_primary: Some(format!("n{primary}")),
-        new_primary: Some(format!("n{new_primary}")),
-        detected_at_us,
-        surviving_ids,
-        end_us,
-    };
-    let mut summary = summarize(&scenario.name, mode, run_number, db_nodes, &history, &seen);
-    if measuring_lag {
-        let order: Vec<String> = shared.phases.iter().map(|p| p.name.clone()).collect();
-        summary.lag = reduce_lag(&shared.samples.lock().expect("samples"), &order);
-    }
-    Ok(PgRealRun {
-        summary,
-        faults: fired,
-        history,
-    })
+    Ok((fired, fault_at_us))
 }
 
 async fn prepare_tables(nodes: &PgNodes, primary: usize) -> Result<(), LabError> {

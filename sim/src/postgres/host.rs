@@ -304,127 +304,165 @@ async fn postgres_task(world: PgWorldRef, config: PgHostConfig, me: NodeId) -> t
     let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Commits waiting for acknowledgement: token -> (client address, request seq).
-    let mut waiting: BTreeMap<u64, (SocketAddr, u64)> = BTreeMap::new();
-    let mut next_token: u64 = 0;
-    let mut streaming_from: Option<NodeId> = None;
-    let mut last_status_us: u64 = 0;
-    let mut last_tick_us = now_us();
+    let mut postmaster = Postmaster {
+        world,
+        config,
+        me,
+        waiting: BTreeMap::new(),
+        next_token: 0,
+        streaming_from: None,
+        last_status_us: 0,
+        last_tick_us: now_us(),
+    };
     loop {
-        let mut outputs = Vec::new();
-        let mut replies: Vec<(SocketAddr, PgPacket)> = Vec::new();
-        tokio::select! {
+        let (outputs, replies) = tokio::select! {
             biased;
             received = socket.recv_from(&mut buf) => {
                 let (len, from) = received?;
                 let Some(packet) = PgPacket::decode(&buf[..len]) else { continue };
-                let mut state = world.borrow_mut();
-                let now = now_us();
-                let Some(server) = state.servers[me.index()].as_mut() else {
-                    // The process is gone: the kernel refuses connections.
-                    if let PgPacket::Insert { seq, .. } = packet {
-                        replies.push((from, PgPacket::Refused { seq }));
+                (Vec::new(), postmaster.on_packet(packet, from))
+            }
+            _ = ticker.tick() => postmaster.on_tick(),
+        };
+        let replies = postmaster.route(outputs, replies);
+        for (to, packet) in replies {
+            send(&postmaster.world, &socket, &packet.encode(), to);
+        }
+    }
+}
+
+/// What goes out: packets to addresses.
+type Replies = Vec<(SocketAddr, PgPacket)>;
+
+/// The network side of one host's Postgres: it feeds packets and time to the host's
+/// [`PgServer`] (if its process runs) and turns what the server wants into packets.
+struct Postmaster {
+    world: PgWorldRef,
+    config: PgHostConfig,
+    me: NodeId,
+    /// Commits waiting for acknowledgement: token -> (client address, request seq).
+    waiting: BTreeMap<u64, (SocketAddr, u64)>,
+    next_token: u64,
+    /// The upstream this standby last asked to stream from.
+    streaming_from: Option<NodeId>,
+    last_status_us: u64,
+    last_tick_us: u64,
+}
+
+impl Postmaster {
+    /// One packet in; the direct answers out.
+    fn on_packet(&mut self, packet: PgPacket, from: SocketAddr) -> Replies {
+        let mut replies = Vec::new();
+        let world = self.world.clone();
+        let mut state = world.borrow_mut();
+        let now = now_us();
+        let Some(server) = state.servers[self.me.index()].as_mut() else {
+            // The process is gone: the kernel refuses connections.
+            if let PgPacket::Insert { seq, .. } = packet {
+                replies.push((from, PgPacket::Refused { seq }));
+            }
+            self.streaming_from = None;
+            return replies;
+        };
+        match packet {
+            PgPacket::Insert {
+                seq,
+                id,
+                payload,
+                heartbeat,
+            } => {
+                self.next_token += 1;
+                match server.commit(now, id, payload, heartbeat, self.next_token) {
+                    Some(_) => {
+                        self.waiting.insert(self.next_token, (from, seq));
                     }
-                    drop(state);
-                    for (to, p) in replies {
-                        send(&world, &socket, &p.encode(), to);
-                    }
-                    streaming_from = None;
-                    continue;
-                };
-                match packet {
-                    PgPacket::Insert { seq, id, payload, heartbeat } => {
-                        next_token += 1;
-                        match server.commit(now, id, payload, heartbeat, next_token) {
-                            Some(_) => {
-                                waiting.insert(next_token, (from, seq));
-                            }
-                            None => replies.push((from, PgPacket::Refused { seq })),
-                        }
-                    }
-                    PgPacket::IsPrimary { seq } => replies.push((
-                        from,
-                        PgPacket::Primary { seq, yes: server.role == PgRole::Primary },
-                    )),
-                    PgPacket::ReadHeartbeat { seq } => replies.push((
-                        from,
-                        PgPacket::Heartbeat { seq, latest: server.visible_heartbeat() },
-                    )),
-                    PgPacket::Views { seq } => {
-                        let end = server.end_lsn();
-                        let replication = if server.role == PgRole::Primary {
-                            server
-                                .standbys
-                                .iter()
-                                .map(|(&id, p)| (id, p.lag_us, end.bytes_since(p.replay)))
-                                .collect()
-                        } else {
-                            vec![]
-                        };
-                        let replay_age_us = (server.role == PgRole::Standby)
-                            .then(|| server.last_replay_us().map(|t| now.saturating_sub(t)))
-                            .flatten();
-                        let primary = server.role == PgRole::Primary;
-                        replies.push((from, PgPacket::ViewRows { seq, primary, replication, replay_age_us }));
-                    }
-                    PgPacket::StartStreaming { from: lsn, timeline } => {
-                        if let (PgRole::Primary, Some(standby)) =
-                            (server.role, host_number(from, config.db_nodes))
-                        {
-                            server.standby_connect(standby, lsn, timeline);
-                        }
-                    }
-                    PgPacket::Wal { timeline, records } => {
-                        let from_upstream = host_number(from, config.db_nodes) == server.upstream;
-                        if from_upstream && !server.receive(timeline, records) {
-                            streaming_from = None;
-                        }
-                    }
-                    PgPacket::StandbyStatus { positions } => {
-                        if let Some(standby) = host_number(from, config.db_nodes) {
-                            server.standby_reply(now, standby, positions);
-                        }
-                    }
-                    _ => {}
+                    None => replies.push((from, PgPacket::Refused { seq })),
                 }
             }
-            _ = ticker.tick() => {
-                let now = now_us();
-                let dt = now.saturating_sub(last_tick_us);
-                last_tick_us = now;
-                let mut state = world.borrow_mut();
-                let Some(server) = state.servers[me.index()].as_mut() else {
-                    streaming_from = None;
-                    waiting.clear();
-                    continue;
-                };
-                outputs = server.tick(now, dt, config.bandwidth, config.replay_rate);
-                // A standby (re)connects to its upstream when that changes, and reports on schedule.
-                if server.role == PgRole::Standby {
-                    if server.upstream != streaming_from {
-                        streaming_from = server.upstream;
-                        if let Some(up) = server.upstream {
-                            replies.push((
-                                host_addr(up, PG_PORT),
-                                PgPacket::StartStreaming { from: server.end_lsn(), timeline: server.timeline },
-                            ));
-                        }
-                    }
-                    if now >= last_status_us + STATUS_INTERVAL_US {
-                        last_status_us = now;
-                        if let Some(up) = server.upstream {
-                            outputs.push(server.reply_to(up));
-                        }
-                    }
-                } else {
-                    streaming_from = None;
+            PgPacket::IsPrimary { seq } => {
+                let yes = server.role == PgRole::Primary;
+                replies.push((from, PgPacket::Primary { seq, yes }));
+            }
+            PgPacket::ReadHeartbeat { seq } => {
+                let latest = server.visible_heartbeat();
+                replies.push((from, PgPacket::Heartbeat { seq, latest }));
+            }
+            PgPacket::Views { seq } => replies.push((from, views(server, seq, now))),
+            other => self.replicate(server, other, from, now),
+        }
+        replies
+    }
+
+    /// Replication traffic between primary and standbys: connect, WAL, status.
+    fn replicate(&mut self, server: &mut PgServer, packet: PgPacket, from: SocketAddr, now: u64) {
+        let sender = host_number(from, self.config.db_nodes);
+        match packet {
+            PgPacket::StartStreaming {
+                from: lsn,
+                timeline,
+            } => {
+                if let (PgRole::Primary, Some(standby)) = (server.role, sender) {
+                    server.standby_connect(standby, lsn, timeline);
                 }
+            }
+            PgPacket::Wal { timeline, records } => {
+                let from_upstream = sender == server.upstream;
+                if from_upstream && !server.receive(timeline, records) {
+                    self.streaming_from = None;
+                }
+            }
+            PgPacket::StandbyStatus { positions } => {
+                if let Some(standby) = sender {
+                    server.standby_reply(now, standby, positions);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Time passes: the server ticks; a standby (re)connects to its upstream when that changed
+    /// and reports its positions on schedule.
+    fn on_tick(&mut self) -> (Vec<PgOutput>, Replies) {
+        let mut replies = Vec::new();
+        let now = now_us();
+        let dt = now.saturating_sub(self.last_tick_us);
+        self.last_tick_us = now;
+        let world = self.world.clone();
+        let mut state = world.borrow_mut();
+        let Some(server) = state.servers[self.me.index()].as_mut() else {
+            self.streaming_from = None;
+            self.waiting.clear();
+            return (Vec::new(), replies);
+        };
+        let mut outputs = server.tick(now, dt, self.config.bandwidth, self.config.replay_rate);
+        if server.role != PgRole::Standby {
+            self.streaming_from = None;
+            return (outputs, replies);
+        }
+        if server.upstream != self.streaming_from {
+            self.streaming_from = server.upstream;
+            if let Some(up) = server.upstream {
+                let from = server.end_lsn();
+                let timeline = server.timeline;
+                let hello = PgPacket::StartStreaming { from, timeline };
+                replies.push((host_addr(up, PG_PORT), hello));
             }
         }
+        if now >= self.last_status_us + STATUS_INTERVAL_US {
+            self.last_status_us = now;
+            if let Some(up) = server.upstream {
+                outputs.push(server.reply_to(up));
+            }
+        }
+        (outputs, replies)
+    }
+
+    /// The server's outputs as packets, after the direct replies.
+    fn route(&mut self, outputs: Vec<PgOutput>, mut replies: Replies) -> Replies {
         for output in outputs {
             match output {
                 PgOutput::Ack(token) => {
-                    if let Some((to, seq)) = waiting.remove(&token) {
+                    if let Some((to, seq)) = self.waiting.remove(&token) {
                         replies.push((to, PgPacket::InsertOk { seq }));
                     }
                 }
@@ -438,17 +476,40 @@ async fn postgres_task(world: PgWorldRef, config: PgHostConfig, me: NodeId) -> t
                     write,
                     flush,
                     replay,
-                } => replies.push((
-                    host_addr(to, PG_PORT),
-                    PgPacket::StandbyStatus {
-                        positions: [write, flush, replay],
-                    },
-                )),
+                } => {
+                    let positions = [write, flush, replay];
+                    replies.push((
+                        host_addr(to, PG_PORT),
+                        PgPacket::StandbyStatus { positions },
+                    ));
+                }
             }
         }
-        for (to, packet) in replies {
-            send(&world, &socket, &packet.encode(), to);
-        }
+        replies
+    }
+}
+
+/// What `pg_stat_replication` and the replay timestamp show on `server` now.
+fn views(server: &PgServer, seq: u64, now: u64) -> PgPacket {
+    let end = server.end_lsn();
+    let primary = server.role == PgRole::Primary;
+    let replication = if primary {
+        server
+            .standbys
+            .iter()
+            .map(|(&id, p)| (id, p.lag_us, end.bytes_since(p.replay)))
+            .collect()
+    } else {
+        vec![]
+    };
+    let replay_age_us = (server.role == PgRole::Standby)
+        .then(|| server.last_replay_us().map(|t| now.saturating_sub(t)))
+        .flatten();
+    PgPacket::ViewRows {
+        seq,
+        primary,
+        replication,
+        replay_age_us,
     }
 }
 
