@@ -6,7 +6,7 @@
 //! is missing and CI runs as root. Elsewhere each test prints why it is skipped and passes.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use quorumlab_cluster::lab::Lab;
@@ -45,24 +45,9 @@ fn up(
         .unwrap()
 }
 
-#[test]
-fn lag_is_measured_three_ways_and_never_negative() {
-    if common::skipped(NEEDS) {
-        return;
-    }
-    let _one = common::one_lab();
-    let dir = LabDir::new("lag");
-    let mut scenario = Scenario::load("pg-lag").unwrap();
-    let pg = pg_settings(&mut scenario);
-    for (phase, ms) in pg.phases.iter_mut().zip([3000, 3000, 3000]) {
-        phase.ms = ms;
-    }
-    scenario.duration_ms = 9000;
-    scenario.validate().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let lab = up(&dir, &scenario, ReplicationMode::Async, &rt);
-    let run = rt.block_on(run_on_lab(&scenario, 1, &lab)).unwrap();
-    let lag = &run.summary.lag;
+/// Each replica's lag is measured, never negative, in every phase and three ways; and while the
+/// primary is idle, `pg_stat_replication`'s lag columns go NULL.
+fn assert_lag_measured_on_every_replica(lag: &[quorumlab_experiment::replication::PhaseLag]) {
     for replica in ["n2", "n3"] {
         for method in [LagMethod::Heartbeat, LagMethod::ReplayLag, LagMethod::Bytes] {
             for phase in ["steady", "burst"] {
@@ -83,13 +68,32 @@ fn lag_is_measured_three_ways_and_never_negative() {
             assert!(!values.is_empty(), "{method:?} never measured on {replica}");
             assert!(values.iter().all(|&v| v >= 0.0), "{method:?}: {values:?}");
         }
-        // With no writes at all, pg_stat_replication's lag columns go NULL.
         let idle = lag
             .iter()
             .find(|l| l.replica == replica && l.method == LagMethod::ReplayLag && l.phase == "idle")
             .unwrap_or_else(|| panic!("no replay_lag sample for {replica} while idle: {lag:?}"));
         assert!(idle.nulls > 0, "{idle:?}");
     }
+}
+
+#[test]
+fn lag_is_measured_three_ways_and_never_negative() {
+    if common::skipped(NEEDS) {
+        return;
+    }
+    let _one = common::one_lab();
+    let dir = LabDir::new("lag");
+    let mut scenario = Scenario::load("pg-lag").unwrap();
+    let pg = pg_settings(&mut scenario);
+    for (phase, ms) in pg.phases.iter_mut().zip([3000, 3000, 3000]) {
+        phase.ms = ms;
+    }
+    scenario.duration_ms = 9000;
+    scenario.validate().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let lab = up(&dir, &scenario, ReplicationMode::Async, &rt);
+    let run = rt.block_on(run_on_lab(&scenario, 1, &lab)).unwrap();
+    assert_lag_measured_on_every_replica(&run.summary.lag);
 
     // The same measurement of a cluster known only by its URLs, as an operator would run it.
     let password = lab.postgres.as_ref().unwrap().superuser_password.clone();
@@ -275,40 +279,10 @@ fn the_service_follows_a_patroni_failover() {
             Duration::from_secs(60),
         ))
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = dir.0.join("serve.log");
-    let _service = Service(
-        std::process::Command::new(env!("CARGO_BIN_EXE_quorumlab"))
-            .args(["serve", "--lab", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--state-dir")
-            .arg(&dir.0)
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
+    let (_service, base, log) = serve_lab(&dir);
     rt.block_on(async {
         let client = reqwest::Client::new();
-        let mut created = None;
-        for _ in 0..300 {
-            let answer = client
-                .post(format!("{base}/users"))
-                .json(&serde_json::json!({ "name": "Fo", "email": "fo@example.test" }))
-                .send()
-                .await;
-            if let Ok(response) = answer {
-                assert_eq!(response.status().as_u16(), 201);
-                let body: serde_json::Value = response.json().await.unwrap();
-                created = body["id"].as_i64();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let user = created.expect("the service answered within 30 s");
+        let user = create_user_once_up(&client, &base).await;
         let (status, token) = deposit(&client, &base, user, "before").await.unwrap();
         assert_eq!(status, 200);
         // Both replicas have replayed it, so whichever is promoted has it: the balance below
@@ -316,43 +290,12 @@ fn the_service_follows_a_patroni_failover() {
         let lsn = token.strip_prefix("pg:").unwrap().to_string();
         let nodes = postgres::PgNodes::of_lab(&lab).unwrap();
         for i in (1..=3).filter(|&i| i != old) {
-            let mut conn = nodes.connect(i, Duration::from_secs(5)).await.unwrap();
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !sqlx::query_scalar::<_, bool>(
-                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-            )
-            .bind(&lsn)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap()
-            {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "n{i} never replayed {lsn}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            wait_for_replay(&nodes, i, &lsn).await;
         }
-
         postgres::signal_patroni(&lab, NodeId(old as u64), Action::Kill)
             .await
             .unwrap();
-        // The same write, retried under one key until the promoted node takes it.
-        let started = std::time::Instant::now();
-        let mut refusals = 0;
-        let token = loop {
-            match deposit(&client, &base, user, "after").await {
-                Some((200, token)) => break token,
-                Some((503, _)) => refusals += 1,
-                other => panic!("deposit during failover answered {other:?}"),
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(90),
-                "writes never reached a promoted node"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        assert!(refusals > 0, "the kill did not interrupt writes");
+        let token = deposit_until_promoted(&client, &base, user).await;
         let new = postgres::wait_for_primary(&lab, None, Duration::from_secs(5))
             .await
             .unwrap();
@@ -371,4 +314,81 @@ fn the_service_follows_a_patroni_failover() {
     });
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(said.contains("primary is now n"), "{said}");
+}
+
+/// `quorumlab serve --lab` on a free loopback port, logging to the lab directory; stopped on drop.
+fn serve_lab(dir: &LabDir) -> (Service, String, PathBuf) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.0.join("serve.log");
+    let service = Service(
+        std::process::Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+            .args(["serve", "--lab", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(&dir.0)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    (service, format!("http://127.0.0.1:{port}"), log)
+}
+
+/// Creates a user as soon as the service answers (within 30 s); returns its id.
+async fn create_user_once_up(client: &reqwest::Client, base: &str) -> i64 {
+    for _ in 0..300 {
+        let answer = client
+            .post(format!("{base}/users"))
+            .json(&serde_json::json!({ "name": "Fo", "email": "fo@example.test" }))
+            .send()
+            .await;
+        if let Ok(response) = answer {
+            assert_eq!(response.status().as_u16(), 201);
+            let body: serde_json::Value = response.json().await.unwrap();
+            return body["id"].as_i64().expect("a created user has an id");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the service did not answer within 30 s");
+}
+
+/// Waits (up to 30 s) until node `i` has replayed past `lsn`.
+async fn wait_for_replay(nodes: &postgres::PgNodes, i: usize, lsn: &str) {
+    let mut conn = nodes.connect(i, Duration::from_secs(5)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn")
+        .bind(lsn)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n{i} never replayed {lsn}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The same deposit, retried under one idempotency key until the promoted node takes it (within
+/// 90 s); it must have been refused at least once. Returns the write's consistency token.
+async fn deposit_until_promoted(client: &reqwest::Client, base: &str, user: i64) -> String {
+    let started = std::time::Instant::now();
+    let mut refusals = 0;
+    let token = loop {
+        match deposit(client, base, user, "after").await {
+            Some((200, token)) => break token,
+            Some((503, _)) => refusals += 1,
+            other => panic!("deposit during failover answered {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "writes never reached a promoted node"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refusals > 0, "the kill did not interrupt writes");
+    token
 }

@@ -273,44 +273,55 @@ fn sequence_svg(t: &Timeline) -> String {
         );
     }
     for m in &t.messages {
-        let (x0, y0) = (col(m.from), y(m.send_us));
-        let is_vote = m.label.contains("Vote");
-        let colour = if is_vote { "#1565c0" } else { "#777" };
-        match m.recv_us {
-            Some(r) => {
-                let _ = write!(
-                    svg,
-                    "<line x1=\"{x0:.1}\" y1=\"{y0:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"{colour}\" marker-end=\"url(#arrow)\"><title>{}</title></line>",
-                    col(m.to),
-                    y(r),
-                    escape(&m.label)
-                );
-            }
-            None => {
-                let (x1, y1) = ((x0 + col(m.to)) / 2.0, y0 + ROW_H / 2.0);
-                let _ = write!(
-                    svg,
-                    "<line x1=\"{x0:.1}\" y1=\"{y0:.1}\" x2=\"{x1:.1}\" y2=\"{y1:.1}\" stroke=\"#c62828\"><title>{} (lost)</title></line>\
-                     <text x=\"{x1:.1}\" y=\"{:.1}\" fill=\"#c62828\" text-anchor=\"middle\">&#215;</text>",
-                    escape(&m.label),
-                    y1 + 4.0
-                );
-            }
-        }
-        if is_vote || m.recv_us.is_none() {
-            let anchor = if col(m.to) > x0 { "start" } else { "end" };
-            let dx = if col(m.to) > x0 { 6.0 } else { -6.0 };
-            let _ = write!(
-                svg,
-                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{colour}\" text-anchor=\"{anchor}\">{}</text>",
-                x0 + dx,
-                y0 - 2.0,
-                escape(&m.label)
-            );
-        }
+        draw_message(&mut svg, m, &col, &y);
     }
     svg.push_str("</svg>");
     svg
+}
+
+/// One message of the sequence diagram: an arrow to its receiver, or a cross where it was lost;
+/// votes and lost messages are labelled.
+fn draw_message(
+    svg: &mut String,
+    m: &MessageArrow,
+    col: &dyn Fn(usize) -> f64,
+    y: &dyn Fn(u64) -> f64,
+) {
+    let (x0, y0) = (col(m.from), y(m.send_us));
+    let is_vote = m.label.contains("Vote");
+    let colour = if is_vote { "#1565c0" } else { "#777" };
+    match m.recv_us {
+        Some(r) => {
+            let _ = write!(
+                svg,
+                "<line x1=\"{x0:.1}\" y1=\"{y0:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"{colour}\" marker-end=\"url(#arrow)\"><title>{}</title></line>",
+                col(m.to),
+                y(r),
+                escape(&m.label)
+            );
+        }
+        None => {
+            let (x1, y1) = ((x0 + col(m.to)) / 2.0, y0 + ROW_H / 2.0);
+            let _ = write!(
+                svg,
+                "<line x1=\"{x0:.1}\" y1=\"{y0:.1}\" x2=\"{x1:.1}\" y2=\"{y1:.1}\" stroke=\"#c62828\"><title>{} (lost)</title></line>\
+                 <text x=\"{x1:.1}\" y=\"{:.1}\" fill=\"#c62828\" text-anchor=\"middle\">&#215;</text>",
+                escape(&m.label),
+                y1 + 4.0
+            );
+        }
+    }
+    if is_vote || m.recv_us.is_none() {
+        let anchor = if col(m.to) > x0 { "start" } else { "end" };
+        let dx = if col(m.to) > x0 { 6.0 } else { -6.0 };
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{colour}\" text-anchor=\"{anchor}\">{}</text>",
+            x0 + dx,
+            y0 - 2.0,
+            escape(&m.label)
+        );
+    }
 }
 
 #[cfg(test)]

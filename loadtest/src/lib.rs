@@ -268,6 +268,22 @@ pub async fn run(plan: &Plan, population: &Population) -> Result<LoadReport, Loa
         }))
         .set_name("request")
     };
+    let metrics = GooseAttack::initialize_with_config(goose_config(plan, users))
+        .map_err(|e| LoadError::Goose(e.to_string()))?
+        .register_scenario(
+            scenario!("service")
+                .register_transaction(start)
+                .register_transaction(send),
+        )
+        .execute()
+        .await
+        .map_err(|e| LoadError::Goose(e.to_string()))?;
+    let served_by = shared.served_by.lock().expect("served-by lock").clone();
+    Ok(report(plan, users, &metrics, served_by))
+}
+
+/// Goose's settings for one plan: an open model with average-cadence CO mitigation, quiet.
+fn goose_config(plan: &Plan, users: usize) -> GooseConfiguration {
     let mut config = GooseConfiguration::default();
     config.host = Some(plan.target.clone());
     config.users = Some(users);
@@ -286,16 +302,16 @@ pub async fn run(plan: &Plan, population: &Population) -> Result<LoadReport, Loa
         .iter()
         .map(|p| p.display().to_string())
         .collect();
-    let metrics = GooseAttack::initialize_with_config(config)
-        .map_err(|e| LoadError::Goose(e.to_string()))?
-        .register_scenario(
-            scenario!("service")
-                .register_transaction(start)
-                .register_transaction(send),
-        )
-        .execute()
-        .await
-        .map_err(|e| LoadError::Goose(e.to_string()))?;
+    config
+}
+
+/// The run's figures per endpoint, the read p99, and who served the reads.
+fn report(
+    plan: &Plan,
+    users: usize,
+    metrics: &goose::metrics::GooseMetrics,
+    served_by: BTreeMap<String, u64>,
+) -> LoadReport {
     let duration_s = (metrics.duration as f64).max(1.0);
     let mut endpoints: Vec<EndpointStats> = metrics
         .requests
@@ -321,8 +337,7 @@ pub async fn run(plan: &Plan, population: &Population) -> Result<LoadReport, Loa
         .fold(0.0, f64::max);
     let requests: usize = endpoints.iter().map(|e| e.requests).sum();
     let failures: usize = endpoints.iter().map(|e| e.failures).sum();
-    let served_by = shared.served_by.lock().expect("served-by lock").clone();
-    Ok(LoadReport {
+    LoadReport {
         mix: plan.mix,
         offered_per_s: plan.rate,
         achieved_per_s: (requests - failures) as f64 / duration_s,
@@ -332,7 +347,7 @@ pub async fn run(plan: &Plan, population: &Population) -> Result<LoadReport, Loa
         read_p99_ms,
         endpoints,
         served_by,
-    })
+    }
 }
 
 fn endpoint_stats(aggregate: &GooseRequestMetricAggregate, duration_s: f64) -> EndpointStats {
@@ -371,77 +386,20 @@ fn begin_session(user: &mut GooseUser, shared: &Shared) {
 
 /// Waits for this user's next send time, then sends one request drawn from the mix.
 async fn send_next(user: &mut GooseUser, shared: &Shared) -> TransactionResult {
-    let (endpoint, at, account, other, amount, last_write) = {
-        let session = user
-            .get_session_data_mut::<Session>()
-            .expect("the start transaction made the session");
-        let now = Instant::now();
-        let at = session.next;
-        // Late by more than a period: those sends are missed (Goose backfills their latency);
-        // the schedule restarts from now rather than bursting to catch up.
-        session.next = if at + shared.period < now {
-            now + shared.period
-        } else {
-            at + shared.period
-        };
-        let endpoint = shared.mix.pick(&mut session.rng);
-        let n = shared.users.len();
-        let account = session.rng.gen_range(0..n);
-        let other = (account + session.rng.gen_range(1..n.max(2))) % n;
-        let amount: i64 = session.rng.gen_range(1..=10);
-        (
-            endpoint,
-            at,
-            account,
-            other,
-            amount,
-            session.last_write.clone(),
-        )
-    };
-    tokio::time::sleep_until(at.into()).await;
-    let (id, email) = &shared.users[account];
-    let (method, path, body) = match endpoint {
-        Endpoint::GetUser => (GooseMethod::Get, format!("/users/{id}"), None),
-        Endpoint::Movements => (
-            GooseMethod::Get,
-            format!("/users/{id}/movements?limit=20"),
-            None,
-        ),
-        Endpoint::ByEmail => (GooseMethod::Get, format!("/users?email={email}"), None),
-        Endpoint::Deposit => (
-            GooseMethod::Post,
-            format!("/users/{id}/deposit"),
-            Some(json!({ "amount_minor": amount })),
-        ),
-        Endpoint::Transfer => (
-            GooseMethod::Post,
-            "/transfers".to_string(),
-            Some(json!({
-                "from_user": id,
-                "to_user": shared.users[other].0,
-                "amount_minor": amount,
-            })),
-        ),
-        Endpoint::UpdateProfile => (
-            GooseMethod::Patch,
-            format!("/users/{id}"),
-            Some(json!({ "metadata": { "load": amount } })),
-        ),
-        Endpoint::ReadOwnWrite => match &last_write {
-            Some((written, _)) => (GooseMethod::Get, format!("/users/{written}"), None),
-            None => (GooseMethod::Get, format!("/users/{id}"), None),
-        },
-    };
+    let send = plan_send(user, shared);
+    tokio::time::sleep_until(send.at.into()).await;
+    let (id, _) = &shared.users[send.account];
+    let (method, path, body) = request_for(&send, shared);
     let mut builder = user.get_request_builder(&method, &path)?;
     if let Some(body) = &body {
         builder = builder.json(body);
     }
-    if let (Endpoint::ReadOwnWrite, Some((_, token))) = (endpoint, &last_write) {
+    if let (Endpoint::ReadOwnWrite, Some((_, token))) = (send.endpoint, &send.last_write) {
         builder = builder.header(TOKEN_HEADER, token);
     }
     let request = GooseRequest::builder()
         .method(method)
-        .name(endpoint.label())
+        .name(send.endpoint.label())
         .set_request_builder(builder)
         .build();
     let goose = user.request(request).await?;
@@ -455,7 +413,7 @@ async fn send_next(user: &mut GooseUser, shared: &Shared) -> TransactionResult {
             .and_then(|v| v.to_str().ok())
             .map(String::from)
     };
-    if endpoint.is_write() {
+    if send.endpoint.is_write() {
         if let Some(token) = header(TOKEN_HEADER) {
             // Every write here changes `id`'s row (a transfer, its sender's).
             user.get_session_data_mut::<Session>()
@@ -473,6 +431,88 @@ async fn send_next(user: &mut GooseUser, shared: &Shared) -> TransactionResult {
     // Read the body so the keep-alive connection goes back to the pool.
     let _ = response.bytes().await;
     Ok(())
+}
+
+/// One scheduled request, drawn from the user's session.
+struct ScheduledSend {
+    endpoint: Endpoint,
+    /// When it is due.
+    at: Instant,
+    account: usize,
+    other: usize,
+    amount: i64,
+    /// The user's last write: the account it changed and its consistency token.
+    last_write: Option<(i64, String)>,
+}
+
+/// Draws the next request and moves the user's schedule on by one period.
+fn plan_send(user: &mut GooseUser, shared: &Shared) -> ScheduledSend {
+    let session = user
+        .get_session_data_mut::<Session>()
+        .expect("the start transaction made the session");
+    let now = Instant::now();
+    let at = session.next;
+    // Late by more than a period: those sends are missed (Goose backfills their latency);
+    // the schedule restarts from now rather than bursting to catch up.
+    session.next = if at + shared.period < now {
+        now + shared.period
+    } else {
+        at + shared.period
+    };
+    let endpoint = shared.mix.pick(&mut session.rng);
+    let n = shared.users.len();
+    let account = session.rng.gen_range(0..n);
+    let other = (account + session.rng.gen_range(1..n.max(2))) % n;
+    let amount: i64 = session.rng.gen_range(1..=10);
+    ScheduledSend {
+        endpoint,
+        at,
+        account,
+        other,
+        amount,
+        last_write: session.last_write.clone(),
+    }
+}
+
+/// The HTTP method, path and body of a scheduled request.
+fn request_for(
+    send: &ScheduledSend,
+    shared: &Shared,
+) -> (GooseMethod, String, Option<serde_json::Value>) {
+    let (id, email) = &shared.users[send.account];
+    let amount = send.amount;
+    match send.endpoint {
+        Endpoint::GetUser => (GooseMethod::Get, format!("/users/{id}"), None),
+        Endpoint::Movements => (
+            GooseMethod::Get,
+            format!("/users/{id}/movements?limit=20"),
+            None,
+        ),
+        Endpoint::ByEmail => (GooseMethod::Get, format!("/users?email={email}"), None),
+        Endpoint::Deposit => (
+            GooseMethod::Post,
+            format!("/users/{id}/deposit"),
+            Some(json!({ "amount_minor": amount })),
+        ),
+        Endpoint::Transfer => (
+            GooseMethod::Post,
+            "/transfers".to_string(),
+            Some(json!({
+                "from_user": id,
+                "to_user": shared.users[send.other].0,
+                "amount_minor": amount,
+            })),
+        ),
+        Endpoint::UpdateProfile => (
+            GooseMethod::Patch,
+            format!("/users/{id}"),
+            Some(json!({ "metadata": { "load": amount } })),
+        ),
+        Endpoint::ReadOwnWrite => match &send.last_write {
+            Some((written, _)) => (GooseMethod::Get, format!("/users/{written}"), None),
+            None => (GooseMethod::Get, format!("/users/{id}"), None),
+        },
+    }
 }
 
 /// One rate tried by [`find_max_rate`].

@@ -158,6 +158,52 @@ impl<'a> DocStream<'a> {
 
 /// Runs every selected candidate key of `workload` through the growth steps.
 pub fn run(workload: &Workload, config: &ShardConfig) -> Result<ShardReport, WorkloadError> {
+    let (shards, growth, keys) = resolve(workload, config)?;
+    let prepared: Vec<(&KeySpec, &Dataset, KeyLayout)> = keys
+        .iter()
+        .map(|k| {
+            let dataset = workload.dataset(&k.dataset).expect("validated dataset");
+            let span_ms = dataset.step_days * DAY_MS * growth.len() as u64;
+            let layout = KeyLayout::new(dataset, k, workload.key_fields(k)?, span_ms);
+            Ok((*k, dataset, layout))
+        })
+        .collect::<Result<_, WorkloadError>>()?;
+    let mut runs: Vec<KeyRun> = prepared
+        .into_iter()
+        .map(|(key, dataset, layout)| KeyRun::new(key, dataset, layout, shards, &workload.cluster))
+        .collect();
+    for dataset in &workload.datasets {
+        let keys: Vec<&mut KeyRun> = runs
+            .iter_mut()
+            .filter(|r| r.dataset.name == dataset.name)
+            .collect();
+        if !keys.is_empty() {
+            grow(workload, dataset, &growth, config.seed, keys);
+        }
+    }
+    let results: Vec<KeyResult> = runs.into_iter().map(KeyRun::finish).collect();
+    let writes_simulated = results
+        .iter()
+        .flat_map(|r| &r.steps)
+        .map(|s| s.writes)
+        .sum();
+    Ok(ShardReport {
+        workload: workload.name.clone(),
+        shards,
+        growth,
+        seed: config.seed,
+        rounds_per_step: workload.cluster.balancer_rounds_per_step,
+        keys: results,
+        writes_simulated,
+    })
+}
+
+/// The shard count, growth factors and candidate keys the run uses: the command line's, else the
+/// workload's; each refused in one line when impossible.
+fn resolve<'w>(
+    workload: &'w Workload,
+    config: &ShardConfig,
+) -> Result<(usize, Vec<u64>, Vec<&'w KeySpec>), WorkloadError> {
     let invalid = |reason: String| WorkloadError::Invalid {
         name: workload.name.clone(),
         reason,
@@ -192,77 +238,49 @@ pub fn run(workload: &Workload, config: &ShardConfig) -> Result<ShardReport, Wor
             })
             .collect::<Result<_, _>>()?,
     };
-    let prepared: Vec<(&KeySpec, &Dataset, KeyLayout)> = keys
-        .iter()
-        .map(|k| {
-            let dataset = workload.dataset(&k.dataset).expect("validated dataset");
-            let span_ms = dataset.step_days * DAY_MS * growth.len() as u64;
-            let layout = KeyLayout::new(dataset, k, workload.key_fields(k)?, span_ms);
-            Ok((*k, dataset, layout))
-        })
-        .collect::<Result<_, WorkloadError>>()?;
-    // Each dataset's write stream is drawn once, a balancer round at a time, and every key of that
-    // dataset routes the very same documents (in parallel), so keys are compared on equal terms.
-    let mut runs: Vec<KeyRun> = prepared
-        .into_iter()
-        .map(|(key, dataset, layout)| KeyRun::new(key, dataset, layout, shards, &workload.cluster))
-        .collect();
-    for dataset in &workload.datasets {
-        let mut keys: Vec<&mut KeyRun> = runs
-            .iter_mut()
-            .filter(|r| r.dataset.name == dataset.name)
-            .collect();
-        if keys.is_empty() {
-            continue;
-        }
-        let seed = config.seed
-            ^ mix64(
-                dataset
-                    .name
-                    .bytes()
-                    .fold(0, |h, b| h.wrapping_mul(31) + u64::from(b)),
-            );
-        let mut stream = DocStream::new(dataset, seed);
-        let fields = dataset.fields.len();
-        let rounds = u64::from(workload.cluster.balancer_rounds_per_step);
-        let mut docs: Vec<u64> = Vec::new();
-        for (step_index, &factor) in growth.iter().enumerate() {
-            keys.iter_mut().for_each(|k| k.start_step());
-            let writes = dataset.writes_per_step * factor;
-            let span_ms = dataset.step_days * DAY_MS;
-            let start_ms = step_index as u64 * span_ms;
-            let mut written = 0u64;
-            for round in 0..rounds {
-                let until = writes * (round + 1) / rounds;
-                docs.clear();
-                docs.resize(((until - written) as usize) * fields, 0);
-                for doc in docs.chunks_exact_mut(fields) {
-                    stream.fill(doc, start_ms + written * span_ms / writes);
-                    written += 1;
-                }
-                keys.par_iter_mut()
-                    .for_each(|k| k.round(&docs, workload.cluster.imbalance_chunks));
+    Ok((shards, growth, keys))
+}
+
+/// Grows one dataset step by step. Its write stream is drawn once, a balancer round at a time,
+/// and every key of that dataset routes the very same documents (in parallel), so keys are
+/// compared on equal terms.
+fn grow(
+    workload: &Workload,
+    dataset: &Dataset,
+    growth: &[u64],
+    seed: u64,
+    mut keys: Vec<&mut KeyRun>,
+) {
+    let name_hash = dataset
+        .name
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31) + u64::from(b));
+    let seed = seed ^ mix64(name_hash);
+    let mut stream = DocStream::new(dataset, seed);
+    let fields = dataset.fields.len();
+    let rounds = u64::from(workload.cluster.balancer_rounds_per_step);
+    let mut docs: Vec<u64> = Vec::new();
+    for (step_index, &factor) in growth.iter().enumerate() {
+        keys.iter_mut().for_each(|k| k.start_step());
+        let writes = dataset.writes_per_step * factor;
+        let span_ms = dataset.step_days * DAY_MS;
+        let start_ms = step_index as u64 * span_ms;
+        let mut written = 0u64;
+        for round in 0..rounds {
+            let until = writes * (round + 1) / rounds;
+            docs.clear();
+            docs.resize(((until - written) as usize) * fields, 0);
+            for doc in docs.chunks_exact_mut(fields) {
+                stream.fill(doc, start_ms + written * span_ms / writes);
+                written += 1;
             }
-            let now_ms = start_ms + span_ms;
             keys.par_iter_mut()
-                .for_each(|k| k.end_step(factor, writes, seed, now_ms));
+                .for_each(|k| k.round(&docs, workload.cluster.imbalance_chunks));
         }
+        let now_ms = start_ms + span_ms;
+        keys.par_iter_mut()
+            .for_each(|k| k.end_step(factor, writes, seed, now_ms));
     }
-    let results: Vec<KeyResult> = runs.into_iter().map(KeyRun::finish).collect();
-    let writes_simulated = results
-        .iter()
-        .flat_map(|r| &r.steps)
-        .map(|s| s.writes)
-        .sum();
-    Ok(ShardReport {
-        workload: workload.name.clone(),
-        shards,
-        growth,
-        seed: config.seed,
-        rounds_per_step: workload.cluster.balancer_rounds_per_step,
-        keys: results,
-        writes_simulated,
-    })
 }
 
 /// One candidate key's cluster as the experiment runs.

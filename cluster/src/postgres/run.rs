@@ -80,6 +80,19 @@ struct Shared {
 }
 
 impl Shared {
+    /// A run starting now on `nodes`, with the workload's `phases`.
+    fn new(nodes: &PgNodes, phases: Vec<Phase>, run: u64) -> Shared {
+        Shared {
+            started: Instant::now(),
+            ops: Mutex::new(Vec::new()),
+            samples: Mutex::new(Vec::new()),
+            phases,
+            db_nodes: nodes.len(),
+            nodes: nodes.clone(),
+            run,
+        }
+    }
+
     /// The client operations so far, in invocation order, numbered.
     fn history(&self) -> History {
         let mut ops = std::mem::take(&mut *self.ops.lock().expect("ops"));
@@ -211,15 +224,8 @@ async fn run_on_nodes(
         .wait_for_primary(None, Duration::from_secs(30))
         .await?;
     prepare_tables(&nodes, primary).await?;
-    let shared = Arc::new(Shared {
-        started: Instant::now(),
-        ops: Mutex::new(Vec::new()),
-        samples: Mutex::new(Vec::new()),
-        phases: pg.phases_or(scenario.duration_ms, scenario.workload.rate_per_s),
-        db_nodes: nodes.len(),
-        nodes: nodes.clone(),
-        run: run_number,
-    });
+    let phases = pg.phases_or(scenario.duration_ms, scenario.workload.rate_per_s);
+    let shared = Arc::new(Shared::new(&nodes, phases, run_number));
     let measuring_lag = !pg.phases.is_empty();
     let (stop_tx, stop) = watch::channel(false);
     let detection = Arc::new(Mutex::new(Detection::default()));

@@ -142,6 +142,107 @@ async fn a_retried_write_with_the_same_key_applies_once_even_when_the_copies_rac
     assert_eq!(total(&app, &[a]).await, 900);
 }
 
+/// A request that must be refused: method, path, body, status, and a phrase the error names.
+type BadInput = (&'static str, String, String, StatusCode, &'static str);
+
+/// Bad requests against users `a` (500 in the account) and `b`.
+fn bad_inputs(a: i64, b: i64) -> Vec<BadInput> {
+    let mut cases = bad_transfers(a, b);
+    cases.extend(bad_users_and_summaries());
+    cases
+}
+
+/// A POST that must be refused.
+fn post(path: &str, body: String, status: StatusCode, needle: &'static str) -> BadInput {
+    ("POST", path.to_string(), body, status, needle)
+}
+
+/// Transfers that must be refused, from `a` (500 in the account) to `b`.
+fn bad_transfers(a: i64, b: i64) -> Vec<BadInput> {
+    use StatusCode as S;
+    let amount =
+        |amount: &str| format!(r#"{{"from_user": {a}, "to_user": {b}, "amount_minor": {amount}}}"#);
+    let to = |to: &str| format!(r#"{{"from_user": {a}, "to_user": {to}, "amount_minor": 1}}"#);
+    let bad = |body: String, needle| post("/transfers", body, S::UNPROCESSABLE_ENTITY, needle);
+    vec![
+        post("/transfers", "{not json".into(), S::BAD_REQUEST, "JSON"),
+        bad(amount("-5"), "amount_minor must be an integer from 1"),
+        bad(amount("0"), "amount_minor must be"),
+        bad(amount("1.5"), "amount_minor"),
+        bad(amount("\"100\""), "amount_minor"),
+        bad(amount("99999999999999999999999"), "amount_minor"),
+        bad(amount("1000000000001"), "from 1 to 1000000000000"),
+        bad(amount("501"), "insufficient funds"),
+        post(
+            "/transfers",
+            to("999999"),
+            S::NOT_FOUND,
+            "user 999999 not found",
+        ),
+        bad(to(&a.to_string()), "must differ"),
+        bad(
+            format!(r#"{{"from_user": {a}, "to_user": {b}, "amount_minor": 1, "memo": 1}}"#),
+            "unknown field `memo`",
+        ),
+    ]
+}
+
+/// Users, deposits, lookups and activity summaries that must be refused.
+fn bad_users_and_summaries() -> Vec<BadInput> {
+    use StatusCode as S;
+    let user = |name: &str, email: &str| format!(r#"{{"name": "{name}", "email": "{email}"}}"#);
+    let get = |path: &str, status, needle| ("GET", path.to_string(), String::new(), status, needle);
+    let summary = "/users/1/activity/summary";
+    vec![
+        post(
+            "/users/abc/deposit",
+            r#"{"amount_minor": 1}"#.into(),
+            S::BAD_REQUEST,
+            "Invalid URL",
+        ),
+        post(
+            "/users",
+            user("x", "not-an-email"),
+            S::UNPROCESSABLE_ENTITY,
+            "email must look like",
+        ),
+        post(
+            "/users",
+            user("", "a@b.org"),
+            S::UNPROCESSABLE_ENTITY,
+            "name must be",
+        ),
+        post(
+            "/users",
+            user("Dup", "U1@EXAMPLE.ORG"),
+            S::CONFLICT,
+            "already exists",
+        ),
+        post(
+            "/users",
+            user(&"x".repeat(20_000), "big@example.org"),
+            S::PAYLOAD_TOO_LARGE,
+            "",
+        ),
+        get(
+            &format!("{summary}?from=2026-11-01&to=2026-11-30"),
+            S::SERVICE_UNAVAILABLE,
+            "activity events need MongoDB",
+        ),
+        get(
+            &format!("{summary}?from=yesterday&to=2026-11-30"),
+            S::UNPROCESSABLE_ENTITY,
+            "from must be a date YYYY-MM-DD",
+        ),
+        get(
+            &format!("{summary}?from=2026-11-30&to=2026-11-01"),
+            S::UNPROCESSABLE_ENTITY,
+            "1 to 366 days",
+        ),
+        get("/users/424242", S::NOT_FOUND, "user 424242 not found"),
+    ]
+}
+
 #[tokio::test]
 async fn bad_input_is_a_4xx_naming_the_problem_and_writes_nothing() {
     let _one = crate::one_at_a_time().await;
@@ -151,155 +252,9 @@ async fn bad_input_is_a_4xx_naming_the_problem_and_writes_nothing() {
     let app = app(&pg).await;
     let a = new_user(&app, 1, 500).await;
     let b = new_user(&app, 2, 0).await;
-    let transfer =
-        |amount: &str| format!(r#"{{"from_user": {a}, "to_user": {b}, "amount_minor": {amount}}}"#);
-    let cases: Vec<(String, &str, String, StatusCode, &str)> = vec![
-        (
-            "POST".into(),
-            "/transfers",
-            "{not json".into(),
-            StatusCode::BAD_REQUEST,
-            "JSON",
-        ),
-        (
-            "POST".into(),
-            "/transfers",
-            transfer("-5"),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "amount_minor must be an integer from 1",
-        ),
-        (
-            "POST".into(),
-            "/transfers",
-            transfer("0"),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "amount_minor must be",
-        ),
-        (
-            "POST".into(),
-            "/transfers",
-            transfer("1.5"),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "amount_minor",
-        ),
-        (
-            "POST".into(),
-            "/transfers",
-            transfer("\"100\""),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "amount_minor",
-        ),
-        (
-            "POST".into(),
-            "/transfers",
-            transfer("99999999999999999999999"),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "amount_minor",
-        ),
-        (
-            "POST".into(),
-            "/transfers",
-            transfer("1000000000001"),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "from 1 to 1000000000000",
-        ),
-        (
-            "POST".into(),
-            "/transfers",
-            transfer("501"),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "insufficient funds",
-        ),
-        (
-            "POST".into(),
-            "/transfers",
-            format!(r#"{{"from_user": {a}, "to_user": 999999, "amount_minor": 1}}"#),
-            StatusCode::NOT_FOUND,
-            "user 999999 not found",
-        ),
-        (
-            "POST".into(),
-            "/transfers",
-            format!(r#"{{"from_user": {a}, "to_user": {a}, "amount_minor": 1}}"#),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "must differ",
-        ),
-        (
-            "POST".into(),
-            "/transfers",
-            format!(r#"{{"from_user": {a}, "to_user": {b}, "amount_minor": 1, "memo": 1}}"#),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown field `memo`",
-        ),
-        (
-            "POST".into(),
-            "/users/abc/deposit",
-            r#"{"amount_minor": 1}"#.into(),
-            StatusCode::BAD_REQUEST,
-            "Invalid URL",
-        ),
-        (
-            "POST".into(),
-            "/users",
-            r#"{"name": "x", "email": "not-an-email"}"#.into(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "email must look like",
-        ),
-        (
-            "POST".into(),
-            "/users",
-            r#"{"name": "", "email": "a@b.org"}"#.into(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "name must be",
-        ),
-        (
-            "POST".into(),
-            "/users",
-            r#"{"name": "Dup", "email": "U1@EXAMPLE.ORG"}"#.into(),
-            StatusCode::CONFLICT,
-            "already exists",
-        ),
-        (
-            "POST".into(),
-            "/users",
-            format!(
-                r#"{{"name": "{}", "email": "big@example.org"}}"#,
-                "x".repeat(20_000)
-            ),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "",
-        ),
-        (
-            "GET".into(),
-            "/users/1/activity/summary?from=2026-11-01&to=2026-11-30",
-            String::new(),
-            StatusCode::SERVICE_UNAVAILABLE,
-            "activity events need MongoDB",
-        ),
-        (
-            "GET".into(),
-            "/users/1/activity/summary?from=yesterday&to=2026-11-30",
-            String::new(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "from must be a date YYYY-MM-DD",
-        ),
-        (
-            "GET".into(),
-            "/users/1/activity/summary?from=2026-11-30&to=2026-11-01",
-            String::new(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "1 to 366 days",
-        ),
-        (
-            "GET".into(),
-            "/users/424242",
-            String::new(),
-            StatusCode::NOT_FOUND,
-            "user 424242 not found",
-        ),
-    ];
+    let cases = bad_inputs(a, b);
     for (method, uri, body, expected, needle) in cases {
-        let (status, value) = call(&app, &method, uri, Some(&body)).await;
+        let (status, value) = call(&app, method, &uri, Some(&body)).await;
         assert_eq!(
             status,
             expected,

@@ -23,6 +23,27 @@ fn deposit(user: i64, amount: i64, key: &str) -> Request<Body> {
     )
 }
 
+/// Retries one deposit under one idempotency key until the service has found the new primary
+/// (within 30 s); every refusal meanwhile is a JSON 503.
+async fn deposit_until_the_new_primary_takes_it(app: &axum::Router, user: i64) {
+    let started = Instant::now();
+    let mut refused = Vec::new();
+    loop {
+        let Reply { status, body, .. } = send(app, deposit(user, 25, "after")).await;
+        if status == StatusCode::OK {
+            return;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body["error"].is_string(), "a JSON error: {body}");
+        refused.push(body);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "writes never reached the promoted replica: {refused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_follow_the_promoted_replica() {
     let _one = crate::one_at_a_time().await;
@@ -62,23 +83,7 @@ async fn writes_follow_the_promoted_replica() {
     old_primary.crash();
     replica.promote();
 
-    // Retry one deposit under one idempotency key until the service has found the new primary.
-    let started = Instant::now();
-    let mut refused = Vec::new();
-    loop {
-        let Reply { status, body, .. } = send(&app, deposit(user, 25, "after")).await;
-        if status == StatusCode::OK {
-            break;
-        }
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-        assert!(body["error"].is_string(), "a JSON error: {body}");
-        refused.push(body);
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "writes never reached the promoted replica: {refused:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    deposit_until_the_new_primary_takes_it(&app, user).await;
     assert_eq!(db.primary_name(), "b");
 
     // The write is on the promoted node, once, and the earlier one survived the crash.

@@ -18,13 +18,8 @@ fn nodes(plan: &Value, out: &mut Vec<Value>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_hot_query_uses_its_index_on_a_million_rows() {
-    let _one = crate::one_at_a_time().await;
-    let Some(pg) = TempPostgres::start("indexes") else {
-        return;
-    };
-    let pool = quorumlab_service::connect(&pg.url(), 4).await.unwrap();
+/// A million users with accounts and about as many movements between them, analysed.
+async fn fill_a_million_rows(pool: &sqlx::PgPool) {
     for statement in [
         format!(
             "INSERT INTO users (name, email) SELECT 'user ' || i, 'user' || i || '@example.org' \
@@ -39,13 +34,23 @@ async fn each_hot_query_uses_its_index_on_a_million_rows() {
         ),
         "ANALYZE".to_string(),
     ] {
-        sqlx::query(&statement).execute(&pool).await.unwrap();
+        sqlx::query(&statement).execute(pool).await.unwrap();
     }
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM movements")
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .unwrap();
     assert!(count > 900_000, "{count} movements");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_hot_query_uses_its_index_on_a_million_rows() {
+    let _one = crate::one_at_a_time().await;
+    let Some(pg) = TempPostgres::start("indexes") else {
+        return;
+    };
+    let pool = quorumlab_service::connect(&pg.url(), 4).await.unwrap();
+    fill_a_million_rows(&pool).await;
 
     let user = 424_242_i64;
     let profile = profile_sql(NameColumn::Name);
