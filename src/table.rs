@@ -2,11 +2,19 @@
 //! reality. Which metrics a system has is data ([`Metric`] lists in `experiment`); how a table
 //! looks is decided here, once.
 
-use quorumlab_experiment::measure::{Distribution, Metric};
+use quorumlab_experiment::measure::{Distribution, Metric, RunRecord};
 use serde::Serialize;
 
 /// One row: a metric's name and its distribution (`None`: no run had a value).
 pub type Row = (&'static str, Option<Distribution>);
+
+/// The summaries of `runs`, whatever the system and whether simulated or real.
+pub fn summaries<R: RunRecord>(runs: &[R]) -> Vec<R::Summary>
+where
+    R::Summary: Clone,
+{
+    runs.iter().map(|r| r.summary().clone()).collect()
+}
 
 /// Every metric's distribution over `runs`.
 pub fn distributions<S>(metrics: &[Metric<S>], runs: &[S]) -> Vec<Row> {

@@ -248,10 +248,7 @@ fn sweep_of_the_broken_build_exits_1_and_names_the_seed_to_replay() {
 
 #[test]
 fn cluster_up_without_root_is_one_line_and_exit_2() {
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let is_root = quorumlab_cluster::hosts::is_root();
     if !is_root || !std::path::Path::new("/usr/sbin/runuser").exists() {
         // Not root already: the plain call must refuse (unless etcd is missing, which it reports).
         let out = quorumlab(&[

@@ -97,7 +97,7 @@ fn lag_is_measured_three_ways_and_never_negative() {
 
     // The same measurement of a cluster known only by its URLs, as an operator would run it.
     let password = lab.postgres.as_ref().unwrap().superuser_password.clone();
-    let urls: Vec<String> = (1..=3)
+    let urls: Vec<String> = NodeId::all(3)
         .rev()
         .map(|i| {
             format!(
@@ -151,7 +151,7 @@ fn an_isolated_primary_is_demoted_and_its_lost_writes_are_exactly_the_missing_ro
     );
 
     // Compare the client's log with the new primary's table directly.
-    let new_primary: usize = s.new_primary.as_ref().unwrap()[1..].parse().unwrap();
+    let new_primary: NodeId = s.new_primary.as_ref().unwrap().parse().unwrap();
     let in_table: BTreeSet<u64> = rt.block_on(async {
         let mut conn = postgres::connect(&lab, new_primary, Duration::from_secs(5))
             .await
@@ -213,10 +213,10 @@ fn synchronous_mode_loses_no_acknowledged_write_across_five_failovers() {
         );
         acked += s.acked_writes;
         // The killed node comes back: Patroni rewinds it and it follows the new primary.
-        let old: usize = s.old_primary.as_ref().unwrap()[1..].parse().unwrap();
-        let new: usize = s.new_primary.as_ref().unwrap()[1..].parse().unwrap();
+        let old: NodeId = s.old_primary.as_ref().unwrap().parse().unwrap();
+        let new: NodeId = s.new_primary.as_ref().unwrap().parse().unwrap();
         rt.block_on(async {
-            postgres::signal_patroni(&lab, NodeId(old as u64), Action::Start)
+            postgres::signal_patroni(&lab, old, Action::Start)
                 .await
                 .unwrap();
             postgres::wait_for_streaming(&lab, new, 2, Duration::from_secs(120))
@@ -289,10 +289,10 @@ fn the_service_follows_a_patroni_failover() {
         // then counts the retried write exactly.
         let lsn = token.strip_prefix("pg:").unwrap().to_string();
         let nodes = postgres::PgNodes::of_lab(&lab).unwrap();
-        for i in (1..=3).filter(|&i| i != old) {
+        for i in NodeId::all(3).filter(|&i| i != old) {
             wait_for_replay(&nodes, i, &lsn).await;
         }
-        postgres::signal_patroni(&lab, NodeId(old as u64), Action::Kill)
+        postgres::signal_patroni(&lab, old, Action::Kill)
             .await
             .unwrap();
         let token = deposit_until_promoted(&client, &base, user).await;
@@ -355,7 +355,7 @@ async fn create_user_once_up(client: &reqwest::Client, base: &str) -> i64 {
 }
 
 /// Waits (up to 30 s) until node `i` has replayed past `lsn`.
-async fn wait_for_replay(nodes: &postgres::PgNodes, i: usize, lsn: &str) {
+async fn wait_for_replay(nodes: &postgres::PgNodes, i: NodeId, lsn: &str) {
     let mut conn = nodes.connect(i, Duration::from_secs(5)).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn")
@@ -366,7 +366,7 @@ async fn wait_for_replay(nodes: &postgres::PgNodes, i: usize, lsn: &str) {
     {
         assert!(
             std::time::Instant::now() < deadline,
-            "n{i} never replayed {lsn}"
+            "{i} never replayed {lsn}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -8,6 +8,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 
+use quorumlab_experiment::node::NodeId;
+
 /// Why a host operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -59,13 +61,18 @@ fn ip(args: &[&str]) -> Result<(), HostError> {
 
 impl LabNet {
     /// Namespace of host `i`.
-    pub fn namespace(&self, i: usize) -> String {
-        format!("ql{}-n{i}", self.id)
+    pub fn namespace(&self, host: NodeId) -> String {
+        format!("ql{}-{host}", self.id)
     }
 
     /// Address of host `i`.
-    pub fn addr(&self, i: usize) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::new(10, 77, self.id, 10 + i as u8))
+    pub fn addr(&self, host: NodeId) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 77, self.id, 10 + host.0 as u8))
+    }
+
+    /// Every host of the lab, `n1` first.
+    pub fn nodes(&self) -> impl Iterator<Item = NodeId> {
+        NodeId::all(self.hosts)
     }
 
     /// The driver's address on the bridge.
@@ -77,8 +84,8 @@ impl LabNet {
         format!("ql{}br", self.id)
     }
 
-    fn veth(&self, i: usize) -> String {
-        format!("ql{}v{i}", self.id)
+    fn veth(&self, host: NodeId) -> String {
+        format!("ql{}v{}", self.id, host.0)
     }
 
     /// Creates the bridge and every host. On failure, removes whatever it had created.
@@ -100,10 +107,10 @@ impl LabNet {
         ip(&["link", "add", &bridge, "type", "bridge"])?;
         ip(&["addr", "add", &gateway, "dev", &bridge])?;
         ip(&["link", "set", &bridge, "up"])?;
-        for i in 1..=self.hosts {
-            let ns = self.namespace(i);
-            let veth = self.veth(i);
-            let addr = format!("{}/24", self.addr(i));
+        for host in self.nodes() {
+            let ns = self.namespace(host);
+            let veth = self.veth(host);
+            let addr = format!("{}/24", self.addr(host));
             ip(&["netns", "add", &ns])?;
             ip(&[
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
@@ -120,9 +127,9 @@ impl LabNet {
     /// Removes every host and the bridge; whatever is already gone is skipped, so it is safe to
     /// call twice or after a partial failure.
     pub fn destroy(&self) {
-        for i in 1..=self.hosts {
-            let _ = ip(&["link", "del", &self.veth(i)]);
-            let _ = ip(&["netns", "del", &self.namespace(i)]);
+        for host in self.nodes() {
+            let _ = ip(&["link", "del", &self.veth(host)]);
+            let _ = ip(&["netns", "del", &self.namespace(host)]);
         }
         let _ = ip(&["link", "del", &self.bridge()]);
     }

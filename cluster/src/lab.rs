@@ -87,9 +87,9 @@ pub struct Lab {
     pub postgres: Option<PgCluster>,
 }
 
-/// The services host `i` (1-based) may run, given the lab's hosts and that host's directory.
+/// The services a host may run, given the lab's hosts, the host and its directory.
 pub type HostServices<'a> =
-    &'a dyn Fn(&LabNet, usize, &Path) -> Result<BTreeMap<String, ServiceSpec>, LabError>;
+    &'a dyn Fn(&LabNet, NodeId, &Path) -> Result<BTreeMap<String, ServiceSpec>, LabError>;
 
 pub(crate) fn agent_error(host: NodeId, status: tonic::Status) -> LabError {
     LabError::Agent {
@@ -134,9 +134,9 @@ impl Lab {
         state_dir.join("lab.json")
     }
 
-    /// The agent address of host `i`.
-    pub fn agent_addr(&self, i: usize) -> SocketAddr {
-        SocketAddr::new(self.net.addr(i), AGENT_PORT)
+    /// The agent address of `host`.
+    pub fn agent_addr(&self, host: NodeId) -> SocketAddr {
+        SocketAddr::new(self.net.addr(host), AGENT_PORT)
     }
 
     /// Reads the lab recorded in `state_dir`.
@@ -210,29 +210,31 @@ impl Lab {
         self.net.create()?;
         let token_file = self.state_dir.join("agent.token");
         write_secret(&token_file, self.token.as_bytes())?;
-        for i in 1..=self.net.hosts {
-            let dir = self.state_dir.join(format!("n{i}"));
+        for host in self.net.nodes() {
+            let dir = self.state_dir.join(host.to_string());
             std::fs::create_dir_all(&dir).map_err(|e| state_err(&dir, e))?;
             let config = AgentConfig {
-                listen: self.agent_addr(i),
+                listen: self.agent_addr(host),
                 token_file: token_file.clone(),
-                services: services(&self.net, i, &dir)?,
-                peers: (1..=self.net.hosts)
-                    .filter(|&j| j != i)
-                    .map(|j| (format!("n{j}"), self.net.addr(j)))
+                services: services(&self.net, host, &dir)?,
+                peers: self
+                    .net
+                    .nodes()
+                    .filter(|&peer| peer != host)
+                    .map(|peer| (peer.to_string(), self.net.addr(peer)))
                     .collect(),
             };
-            let pid = self.start_agent(i, &dir, &config, agent_binary)?;
+            let pid = self.start_agent(host, &dir, &config, agent_binary)?;
             self.agent_pids.push(pid);
             self.save()?;
         }
         Ok(())
     }
 
-    /// Writes host `i`'s agent configuration and starts its agent inside the host's namespace.
+    /// Writes `host`'s agent configuration and starts its agent inside the host's namespace.
     fn start_agent(
         &self,
-        i: usize,
+        host: NodeId,
         dir: &Path,
         config: &AgentConfig,
         agent_binary: &Path,
@@ -247,7 +249,7 @@ impl Lab {
         let err_log = log.try_clone().map_err(|e| state_err(dir, e))?;
         use std::os::unix::process::CommandExt;
         let child = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.net.namespace(i)])
+            .args(["netns", "exec", &self.net.namespace(host)])
             .arg(agent_binary)
             .args(["agent", "--config"])
             .arg(&config_file)
@@ -262,7 +264,7 @@ impl Lab {
 
     /// A client for `host`'s agent.
     pub async fn agent(&self, host: NodeId) -> Result<AgentClient, LabError> {
-        let addr = self.agent_addr(host.0 as usize);
+        let addr = self.agent_addr(host);
         connect(addr, &self.token, Duration::from_secs(10))
             .await
             .map_err(LabError::Timeout)
@@ -321,8 +323,8 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(20));
         }
         // Then make sure: whatever still runs in the lab's namespaces is killed.
-        for i in 1..=lab.net.hosts {
-            kill_namespace_processes(&lab.net.namespace(i));
+        for host in lab.net.nodes() {
+            kill_namespace_processes(&lab.net.namespace(host));
         }
         lab.net.destroy();
         std::fs::remove_dir_all(state_dir).map_err(|e| state_err(state_dir, e))?;

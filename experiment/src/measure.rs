@@ -88,6 +88,22 @@ pub trait RunRecord {
     fn history(&self) -> &History;
 }
 
+/// Implements [`RunRecord`] for a run type with `summary` and `history` fields.
+#[macro_export]
+macro_rules! run_record {
+    ($run:ty, $summary:ty) => {
+        impl $crate::measure::RunRecord for $run {
+            type Summary = $summary;
+            fn summary(&self) -> &$summary {
+                &self.summary
+            }
+            fn history(&self) -> &$crate::history::History {
+                &self.history
+            }
+        }
+    };
+}
+
 /// Percentiles of one metric over many runs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Distribution {

@@ -25,8 +25,21 @@ impl NodeId {
     }
 
     /// Every node of a cluster of `count`, in order.
-    pub fn all(count: usize) -> impl Iterator<Item = NodeId> {
+    pub fn all(count: usize) -> impl DoubleEndedIterator<Item = NodeId> {
         (1..=count as u64).map(NodeId)
+    }
+}
+
+impl std::str::FromStr for NodeId {
+    type Err = String;
+
+    /// Reads a host name: `n3` is `NodeId(3)`.
+    fn from_str(s: &str) -> Result<NodeId, String> {
+        s.strip_prefix('n')
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|&n| n >= 1)
+            .map(NodeId)
+            .ok_or_else(|| format!("'{s}' is not a node name (n1, n2, ...)"))
     }
 }
 

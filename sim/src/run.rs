@@ -14,7 +14,7 @@ use quorumlab_experiment::fault::{
     plan_fault, Chaos, Disruption, Fault, FaultExecutor, FaultStep, NodeRef, NodeState,
 };
 use quorumlab_experiment::history::History;
-use quorumlab_experiment::measure::{RunRecord, RunSummary};
+use quorumlab_experiment::measure::RunSummary;
 use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::report::{FaultSpan, MessageArrow, RoleSpan, Timeline};
 use quorumlab_experiment::scenario::Scenario;
@@ -99,15 +99,7 @@ pub struct RunOutput {
     pub views: Vec<Vec<NodeView>>,
 }
 
-impl RunRecord for RunOutput {
-    type Summary = RunSummary;
-    fn summary(&self) -> &RunSummary {
-        &self.summary
-    }
-    fn history(&self) -> &History {
-        &self.history
-    }
-}
+quorumlab_experiment::run_record!(RunOutput, RunSummary);
 
 /// The etcd simulator as a fault runner: turmoil cuts links and crashes hosts, and senders drop,
 /// duplicate and delay Raft messages, so it carries out every fault.

@@ -41,6 +41,16 @@ pub struct SweepOptions {
     pub step_ms: Option<u64>,
 }
 
+impl SweepOptions {
+    /// The command that replays one seed of this sweep, e.g. `quorumlab sim pg-lag --seed 7`.
+    pub fn replay(&self, seed: u64) -> String {
+        let nodes = self
+            .nodes
+            .map_or(String::new(), |n| format!(" --nodes {n}"));
+        format!("quorumlab sim {} --seed {seed}{nodes}", self.named)
+    }
+}
+
 /// How `run` and `compare` were asked to use a real lab.
 pub struct RealOptions<'a> {
     /// Runs (and, for `compare`, seeds).

@@ -56,8 +56,8 @@ pub struct EtcdTiming {
 impl Lab {
     /// Client endpoints of every member.
     pub fn endpoints(&self) -> Vec<String> {
-        (1..=self.etcd_members)
-            .map(|i| format!("http://{}:{CLIENT_PORT}", self.net.addr(i)))
+        NodeId::all(self.etcd_members)
+            .map(|member| format!("http://{}:{CLIENT_PORT}", self.net.addr(member)))
             .collect()
     }
 
@@ -90,13 +90,11 @@ impl Lab {
         if !Path::new(ETCD_BINARY).exists() {
             return Err(LabError::NoEtcd(ETCD_BINARY));
         }
-        let with_etcd = |net: &LabNet, i: usize, dir: &Path| {
-            let mut host_services = services(net, i, dir)?;
-            if i <= etcd_members {
-                host_services.insert(
-                    "etcd".into(),
-                    etcd_member(net, i, etcd_members, timing, dir),
-                );
+        let with_etcd = |net: &LabNet, host: NodeId, dir: &Path| {
+            let mut host_services = services(net, host, dir)?;
+            if host.index() < etcd_members {
+                let member = etcd_member(net, host, etcd_members, timing, dir);
+                host_services.insert("etcd".into(), member);
             }
             Ok(host_services)
         };
@@ -148,20 +146,20 @@ impl Lab {
     }
 }
 
-/// The etcd service of member `i` (its flags name every member of the initial cluster).
+/// The etcd service of `member` (its flags name every member of the initial cluster).
 fn etcd_member(
     net: &LabNet,
-    i: usize,
+    member: NodeId,
     members: usize,
     timing: EtcdTiming,
     dir: &Path,
 ) -> ServiceSpec {
-    let initial_cluster: Vec<String> = (1..=members)
-        .map(|m| format!("n{m}=http://{}:{PEER_PORT}", net.addr(m)))
+    let initial_cluster: Vec<String> = NodeId::all(members)
+        .map(|m| format!("{m}=http://{}:{PEER_PORT}", net.addr(m)))
         .collect();
-    let addr = net.addr(i);
+    let addr = net.addr(member);
     let args = vec![
-        format!("--name=n{i}"),
+        format!("--name={member}"),
         format!("--data-dir={}", dir.join("etcd-data").display()),
         format!("--listen-peer-urls=http://{addr}:{PEER_PORT}"),
         format!("--initial-advertise-peer-urls=http://{addr}:{PEER_PORT}"),
@@ -242,7 +240,7 @@ impl StatusProbe {
             .into_iter()
             .enumerate()
             .map(|(i, (endpoint, answer))| {
-                let name = format!("n{}", i + 1);
+                let name = NodeId::from_index(i).to_string();
                 match answer {
                     Some(((leader, term, raft_index), client)) => {
                         self.clients[i] = Some(client);

@@ -16,7 +16,7 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
 use quorumlab_experiment::checker::{check_history, CheckLimits};
 use quorumlab_experiment::fault::{plan_fault, Disruption, Fault, NodeState};
 use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
-use quorumlab_experiment::measure::{Distribution, RunRecord, RunSummary};
+use quorumlab_experiment::measure::{Distribution, RunSummary};
 use quorumlab_experiment::register::RegisterClient;
 use quorumlab_experiment::scenario::Scenario;
 use serde::{Deserialize, Serialize};
@@ -65,15 +65,7 @@ pub struct RealRun {
     pub history: History,
 }
 
-impl RunRecord for RealRun {
-    type Summary = RunSummary;
-    fn summary(&self) -> &RunSummary {
-        &self.summary
-    }
-    fn history(&self) -> &History {
-        &self.history
-    }
-}
+quorumlab_experiment::run_record!(RealRun, RunSummary);
 
 struct Shared {
     started: Instant,

@@ -85,11 +85,11 @@ impl PgNodes {
     pub fn of_lab(lab: &Lab) -> Result<PgNodes, LabError> {
         let pg = cluster(lab)?;
         Ok(PgNodes {
-            options: (1..=pg.db_nodes)
-                .map(|i| pg.connect_options(&lab.net, i))
+            options: NodeId::all(pg.db_nodes)
+                .map(|id| pg.connect_options(&lab.net, id))
                 .collect(),
-            names: (1..=pg.db_nodes)
-                .map(|i| format!("n{i} ({}:{PG_PORT})", lab.net.addr(i)))
+            names: NodeId::all(pg.db_nodes)
+                .map(|id| format!("{id} ({}:{PG_PORT})", lab.net.addr(id)))
                 .collect(),
         })
     }
@@ -107,8 +107,8 @@ impl PgNodes {
                 ))
             })?;
             names.push(format!(
-                "n{} ({}:{})",
-                names.len() + 1,
+                "{} ({}:{})",
+                NodeId::from_index(names.len()),
                 parsed.get_host(),
                 parsed.get_port()
             ));
@@ -140,11 +140,16 @@ impl PgNodes {
         self.options.is_empty()
     }
 
-    /// Opens a connection to node `i` (1-based) within `timeout`.
-    pub async fn connect(&self, i: usize, timeout: Duration) -> Result<PgConnection, LabError> {
-        let name = &self.names[i - 1];
-        match tokio::time::timeout(timeout, PgConnection::connect_with(&self.options[i - 1])).await
-        {
+    /// Every node, `n1` first.
+    pub fn ids(&self) -> impl Iterator<Item = NodeId> {
+        NodeId::all(self.len())
+    }
+
+    /// Opens a connection to node `id` within `timeout`.
+    pub async fn connect(&self, id: NodeId, timeout: Duration) -> Result<PgConnection, LabError> {
+        let name = &self.names[id.index()];
+        let options = &self.options[id.index()];
+        match tokio::time::timeout(timeout, PgConnection::connect_with(options)).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(pg_err(&format!("cannot reach Postgres on {name}"), e)),
             Err(_) => Err(LabError::Postgres(format!(
@@ -164,16 +169,16 @@ impl PgNodes {
     /// Waits until some node (`expected`, or any) says it is the primary; returns its number.
     pub async fn wait_for_primary(
         &self,
-        expected: Option<usize>,
+        expected: Option<NodeId>,
         limit: Duration,
-    ) -> Result<usize, LabError> {
+    ) -> Result<NodeId, LabError> {
         let deadline = Instant::now() + limit;
         let mut probe = self.role_probe();
         let found = loop {
             let mut found = None;
-            for i in (1..=self.len()).filter(|&i| expected.is_none_or(|e| e == i)) {
-                if probe.is_primary(i, Duration::from_secs(1)).await {
-                    found = Some(i);
+            for id in self.ids().filter(|&id| expected.is_none_or(|e| e == id)) {
+                if probe.is_primary(id, Duration::from_secs(1)).await {
+                    found = Some(id);
                     break;
                 }
             }
@@ -200,11 +205,11 @@ pub struct RoleProbe<'a> {
 }
 
 impl RoleProbe<'_> {
-    /// Whether node `i` (1-based) answers within `timeout` that it is not in recovery.
-    pub async fn is_primary(&mut self, i: usize, timeout: Duration) -> bool {
-        let slot = &mut self.conns[i - 1];
+    /// Whether node `id` answers within `timeout` that it is not in recovery.
+    pub async fn is_primary(&mut self, id: NodeId, timeout: Duration) -> bool {
+        let slot = &mut self.conns[id.index()];
         if slot.is_none() {
-            *slot = self.nodes.connect(i, timeout).await.ok();
+            *slot = self.nodes.connect(id, timeout).await.ok();
         }
         let Some(conn) = slot.as_mut() else {
             return false;
@@ -245,9 +250,9 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Opens a connection to host `i`'s Postgres within `timeout`.
-pub async fn connect(lab: &Lab, i: usize, timeout: Duration) -> Result<PgConnection, LabError> {
-    PgNodes::of_lab(lab)?.connect(i, timeout).await
+/// Opens a connection to `host`'s Postgres within `timeout`.
+pub async fn connect(lab: &Lab, host: NodeId, timeout: Duration) -> Result<PgConnection, LabError> {
+    PgNodes::of_lab(lab)?.connect(host, timeout).await
 }
 
 /// The lab's Postgres cluster, or an error naming the lab as etcd-only.
@@ -262,21 +267,21 @@ pub fn cluster(lab: &Lab) -> Result<&PgCluster, LabError> {
 
 fn patroni_config(
     net: &LabNet,
-    i: usize,
+    host: NodeId,
     dir: &Path,
     settings: &PatroniSettings,
     passwords: &[String; 3],
 ) -> serde_json::Value {
-    let addr = net.addr(i);
-    let etcd_hosts: Vec<String> = (1..=ETCD_MEMBERS)
-        .map(|j| format!("{}:{CLIENT_PORT}", net.addr(j)))
+    let addr = net.addr(host);
+    let etcd_hosts: Vec<String> = NodeId::all(ETCD_MEMBERS)
+        .map(|member| format!("{}:{CLIENT_PORT}", net.addr(member)))
         .collect();
     let subnet = format!("10.77.{}.0/24", net.id);
     // YAML is a superset of JSON, so Patroni reads this as it is.
     serde_json::json!({
         "scope": SCOPE,
         "namespace": "/service/",
-        "name": format!("n{i}"),
+        "name": host.to_string(),
         "log": {"level": "INFO"},
         "restapi": {
             "listen": format!("{addr}:{PATRONI_PORT}"),
@@ -387,11 +392,11 @@ pub async fn up(
     traversable(state_dir)?;
     let db_nodes = replicas + 1;
     let passwords = [random_token()?, random_token()?, random_token()?];
-    let services = |net: &LabNet, i: usize, dir: &Path| {
-        if i > db_nodes {
+    let services = |net: &LabNet, host: NodeId, dir: &Path| {
+        if host.index() >= db_nodes {
             return Ok(BTreeMap::new());
         }
-        patroni_service(net, i, dir, settings, &passwords)
+        patroni_service(net, host, dir, settings, &passwords)
     };
     let hosts = db_nodes.max(ETCD_MEMBERS);
     let timing = EtcdTiming {
@@ -441,14 +446,14 @@ fn check_can_start(replicas: usize, settings: &PatroniSettings) -> Result<(), La
 /// log, owned by the postgres user it runs as; killing it kills its postmaster too.
 fn patroni_service(
     net: &LabNet,
-    i: usize,
+    host: NodeId,
     dir: &Path,
     settings: &PatroniSettings,
     passwords: &[String; 3],
 ) -> Result<BTreeMap<String, ServiceSpec>, LabError> {
     chown_to_postgres(dir)?;
     let config_file = dir.join("patroni.yml");
-    let config = patroni_config(net, i, dir, settings, passwords);
+    let config = patroni_config(net, host, dir, settings, passwords);
     let text = serde_json::to_string_pretty(&config).expect("config serialises");
     write_secret(&config_file, text.as_bytes())?;
     chown_to_postgres(&config_file)?;
@@ -469,11 +474,11 @@ fn patroni_service(
 async fn start_patroni(lab: &Lab, db_nodes: usize) -> Result<(), LabError> {
     lab.save()?;
     signal_patroni(lab, NodeId(1), Action::Start).await?;
-    wait_for_primary(lab, Some(1), Duration::from_secs(90)).await?;
+    wait_for_primary(lab, Some(NodeId(1)), Duration::from_secs(90)).await?;
     for replica in NodeId::all(db_nodes).skip(1) {
         signal_patroni(lab, replica, Action::Start).await?;
     }
-    wait_for_streaming(lab, 1, db_nodes - 1, Duration::from_secs(120)).await
+    wait_for_streaming(lab, NodeId(1), db_nodes - 1, Duration::from_secs(120)).await
 }
 
 /// Asks `host`'s agent to start, stop, kill, pause or resume Patroni (and with a kill, its
@@ -485,9 +490,9 @@ pub async fn signal_patroni(lab: &Lab, host: NodeId, action: Action) -> Result<(
 /// Waits until a primary is found (`expected`, or any node); returns its host number.
 pub async fn wait_for_primary(
     lab: &Lab,
-    expected: Option<usize>,
+    expected: Option<NodeId>,
     limit: Duration,
-) -> Result<usize, LabError> {
+) -> Result<NodeId, LabError> {
     PgNodes::of_lab(lab)?
         .wait_for_primary(expected, limit)
         .await
@@ -504,7 +509,7 @@ pub async fn wait_for_primary(
 /// them synchronous in synchronous mode).
 pub async fn wait_for_streaming(
     lab: &Lab,
-    primary: usize,
+    primary: NodeId,
     replicas: usize,
     limit: Duration,
 ) -> Result<(), LabError> {
@@ -512,9 +517,9 @@ pub async fn wait_for_streaming(
     let sync = pg.patroni.mode == ReplicationMode::Sync;
     // Patroni names each standby's connection after its member; pg_basebackup's own WAL stream
     // while a replica is still being cloned also shows as 'streaming', and must not count.
-    let members: Vec<String> = (1..=pg.db_nodes)
-        .filter(|&i| i != primary)
-        .map(|i| format!("n{i}"))
+    let members: Vec<String> = NodeId::all(pg.db_nodes)
+        .filter(|&id| id != primary)
+        .map(|id| id.to_string())
         .collect();
     let deadline = Instant::now() + limit;
     loop {
@@ -538,7 +543,7 @@ pub async fn wait_for_streaming(
         }
         if Instant::now() >= deadline {
             return Err(LabError::Timeout(format!(
-                "{replicas} replicas did not all stream from n{primary} within {limit:?}; see {}/n*/patroni.log",
+                "{replicas} replicas did not all stream from {primary} within {limit:?}; see {}/n*/patroni.log",
                 lab.state_dir.display()
             )));
         }
@@ -546,10 +551,10 @@ pub async fn wait_for_streaming(
     }
 }
 
-async fn node_status(lab: &Lab, i: usize, timeout: Duration) -> PgNodeStatus {
+async fn node_status(lab: &Lab, id: NodeId, timeout: Duration) -> PgNodeStatus {
     let mut status = PgNodeStatus {
-        name: format!("n{i}"),
-        endpoint: format!("{}:{PG_PORT}", lab.net.addr(i)),
+        name: id.to_string(),
+        endpoint: format!("{}:{PG_PORT}", lab.net.addr(id)),
         up: false,
         role: String::new(),
         timeline: 0,
@@ -557,7 +562,7 @@ async fn node_status(lab: &Lab, i: usize, timeout: Duration) -> PgNodeStatus {
         replayed_lsn: String::new(),
         lag_bytes: None,
     };
-    let Ok(mut conn) = connect(lab, i, timeout).await else {
+    let Ok(mut conn) = connect(lab, id, timeout).await else {
         return status;
     };
     let row = tokio::time::timeout(
@@ -592,12 +597,12 @@ async fn node_status(lab: &Lab, i: usize, timeout: Duration) -> PgNodeStatus {
 pub async fn status(lab: &Lab, timeout: Duration) -> Result<Vec<PgNodeStatus>, LabError> {
     let db_nodes = cluster(lab)?.db_nodes;
     let mut nodes = Vec::with_capacity(db_nodes);
-    for i in 1..=db_nodes {
-        nodes.push(node_status(lab, i, timeout).await);
+    for id in NodeId::all(db_nodes) {
+        nodes.push(node_status(lab, id, timeout).await);
     }
     let primary = nodes.iter().position(|n| n.role == "primary");
     if let Some(p) = primary {
-        if let Ok(mut conn) = connect(lab, p + 1, timeout).await {
+        if let Ok(mut conn) = connect(lab, NodeId::from_index(p), timeout).await {
             for n in &mut nodes {
                 if !n.up {
                     continue;
@@ -616,9 +621,9 @@ pub async fn status(lab: &Lab, timeout: Duration) -> Result<Vec<PgNodeStatus>, L
     Ok(nodes)
 }
 
-/// The directory of host `i` in `lab`.
-pub fn host_dir(lab: &Lab, i: usize) -> PathBuf {
-    lab.state_dir.join(format!("n{i}"))
+/// The directory of `host` in `lab`.
+pub fn host_dir(lab: &Lab, host: NodeId) -> PathBuf {
+    lab.state_dir.join(host.to_string())
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, ConnectOptions};
 use quorumlab_experiment::fault::{plan_fault, Fault, FaultExecutor, NodeState};
 use quorumlab_experiment::history::{History, Op, Outcome};
-use quorumlab_experiment::measure::RunRecord;
+use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::postgres::{phase_at, Phase, ReplicationMode};
 use quorumlab_experiment::replication::{
     compose_write_id, reduce_lag, summarize, write_op, FailoverObservation, LagMethod, LagSample,
@@ -59,15 +59,7 @@ pub struct PgRealRun {
     pub history: History,
 }
 
-impl RunRecord for PgRealRun {
-    type Summary = PgRunSummary;
-    fn summary(&self) -> &PgRunSummary {
-        &self.summary
-    }
-    fn history(&self) -> &History {
-        &self.history
-    }
-}
+quorumlab_experiment::run_record!(PgRealRun, PgRunSummary);
 
 struct Shared {
     started: Instant,
@@ -116,11 +108,11 @@ impl Shared {
         self.ops.lock().expect("ops").push(op);
     }
 
-    fn sample(&self, replica: usize, method: LagMethod, value: Option<f64>) {
+    fn sample(&self, replica: NodeId, method: LagMethod, value: Option<f64>) {
         let phase = self.phase_at(self.now_us()).name.clone();
         self.samples.lock().expect("samples").push(LagSample {
             phase,
-            replica: format!("n{replica}"),
+            replica: replica.to_string(),
             method,
             value,
         });
@@ -187,8 +179,8 @@ pub async fn run_on_urls(scenario: &Scenario, urls: &[String]) -> Result<PgRealR
             reason,
         })?;
     let nodes = PgNodes::from_urls(urls)?;
-    for i in 1..=nodes.len() {
-        let conn = nodes.connect(i, Duration::from_secs(5)).await?;
+    for id in nodes.ids() {
+        let conn = nodes.connect(id, Duration::from_secs(5)).await?;
         let _ = conn.close().await;
     }
     let primary = nodes.wait_for_primary(None, Duration::from_secs(5)).await?;
@@ -251,8 +243,8 @@ async fn run_on_nodes(
     let detected_at_us = detection.lock().expect("detection").detected_at_us;
     let seen = FailoverObservation {
         fault_at_us,
-        old_primary: Some(format!("n{primary}")),
-        new_primary: Some(format!("n{new_primary}")),
+        old_primary: Some(primary.to_string()),
+        new_primary: Some(new_primary.to_string()),
         detected_at_us,
         surviving_ids: surviving_ids(&nodes, new_primary).await?,
         end_us,
@@ -282,7 +274,7 @@ async fn run_on_nodes(
 fn spawn_workload(
     shared: &Arc<Shared>,
     scenario: &Scenario,
-    primary: usize,
+    primary: NodeId,
     measuring_lag: bool,
     stop: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -309,7 +301,7 @@ fn spawn_workload(
         let beat = heartbeat(shared.clone(), primary_rx.clone(), stop.clone());
         tasks.push(tokio::spawn(beat));
         tasks.push(tokio::spawn(view_sampler(shared.clone(), stop.clone())));
-        for replica in (1..=shared.db_nodes).filter(|&i| i != primary) {
+        for replica in shared.nodes.ids().filter(|&id| id != primary) {
             let watcher = heartbeat_watcher(shared.clone(), replica, stop.clone());
             tasks.push(tokio::spawn(watcher));
         }
@@ -325,7 +317,7 @@ async fn fire_faults(
     lab: Option<&Lab>,
     scenario: &Scenario,
     shared: &Shared,
-    primary: usize,
+    primary: NodeId,
     detection: &Mutex<Detection>,
 ) -> Result<(Vec<FiredFault>, Option<u64>), RunError> {
     let Some(lab) = lab else {
@@ -335,10 +327,12 @@ async fn fire_faults(
     for step in &scenario.faults {
         let at = shared.started + Duration::from_millis(step.at_ms);
         tokio::time::sleep_until(at.into()).await;
-        let states: Vec<NodeState> = (1..=lab.net.hosts)
-            .map(|i| NodeState {
+        let states: Vec<NodeState> = lab
+            .net
+            .nodes()
+            .map(|host| NodeState {
                 term: 0,
-                leader: i == primary,
+                leader: host == primary,
                 crashed: false,
             })
             .collect();
@@ -355,7 +349,7 @@ async fn fire_faults(
     Ok((fired, fault_at_us))
 }
 
-async fn prepare_tables(nodes: &PgNodes, primary: usize) -> Result<(), LabError> {
+async fn prepare_tables(nodes: &PgNodes, primary: NodeId) -> Result<(), LabError> {
     let mut conn = nodes.connect(primary, Duration::from_secs(5)).await?;
     for statement in [
         "CREATE TABLE IF NOT EXISTS ql_writes (id bigint PRIMARY KEY, client int NOT NULL, \
@@ -372,7 +366,7 @@ async fn prepare_tables(nodes: &PgNodes, primary: usize) -> Result<(), LabError>
     Ok(())
 }
 
-async fn surviving_ids(nodes: &PgNodes, primary: usize) -> Result<BTreeSet<u64>, LabError> {
+async fn surviving_ids(nodes: &PgNodes, primary: NodeId) -> Result<BTreeSet<u64>, LabError> {
     let mut conn = nodes.connect(primary, Duration::from_secs(5)).await?;
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM ql_writes")
         .fetch_all(&mut conn)
@@ -424,10 +418,10 @@ async fn writer(
     client: u32,
     clients: u64,
     timeout: Duration,
-    mut primary: watch::Receiver<usize>,
+    mut primary: watch::Receiver<NodeId>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut conn: Option<(usize, PgConnection)> = None;
+    let mut conn: Option<(NodeId, PgConnection)> = None;
     let mut n: u64 = 0;
     let mut next_at = Instant::now();
     while !*stop.borrow() {
@@ -469,7 +463,7 @@ async fn writer(
             next_id,
             (invoke_us, shared.now_us()),
             outcome,
-            format!("n{target}"),
+            target.to_string(),
         ));
         if !ok {
             conn = None;
@@ -482,12 +476,12 @@ async fn writer(
 /// itself a split brain).
 async fn track_primary(
     shared: Arc<Shared>,
-    primary: watch::Sender<usize>,
+    primary: watch::Sender<NodeId>,
     stop: watch::Receiver<bool>,
 ) {
     let mut probe = shared.nodes.role_probe();
     while !*stop.borrow() {
-        for i in 1..=shared.db_nodes {
+        for i in shared.nodes.ids() {
             if probe.is_primary(i, Duration::from_millis(300)).await {
                 primary.send_if_modified(|p| std::mem::replace(p, i) != i);
                 break;
@@ -510,11 +504,11 @@ async fn prober(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
         if shared.phase_at(shared.now_us()).rate_per_s == 0 {
             continue;
         }
-        for i in 1..=shared.db_nodes {
-            if conns[i - 1].is_none() {
-                conns[i - 1] = shared.nodes.connect(i, timeout).await.ok();
+        for i in shared.nodes.ids() {
+            if conns[i.index()].is_none() {
+                conns[i.index()] = shared.nodes.connect(i, timeout).await.ok();
             }
-            let Some(conn) = conns[i - 1].as_mut() else {
+            let Some(conn) = conns[i.index()].as_mut() else {
                 continue;
             };
             n += 1;
@@ -527,11 +521,11 @@ async fn prober(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                     next_id,
                     (invoke_us, shared.now_us()),
                     outcome,
-                    format!("n{i}"),
+                    i.to_string(),
                 )),
                 // A replica refusing a write is the normal case; only a broken link is news.
                 Outcome::Fail => {}
-                Outcome::Info => conns[i - 1] = None,
+                Outcome::Info => conns[i.index()] = None,
             }
         }
     }
@@ -550,14 +544,14 @@ async fn watch_leader_key(
     shared: Arc<Shared>,
     endpoints: Vec<String>,
     detection: Arc<Mutex<Detection>>,
-    primary: usize,
+    primary: NodeId,
     stop: watch::Receiver<bool>,
 ) {
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_millis(500))
         .with_timeout(Duration::from_millis(500));
     let mut client: Option<Client> = None;
-    let holder = format!("n{primary}");
+    let holder = primary.to_string();
     while !*stop.borrow() {
         tokio::time::sleep(LEADER_KEY_POLL).await;
         let waiting = {
@@ -593,10 +587,10 @@ async fn watch_leader_key(
 /// Writes the heartbeat row every 100 ms while the phase has writes (an idle primary stays idle).
 async fn heartbeat(
     shared: Arc<Shared>,
-    primary: watch::Receiver<usize>,
+    primary: watch::Receiver<NodeId>,
     stop: watch::Receiver<bool>,
 ) {
-    let mut conn: Option<(usize, PgConnection)> = None;
+    let mut conn: Option<(NodeId, PgConnection)> = None;
     let mut seq = compose_write_id(shared.run, 0, 0) as i64;
     let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
     while !*stop.borrow() {
@@ -630,7 +624,7 @@ async fn heartbeat(
 
 /// Polls one replica every 10 ms for heartbeat rows it has not shown before; each row's lag is
 /// the replica's clock at first sight minus the primary's at write (one machine, one clock).
-async fn heartbeat_watcher(shared: Arc<Shared>, replica: usize, stop: watch::Receiver<bool>) {
+async fn heartbeat_watcher(shared: Arc<Shared>, replica: NodeId, stop: watch::Receiver<bool>) {
     let mut conn: Option<PgConnection> = None;
     let mut last_seen = compose_write_id(shared.run, 0, 0) as i64;
     while !*stop.borrow() {
@@ -669,11 +663,11 @@ async fn view_sampler(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(VIEW_SAMPLE_INTERVAL);
     while !*stop.borrow() {
         ticker.tick().await;
-        for i in 1..=shared.db_nodes {
-            if conns[i - 1].is_none() {
-                conns[i - 1] = shared.nodes.connect(i, Duration::from_secs(1)).await.ok();
+        for i in shared.nodes.ids() {
+            if conns[i.index()].is_none() {
+                conns[i.index()] = shared.nodes.connect(i, Duration::from_secs(1)).await.ok();
             }
-            let Some(c) = conns[i - 1].as_mut() else {
+            let Some(c) = conns[i.index()].as_mut() else {
                 continue;
             };
             let in_recovery: Result<bool, _> = sqlx::query_scalar("SELECT pg_is_in_recovery()")
@@ -690,7 +684,7 @@ async fn view_sampler(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                 Err(e) => Err(e),
             };
             if sampled.is_err() {
-                conns[i - 1] = None;
+                conns[i.index()] = None;
             }
         }
     }
@@ -712,7 +706,7 @@ async fn sample_stat_replication(
     .await?;
     for row in rows {
         let name: String = row.get(0);
-        let Some(replica) = name.strip_prefix('n').and_then(|n| n.parse::<usize>().ok()) else {
+        let Ok(replica) = name.parse::<NodeId>() else {
             continue;
         };
         for (column, method) in [

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::ConnectOptions;
 
+use quorumlab_experiment::node::NodeId;
+
 use crate::hosts::LabNet;
 
 /// Postgres's port on every database host.
@@ -65,9 +67,9 @@ pub struct PgCluster {
 
 impl PgCluster {
     /// Connection options for the node on host `i` of `net`.
-    pub fn connect_options(&self, net: &LabNet, i: usize) -> PgConnectOptions {
+    pub fn connect_options(&self, net: &LabNet, host: NodeId) -> PgConnectOptions {
         PgConnectOptions::new()
-            .host(&net.addr(i).to_string())
+            .host(&net.addr(host).to_string())
             .port(PG_PORT)
             .username("postgres")
             .password(&self.superuser_password)

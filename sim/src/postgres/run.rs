@@ -10,7 +10,6 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use quorumlab_experiment::fault::{plan_fault, Disruption, Fault, FaultExecutor, NodeState};
 use quorumlab_experiment::history::{History, Outcome};
-use quorumlab_experiment::measure::RunRecord;
 use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::postgres::{Phase, PostgresSettings, ReplicationMode, SyncCommit};
 use quorumlab_experiment::replication::{
@@ -47,15 +46,7 @@ pub struct PgSimRun {
     pub history: History,
 }
 
-impl RunRecord for PgSimRun {
-    type Summary = PgRunSummary;
-    fn summary(&self) -> &PgRunSummary {
-        &self.summary
-    }
-    fn history(&self) -> &History {
-        &self.history
-    }
-}
+quorumlab_experiment::run_record!(PgSimRun, PgRunSummary);
 
 /// The Postgres simulator as a fault runner: turmoil cuts links, killed servers are dropped, and
 /// database hosts' datagrams and the etcd members' Raft messages are delayed, lost and duplicated,

@@ -108,12 +108,15 @@ impl SystemCli for Etcd<'_> {
         }
         if let Some((seed, _)) = report.unsafe_seeds.first() {
             return Err(SafetyViolation(format!(
-                "{} seed(s) broke a safety property; replay one with `quorumlab sim {} --seed {seed}{} --step-ms {}{}`",
+                "{} seed(s) broke a safety property; replay one with `{} --step-ms {}{}`",
                 report.unsafe_seeds.len(),
-                options.named,
-                options.nodes.map_or(String::new(), |n| format!(" --nodes {n}")),
+                options.replay(*seed),
                 template.step.as_millis(),
-                if template.stale_reads { " --stale-reads" } else { "" }
+                if template.stale_reads {
+                    " --stale-reads"
+                } else {
+                    ""
+                }
             ))
             .into());
         }
@@ -134,7 +137,7 @@ impl SystemCli for Etcd<'_> {
             show::print_real_run(r);
         }
         if results.len() > 1 {
-            let summaries: Vec<RunSummary> = results.iter().map(|r| r.summary.clone()).collect();
+            let summaries = table::summaries(&results);
             table::print_distributions(
                 &format!("over {} runs", options.runs),
                 &table::distributions(&RunSummary::METRICS, &summaries),
@@ -153,11 +156,7 @@ impl SystemCli for Etcd<'_> {
             &RunConfig::seeded(0),
             &|_| {},
         )?;
-        let real: Vec<RunSummary> = self
-            .real_runs(options)?
-            .into_iter()
-            .map(|r| r.summary)
-            .collect();
+        let real = table::summaries(&self.real_runs(options)?);
         let rows = table::compare_rows(&RunSummary::METRICS, &sim, &real);
         let unsafe_real = real.iter().filter(|s| !s.is_safe()).count();
         let runs = options.runs;

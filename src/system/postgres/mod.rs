@@ -172,11 +172,9 @@ impl SystemCli for Postgres<'_> {
         }
         if let Some(first) = split.first() {
             return Err(SafetyViolation(format!(
-                "{} run(s) had two primaries at once; replay one with `quorumlab sim {} --seed {}{}`",
+                "{} run(s) had two primaries at once; replay one with `{}`",
                 split.len(),
-                options.named,
-                first.seed,
-                options.nodes.map_or(String::new(), |n| format!(" --nodes {n}")),
+                options.replay(first.seed),
             ))
             .into());
         }
@@ -199,7 +197,7 @@ impl SystemCli for Postgres<'_> {
             show::print_run(&r.summary, &fired_faults(&r.faults));
         }
         if options.runs > 1 {
-            let summaries: Vec<PgRunSummary> = results.into_iter().map(|r| r.summary).collect();
+            let summaries = table::summaries(&results);
             self.print_per_mode(&summaries, &format!("{} runs", options.runs));
         }
         Ok(())
@@ -228,11 +226,7 @@ impl SystemCli for Postgres<'_> {
         for &mode in self.modes() {
             sim.extend(sweep_pg(self.scenario, mode, 1..=runs, &|_| {})?);
         }
-        let real: Vec<PgRunSummary> = self
-            .real_runs(options)?
-            .into_iter()
-            .map(|r| r.summary)
-            .collect();
+        let real = table::summaries(&self.real_runs(options)?);
         let of = |all: &[PgRunSummary], mode| -> Vec<PgRunSummary> {
             all.iter().filter(|s| s.mode == mode).cloned().collect()
         };
