@@ -160,6 +160,16 @@ pub struct OutcomeCounts {
 }
 
 impl History {
+    /// The history of completed operations recorded in any order: sorted by invocation (then
+    /// client) and numbered in that order, so every runner numbers its operations alike.
+    pub fn from_completed(mut ops: Vec<Op>) -> History {
+        ops.sort_by_key(|op| (op.invoke_us, op.client));
+        for (i, op) in ops.iter_mut().enumerate() {
+            op.id = i as u64;
+        }
+        History { ops }
+    }
+
     /// Counts ok / fail / info outcomes.
     pub fn counts(&self) -> OutcomeCounts {
         let mut c = OutcomeCounts::default();

@@ -299,7 +299,7 @@ fn election_ms(events: &[Event], first_fault: FirstFault) -> Option<u64> {
 }
 
 /// Derives an independent seed for a component (node id, incarnation, client) from the run seed.
-fn mix(seed: u64, a: u64, b: u64) -> u64 {
+pub(crate) fn mix(seed: u64, a: u64, b: u64) -> u64 {
     let mut x =
         seed ^ a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
     x ^= x >> 33;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use quorumlab_cluster::run::FiredFault;
+
 /// How `sim SCENARIO` was asked to run and show one seed (default: seed 0, the plain timeline).
 #[derive(Default)]
 pub struct SimOptions {

@@ -203,12 +203,7 @@ async fn fire_faults(lab: &Lab, scenario: &Scenario, shared: &Shared) -> Result<
 
 /// The same measurements the simulator takes, plus latency before, during and after the fault.
 fn measure(scenario: &Scenario, run_number: u64, shared: &Shared, fired: Fired) -> RealRun {
-    let mut ops = std::mem::take(&mut *shared.ops.lock().expect("ops"));
-    ops.sort_by_key(|o| (o.invoke_us, o.client));
-    ops.iter_mut()
-        .enumerate()
-        .for_each(|(i, o)| o.id = i as u64);
-    let history = History { ops };
+    let history = History::from_completed(std::mem::take(&mut *shared.ops.lock().expect("ops")));
     let leaders = std::mem::take(&mut *shared.leaders.lock().expect("leaders"));
     let fault_at_ms = fired.first.map(|(at, _)| at);
     let election_ms = fired.first.and_then(|(at, term_at_fault)| {

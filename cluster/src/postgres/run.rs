@@ -87,12 +87,7 @@ impl Shared {
 
     /// The client operations so far, in invocation order, numbered.
     fn history(&self) -> History {
-        let mut ops = std::mem::take(&mut *self.ops.lock().expect("ops"));
-        ops.sort_by_key(|op| (op.invoke_us, op.client));
-        for (i, op) in ops.iter_mut().enumerate() {
-            op.id = i as u64;
-        }
-        History { ops }
+        History::from_completed(std::mem::take(&mut *self.ops.lock().expect("ops")))
     }
 
     fn now_us(&self) -> u64 {

@@ -27,6 +27,7 @@ use turmoil::net::UdpSocket;
 use super::patroni::{decide, HaAction, HaView, LeaderLock, LEADER_KEY, OPTIME_KEY, SYNC_KEY};
 use super::server::{Lsn, PgOutput, PgRole, PgServer, WalRecord};
 use crate::host::{node_addr, now_us, Lossiness};
+use crate::run::mix;
 use crate::wire::{Packet, Reply, Request};
 
 /// Postgres's port.
@@ -138,11 +139,7 @@ impl PgWorld {
     /// A uniform draw in [0, 1), a pure function of the seed and the draw's number.
     fn draw(&mut self) -> f64 {
         self.draws += 1;
-        let mut x = self.seed ^ self.draws.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^= x >> 33;
-        (x >> 11) as f64 / (1u64 << 53) as f64
+        (mix(self.seed, self.draws, 0) >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// How many copies of a datagram go out now: 0 (lost), 1, or 2 (duplicated).

@@ -347,12 +347,7 @@ fn measure(
         .and_then(|p| state.servers[p.index()].as_ref())
         .map(|s| s.wal.iter().map(|r| r.write_id).collect())
         .unwrap_or_default();
-    let mut ops = state.ops.clone();
-    ops.sort_by_key(|op| (op.invoke_us, op.client));
-    for (i, op) in ops.iter_mut().enumerate() {
-        op.id = i as u64;
-    }
-    let history = History { ops };
+    let history = History::from_completed(state.ops.clone());
     let seen = FailoverObservation {
         fault_at_us: fault.0,
         old_primary: fault.1.map(|p| p.to_string()),
