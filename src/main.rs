@@ -3,7 +3,8 @@
 //! This file parses and dispatches; each command lives in its own file under [`cmd`], and
 //! everything that differs between the systems under test (etcd, Postgres) lives under [`system`],
 //! chosen once per scenario by [`system::of`]. Every user-facing error is one line on stderr:
-//! exit 2 for bad input, exit 1 when the lab ran and found a safety violation.
+//! exit 2 for bad input, exit 1 when the lab ran and found a safety violation, exit 3 when the
+//! checker could not decide.
 
 mod cmd;
 mod lab_setup;
@@ -32,6 +33,9 @@ enum Command {
     Shard(cmd::shard::ShardArgs),
     /// A short, self-explaining simulated partition and election. Needs nothing installed.
     Demo,
+    /// Check a history for linearizability: the lab's JSON or a Jepsen EDN history (register,
+    /// cas-register, independent keys). Exit 0 linearizable, 1 not, 3 unknown, 2 bad input.
+    Check(cmd::check::CheckArgs),
     /// List the built-in scenarios.
     Scenarios,
     /// Bring a real local cluster up or down, or show its state (hosts are network namespaces; root).
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => cmd::sim::command(args),
         Command::Shard(args) => cmd::shard::command(args),
         Command::Demo => cmd::demo::command(),
+        Command::Check(args) => cmd::check::command(args),
         Command::Scenarios => cmd::scenarios::command(),
         Command::Cluster(args) => cmd::cluster::command(args),
         Command::Run(args) => cmd::run::command(args),
@@ -77,7 +82,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::from(if e.is::<cmd::SafetyViolation>() { 1 } else { 2 })
+            ExitCode::from(if e.is::<cmd::SafetyViolation>() {
+                1
+            } else if e.is::<cmd::Inconclusive>() {
+                3
+            } else {
+                2
+            })
         }
     }
 }

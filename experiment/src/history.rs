@@ -62,8 +62,12 @@ pub enum Outcome {
     /// The operation completed. `read` is the value a get saw (`None`: key absent);
     /// `swapped` says whether a compare-and-swap took effect.
     Ok {
-        /// For gets: the value read.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// For gets: the value read (`"read": null` in JSON is a read of an absent key).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "present"
+        )]
         read: Option<Option<Value>>,
         /// For compare-and-swap: whether the swap happened.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,6 +77,11 @@ pub enum Outcome {
     Fail,
     /// Unknown outcome: the operation may or may not have taken effect.
     Info,
+}
+
+/// A field that is present, even as `null`, is `Some`: serde's default would read `null` as absent.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Value>>, D::Error> {
+    Option::<Value>::deserialize(d).map(Some)
 }
 
 /// One client operation, from invocation to completion.
@@ -267,5 +276,16 @@ mod tests {
         let json = serde_json::to_string(&op).unwrap();
         assert!(json.contains("\"f\":\"put\""), "{json}");
         assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), op);
+        let absent = Op {
+            kind: OpKind::Get { key: 0 },
+            outcome: Outcome::Ok {
+                read: Some(None),
+                swapped: None,
+            },
+            ..op
+        };
+        let json = serde_json::to_string(&absent).unwrap();
+        assert!(json.contains("\"read\":null"), "{json}");
+        assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), absent);
     }
 }

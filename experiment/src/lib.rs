@@ -8,8 +8,11 @@
 
 pub mod checker;
 pub mod consistency;
+pub mod edn;
 pub mod fault;
 pub mod history;
+pub mod history_page;
+pub mod jepsen;
 pub mod measure;
 pub mod node;
 pub mod postgres;

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod check;
 pub mod cluster;
 pub mod compare;
 pub mod demo;
@@ -30,6 +31,18 @@ impl std::fmt::Display for SafetyViolation {
 }
 
 impl std::error::Error for SafetyViolation {}
+
+/// The lab could not decide: the checker's search budget ran out (exit code 3).
+#[derive(Debug)]
+pub struct Inconclusive(pub String);
+
+impl std::fmt::Display for Inconclusive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Inconclusive {}
 
 /// Loads a built-in scenario or a file, with `--nodes` applied (and validated) when given.
 pub fn load_scenario(name: &str, nodes: Option<usize>) -> Result<Scenario> {
