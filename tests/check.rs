@@ -43,7 +43,10 @@ fn a_jepsen_cas_register_history_is_linearizable_exit_0() {
     let out = quorumlab(&["check", &history("cas-register-ok.edn")]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("cas-register model, 6 operations from 3 clients"), "{text}");
+    assert!(
+        text.contains("cas-register model, 6 operations from 3 clients"),
+        "{text}"
+    );
     assert!(text.contains("fail 1, unknown 1"), "{text}");
     assert!(text.contains("\n  linearizable"), "{text}");
 }
@@ -52,18 +55,33 @@ fn a_jepsen_cas_register_history_is_linearizable_exit_0() {
 fn a_stale_read_names_exactly_the_three_operations_and_exit_1() {
     let dir = temp_dir("stale");
     let report = dir.0.display().to_string();
-    let out = quorumlab(&["check", &history("independent-stale-read.edn"), "--report", &report]);
+    let out = quorumlab(&[
+        "check",
+        &history("independent-stale-read.edn"),
+        "--report",
+        &report,
+    ]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("NOT linearizable (stale read on k0)"), "{text}");
-    assert!(text.contains("these 3 operations cannot be linearized together"), "{text}");
+    assert!(
+        text.contains("NOT linearizable (stale read on k0)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("these 3 operations cannot be linearized together"),
+        "{text}"
+    );
     let named: Vec<&str> = text.lines().filter(|l| l.starts_with("    #")).collect();
     assert_eq!(named.len(), 3, "{text}");
     assert!(named[0].contains("put k0=1 -> ok"), "{text}");
     assert!(named[1].contains("put k0=2 -> ok"), "{text}");
     assert!(named[2].contains("client 2 get k0 -> ok 1"), "{text}");
     let page = std::fs::read_to_string(dir.0.join("history.html")).expect("report written");
-    assert_eq!(page.matches("fill=\"#d32f2f\"").count(), 6, "three marked ops, in close-up and overview");
+    assert_eq!(
+        page.matches("fill=\"#d32f2f\"").count(),
+        6,
+        "three marked ops, in close-up and overview"
+    );
     assert!(page.contains("client 4"), "every process has a lane");
 }
 
@@ -88,7 +106,14 @@ fn the_labs_own_json_is_checked_and_the_budget_answers_unknown_exit_3() {
 fn the_stale_read_build_is_caught_with_at_most_a_handful_of_operations() {
     let dir = temp_dir("broken");
     let file = dir.0.join("broken.json");
-    let out = quorumlab(&["sim", "etcd-leader-isolate", "--seed", "3", "--stale-reads", "--json"]);
+    let out = quorumlab(&[
+        "sim",
+        "etcd-leader-isolate",
+        "--seed",
+        "3",
+        "--stale-reads",
+        "--json",
+    ]);
     std::fs::write(&file, &out.stdout).expect("write");
     let out = quorumlab(&["check", &file.display().to_string(), "--json"]);
     assert_eq!(out.status.code(), Some(1));
@@ -104,11 +129,27 @@ fn the_stale_read_build_is_caught_with_at_most_a_handful_of_operations() {
 fn bad_histories_are_one_line_with_where_and_exit_2() {
     let dir = temp_dir("bad");
     for (name, text, needle) in [
-        ("a.edn", "{:process 0 :type :invoke :f :write :value 1}\n{:process 0, :type :invoke, :f :read}", "a.edn:2:1: operation has no :value"),
-        ("b.edn", "{:process 0 :type :ok :f :write :value 1}", "b.edn:1:1: process 0 completes an operation it never invoked"),
-        ("c.edn", "{:process 0 :type :invoke :f :append :value [1 2]}", "c.edn:1:30: :f must be :read, :write or :cas"),
+        (
+            "a.edn",
+            "{:process 0 :type :invoke :f :write :value 1}\n{:process 0, :type :invoke, :f :read}",
+            "a.edn:2:1: operation has no :value",
+        ),
+        (
+            "b.edn",
+            "{:process 0 :type :ok :f :write :value 1}",
+            "b.edn:1:1: process 0 completes an operation it never invoked",
+        ),
+        (
+            "c.edn",
+            "{:process 0 :type :invoke :f :append :value [1 2]}",
+            "c.edn:1:30: :f must be :read, :write or :cas",
+        ),
         ("d.edn", "{:process 0 :type :invoke", "d.edn:1:1: unclosed"),
-        ("e.json", "{\"ops\": [{\"id\": 1}]}", "e.json: not a history the lab wrote"),
+        (
+            "e.json",
+            "{\"ops\": [{\"id\": 1}]}",
+            "e.json: not a history the lab wrote",
+        ),
         ("f.json", "{\"ops\": [", "f.json:1:9: not JSON or EDN"),
     ] {
         let path = dir.0.join(name);
@@ -116,7 +157,10 @@ fn bad_histories_are_one_line_with_where_and_exit_2() {
         let out = quorumlab(&["check", &path.display().to_string()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
-        assert!(stderr.contains(needle), "{name}: expected {needle:?} in {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{name}: expected {needle:?} in {stderr}"
+        );
         assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
         assert!(out.stdout.is_empty(), "nothing half-written");
     }

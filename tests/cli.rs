@@ -166,6 +166,37 @@ fn demo_runs_with_nothing_installed_and_explains_itself() {
     assert!(stdout.contains("became LEADER"));
     assert!(stdout.contains("checker: linearizable"));
     assert!(stdout.contains("What happened"));
+    assert!(
+        stdout.contains("The checker found a linearization of all"),
+        "the story states the verdict this run got: {stdout}"
+    );
+}
+
+#[test]
+fn a_single_run_that_breaks_safety_exits_1_and_says_what_broke() {
+    let out = quorumlab(&["sim", "etcd-leader-isolate", "--seed", "3", "--stale-reads"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("this run broke a safety property: NOT linearizable (stale read"),
+        "{stderr}"
+    );
+    let json = quorumlab(&[
+        "sim",
+        "etcd-leader-isolate",
+        "--seed",
+        "3",
+        "--stale-reads",
+        "--json",
+    ]);
+    assert_eq!(
+        json.status.code(),
+        Some(1),
+        "JSON is printed whole, and the exit says it failed"
+    );
+    serde_json::from_slice::<serde_json::Value>(&json.stdout).expect("whole JSON");
+    let fine = quorumlab(&["sim", "etcd-leader-isolate", "--seed", "3"]);
+    assert_eq!(fine.status.code(), Some(0));
 }
 
 #[test]

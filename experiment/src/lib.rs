@@ -26,7 +26,7 @@ pub mod system;
 pub use checker::{check_history, CheckLimits, Verdict};
 pub use fault::{Fault, FaultStep, NodeRef};
 pub use history::{History, Op, OpKind, Outcome};
-pub use measure::{Distribution, RunSummary};
+pub use measure::{Distribution, RunSummary, SafetyCounts};
 pub use node::NodeId;
 pub use scenario::{Scenario, ScenarioError};
 pub use system::{System, SystemName};

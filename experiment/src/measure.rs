@@ -54,10 +54,67 @@ impl RunSummary {
         },
     ];
 
-    /// Whether the run kept every safety property.
+    /// Whether no safety property was seen broken (an undecided history counts as not broken:
+    /// see [`RunSummary::is_shown_safe`]).
     pub fn is_safe(&self) -> bool {
         self.invariant_violations.is_empty()
             && !matches!(self.verdict, Verdict::NotLinearizable { .. })
+    }
+
+    /// Whether the run kept every invariant and its history was shown linearizable.
+    pub fn is_shown_safe(&self) -> bool {
+        self.invariant_violations.is_empty() && self.verdict.is_linearizable()
+    }
+
+    /// The first broken property, named: an invariant, else the checker's headline.
+    pub fn why_unsafe(&self) -> Option<String> {
+        match (self.invariant_violations.first(), &self.verdict) {
+            (Some(broken), _) => Some(broken.clone()),
+            (None, v) if v.is_violation() => Some(v.headline()),
+            _ => None,
+        }
+    }
+}
+
+/// Runs counted by what their safety checks concluded; an undecided history is never counted as
+/// linearizable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SafetyCounts {
+    /// Runs that kept every invariant with a history shown linearizable.
+    pub shown_safe: usize,
+    /// Runs that broke an invariant or whose history is not linearizable.
+    pub broken: usize,
+    /// Runs with no broken invariant whose history the checker could not decide.
+    pub unknown: usize,
+}
+
+impl SafetyCounts {
+    /// Counts `runs`.
+    pub fn of(runs: &[RunSummary]) -> SafetyCounts {
+        let mut c = SafetyCounts::default();
+        for run in runs {
+            if !run.is_safe() {
+                c.broken += 1;
+            } else if run.is_shown_safe() {
+                c.shown_safe += 1;
+            } else {
+                c.unknown += 1;
+            }
+        }
+        c
+    }
+
+    /// E.g. `linearizable 9/10, NOT linearizable 0, unknown 1`; just `linearizable 10/10` when
+    /// every run was decided safe.
+    pub fn describe(&self) -> String {
+        let total = self.shown_safe + self.broken + self.unknown;
+        if self.shown_safe == total {
+            return format!("linearizable {total}/{total}");
+        }
+        format!(
+            "linearizable {}/{total}, NOT linearizable or an invariant broken {}, unknown (checker budget spent) {}",
+            self.shown_safe, self.broken, self.unknown
+        )
     }
 }
 

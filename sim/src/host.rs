@@ -404,7 +404,7 @@ pub async fn client_task(world: WorldRef, plan: ClientPlan) -> turmoil::Result {
         let invoke_us = now_us();
         let (outcome, node) = client.perform(kind).await?;
         let op = Op {
-            id: 0,
+            id: 0, // numbered once the run ends (History::from_completed)
             client: client.plan.client,
             kind,
             invoke_us,

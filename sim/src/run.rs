@@ -251,9 +251,7 @@ fn finish(
     let end_us = scenario.duration_ms * 1000;
     let stores = state.stores.clone();
     state.monitor.check_log_matching(&stores);
-    let history = History {
-        ops: std::mem::take(&mut state.ops),
-    };
+    let history = History::from_completed(std::mem::take(&mut state.ops));
     let verdict = check_history(&history, config.check_limits);
     if let Verdict::NotLinearizable { kind, key, .. } = &verdict {
         let what = format!("linearizability: {kind} on k{key}");

@@ -82,20 +82,12 @@ pub fn reduce(scenario: &Scenario, summaries: &[RunSummary]) -> SweepReport {
         ),
         seeds_unknown: summaries
             .iter()
-            .filter(|s| matches!(s.verdict, quorumlab_experiment::Verdict::Unknown { .. }))
+            .filter(|s| s.is_safe() && !s.is_shown_safe())
             .map(|s| s.seed)
             .collect(),
         unsafe_seeds: summaries
             .iter()
-            .filter(|s| !s.is_safe())
-            .map(|s| {
-                let why = s
-                    .invariant_violations
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| s.verdict.headline());
-                (s.seed, why)
-            })
+            .filter_map(|s| Some((s.seed, s.why_unsafe()?)))
             .collect(),
     }
 }

@@ -33,6 +33,17 @@ fn same_seed_gives_byte_identical_trace_and_other_seed_differs() {
 }
 
 #[test]
+fn every_operation_has_its_own_id_in_invocation_order() {
+    let out = run(&scenario("etcd-leader-kill"), &RunConfig::seeded(2)).unwrap();
+    let ops = &out.history.ops;
+    assert!(ops.len() > 100);
+    for (i, op) in ops.iter().enumerate() {
+        assert_eq!(op.id, i as u64, "ids number the history in order");
+    }
+    assert!(ops.windows(2).all(|w| w[0].invoke_us <= w[1].invoke_us));
+}
+
+#[test]
 fn determinism_holds_across_threads() {
     // A sweep runs seeds on rayon's worker threads; the result must match a run on this thread.
     let s = scenario("etcd-leader-kill");

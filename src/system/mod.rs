@@ -10,7 +10,7 @@
 //! [`of`].
 
 mod cli;
-mod etcd;
+pub mod etcd;
 mod postgres;
 
 pub use cli::{RealOptions, SimOptions, SweepOptions, SystemCli, UpOptions};

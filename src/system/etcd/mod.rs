@@ -11,19 +11,45 @@ use quorumlab_cluster::etcd::EtcdTiming;
 use quorumlab_cluster::etcd::{run_etcd, RealRun};
 use quorumlab_cluster::lab::Lab;
 use quorumlab_cluster::run::check_supported;
-use quorumlab_experiment::measure::RunSummary;
+use quorumlab_experiment::measure::{RunSummary, SafetyCounts};
 use quorumlab_experiment::Scenario;
 use quorumlab_sim::sweep::sweep;
 use quorumlab_sim::RunConfig;
 
 use super::cli::{refuse_option, RealOptions, SimOptions, SweepOptions, SystemCli, UpOptions};
-use crate::cmd::SafetyViolation;
+use crate::cmd::{Inconclusive, SafetyViolation};
 use crate::lab_setup::{install_if_missing, this_binary, Package};
 use crate::runtime::{progress, runtime, seed_progress};
 use crate::table;
 
 /// The Debian packages an etcd lab runs.
 const PACKAGES: &[Package] = &[("etcd-server", quorumlab_cluster::etcd::ETCD_BINARY)];
+
+/// Runs one seed with the default settings and prints it as `sim` does; for the demo, which
+/// then tells what the run showed.
+pub fn sim_and_print(scenario: &Scenario, seed: u64) -> Result<RunSummary> {
+    let config = Etcd { scenario }.run_config(seed, false, None);
+    let out = quorumlab_sim::run(scenario, &config)?;
+    show::print_run(&out, false);
+    Ok(out.summary)
+}
+
+/// The exit status runs earn: 1 if any broke a safety property, 3 if any history went undecided.
+fn judge(runs: &[RunSummary], what: &str) -> Result<()> {
+    let counts = SafetyCounts::of(runs);
+    if let Some(why) = runs.iter().find_map(|s| s.why_unsafe()) {
+        return Err(SafetyViolation(format!("{what} broke a safety property: {why}")).into());
+    }
+    if counts.unknown > 0 {
+        return Err(Inconclusive(format!(
+            "{what}: the checker could not decide {} of {} histories within its search budget",
+            counts.unknown,
+            runs.len()
+        ))
+        .into());
+    }
+    Ok(())
+}
 
 /// Simulated milliseconds per world step when `--step-ms` is not given.
 const STEP_MS_DEFAULT: u64 = 4;
@@ -88,7 +114,7 @@ impl SystemCli for Etcd<'_> {
         } else {
             show::print_run(&out, options.ops);
         }
-        Ok(())
+        judge(std::slice::from_ref(&out.summary), "this run")
     }
 
     fn sweep(&self, options: &SweepOptions) -> Result<()> {
@@ -120,7 +146,7 @@ impl SystemCli for Etcd<'_> {
             ))
             .into());
         }
-        Ok(())
+        judge(&summaries, "the sweep")
     }
 
     fn run(&self, options: &RealOptions) -> Result<()> {
@@ -142,10 +168,9 @@ impl SystemCli for Etcd<'_> {
                 &format!("over {} runs", options.runs),
                 &table::distributions(&RunSummary::METRICS, &summaries),
             );
-            let linearizable = summaries.iter().filter(|s| s.is_safe()).count();
-            println!("linearizable histories: {linearizable}/{}", options.runs);
+            println!("histories: {}", SafetyCounts::of(&summaries).describe());
         }
-        Ok(())
+        judge(&table::summaries(&results), "the real runs")
     }
 
     fn compare(&self, options: &RealOptions) -> Result<()> {
@@ -158,10 +183,10 @@ impl SystemCli for Etcd<'_> {
         )?;
         let real = table::summaries(&self.real_runs(options)?);
         let rows = table::compare_rows(&RunSummary::METRICS, &sim, &real);
-        let unsafe_real = real.iter().filter(|s| !s.is_safe()).count();
+        let counts = SafetyCounts::of(&real);
         let runs = options.runs;
         if options.json {
-            let value = serde_json::json!({ "scenario": self.scenario.name, "runs": runs, "metrics": rows, "real_runs_not_linearizable": unsafe_real });
+            let value = serde_json::json!({ "scenario": self.scenario.name, "runs": runs, "metrics": rows, "real_histories": counts });
             println!("{}", serde_json::to_string_pretty(&value)?);
             return Ok(());
         }
@@ -171,11 +196,11 @@ impl SystemCli for Etcd<'_> {
         );
         table::print_comparison("metric", &rows);
         println!(
-            "\nreal histories linearizable: {}/{runs}; the simulator runs the same raft library logic, \
+            "\nreal histories: {}; the simulator runs the same raft library logic, \
              real etcd adds disk fsyncs, gRPC and a real scheduler — the ratio shows what the model leaves out.",
-            runs as usize - unsafe_real
+            counts.describe()
         );
-        Ok(())
+        judge(&real, "the real runs")
     }
 
     fn cluster_up(&self, options: &UpOptions) -> Result<()> {

@@ -256,12 +256,19 @@ pub fn print_sweep(report: &SweepReport, wall: Duration) {
     }
     if !report.seeds_unknown.is_empty() {
         println!(
-            "seeds the checker could not decide in time: {:?}",
+            "UNKNOWN: the checker spent its search budget before deciding seeds {:?}; \
+             they are not counted as linearizable",
             report.seeds_unknown
         );
     }
-    if report.unsafe_seeds.is_empty() {
+    if report.unsafe_seeds.is_empty() && report.seeds_unknown.is_empty() {
         println!("safety: every seed kept every invariant and a linearizable history");
+    } else if report.unsafe_seeds.is_empty() {
+        println!(
+            "safety: no seed broke an invariant; {} of {} histories shown linearizable",
+            report.seeds - report.seeds_unknown.len() as u64,
+            report.seeds
+        );
     } else {
         for (seed, why) in report.unsafe_seeds.iter().take(20) {
             println!("UNSAFE seed {seed}: {why}");

@@ -22,6 +22,20 @@ use crate::lab_setup::{install_if_missing, this_binary, Package};
 use crate::runtime::{progress, runtime, seed_progress};
 use crate::table;
 
+/// Exit 1 if any run had two primaries acknowledging writes at once.
+fn split_brain<'a>(runs: impl Iterator<Item = &'a PgRunSummary>) -> Result<()> {
+    for run in runs {
+        if run.split_brain() {
+            return Err(SafetyViolation(format!(
+                "{} mode: two primaries acknowledged writes for {} ms",
+                run.mode, run.dual_primary_ms
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// The Debian packages a Postgres lab runs.
 const PACKAGES: &[Package] = &[
     ("etcd-server", quorumlab_cluster::etcd::ETCD_BINARY),
@@ -125,7 +139,7 @@ impl SystemCli for Postgres<'_> {
         }
         if options.json {
             println!("{}", serde_json::to_string_pretty(&runs)?);
-            return Ok(());
+            return split_brain(runs.iter().map(|r| &r.summary));
         }
         println!(
             "{} in the simulator, seed {}: primary + {} replicas under a Patroni model on a simulated etcd",
@@ -140,7 +154,7 @@ impl SystemCli for Postgres<'_> {
             }
             show::print_run(&run.summary, "");
         }
-        Ok(())
+        split_brain(runs.iter().map(|r| &r.summary))
     }
 
     fn sweep(&self, options: &SweepOptions) -> Result<()> {
