@@ -62,8 +62,29 @@ enum Command {
     Agent(cmd::agent::AgentArgs),
 }
 
+/// Whether the command only prints (as opposed to serving, or driving a lab that must clean up).
+fn prints_for_a_pipe(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Sim(_)
+            | Command::Shard(_)
+            | Command::Demo
+            | Command::Scenarios
+            | Command::Check(_)
+    )
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if prints_for_a_pipe(&cli.command) {
+        // `quorumlab sim ... | head` should stop quietly when head has read enough, as other
+        // command-line tools do, not panic on a closed stdout. Rust ignores SIGPIPE by default;
+        // the servers keep that (a client hanging up must not kill them).
+        // SAFETY: resetting a signal's disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Sim(args) => cmd::sim::command(args),
         Command::Shard(args) => cmd::shard::command(args),

@@ -65,7 +65,7 @@ fn malformed_scenario_file_is_one_line_and_exit_2() {
     .unwrap();
     assert_user_error(
         &quorumlab(&["sim", path.to_str().unwrap()]),
-        "malformed scenario",
+        "bad.toml:3:10: invalid table header",
     );
     std::fs::write(
         &path,
@@ -76,6 +76,96 @@ fn malformed_scenario_file_is_one_line_and_exit_2() {
         &quorumlab(&["sim", path.to_str().unwrap()]),
         "missing field",
     );
+}
+
+#[test]
+fn scenario_mistakes_name_the_file_line_column_and_field() {
+    let dir = temp_dir("located");
+    let base = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/etcd-leader-isolate.toml"
+    ))
+    .unwrap();
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "at_ms = 15000",
+            "at_ms = 30000",
+            ":34:1: faults[1].at_ms:",
+            "never fires",
+        ),
+        (
+            "kind = \"isolate\"\nnode = \"leader\"",
+            "kind = \"partition-oneway\"\nfrom = \"n1\"\nto = \"n1\"",
+            ":32:1: faults[0].to:",
+            "from n1 to itself",
+        ),
+        (
+            "node = \"leader\"",
+            "kind = \"partition\"\ngroups = [[\"n1\", \"n2\"], [\"n2\", \"n3\"]]",
+            ":",
+            "must not overlap",
+        ),
+        (
+            "rate_per_s = 100",
+            "rate_per_s = 0",
+            ":20:1: workload.rate_per_s:",
+            "must be > 0",
+        ),
+        (
+            "election_timeout_ms = 1000",
+            "election_timeout_ms = 1050",
+            ":12:1: topology.election_timeout_ms:",
+            "whole number of heartbeats",
+        ),
+        (
+            "at_ms = 5000",
+            "at_mss = 5000",
+            ":29:1: faults[0].at_mss:",
+            "did you mean `at_ms`?",
+        ),
+        (
+            "clients = 4",
+            "clientz = 4",
+            ":19:1: workload.clientz: unknown field `clientz`",
+            "expected one of `clients`",
+        ),
+    ];
+    for (i, (from, to, place, what)) in cases.iter().enumerate() {
+        let mut text = base.replacen(from, to, 1);
+        if what.contains("overlap") {
+            text = text.replacen("kind = \"isolate\"\n", "", 1);
+        }
+        assert_ne!(text, base, "case {i} changed nothing");
+        let path = dir.join(format!("case{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = quorumlab(&["sim", path.to_str().unwrap()]);
+        let expected = format!("{}{place}", path.display());
+        assert_user_error(&out, &expected);
+        assert_user_error(&out, what);
+    }
+}
+
+#[test]
+fn timeline_lines_print_in_time_order() {
+    for (scenario, seed) in [
+        ("etcd-leader-isolate", "1"),
+        ("etcd-chaos", "3"),
+        ("etcd-minority-partition", "1"),
+    ] {
+        let out = quorumlab(&["sim", scenario, "--seed", seed]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let times: Vec<f64> = text
+            .lines()
+            .skip_while(|l| *l != "timeline")
+            .take_while(|l| *l != "summary")
+            .filter_map(|l| l.trim_start().split_once("s ")?.0.parse().ok())
+            .collect();
+        assert!(times.len() > 10, "{text}");
+        assert!(
+            times.windows(2).all(|w| w[0] <= w[1]),
+            "{scenario} seed {seed}: {times:?}"
+        );
+    }
 }
 
 #[test]
@@ -259,22 +349,75 @@ fn shard_prints_verdicts_writes_a_chart_and_json() {
 }
 
 #[test]
-fn sweep_of_the_broken_build_exits_1_and_names_the_seed_to_replay() {
+fn sweep_of_the_broken_build_exits_1_and_its_replay_hint_reproduces_the_seed_exactly() {
+    let dir = temp_dir("replay");
+    let path = dir.join("my scenario.toml");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scenarios/etcd-leader-isolate.toml"
+        ),
+        &path,
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
     let out = quorumlab(&[
         "sim",
         "sweep",
-        "etcd-leader-isolate",
+        path,
         "--seeds",
-        "1..3",
+        "1..4",
         "--stale-reads",
+        "--nodes",
+        "5",
+        "--step-ms",
+        "8",
     ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--seed ") && stderr.contains("--stale-reads"),
-        "{stderr}"
+    let hint = stderr
+        .split('`')
+        .nth(1)
+        .expect("a replay command in backticks");
+    for flag in ["--nodes 5", "--step-ms 8", "--stale-reads", "'"] {
+        assert!(hint.contains(flag), "{flag} missing from {hint}");
+    }
+    let seed: u64 = hint
+        .split("--seed ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let why = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("UNSAFE seed {seed}: ")))
+        .expect("the seed named in the hint is listed as unsafe")
+        .to_string();
+    // Run the hint as a user pastes it, through a shell.
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_quorumlab"))
+        .parent()
+        .unwrap();
+    let replay = Command::new("sh")
+        .arg("-c")
+        .arg(hint)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
+        .output()
+        .unwrap();
+    assert_eq!(
+        replay.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("UNSAFE seed"));
+    let replay_out = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replay_out.contains(&format!("checker: {why}")),
+        "replay did not reproduce `{why}`: {replay_out}"
+    );
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! holds the SHA-256 of `quorumlab sim NAME --seed S --json` for every built-in scenario and seeds
 //! 1..=10, recorded before the simulator and the command line were reshaped (and re-recorded once
 //! since, when simulated operations got unique ids: the same operations, numbered and listed in
-//! invocation order, were checked to match the old output otherwise). A change that moves
+//! invocation order, with the trace's op events pointing at their new places, were checked to
+//! match the old output otherwise). A change that moves
 //! one byte of a trace, a history or a summary fails here; a change that means to (a new model
 //! detail) records the new hashes with `QUORUMLAB_RECORD_GOLDEN=1 cargo test --test golden` and
 //! says so in its commit.

@@ -134,7 +134,7 @@ impl Fault {
 }
 
 /// A node named in a fault: a role resolved when the fault fires, or a fixed node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum NodeRef {
     /// The current leader (highest term).

@@ -171,12 +171,30 @@ pub struct OutcomeCounts {
 impl History {
     /// The history of completed operations recorded in any order: sorted by invocation (then
     /// client) and numbered in that order, so every runner numbers its operations alike.
-    pub fn from_completed(mut ops: Vec<Op>) -> History {
-        ops.sort_by_key(|op| (op.invoke_us, op.client));
-        for (i, op) in ops.iter_mut().enumerate() {
-            op.id = i as u64;
+    pub fn from_completed(ops: Vec<Op>) -> History {
+        Self::from_completed_renumbered(ops).0
+    }
+
+    /// As [`History::from_completed`], also returning where each operation went: `moved_to[i]` is
+    /// the new index (and id) of the operation recorded `i`-th, for traces that point into it.
+    pub fn from_completed_renumbered(ops: Vec<Op>) -> (History, Vec<usize>) {
+        let mut order: Vec<usize> = (0..ops.len()).collect();
+        order.sort_by_key(|&i| (ops[i].invoke_us, ops[i].client));
+        let mut moved_to = vec![0; ops.len()];
+        for (new, &old) in order.iter().enumerate() {
+            moved_to[old] = new;
         }
-        History { ops }
+        let mut slots: Vec<Option<Op>> = ops.into_iter().map(Some).collect();
+        let ops = order
+            .iter()
+            .enumerate()
+            .map(|(new, &old)| {
+                let mut op = slots[old].take().expect("each operation moves once");
+                op.id = new as u64;
+                op
+            })
+            .collect();
+        (History { ops }, moved_to)
     }
 
     /// Counts ok / fail / info outcomes.

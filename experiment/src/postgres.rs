@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::scenario::validate::{problem, Problem};
+
 /// How commits wait for standbys, as Patroni configures it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -154,23 +156,43 @@ impl PostgresSettings {
 
     /// Checks Patroni's own rule and the ranges that make sense.
     pub fn validate(&self) -> Result<(), String> {
+        self.check().map_err(|p| p.reason)
+    }
+
+    /// As [`PostgresSettings::validate`], naming the field at fault.
+    pub(crate) fn check(&self) -> Result<(), Problem> {
         if self.loop_wait_s == 0 || self.retry_timeout_s == 0 {
-            return Err("postgres.loop_wait_s and retry_timeout_s must be > 0".into());
+            return problem(
+                "postgres.loop_wait_s",
+                "postgres.loop_wait_s and retry_timeout_s must be > 0",
+            );
         }
         if self.loop_wait_s + 2 * self.retry_timeout_s > self.ttl_s {
-            return Err(format!(
-                "Patroni needs loop_wait + 2*retry_timeout <= ttl, but {} + 2*{} > {}",
-                self.loop_wait_s, self.retry_timeout_s, self.ttl_s
-            ));
+            return problem(
+                "postgres.ttl_s",
+                format!(
+                    "Patroni needs loop_wait + 2*retry_timeout <= ttl, but {} + 2*{} > {}",
+                    self.loop_wait_s, self.retry_timeout_s, self.ttl_s
+                ),
+            );
         }
         if self.modes.is_empty() {
-            return Err("postgres.modes is empty (use [\"async\"], [\"sync\"] or both)".into());
+            return problem(
+                "postgres.modes",
+                "postgres.modes is empty (use [\"async\"], [\"sync\"] or both)",
+            );
         }
         if !(self.replay_mb_per_s > 0.0 && self.bandwidth_mb_per_s > 0.0) {
-            return Err("postgres.replay_mb_per_s and bandwidth_mb_per_s must be > 0".into());
+            return problem(
+                "postgres.replay_mb_per_s",
+                "postgres.replay_mb_per_s and bandwidth_mb_per_s must be > 0",
+            );
         }
-        if self.phases.iter().any(|p| p.ms == 0) {
-            return Err("every postgres phase needs ms > 0".into());
+        if let Some(i) = self.phases.iter().position(|p| p.ms == 0) {
+            return problem(
+                format!("postgres.phases[{i}].ms"),
+                "every postgres phase needs ms > 0",
+            );
         }
         Ok(())
     }

@@ -251,7 +251,12 @@ fn finish(
     let end_us = scenario.duration_ms * 1000;
     let stores = state.stores.clone();
     state.monitor.check_log_matching(&stores);
-    let history = History::from_completed(std::mem::take(&mut state.ops));
+    let (history, moved_to) = History::from_completed_renumbered(std::mem::take(&mut state.ops));
+    for event in &mut state.events {
+        if let EventKind::Op { op, .. } = &mut event.what {
+            *op = moved_to[*op];
+        }
+    }
     let verdict = check_history(&history, config.check_limits);
     if let Verdict::NotLinearizable { kind, key, .. } = &verdict {
         let what = format!("linearizability: {kind} on k{key}");

@@ -41,6 +41,20 @@ fn every_operation_has_its_own_id_in_invocation_order() {
         assert_eq!(op.id, i as u64, "ids number the history in order");
     }
     assert!(ops.windows(2).all(|w| w[0].invoke_us <= w[1].invoke_us));
+    let mut pointed = 0;
+    for e in &out.trace {
+        if let quorumlab_sim::trace::EventKind::Op { op, .. } = &e.what {
+            let op = &ops[*op];
+            assert_eq!(
+                e.node,
+                format!("client{}", op.client),
+                "the trace points at its own op"
+            );
+            assert_eq!(e.at_us, op.complete_us);
+            pointed += 1;
+        }
+    }
+    assert_eq!(pointed, ops.len());
 }
 
 #[test]

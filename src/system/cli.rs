@@ -43,12 +43,31 @@ pub struct SweepOptions {
 }
 
 impl SweepOptions {
-    /// The command that replays one seed of this sweep, e.g. `quorumlab sim pg-lag --seed 7`.
+    /// The command that replays one seed of this sweep exactly: the scenario as named, and every
+    /// option that shapes a run (`--nodes`, `--step-ms`, `--stale-reads`) the sweep was given,
+    /// e.g. `quorumlab sim ./my\ scenario.toml --seed 7 --nodes 5`.
     pub fn replay(&self, seed: u64) -> String {
-        let nodes = self
-            .nodes
-            .map_or(String::new(), |n| format!(" --nodes {n}"));
-        format!("quorumlab sim {} --seed {seed}{nodes}", self.named)
+        let mut command = format!("quorumlab sim {} --seed {seed}", shell_word(&self.named));
+        if let Some(n) = self.nodes {
+            command.push_str(&format!(" --nodes {n}"));
+        }
+        if let Some(ms) = self.step_ms {
+            command.push_str(&format!(" --step-ms {ms}"));
+        }
+        if self.stale_reads {
+            command.push_str(" --stale-reads");
+        }
+        command
+    }
+}
+
+/// `word` as a shell reads it back: quoted when it holds anything but plain path characters.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 

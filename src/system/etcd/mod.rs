@@ -134,15 +134,9 @@ impl SystemCli for Etcd<'_> {
         }
         if let Some((seed, _)) = report.unsafe_seeds.first() {
             return Err(SafetyViolation(format!(
-                "{} seed(s) broke a safety property; replay one with `{} --step-ms {}{}`",
+                "{} seed(s) broke a safety property; replay one with `{}`",
                 report.unsafe_seeds.len(),
                 options.replay(*seed),
-                template.step.as_millis(),
-                if template.stale_reads {
-                    " --stale-reads"
-                } else {
-                    ""
-                }
             ))
             .into());
         }

@@ -69,12 +69,17 @@ impl OpBatch {
     }
 }
 
-/// The timeline lines: node and fault events one per line, client operations folded between them
+/// The timeline lines, in time order: node and fault events one per line, client operations folded between them
 /// (or one per line with `every_op`).
 pub fn timeline_lines(out: &RunOutput, every_op: bool) -> Vec<String> {
     let mut lines = Vec::new();
     let mut batch = OpBatch::default();
-    for e in &out.trace {
+    // Each simulated host records at its own clock reading within a world step, so the trace can
+    // be a few milliseconds out of order; the reader gets it in time order (stable: ties keep
+    // the order they happened in).
+    let mut in_time_order: Vec<&Event> = out.trace.iter().collect();
+    in_time_order.sort_by_key(|e| e.at_us);
+    for e in in_time_order {
         match &e.what {
             EventKind::Op { outcome, what, .. } if !every_op => batch.add(e, outcome, what),
             _ => {

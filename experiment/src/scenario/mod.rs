@@ -9,11 +9,14 @@
 //! Faults name nodes symbolically (`leader`, `follower`, `rest`, `n3`): the runner resolves them at
 //! the moment the fault fires, because which node leads is only known then.
 
+mod locate;
+pub(crate) mod validate;
+
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fault::{Chaos, Fault, FaultStep, NodeRef};
+use crate::fault::{Chaos, FaultStep};
 use crate::postgres::PostgresSettings;
 use crate::system::{System, SystemName};
 
@@ -21,32 +24,32 @@ use crate::system::{System, SystemName};
 const BUILTIN: &[(&str, &str)] = &[
     (
         "etcd-leader-kill",
-        include_str!("../../scenarios/etcd-leader-kill.toml"),
+        include_str!("../../../scenarios/etcd-leader-kill.toml"),
     ),
     (
         "etcd-leader-isolate",
-        include_str!("../../scenarios/etcd-leader-isolate.toml"),
+        include_str!("../../../scenarios/etcd-leader-isolate.toml"),
     ),
     (
         "etcd-minority-partition",
-        include_str!("../../scenarios/etcd-minority-partition.toml"),
+        include_str!("../../../scenarios/etcd-minority-partition.toml"),
     ),
     (
         "etcd-bridge-partition",
-        include_str!("../../scenarios/etcd-bridge-partition.toml"),
+        include_str!("../../../scenarios/etcd-bridge-partition.toml"),
     ),
     (
         "etcd-chaos",
-        include_str!("../../scenarios/etcd-chaos.toml"),
+        include_str!("../../../scenarios/etcd-chaos.toml"),
     ),
-    ("pg-lag", include_str!("../../scenarios/pg-lag.toml")),
+    ("pg-lag", include_str!("../../../scenarios/pg-lag.toml")),
     (
         "pg-failover",
-        include_str!("../../scenarios/pg-failover.toml"),
+        include_str!("../../../scenarios/pg-failover.toml"),
     ),
     (
         "pg-isolate-primary",
-        include_str!("../../scenarios/pg-isolate-primary.toml"),
+        include_str!("../../../scenarios/pg-isolate-primary.toml"),
     ),
 ];
 
@@ -72,22 +75,72 @@ pub enum ScenarioError {
         /// The OS error.
         reason: String,
     },
-    /// The file is not valid TOML for a scenario.
-    #[error("malformed scenario {source_name}: {reason}")]
+    /// The file is not valid TOML for a scenario (a typo, a misspelled or missing key).
+    #[error("{}{reason}", where_prefix(.at, .field))]
     Malformed {
-        /// File path or built-in name.
-        source_name: String,
+        /// Where: file, line and column, when known.
+        at: Option<Location>,
+        /// Field path, e.g. `faults[2]`, when known.
+        field: String,
         /// What the parser said, folded to one line.
         reason: String,
     },
     /// The file parsed but describes something that cannot run.
-    #[error("invalid scenario {name}: {reason}")]
+    #[error("{}{reason}", match .at { Some(_) => where_prefix(.at, .field), None => format!("invalid scenario {name}: {}", where_prefix(&None, .field)) })]
     Invalid {
         /// Scenario name.
         name: String,
+        /// Field path, e.g. `faults[1].at_ms`.
+        field: String,
         /// What is impossible about it.
         reason: String,
+        /// Where in the file, when it came from one.
+        at: Option<Location>,
     },
+}
+
+/// A place in a scenario file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// File path or built-in name.
+    pub source_name: String,
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub col: usize,
+}
+
+/// `file:line:col: field: ` (the parts that are known), in the form editors jump to.
+fn where_prefix(at: &Option<Location>, field: &str) -> String {
+    let mut out = String::new();
+    if let Some(at) = at {
+        out = format!("{}:{}:{}: ", at.source_name, at.line, at.col);
+    }
+    if !field.is_empty() {
+        out.push_str(field);
+        out.push_str(": ");
+    }
+    out
+}
+
+/// A "missing field" error where the table has a near miss of that key: point at the misspelled
+/// key and say so, rather than at the table.
+fn misspelled(text: &str, source_name: &str, table: &str, reason: &str) -> Option<ScenarioError> {
+    let missing = reason.strip_prefix("missing field `")?.strip_suffix('`')?;
+    let (written, (line, col)) = locate::misspelling(text, table, missing)?;
+    Some(ScenarioError::Malformed {
+        at: Some(Location {
+            source_name: source_name.to_string(),
+            line,
+            col,
+        }),
+        field: if table.is_empty() {
+            written.clone()
+        } else {
+            format!("{table}.{written}")
+        },
+        reason: format!("unknown field `{written}`; did you mean `{missing}`?"),
+    })
 }
 
 /// A complete scenario: the system under test with its settings, topology, workload, faults and
@@ -270,16 +323,48 @@ impl Scenario {
         })
     }
 
-    /// Parses and validates scenario TOML; `source_name` names it in errors.
+    /// Parses and validates scenario TOML; `source_name` names it in errors, which say the line,
+    /// column and field path of the problem.
     pub fn parse(text: &str, source_name: &str) -> Result<Scenario, ScenarioError> {
-        let file: ScenarioFile = toml::from_str(text).map_err(|e| ScenarioError::Malformed {
-            source_name: source_name.to_string(),
-            reason: e.message().replace('\n', " "),
+        let at = |field: &str, span: Option<std::ops::Range<usize>>| {
+            let (line, col) = match span {
+                Some(span) => locate::line_col(text, span.start),
+                None => locate::field(text, field)?,
+            };
+            Some(Location {
+                source_name: source_name.to_string(),
+                line,
+                col,
+            })
+        };
+        let de = toml::Deserializer::new(text);
+        let file: ScenarioFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            let inner = e.into_inner();
+            let reason = inner.message().replace('\n', " ");
+            if let Some(hint) = misspelled(text, source_name, &field, &reason) {
+                return hint;
+            }
+            ScenarioError::Malformed {
+                at: at(&field, inner.span()),
+                reason,
+                field,
+            }
         })?;
         let name = file.name.clone();
-        let scenario =
-            Scenario::try_from(file).map_err(|reason| ScenarioError::Invalid { name, reason })?;
-        scenario.validate()?;
+        let scenario = Scenario::try_from(file).map_err(|reason| ScenarioError::Invalid {
+            name: name.clone(),
+            field: "system".into(),
+            reason,
+            at: at("system", None),
+        })?;
+        validate::check(&scenario).map_err(|p| ScenarioError::Invalid {
+            name,
+            at: at(&p.field, None),
+            field: p.field,
+            reason: p.reason,
+        })?;
         Ok(scenario)
     }
 
@@ -290,124 +375,22 @@ impl Scenario {
         Ok(self)
     }
 
-    /// Checks everything that would make the scenario impossible to run.
+    /// Checks everything that would make the scenario impossible to run (or a fault that could
+    /// never matter); the error names the field.
     pub fn validate(&self) -> Result<(), ScenarioError> {
-        self.check_shape()
-            .and_then(|()| self.check_system())
-            .and_then(|()| self.faults.iter().try_for_each(|s| self.check_fault(s)))
-            .and_then(|()| self.check_chaos())
-            .map_err(|reason| ScenarioError::Invalid {
-                name: self.name.clone(),
-                reason,
-            })
-    }
-
-    /// Topology, network, workload and duration.
-    fn check_shape(&self) -> Result<(), String> {
-        let nodes = self.topology.nodes;
-        if nodes == 0 || nodes > NODES_MAX {
-            return Err(format!(
-                "topology.nodes is {nodes}; it must be 1 to {NODES_MAX}"
-            ));
-        }
-        let t = &self.topology;
-        if t.heartbeat_ms == 0 || t.election_timeout_ms < 2 * t.heartbeat_ms {
-            return Err(format!(
-                "election_timeout_ms ({}) must be at least twice heartbeat_ms ({}), which must be > 0",
-                t.election_timeout_ms, t.heartbeat_ms
-            ));
-        }
-        if self.network.latency_ms_min > self.network.latency_ms_max {
-            return Err("network.latency_ms_min exceeds latency_ms_max".into());
-        }
-        let w = &self.workload;
-        if w.clients == 0 || w.keys == 0 || w.timeout_ms == 0 {
-            return Err("workload.clients, keys and timeout_ms must be > 0".into());
-        }
-        if w.put + w.get + w.cas == 0 {
-            return Err("workload mix is empty: put + get + cas weights are 0".into());
-        }
-        if self.duration_ms == 0 {
-            return Err("duration_ms must be > 0".into());
-        }
-        Ok(())
-    }
-
-    /// What the system's own settings require.
-    fn check_system(&self) -> Result<(), String> {
-        let nodes = self.topology.nodes;
-        match &self.system {
-            System::Etcd => Ok(()),
-            System::Postgres(pg) => {
-                if nodes < 2 {
-                    return Err(format!(
-                        "a Postgres scenario needs at least 1 replica (topology.nodes >= 2); it asks for {}",
-                        nodes.saturating_sub(1)
-                    ));
-                }
-                pg.validate()?;
-                let phases_ms: u64 = pg.phases.iter().map(|p| p.ms).sum();
-                if phases_ms > self.duration_ms {
-                    return Err(format!(
-                        "postgres phases last {phases_ms} ms, longer than duration_ms ({})",
-                        self.duration_ms
-                    ));
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// One scheduled fault: in the run, naming nodes that exist, with sensible parameters.
-    fn check_fault(&self, step: &FaultStep) -> Result<(), String> {
-        let nodes = self.topology.nodes;
-        let label = step.fault.label();
-        if step.at_ms > self.duration_ms {
-            return Err(format!(
-                "fault '{label}' at {} ms is after the end of the run ({} ms)",
-                step.at_ms, self.duration_ms
-            ));
-        }
-        for node in step.fault.node_refs() {
-            if let NodeRef::Node(id) = node {
-                if id.index() >= nodes {
-                    return Err(format!(
-                        "fault '{label}' names {node}, but the cluster has only {nodes} nodes (n1..n{nodes})"
-                    ));
-                }
-            }
-        }
-        match &step.fault {
-            Fault::Partition { groups } if groups.len() < 2 || groups.iter().any(Vec::is_empty) => {
-                Err("a partition needs at least two non-empty groups".into())
-            }
-            Fault::Loss { rate } | Fault::Duplicate { rate } if !(0.0..=1.0).contains(rate) => {
-                Err(format!("rate {rate} is not a probability in [0, 1]"))
-            }
-            Fault::Delay { ms_max } if *ms_max < self.network.latency_ms_min => {
-                Err("delay ms_max is below network.latency_ms_min".into())
-            }
-            Fault::Bridge { .. } if nodes < 3 => {
-                Err("a bridge partition needs at least 3 nodes".into())
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// The chaos window lies within the run.
-    fn check_chaos(&self) -> Result<(), String> {
-        match &self.chaos {
-            Some(chaos) if chaos.from_ms >= chaos.to_ms || chaos.to_ms > self.duration_ms => {
-                Err("chaos window must satisfy from_ms < to_ms <= duration_ms".into())
-            }
-            _ => Ok(()),
-        }
+        validate::check(self).map_err(|p| ScenarioError::Invalid {
+            name: self.name.clone(),
+            field: p.field,
+            reason: p.reason,
+            at: None,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fault::{Fault, NodeRef};
 
     #[test]
     fn every_builtin_scenario_parses_and_validates() {
@@ -429,7 +412,7 @@ mod tests {
         let err = Scenario::parse("name = ", "x.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("malformed scenario x.toml"), "{err}");
+        assert!(err.starts_with("x.toml:1:8: "), "{err}");
         assert!(!err.contains('\n'), "{err}");
     }
 
