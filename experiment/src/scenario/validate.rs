@@ -60,7 +60,7 @@ fn check_topology(s: &Scenario) -> Result<(), Problem> {
             ),
         );
     }
-    if t.election_timeout_ms % t.heartbeat_ms != 0 {
+    if !t.election_timeout_ms.is_multiple_of(t.heartbeat_ms) {
         // Raft counts both in ticks of one heartbeat, so the timeout is a whole number of them.
         return problem(
             "topology.election_timeout_ms",
