@@ -447,8 +447,8 @@ fn cluster_up_without_root_is_one_line_and_exit_2() {
         .status()
         .is_ok_and(|s| s.success());
     if !reachable {
-        eprintln!(
-            "skipped: user nobody cannot reach the test binary (checkout in a private directory)"
+        quorumlab_testkit::skip(
+            "user nobody cannot reach the test binary (checkout in a private directory)",
         );
         return;
     }

@@ -38,11 +38,12 @@ pub fn skip_reason(needs: &[Requirement]) -> Option<&'static str> {
         .map(|(_, why)| *why)
 }
 
-/// Whether the test must be skipped; says why on stderr when it is.
+/// Whether the test must be skipped; says why and counts it when it is (and fails instead under
+/// `QUORUMLAB_REQUIRE_REAL=1`).
 pub fn skipped(needs: &[Requirement]) -> bool {
     let why = skip_reason(needs);
     if let Some(why) = why {
-        eprintln!("skipped: {why}");
+        quorumlab_testkit::skip(why);
     }
     why.is_some()
 }

@@ -37,7 +37,7 @@ impl TempPostgres {
     /// An empty directory (owned by `postgres` when we are root) and a free port; nothing runs.
     fn prepare(tag: &str) -> Option<TempPostgres> {
         if !Path::new(PG_BIN).join("initdb").exists() {
-            eprintln!("skipped: Postgres 15 is not installed (apt-get install postgresql-15)");
+            quorumlab_testkit::skip("Postgres 15 is not installed (apt-get install postgresql-15)");
             return None;
         }
         let dir = std::env::temp_dir().join(format!("quorumlab-svc-{tag}-{}", std::process::id()));

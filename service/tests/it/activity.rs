@@ -10,9 +10,7 @@ fn mongodb_uri() -> Option<String> {
     match std::env::var("QUORUMLAB_MONGODB_URI") {
         Ok(uri) if !uri.is_empty() => Some(uri),
         _ => {
-            eprintln!(
-                "skipped: set QUORUMLAB_MONGODB_URI to a MongoDB replica set to run this test"
-            );
+            quorumlab_testkit::skip_without_mongodb();
             None
         }
     }
