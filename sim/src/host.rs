@@ -125,6 +125,7 @@ impl World {
                 members
             ],
             stores: (0..members).map(|_| MemStorage::new()).collect(),
+            monitor: Monitor::new(members),
             heartbeat_us,
             ..World::default()
         }
@@ -266,7 +267,7 @@ pub async fn node_host(world: WorldRef, config: NodeConfig, store: MemStorage) -
         let mut state = world.borrow_mut();
         state.set_view(me, &node);
         for output in outputs {
-            host.emit(&mut state, &node, output);
+            host.emit(&mut state, output);
         }
         state.report_new_violations(&host.name);
     }
@@ -302,7 +303,7 @@ impl MemberHost {
     }
 
     /// One output of the node out: a message sent, a reply, or an observation recorded.
-    fn emit(&mut self, state: &mut World, node: &EtcdNode, output: Output) {
+    fn emit(&mut self, state: &mut World, output: Output) {
         let id = self.me.0;
         match output {
             Output::Send(msg) => self.send_raft(state, msg),
@@ -314,8 +315,7 @@ impl MemberHost {
             }
             Output::Role { role, term, .. } => {
                 if role == Role::Leader {
-                    let store = node.store().clone();
-                    state.monitor.on_leader(id, term, &store);
+                    state.monitor.on_leader(id, term);
                 }
                 state.push(self.name.clone(), EventKind::Role { role, term });
             }
@@ -326,6 +326,9 @@ impl MemberHost {
             }
             Output::Applied { index, term, data } => {
                 state.monitor.on_applied(id, index, term, &data)
+            }
+            Output::Persisted { node_term, entries } => {
+                state.monitor.on_persisted(id, node_term, &entries)
             }
         }
     }

@@ -118,6 +118,13 @@ pub enum Output {
         /// Entry payload (empty for a leader's no-op).
         data: Vec<u8>,
     },
+    /// Entries were written to the node's durable log (replacing any from the first index on).
+    Persisted {
+        /// The node's current term when it wrote them.
+        node_term: u64,
+        /// `(index, term, fingerprint of the payload)`, in index order.
+        entries: Vec<(u64, u64, u64)>,
+    },
 }
 
 /// One etcd member: Raft consensus plus the key-value state machine it replicates.
@@ -296,6 +303,14 @@ impl EtcdNode {
                     .wl()
                     .append(ready.entries())
                     .expect("append to memory storage");
+                self.outputs.push(Output::Persisted {
+                    node_term: self.raw.raft.term,
+                    entries: ready
+                        .entries()
+                        .iter()
+                        .map(|e| (e.index, e.term, crate::invariants::fingerprint(&e.data)))
+                        .collect(),
+                });
             }
             if let Some(hs) = ready.hs() {
                 self.store.wl().set_hardstate(hs.clone());
