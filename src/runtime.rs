@@ -20,6 +20,17 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// A spinner counting work of unknown length, e.g. `12 runs tried`.
+pub fn spinner(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template(&format!("{{spinner}} {{pos}} {what}  {{elapsed}}"))
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
 /// A progress bar over seeds, with an estimate of the time left (sweeps are long and even).
 pub fn seed_progress(seeds: u64) -> Result<indicatif::ProgressBar> {
     let bar = indicatif::ProgressBar::new(seeds);

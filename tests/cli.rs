@@ -786,3 +786,100 @@ fn a_fault_the_real_lab_cannot_do_is_refused_before_anything_starts() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Counts the `[[faults]]` tables of a scenario file.
+fn faults_in(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .matches("[[faults]]")
+        .count()
+}
+
+#[test]
+fn shrinking_a_broken_build_leaves_at_most_two_faults_and_a_file_that_still_fails() {
+    let dir = temp_dir("shrink");
+    for (scenario, seed, flag) in [
+        ("etcd-leader-isolate", "3", "--stale-reads"),
+        ("etcd-chaos", "1", "--stale-reads"),
+        ("pg-isolate-primary", "1", "--broken-patroni-timing"),
+    ] {
+        let out_file = dir.join(format!("{scenario}.toml"));
+        let out_path = out_file.to_str().unwrap();
+        let out = quorumlab(&[
+            "sim", "shrink", scenario, "--seed", seed, flag, "--out", out_path,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{scenario}: {stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("--seed {seed} {flag}")),
+            "{stdout}"
+        );
+        assert!(
+            faults_in(&out_file) <= 2,
+            "{scenario}: {}",
+            std::fs::read_to_string(&out_file).unwrap()
+        );
+        let replay = quorumlab(&["sim", out_path, "--seed", seed, flag]);
+        assert_eq!(
+            replay.status.code(),
+            Some(1),
+            "{scenario}: the shrunk file must still fail"
+        );
+        let healthy = quorumlab(&["sim", out_path, "--seed", seed]);
+        assert_eq!(
+            healthy.status.code(),
+            Some(0),
+            "{scenario}: and only with the broken build"
+        );
+    }
+}
+
+#[test]
+fn shrinking_a_seed_that_does_not_fail_is_refused_and_writes_nothing() {
+    let dir = temp_dir("shrink-ok");
+    let out_file = dir.join("never.toml");
+    let out = quorumlab(&[
+        "sim",
+        "shrink",
+        "etcd-leader-isolate",
+        "--seed",
+        "3",
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    assert_user_error(
+        &out,
+        "seed 3 of etcd-leader-isolate does not fail; nothing to shrink",
+    );
+    assert!(!out_file.exists());
+    assert_user_error(
+        &quorumlab(&["sim", "etcd-leader-kill", "--broken-patroni-timing"]),
+        "--broken-patroni-timing is not available for etcd scenarios",
+    );
+}
+
+#[test]
+fn sweep_shrink_writes_the_first_failing_seed_beside_the_replay_hint() {
+    let dir = temp_dir("sweep-shrink");
+    let out = Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+        .args([
+            "sim",
+            "sweep",
+            "etcd-chaos",
+            "--seeds",
+            "1..2",
+            "--stale-reads",
+            "--shrink",
+        ])
+        .current_dir(&*dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("shrunk to etcd-chaos-seed1-shrunk.toml"),
+        "{stderr}"
+    );
+    assert!(faults_in(&dir.join("etcd-chaos-seed1-shrunk.toml")) <= 2);
+}

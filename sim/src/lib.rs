@@ -15,6 +15,7 @@ pub mod invariants;
 pub mod node;
 pub mod postgres;
 pub mod run;
+pub mod shrink;
 pub mod sweep;
 pub mod trace;
 pub mod wire;

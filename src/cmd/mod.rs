@@ -14,6 +14,7 @@ pub mod run;
 pub mod scenarios;
 pub mod serve;
 pub mod shard;
+pub mod shrink;
 pub mod sim;
 pub mod sweep;
 

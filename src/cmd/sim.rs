@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::load_scenario;
-use crate::system::{self, SimOptions};
+use crate::system::{self, Build, SimOptions};
 
 /// `sim`: one run, or a subcommand.
 #[derive(Args)]
@@ -26,6 +26,9 @@ enum SimAction {
     Sweep(super::sweep::SweepArgs),
     /// Measure simulator speed and checker speed; prints JSON.
     Bench(super::bench::BenchArgs),
+    /// Shrink a failing seed: drop faults, shorten the run and lighten the workload while it
+    /// still fails, then write the smallest failing scenario as a TOML file.
+    Shrink(super::shrink::ShrinkArgs),
 }
 
 #[derive(Args)]
@@ -52,14 +55,8 @@ struct OneRunArgs {
     /// List every client operation in the timeline instead of summarising them. etcd scenarios.
     #[arg(long)]
     ops: bool,
-    /// Deliberately broken build: serve reads from any node's local state (the checker should
-    /// object). etcd scenarios.
-    #[arg(long)]
-    stale_reads: bool,
-    /// Simulated milliseconds per world step (default 4); larger is faster but rounds latencies
-    /// coarser. etcd scenarios.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=20))]
-    step_ms: Option<u64>,
+    #[command(flatten)]
+    build: Build,
 }
 
 /// Runs `sim` or one of its subcommands.
@@ -67,6 +64,7 @@ pub fn command(args: SimArgs) -> Result<()> {
     match args.action {
         Some(SimAction::Sweep(sweep)) => super::sweep::command(sweep),
         Some(SimAction::Bench(bench)) => super::bench::command(bench),
+        Some(SimAction::Shrink(shrink)) => super::shrink::command(shrink),
         None => one_run(args.run),
     }
 }
@@ -80,7 +78,6 @@ fn one_run(args: OneRunArgs) -> Result<()> {
         json: args.json,
         report: args.report,
         ops: args.ops,
-        stale_reads: args.stale_reads,
-        step_ms: args.step_ms,
+        build: args.build,
     })
 }

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::load_scenario;
-use crate::system::{self, SweepOptions};
+use crate::system::{self, Build, SweepOptions};
 
 /// `sim sweep`'s arguments.
 #[derive(Args)]
@@ -23,12 +23,12 @@ pub struct SweepArgs {
     /// Print the report (and per-seed summaries) as JSON.
     #[arg(long)]
     json: bool,
-    /// Deliberately broken build: serve reads from any node's local state. etcd scenarios.
+    #[command(flatten)]
+    build: Build,
+    /// Shrink the first failing seed to its smallest failing scenario and write it as TOML
+    /// (see `sim shrink`).
     #[arg(long)]
-    stale_reads: bool,
-    /// Simulated milliseconds per world step (default 4). etcd scenarios.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=20))]
-    step_ms: Option<u64>,
+    shrink: bool,
 }
 
 /// Runs the sweep through the scenario's system.
@@ -40,8 +40,8 @@ pub fn command(args: SweepArgs) -> Result<()> {
         nodes: args.nodes,
         seeds: args.seeds,
         json: args.json,
-        stale_reads: args.stale_reads,
-        step_ms: args.step_ms,
+        build: args.build,
+        shrink: args.shrink,
     })
 }
 

@@ -7,6 +7,42 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use quorumlab_cluster::run::FiredFault;
 
+/// How a simulated run is built: the deliberately broken builds a checker should object to, and
+/// the simulator's step. The same flags on `sim`, `sweep` and `shrink`, so a replay is exact.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Build {
+    /// Deliberately broken build: serve reads from any node's local state (the checker should
+    /// object). etcd scenarios.
+    #[arg(long)]
+    pub stale_reads: bool,
+    /// Deliberately broken build: Patroni's retry_timeout raised to its ttl, breaking the rule
+    /// loop_wait + 2*retry_timeout <= ttl (an isolated primary outlives its lease). Postgres
+    /// scenarios.
+    #[arg(long)]
+    pub broken_patroni_timing: bool,
+    /// Simulated milliseconds per world step (default 4); larger is faster but rounds latencies
+    /// coarser. etcd scenarios.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub step_ms: Option<u64>,
+}
+
+impl Build {
+    /// The flags that give this build on the command line, each with a leading space.
+    pub fn flags(&self) -> String {
+        let mut flags = String::new();
+        if let Some(ms) = self.step_ms {
+            flags.push_str(&format!(" --step-ms {ms}"));
+        }
+        if self.stale_reads {
+            flags.push_str(" --stale-reads");
+        }
+        if self.broken_patroni_timing {
+            flags.push_str(" --broken-patroni-timing");
+        }
+        flags
+    }
+}
+
 /// How `sim SCENARIO` was asked to run and show one seed (default: seed 0, the plain timeline).
 #[derive(Default)]
 pub struct SimOptions {
@@ -20,10 +56,8 @@ pub struct SimOptions {
     pub report: Option<PathBuf>,
     /// List every client operation.
     pub ops: bool,
-    /// The deliberately broken build (reads from any node's local state).
-    pub stale_reads: bool,
-    /// Simulated milliseconds per world step, when given.
-    pub step_ms: Option<u64>,
+    /// The build and step: deliberately broken or not.
+    pub build: Build,
 }
 
 /// How `sim sweep SCENARIO` was asked to run many seeds.
@@ -36,10 +70,33 @@ pub struct SweepOptions {
     pub seeds: RangeInclusive<u64>,
     /// Print JSON instead of text.
     pub json: bool,
-    /// The deliberately broken build.
-    pub stale_reads: bool,
-    /// Simulated milliseconds per world step, when given.
-    pub step_ms: Option<u64>,
+    /// The build and step the seeds run with.
+    pub build: Build,
+    /// Shrink the first failing seed and write it as a scenario file.
+    pub shrink: bool,
+}
+
+impl SweepOptions {
+    /// The error for a sweep whose first failing seed is `seed`: how to replay it, and with
+    /// `--shrink`, the smallest failing scenario written beside it.
+    pub fn failure(&self, what: String, seed: u64) -> Result<String> {
+        let mut message = format!("{what}; replay one with `{}`", self.replay(seed));
+        if self.shrink {
+            let shrunk = crate::cmd::shrink::shrink_to_file(
+                &self.named,
+                self.nodes,
+                seed,
+                &self.build,
+                None,
+            )?;
+            message.push_str(&format!(
+                "; shrunk to {}: `{}`",
+                shrunk.path.display(),
+                shrunk.replay
+            ));
+        }
+        Ok(message)
+    }
 }
 
 impl SweepOptions {
@@ -51,18 +108,12 @@ impl SweepOptions {
         if let Some(n) = self.nodes {
             command.push_str(&format!(" --nodes {n}"));
         }
-        if let Some(ms) = self.step_ms {
-            command.push_str(&format!(" --step-ms {ms}"));
-        }
-        if self.stale_reads {
-            command.push_str(" --stale-reads");
-        }
-        command
+        command + &self.build.flags()
     }
 }
 
 /// `word` as a shell reads it back: quoted when it holds anything but plain path characters.
-fn shell_word(word: &str) -> String {
+pub fn shell_word(word: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
     if !word.is_empty() && word.chars().all(plain) {
         word.to_string()
@@ -122,6 +173,10 @@ pub trait SystemCli {
     fn compare(&self, _options: &RealOptions) -> Result<()> {
         bail!("there is no real {} lab to compare with yet", self.name())
     }
+
+    /// Whether `seed` breaks a safety property with `build` (the shrinker's test); refuses a
+    /// build the system has no such thing for.
+    fn fails(&self, seed: u64, build: &Build) -> Result<bool>;
 
     /// `cluster up`: a lab configured from the scenario, left running.
     fn cluster_up(&self, _options: &UpOptions) -> Result<()> {

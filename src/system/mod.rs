@@ -13,7 +13,7 @@ mod cli;
 pub mod etcd;
 mod postgres;
 
-pub use cli::{RealOptions, SimOptions, SweepOptions, SystemCli, UpOptions};
+pub use cli::{shell_word, Build, RealOptions, SimOptions, SweepOptions, SystemCli, UpOptions};
 use quorumlab_experiment::{Scenario, System};
 
 /// The one place that maps a scenario's system to its command-line side.

@@ -368,6 +368,11 @@ impl Scenario {
         Ok(scenario)
     }
 
+    /// The scenario as a TOML file would spell it (what [`Scenario::parse`] reads back).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
     /// Returns the scenario with a different node count, validated again.
     pub fn with_nodes(mut self, nodes: usize) -> Result<Scenario, ScenarioError> {
         self.topology.nodes = nodes;

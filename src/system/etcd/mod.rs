@@ -16,7 +16,9 @@ use quorumlab_experiment::Scenario;
 use quorumlab_sim::sweep::sweep;
 use quorumlab_sim::RunConfig;
 
-use super::cli::{refuse_option, RealOptions, SimOptions, SweepOptions, SystemCli, UpOptions};
+use super::cli::{
+    refuse_option, Build, RealOptions, SimOptions, SweepOptions, SystemCli, UpOptions,
+};
 use crate::cmd::{Inconclusive, SafetyViolation};
 use crate::lab_setup::{install_if_missing, this_binary, Package};
 use crate::runtime::{progress, runtime, seed_progress};
@@ -28,10 +30,20 @@ const PACKAGES: &[Package] = &[("etcd-server", quorumlab_cluster::etcd::ETCD_BIN
 /// Runs one seed with the default settings and prints it as `sim` does; for the demo, which
 /// then tells what the run showed.
 pub fn sim_and_print(scenario: &Scenario, seed: u64) -> Result<RunSummary> {
-    let config = Etcd { scenario }.run_config(seed, false, None);
+    let config = Etcd { scenario }.run_config(seed, &Build::default());
     let out = quorumlab_sim::run(scenario, &config)?;
     show::print_run(&out, false);
     Ok(out.summary)
+}
+
+/// Refuses the broken build only the Postgres model has.
+fn refuse_pg_only(build: &Build) -> Result<()> {
+    refuse_option(
+        build.broken_patroni_timing,
+        "--broken-patroni-timing",
+        "etcd",
+        "there is no Patroni in an etcd scenario",
+    )
 }
 
 /// The exit status runs earn: 1 if any broke a safety property, 3 if any history went undecided.
@@ -61,10 +73,10 @@ pub struct Etcd<'a> {
 }
 
 impl Etcd<'_> {
-    fn run_config(&self, seed: u64, stale_reads: bool, step_ms: Option<u64>) -> RunConfig {
+    fn run_config(&self, seed: u64, build: &Build) -> RunConfig {
         RunConfig {
-            stale_reads,
-            step: Duration::from_millis(step_ms.unwrap_or(STEP_MS_DEFAULT)),
+            stale_reads: build.stale_reads,
+            step: Duration::from_millis(build.step_ms.unwrap_or(STEP_MS_DEFAULT)),
             ..RunConfig::seeded(seed)
         }
     }
@@ -92,10 +104,11 @@ impl SystemCli for Etcd<'_> {
     }
 
     fn sim(&self, options: &SimOptions) -> Result<()> {
+        refuse_pg_only(&options.build)?;
         let config = RunConfig {
             record_messages: options.report.is_some(),
             record_views: options.step,
-            ..self.run_config(options.seed, options.stale_reads, options.step_ms)
+            ..self.run_config(options.seed, &options.build)
         };
         let out = quorumlab_sim::run(self.scenario, &config)?;
         if let Some(dir) = &options.report {
@@ -118,7 +131,8 @@ impl SystemCli for Etcd<'_> {
     }
 
     fn sweep(&self, options: &SweepOptions) -> Result<()> {
-        let template = self.run_config(0, options.stale_reads, options.step_ms);
+        refuse_pg_only(&options.build)?;
+        let template = self.run_config(0, &options.build);
         let bar = seed_progress(options.seeds.end() - options.seeds.start() + 1)?;
         let started = Instant::now();
         let (report, summaries) =
@@ -133,14 +147,19 @@ impl SystemCli for Etcd<'_> {
             show::print_sweep(&report, started.elapsed());
         }
         if let Some((seed, _)) = report.unsafe_seeds.first() {
-            return Err(SafetyViolation(format!(
-                "{} seed(s) broke a safety property; replay one with `{}`",
-                report.unsafe_seeds.len(),
-                options.replay(*seed),
-            ))
-            .into());
+            let what = format!(
+                "{} seed(s) broke a safety property",
+                report.unsafe_seeds.len()
+            );
+            return Err(SafetyViolation(options.failure(what, *seed)?).into());
         }
         judge(&summaries, "the sweep")
+    }
+
+    fn fails(&self, seed: u64, build: &Build) -> Result<bool> {
+        refuse_pg_only(build)?;
+        let out = quorumlab_sim::run(self.scenario, &self.run_config(seed, build))?;
+        Ok(!out.summary.is_safe())
     }
 
     fn run(&self, options: &RealOptions) -> Result<()> {

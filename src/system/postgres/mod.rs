@@ -10,12 +10,12 @@ use quorumlab_cluster::postgres::{run_on_urls, run_postgres, PgRealRun};
 use quorumlab_cluster::run::check_supported;
 use quorumlab_experiment::postgres::{PostgresSettings, ReplicationMode};
 use quorumlab_experiment::replication::PgRunSummary;
-use quorumlab_experiment::Scenario;
+use quorumlab_experiment::{Scenario, System};
 use quorumlab_sim::postgres::run_pg;
 use quorumlab_sim::sweep::sweep_pg;
 
 use super::cli::{
-    fired_faults, refuse_option, RealOptions, SimOptions, SweepOptions, SystemCli, UpOptions,
+    fired_faults, refuse_option, Build, RealOptions, SimOptions, SweepOptions, SystemCli, UpOptions,
 };
 use crate::cmd::SafetyViolation;
 use crate::lab_setup::{install_if_missing, this_binary, Package};
@@ -57,7 +57,8 @@ impl Postgres<'_> {
     }
 
     /// Refuses the simulator options only the etcd model has.
-    fn refuse_etcd_only(&self, stale_reads: bool, step_ms: Option<u64>) -> Result<()> {
+    fn refuse_etcd_only(&self, build: &Build) -> Result<()> {
+        let (stale_reads, step_ms) = (build.stale_reads, build.step_ms);
         refuse_option(
             stale_reads,
             "--stale-reads",
@@ -70,6 +71,16 @@ impl Postgres<'_> {
             "postgres",
             "the Postgres model steps in whole milliseconds",
         )
+    }
+
+    /// The scenario as `build` runs it: with `--broken-patroni-timing`, retry_timeout is raised
+    /// to the ttl, so an isolated primary keeps retrying the DCS after its lease has expired.
+    fn built(&self, build: &Build) -> Scenario {
+        let mut scenario = self.scenario.clone();
+        if let (true, System::Postgres(pg)) = (build.broken_patroni_timing, &mut scenario.system) {
+            pg.retry_timeout_s = pg.ttl_s;
+        }
+        scenario
     }
 
     /// Runs the scenario for real `runs` times in each of its modes.
@@ -114,7 +125,7 @@ impl SystemCli for Postgres<'_> {
     }
 
     fn sim(&self, options: &SimOptions) -> Result<()> {
-        self.refuse_etcd_only(options.stale_reads, options.step_ms)?;
+        self.refuse_etcd_only(&options.build)?;
         refuse_option(
             options.step,
             "--step",
@@ -133,9 +144,10 @@ impl SystemCli for Postgres<'_> {
             "postgres",
             "its trace already lists every event",
         )?;
+        let scenario = self.built(&options.build);
         let mut runs = Vec::new();
         for &mode in self.modes() {
-            runs.push(run_pg(self.scenario, mode, options.seed)?);
+            runs.push(run_pg(&scenario, mode, options.seed)?);
         }
         if options.json {
             println!("{}", serde_json::to_string_pretty(&runs)?);
@@ -158,13 +170,14 @@ impl SystemCli for Postgres<'_> {
     }
 
     fn sweep(&self, options: &SweepOptions) -> Result<()> {
-        self.refuse_etcd_only(options.stale_reads, options.step_ms)?;
+        self.refuse_etcd_only(&options.build)?;
+        let scenario = self.built(&options.build);
         let seeds = options.seeds.end() - options.seeds.start() + 1;
         let bar = seed_progress(seeds * self.modes().len() as u64)?;
         let mut summaries = Vec::new();
         for &mode in self.modes() {
             let base = bar.position();
-            let runs = sweep_pg(self.scenario, mode, options.seeds.clone(), &|done| {
+            let runs = sweep_pg(&scenario, mode, options.seeds.clone(), &|done| {
                 bar.set_position(base + done)
             })?;
             summaries.extend(runs);
@@ -185,14 +198,21 @@ impl SystemCli for Postgres<'_> {
             }
         }
         if let Some(first) = split.first() {
-            return Err(SafetyViolation(format!(
-                "{} run(s) had two primaries at once; replay one with `{}`",
-                split.len(),
-                options.replay(first.seed),
-            ))
-            .into());
+            let what = format!("{} run(s) had two primaries at once", split.len());
+            return Err(SafetyViolation(options.failure(what, first.seed)?).into());
         }
         Ok(())
+    }
+
+    fn fails(&self, seed: u64, build: &Build) -> Result<bool> {
+        self.refuse_etcd_only(build)?;
+        let scenario = self.built(build);
+        for &mode in self.modes() {
+            if run_pg(&scenario, mode, seed)?.summary.split_brain() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn run(&self, options: &RealOptions) -> Result<()> {
