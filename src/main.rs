@@ -8,6 +8,7 @@
 
 mod cmd;
 mod lab_setup;
+mod machine;
 mod runtime;
 mod system;
 mod table;

@@ -3,6 +3,7 @@
 //! looks is decided here, once.
 
 use quorumlab_experiment::measure::{Distribution, Metric, RunRecord};
+use quorumlab_experiment::stats::{ks_two_sample, Ks, Sample};
 use serde::Serialize;
 
 /// One row: a metric's name and its distribution (`None`: no run had a value).
@@ -43,17 +44,28 @@ pub fn print_distributions(title: &str, rows: &[Row]) {
     }
 }
 
-/// One metric, simulated beside real.
+/// One metric, simulated beside real: where the real median falls among the simulated seeds,
+/// and how far apart the two distributions are.
 #[derive(Debug, Serialize)]
 pub struct Comparison {
     /// The metric's name.
     pub metric: &'static str,
     /// Over the simulated seeds.
     pub sim: Option<Distribution>,
+    /// The simulated 5th and 95th percentiles: the band reality should fall in.
+    pub sim_p5: Option<f64>,
+    /// See `sim_p5`.
+    pub sim_p95: Option<f64>,
     /// Over the real runs.
     pub real: Option<Distribution>,
     /// Real median over simulated median (`None` when either is missing or the simulated is 0).
     pub ratio_p50_real_over_sim: Option<f64>,
+    /// The real median's percentile among the simulated values.
+    pub real_p50_percentile_in_sim: Option<f64>,
+    /// Two-sample Kolmogorov–Smirnov distance and p-value, simulated against real.
+    pub ks: Option<Ks>,
+    /// Whether the real median lies outside the simulated 5–95% band.
+    pub outside_sim_band: bool,
 }
 
 /// Every metric over the simulated and the real runs.
@@ -61,16 +73,25 @@ pub fn compare_rows<S>(metrics: &[Metric<S>], sim: &[S], real: &[S]) -> Vec<Comp
     metrics
         .iter()
         .map(|m| {
+            let values = |runs: &[S]| Sample::of(runs.iter().filter_map(m.of));
+            let (sim_sample, real_sample) = (values(sim), values(real));
             let (s, r) = (m.over(sim), m.over(real));
             let ratio = match (s, r) {
                 (Some(s), Some(r)) if s.p50 > 0.0 => Some(r.p50 / s.p50),
                 _ => None,
             };
+            let band = sim_sample.as_ref().map(|s| (s.quantile(0.05), s.quantile(0.95)));
+            let real_p50 = real_sample.as_ref().map(Sample::median);
             Comparison {
                 metric: m.name,
                 sim: s,
+                sim_p5: band.map(|b| b.0),
+                sim_p95: band.map(|b| b.1),
                 real: r,
                 ratio_p50_real_over_sim: ratio,
+                real_p50_percentile_in_sim: sim_sample.as_ref().zip(real_p50).map(|(s, x)| s.percentile_of(x)),
+                ks: sim_sample.as_ref().zip(real_sample.as_ref()).map(|(s, r)| ks_two_sample(s, r)),
+                outside_sim_band: matches!((band, real_p50), (Some((lo, hi)), Some(x)) if x < lo || x > hi),
             }
         })
         .collect()
@@ -87,23 +108,106 @@ fn figure(v: Option<f64>) -> String {
     })
 }
 
-/// Prints a comparison under `title`: medians and 99th percentiles side by side, and their ratio.
-pub fn print_comparison(title: &str, rows: &[Comparison]) {
+/// How a comparison table is printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// Aligned columns for a terminal.
+    Text,
+    /// A Markdown table, for a README.
+    Markdown,
+}
+
+const COMPARISON_COLUMNS: [&str; 8] = [
+    "sim p5",
+    "sim p50",
+    "sim p95",
+    "real p50",
+    "real/sim",
+    "real p50 pct",
+    "KS D",
+    "KS p",
+];
+
+/// One comparison row's cells after the metric's name.
+fn comparison_cells(r: &Comparison) -> [String; 8] {
+    [
+        figure(r.sim_p5),
+        figure(r.sim.map(|d| d.p50)),
+        figure(r.sim_p95),
+        figure(r.real.map(|d| d.p50)),
+        r.ratio_p50_real_over_sim
+            .map_or("-".into(), |v| format!("{v:.2}")),
+        r.real_p50_percentile_in_sim
+            .map_or("-".into(), |p| format!("{p:.0}")),
+        r.ks.map_or("-".into(), |k| format!("{:.2}", k.d)),
+        r.ks.map_or("-".into(), |k| format!("{:.3}", k.p_value)),
+    ]
+}
+
+/// Prints a comparison under `title`: the simulated band and median, the real median with its
+/// percentile among the seeds, and the KS test; a metric whose real median is outside the
+/// simulated 5–95% band is marked `OUTSIDE`.
+pub fn print_comparison(title: &str, rows: &[Comparison], style: Style) {
     let w = name_width(rows.iter().map(|r| r.metric.len()), title);
-    println!(
-        "\n{title:<w$} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "sim p50", "sim p99", "real p50", "real p99", "real/sim"
-    );
-    for r in rows {
-        println!(
-            "{:<w$} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            r.metric,
-            figure(r.sim.map(|d| d.p50)),
-            figure(r.sim.map(|d| d.p99)),
-            figure(r.real.map(|d| d.p50)),
-            figure(r.real.map(|d| d.p99)),
-            r.ratio_p50_real_over_sim
-                .map_or("-".into(), |v| format!("{v:.2}")),
-        );
+    let flag = |r: &Comparison| {
+        if r.outside_sim_band {
+            "OUTSIDE 5-95%"
+        } else {
+            ""
+        }
+    };
+    match style {
+        Style::Text => {
+            print!("\n{title:<w$}");
+            COMPARISON_COLUMNS.iter().for_each(|c| print!(" {c:>9}"));
+            println!();
+            for r in rows {
+                print!("{:<w$}", r.metric);
+                comparison_cells(r).iter().for_each(|c| print!(" {c:>9}"));
+                println!("  {}", flag(r));
+            }
+        }
+        Style::Markdown => {
+            println!("\n| {title} | {} | flag |", COMPARISON_COLUMNS.join(" | "));
+            println!("|---|{}---|", "--:|".repeat(COMPARISON_COLUMNS.len()));
+            for r in rows {
+                println!(
+                    "| {} | {} | {} |",
+                    r.metric,
+                    comparison_cells(r).join(" | "),
+                    flag(r)
+                );
+            }
+        }
     }
+}
+
+/// The line above a comparison: what was compared, when, on what, with which versions, and (for
+/// Markdown, which is published) the command that printed it.
+pub fn print_comparison_heading(
+    style: Style,
+    what: &str,
+    versions: &[Option<String>],
+    command: &str,
+) {
+    let versions: Vec<&str> = versions.iter().flatten().map(String::as_str).collect();
+    let on = format!(
+        "{}, {}; {}",
+        crate::machine::today(),
+        crate::machine::describe(),
+        versions.join(", ")
+    );
+    match style {
+        Style::Text => println!("{what}\nmeasured {on}"),
+        Style::Markdown => println!("{what}. Measured {on}; printed by `{command}`."),
+    }
+}
+
+/// How to read the comparison's columns, printed under it.
+pub fn print_comparison_legend(runs: u64) {
+    println!(
+        "\nsim p5/p50/p95: over the simulated seeds; real p50 pct: where the real median falls among \
+         them; KS D, KS p: two-sample Kolmogorov-Smirnov distance and p-value (with {runs} real runs, \
+         p is coarse); OUTSIDE: the real median is outside the simulated 5-95% band."
+    );
 }

@@ -75,6 +75,9 @@ fn every_readme_command_that_needs_no_root_runs_as_written() {
     std::fs::create_dir_all(&dir).unwrap();
     let workloads = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
     std::os::unix::fs::symlink(&workloads, dir.join("workloads")).unwrap();
+    let histories = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/histories");
+    std::fs::create_dir_all(dir.join("tests")).unwrap();
+    std::os::unix::fs::symlink(&histories, dir.join("tests/histories")).unwrap();
     let commands = readme_commands();
     assert!(
         commands.len() >= 20,

@@ -47,6 +47,9 @@ impl FaultExecutor for RealLab {
 
     fn supports(&self, fault: &Fault) -> Result<(), String> {
         match fault {
+            Fault::DuplicateRequests { .. } => Err(
+                "its clients speak gRPC over TCP, which never delivers a request twice".into(),
+            ),
             Fault::Delay { .. } | Fault::Loss { .. } | Fault::Duplicate { .. } => Err(
                 "it needs tc netem, which this kernel lacks; the real driver does partitions, crashes and heals"
                     .into(),
@@ -87,7 +90,10 @@ pub async fn carry_out(lab: &Lab, steps: &[Disruption], service: &str) -> Result
                     lab.links(host, &peers, false).await?;
                 }
             }
-            Disruption::Delay { .. } | Disruption::Loss(_) | Disruption::Duplicate(_) => {
+            Disruption::Delay { .. }
+            | Disruption::Loss(_)
+            | Disruption::Duplicate(_)
+            | Disruption::DuplicateRequests(_) => {
                 return Err(RunError::Unsupported {
                     scenario: String::new(),
                     reason: "delay, loss and duplication need tc netem, which this kernel lacks"

@@ -74,6 +74,13 @@ pub enum Fault {
         /// Probability in [0, 1].
         rate: f64,
     },
+    /// Deliver each client request twice with this probability, as a client library that
+    /// resends on its own would: the node may apply a write twice (Raft traffic is untouched;
+    /// `delay` already slows client messages too).
+    DuplicateRequests {
+        /// Probability in [0, 1].
+        rate: f64,
+    },
     /// Repair every link and remove delay, loss and duplication (crashed nodes stay down).
     Heal,
 }
@@ -102,6 +109,9 @@ impl Fault {
             Fault::Delay { ms_max } => format!("delay up to {ms_max} ms"),
             Fault::Loss { rate } => format!("loss {:.0}%", rate * 100.0),
             Fault::Duplicate { rate } => format!("duplicate {:.0}%", rate * 100.0),
+            Fault::DuplicateRequests { rate } => {
+                format!("duplicate client requests {:.0}%", rate * 100.0)
+            }
             Fault::Heal => "heal".to_string(),
         }
     }
@@ -110,7 +120,11 @@ impl Fault {
     pub fn disrupts_leadership(&self) -> bool {
         !matches!(
             self,
-            Fault::Heal | Fault::Restart { .. } | Fault::Delay { .. } | Fault::Duplicate { .. }
+            Fault::Heal
+                | Fault::Restart { .. }
+                | Fault::Delay { .. }
+                | Fault::Duplicate { .. }
+                | Fault::DuplicateRequests { .. }
         )
     }
 
@@ -126,9 +140,11 @@ impl Fault {
             Fault::Partition { groups } => groups.iter().flatten().collect(),
             Fault::PartitionOneway { from, to } => vec![from, to],
             Fault::Bridge { bridge } => vec![bridge],
-            Fault::Delay { .. } | Fault::Loss { .. } | Fault::Duplicate { .. } | Fault::Heal => {
-                vec![]
-            }
+            Fault::Delay { .. }
+            | Fault::Loss { .. }
+            | Fault::Duplicate { .. }
+            | Fault::DuplicateRequests { .. }
+            | Fault::Heal => vec![],
         }
     }
 }
@@ -355,6 +371,8 @@ pub enum Disruption {
     Loss(f64),
     /// Send each message twice with this probability.
     Duplicate(f64),
+    /// Deliver client requests twice with this probability.
+    DuplicateRequests(f64),
     /// Repair every link and remove delay, loss and duplication.
     HealAll,
 }
@@ -416,6 +434,10 @@ pub fn plan_fault(fault: &Fault, nodes: &[NodeState]) -> FaultPlan {
         }
         Fault::Duplicate { rate } => {
             steps.push(Disruption::Duplicate(*rate));
+            String::new()
+        }
+        Fault::DuplicateRequests { rate } => {
+            steps.push(Disruption::DuplicateRequests(*rate));
             String::new()
         }
         Fault::Heal => {

@@ -21,6 +21,7 @@ pub mod replication;
 pub mod report;
 
 pub mod scenario;
+pub mod stats;
 pub mod system;
 
 pub use checker::{check_history, CheckLimits, Verdict};

@@ -51,6 +51,8 @@ pub struct Lossiness {
     pub loss: f64,
     /// Probability that a message is sent twice.
     pub duplicate: f64,
+    /// Probability that a client request is sent twice.
+    pub duplicate_requests: f64,
 }
 
 /// A Raft message drawn in the report's sequence diagram.
@@ -82,6 +84,9 @@ pub struct World {
     pub views: Vec<NodeView>,
     /// Completed client operations (ids are assigned when the run ends).
     pub ops: Vec<Op>,
+    /// Operations invoked and not yet answered, by client: when the run ends, these are recorded
+    /// with an unknown outcome (a write may still have taken effect), as Jepsen records them.
+    pub in_flight: std::collections::BTreeMap<u32, (OpKind, u64)>,
     /// Current loss and duplication.
     pub lossiness: Lossiness,
     /// Record Raft messages sent in this window (microseconds), for the sequence diagram.
@@ -372,8 +377,11 @@ pub struct ClientPlan {
     pub keys: Key,
     /// How long to wait for one attempt.
     pub timeout: Duration,
-    /// Further attempts after a definite refusal.
+    /// Further attempts after a definite refusal (and, with `retry_timed_out_writes`, after a
+    /// write timed out).
     pub retries: u32,
+    /// Resend a write that timed out.
+    pub retry_timed_out_writes: bool,
     /// Stop issuing operations at this time since the start.
     pub until: Duration,
     /// Seed for this client's choices.
@@ -389,6 +397,7 @@ pub async fn client_task(world: WorldRef, plan: ClientPlan) -> turmoil::Result {
     let mut ticker = tokio::time::interval(plan.period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut client = Client {
+        world: world.clone(),
         rng: SmallRng::seed_from_u64(plan.seed),
         leader: 1 + plan.client as u64 % plan.nodes,
         seq: 0,
@@ -405,7 +414,12 @@ pub async fn client_task(world: WorldRef, plan: ClientPlan) -> turmoil::Result {
         }
         let kind = client.next_op();
         let invoke_us = now_us();
+        world
+            .borrow_mut()
+            .in_flight
+            .insert(client.plan.client, (kind, invoke_us));
         let (outcome, node) = client.perform(kind).await?;
+        world.borrow_mut().in_flight.remove(&client.plan.client);
         let op = Op {
             id: 0, // numbered once the run ends (History::from_completed)
             client: client.plan.client,
@@ -421,6 +435,8 @@ pub async fn client_task(world: WorldRef, plan: ClientPlan) -> turmoil::Result {
 
 /// One workload client's state between operations.
 struct Client {
+    /// For the current lossiness (duplicated requests).
+    world: WorldRef,
     plan: ClientPlan,
     socket: UdpSocket,
     buf: Vec<u8>,
@@ -452,12 +468,20 @@ impl Client {
     /// and the node that answered.
     async fn perform(&mut self, op: OpKind) -> std::io::Result<(Outcome, Option<String>)> {
         let mut refusals = 0;
+        let mut resends = 0;
         loop {
             match self.attempt(op).await? {
                 Attempt::TimedOut => {
                     // No answer: a write may still commit, so its outcome is unknown; a read
                     // changed nothing, so it simply failed.
                     self.leader = self.leader % self.plan.nodes + 1;
+                    if op.is_write()
+                        && self.plan.retry_timed_out_writes
+                        && resends < self.plan.retries
+                    {
+                        resends += 1;
+                        continue;
+                    }
                     let outcome = if op.is_write() {
                         Outcome::Info
                     } else {
@@ -497,6 +521,11 @@ impl Client {
         let client = self.plan.client;
         let request = Packet::Request(Request { client, seq, op }).encode();
         let _ = self.socket.try_send_to(&request, node_addr(target));
+        // Drawn only while the fault is on, so runs without it keep every other draw in place.
+        let twice = self.world.borrow().lossiness.duplicate_requests;
+        if twice > 0.0 && self.rng.gen_bool(twice) {
+            let _ = self.socket.try_send_to(&request, node_addr(target));
+        }
         let (socket, buf) = (&self.socket, &mut self.buf);
         let reply = tokio::time::timeout(self.plan.timeout, async {
             loop {

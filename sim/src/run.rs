@@ -13,7 +13,7 @@ use quorumlab_experiment::checker::{check_history, CheckLimits, Verdict};
 use quorumlab_experiment::fault::{
     plan_fault, Chaos, Disruption, Fault, FaultExecutor, FaultStep, NodeRef, NodeState,
 };
-use quorumlab_experiment::history::History;
+use quorumlab_experiment::history::{History, Op, Outcome};
 use quorumlab_experiment::measure::RunSummary;
 use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::report::{FaultSpan, MessageArrow, RoleSpan, Timeline};
@@ -190,6 +190,7 @@ fn add_clients(sim: &mut turmoil::Sim, world: &WorldRef, scenario: &Scenario, co
             keys: w.keys,
             timeout: Duration::from_millis(w.timeout_ms),
             retries: w.retries,
+            retry_timed_out_writes: w.retry_timed_out_writes,
             until: Duration::from_millis(scenario.duration_ms),
             seed: mix(config.seed, 1000 + u64::from(client), 0),
             reads_anywhere: config.stale_reads,
@@ -251,6 +252,17 @@ fn finish(
     let end_us = scenario.duration_ms * 1000;
     let stores = state.stores.clone();
     state.monitor.check_log_matching(&stores);
+    for (client, (kind, invoke_us)) in std::mem::take(&mut state.in_flight) {
+        state.ops.push(Op {
+            id: 0,
+            client,
+            kind,
+            invoke_us,
+            complete_us: end_us,
+            outcome: Outcome::Info,
+            node: None,
+        });
+    }
     let (history, moved_to) = History::from_completed_renumbered(std::mem::take(&mut state.ops));
     for event in &mut state.events {
         if let EventKind::Op { op, .. } = &mut event.what {
@@ -380,6 +392,9 @@ fn apply_fault(
             }
             Disruption::Loss(rate) => world.borrow_mut().lossiness.loss = rate,
             Disruption::Duplicate(rate) => world.borrow_mut().lossiness.duplicate = rate,
+            Disruption::DuplicateRequests(rate) => {
+                world.borrow_mut().lossiness.duplicate_requests = rate
+            }
             Disruption::HealAll => {
                 for a in NodeId::all(nodes) {
                     for b in NodeId::all(nodes).filter(|&b| b > a) {

@@ -23,17 +23,6 @@ fn scenario_with(name: &str, f: impl FnOnce(&mut Scenario)) -> Result<Scenario> 
     Ok(s)
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// `sim bench`'s arguments.
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -95,7 +84,7 @@ pub fn command(args: BenchArgs) -> Result<()> {
     let big = timed_check(&quorumlab_sim::run(&hundred_k, &config(7))?.history);
 
     let doc = json!({
-        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "cpu": cpu_model() },
+        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "cpu": crate::machine::cpu_model() },
         "step_ms": step.as_millis() as u64,
         "sim_5_nodes_200_ops": { "simulated_s_per_wall_s": round(sim_speed), "wall_s_per_30_simulated_s": round(wall) },
         "sweep_etcd_leader_isolate": {

@@ -1,5 +1,6 @@
 //! `quorumlab compare SCENARIO --runs N`: the simulator's prediction beside real measurement, for
-//! the same scenario file, metric by metric.
+//! the same scenario file, metric by metric: hundreds of simulated seeds (cheap) against N real
+//! runs, with where reality falls among the seeds and a two-sample KS test per metric.
 
 use std::path::PathBuf;
 
@@ -9,18 +10,26 @@ use clap::Args;
 use super::load_scenario;
 use crate::lab_setup::STATE_DIR_DEFAULT;
 use crate::system::{self, RealOptions};
+use crate::table::Style;
 
 /// `compare`'s arguments.
 #[derive(Args)]
 pub struct CompareArgs {
     /// Built-in scenario name or path to a scenario .toml file.
     scenario: String,
-    /// Seeds in the simulator and runs on the real cluster.
+    /// Runs on the real cluster (a fresh lab each).
     #[arg(long, default_value_t = 5)]
     runs: u64,
+    /// Seeds in the simulator: at least 200, so its 5th and 95th percentiles mean something.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(200..))]
+    seeds: u64,
     /// Print the table as JSON.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "markdown")]
     json: bool,
+    /// Print the table as Markdown, headed by the date, the machine and the versions measured:
+    /// what the README publishes.
+    #[arg(long)]
+    markdown: bool,
     /// Where the lab keeps its state, data and logs.
     #[arg(long, default_value = STATE_DIR_DEFAULT)]
     state_dir: PathBuf,
@@ -34,5 +43,11 @@ pub fn command(args: CompareArgs) -> Result<()> {
         runs: args.runs,
         json: args.json,
         state_dir: &args.state_dir,
+        sim_seeds: args.seeds,
+        style: if args.markdown {
+            Style::Markdown
+        } else {
+            Style::Text
+        },
     })
 }

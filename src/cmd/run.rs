@@ -45,5 +45,7 @@ pub fn command(args: RunArgs) -> Result<()> {
         runs: args.runs,
         json: args.json,
         state_dir: &args.state_dir,
+        sim_seeds: 0,
+        style: crate::table::Style::Text,
     })
 }

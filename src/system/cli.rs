@@ -130,6 +130,10 @@ pub struct RealOptions<'a> {
     pub json: bool,
     /// The lab's state directory.
     pub state_dir: &'a Path,
+    /// `compare`: simulated seeds beside the real runs.
+    pub sim_seeds: u64,
+    /// `compare`: how to print the table.
+    pub style: crate::table::Style,
 }
 
 /// What `cluster up` was asked for beyond the scenario.

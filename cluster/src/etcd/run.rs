@@ -158,6 +158,11 @@ fn spawn_clients(
                 mix: [w.put, w.get, w.cas],
                 keys: w.keys,
                 seed: run_number.wrapping_mul(1000) + u64::from(client),
+                resends: if w.retry_timed_out_writes {
+                    w.retries
+                } else {
+                    0
+                },
             };
             let endpoints = lab.endpoints();
             tokio::spawn(client_loop(endpoints, plan, shared.clone(), stop.clone()))
@@ -324,6 +329,9 @@ struct ClientPlan {
     mix: [u32; 3],
     keys: u32,
     seed: u64,
+    /// Resend a write that got no answer, up to this many times (0: never), as the scenario's
+    /// `retry_timed_out_writes` asks.
+    resends: u32,
 }
 
 async fn client_loop(
@@ -349,7 +357,13 @@ async fn client_loop(
         let pick = rng.gen_range(0..register.total_weight());
         let kind = register.next_op(key, pick);
         let invoke_us = shared.now_us();
-        let answer = tokio::time::timeout(plan.timeout, perform(&mut client, kind)).await;
+        let mut answer = tokio::time::timeout(plan.timeout, perform(&mut client, kind)).await;
+        for _ in 0..if kind.is_write() { plan.resends } else { 0 } {
+            if matches!(answer, Ok(Ok(_))) {
+                break;
+            }
+            answer = tokio::time::timeout(plan.timeout, perform(&mut client, kind)).await;
+        }
         let complete_us = shared.now_us();
         let (outcome, member) = match answer {
             Ok(Ok((outcome, member))) => (outcome, Some(member)),

@@ -1,17 +1,25 @@
-//! Shrinking a non-linearizable key history to a smallest set of operations that still cannot be
-//! linearized, so a reader sees the cause (two writes and the read that contradicts them) rather
-//! than a thousand bystanders.
+//! Shrinking a non-linearizable key history to a small set of operations that still cannot be
+//! linearized and that explains why the whole history cannot, so a reader sees the cause (the
+//! writes and the read that contradicts them) rather than a thousand bystanders.
 //!
-//! This is delta debugging over operations: try removing chunks, halving the chunk size down to
-//! single operations, and keep every removal after which the rest is still not linearizable. The
-//! result is 1-minimal: dropping any one of its operations makes it linearizable. Each trial is a
-//! full search that spends the same step budget, so the answer is deterministic; if the budget
-//! runs out the set found so far is returned, still non-linearizable but perhaps not minimal.
+//! Removing an operation is only allowed where it cannot hide the cause, so that "this set
+//! cannot be linearized" implies "the history cannot":
 //!
-//! A read never loses the write it read from: without it, a read alone "cannot be linearized"
-//! (it saw a value nobody wrote), which is true and useless. So a candidate must keep, for every
-//! value one of its operations observed, an operation that wrote that value, whenever the whole
-//! history has one.
+//! - operations invoked after the point where the search got stuck (they cannot be placed
+//!   before it);
+//! - observers (gets, and compare-and-swaps that did not swap), which only add constraints;
+//! - writes that are dead before the first kept constrained operation: one that completed before
+//!   another write, which definitely happened, was invoked and completed, all before that
+//!   operation began. Such a write can never be the register's value when the kept operations
+//!   look at it.
+//!
+//! Any other write stays, since dropping a write can make a history *harder* to linearize (a
+//! compare-and-swap that failed because some other write got there first). Observers are shrunk
+//! by delta debugging (chunks, then single operations), and the kept writes follow from the
+//! observers. Every trial is a full search on the same step budget, so the answer is
+//! deterministic; if the budget runs out the set found so far is returned, still a valid witness
+//! but perhaps not the smallest. A read also keeps the write it read from, so the set says where
+//! a stale value came from.
 
 use std::collections::HashSet;
 
@@ -19,7 +27,7 @@ use crate::history::{Op, OpKind, Outcome, Value};
 
 use super::search::{check_register, completion_us, Budget, Search};
 
-/// A non-linearizable set of operations and whether it is known to be 1-minimal.
+/// A non-linearizable set of operations and whether no observer can be dropped from it.
 pub(super) struct Shrunk<'a> {
     pub(super) ops: Vec<&'a Op>,
     pub(super) minimal: bool,
@@ -27,24 +35,25 @@ pub(super) struct Shrunk<'a> {
 
 /// Shrinks `ops` (not linearizable, stuck at `stuck`) within `budget`.
 pub(super) fn minimize<'a>(ops: &[&'a Op], stuck: usize, budget: &mut Budget) -> Shrunk<'a> {
-    let writers = Writers::of(ops);
-    let mut kept = prefix_to(ops, stuck, budget);
-    let mut chunk = kept.len().div_ceil(2);
-    while chunk >= 1 {
+    let prefix = prefix_to(ops, stuck, budget);
+    let (mut observers, writes): (Vec<&Op>, Vec<&Op>) = prefix.iter().partition(|o| is_observer(o));
+    let witness = |observers: &[&'a Op]| with_live_writes(observers, &writes);
+    let mut chunk = observers.len().div_ceil(2).max(1);
+    loop {
         let mut start = 0;
-        while start < kept.len() {
-            let end = (start + chunk).min(kept.len());
-            let candidate: Vec<&Op> = kept[..start].iter().chain(&kept[end..]).copied().collect();
-            if !writers.explain(&candidate) {
-                start = end;
-                continue;
-            }
-            match check_register(&candidate, budget) {
-                Search::Stuck { .. } => kept = candidate,
+        while start < observers.len() {
+            let end = (start + chunk).min(observers.len());
+            let candidate: Vec<&Op> = observers[..start]
+                .iter()
+                .chain(&observers[end..])
+                .copied()
+                .collect();
+            match check_register(&witness(&candidate), budget) {
+                Search::Stuck { .. } => observers = candidate,
                 Search::Linearizable => start = end,
                 Search::Exhausted => {
                     return Shrunk {
-                        ops: kept,
+                        ops: witness(&observers),
                         minimal: false,
                     }
                 }
@@ -56,9 +65,59 @@ pub(super) fn minimize<'a>(ops: &[&'a Op], stuck: usize, budget: &mut Budget) ->
         chunk = chunk.div_ceil(2);
     }
     Shrunk {
-        ops: kept,
+        ops: witness(&observers),
         minimal: true,
     }
+}
+
+/// An operation that constrains the register but never changes it.
+fn is_observer(op: &Op) -> bool {
+    match (op.kind, op.outcome) {
+        (OpKind::Get { .. }, _) => true,
+        (OpKind::Cas { .. }, Outcome::Ok { swapped, .. }) => swapped != Some(true),
+        _ => false,
+    }
+}
+
+/// `observers` with every write that may matter to them: writes not dead before the first kept
+/// constrained operation, and the writes of values they observed. In invocation order.
+fn with_live_writes<'a>(observers: &[&'a Op], writes: &[&'a Op]) -> Vec<&'a Op> {
+    let observed: HashSet<Value> = observers.iter().filter_map(|o| observed(o)).collect();
+    let mut from_us = observers
+        .iter()
+        .map(|o| o.invoke_us)
+        .min()
+        .unwrap_or(u64::MAX);
+    // A kept compare-and-swap that swapped is constrained too: what is live must be live for it.
+    loop {
+        let dead_before = dead_before(writes, from_us);
+        let earliest_kept = writes
+            .iter()
+            .filter(|w| completion_us(w) >= dead_before && matches!(w.kind, OpKind::Cas { .. }))
+            .map(|w| w.invoke_us)
+            .min()
+            .unwrap_or(u64::MAX);
+        if earliest_kept >= from_us {
+            let mut set: Vec<&Op> = observers.to_vec();
+            set.extend(writes.iter().filter(|w| {
+                completion_us(w) >= dead_before || written(w).is_some_and(|v| observed.contains(&v))
+            }));
+            set.sort_by_key(|o| (o.invoke_us, o.id));
+            return set;
+        }
+        from_us = earliest_kept;
+    }
+}
+
+/// Writes completing before this time are dead at `from_us`: a write that definitely happened
+/// was invoked after them and completed before `from_us`.
+fn dead_before(writes: &[&Op], from_us: u64) -> u64 {
+    writes
+        .iter()
+        .filter(|w| matches!(w.outcome, Outcome::Ok { .. }) && w.complete_us < from_us)
+        .map(|w| w.invoke_us)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The operations invoked no later than the stuck operation's completion, if those alone are
@@ -75,33 +134,6 @@ fn prefix_to<'a>(ops: &[&'a Op], stuck: usize, budget: &mut Budget) -> Vec<&'a O
         prefix
     } else {
         ops.to_vec()
-    }
-}
-
-/// Which values the history wrote, so a shrunk set can keep each observed value's writer.
-struct Writers {
-    written: HashSet<Value>,
-}
-
-impl Writers {
-    fn of(ops: &[&Op]) -> Writers {
-        Writers {
-            written: ops.iter().filter_map(|o| written(o)).collect(),
-        }
-    }
-
-    /// Whether every value observed in `ops` that the history wrote is written within `ops`.
-    fn explain(&self, ops: &[&Op]) -> bool {
-        let here: HashSet<Value> = ops.iter().filter_map(|o| written(o)).collect();
-        let mut needed: HashSet<Value> = HashSet::new();
-        for op in ops {
-            if let Some(v) = observed(op) {
-                if self.written.contains(&v) {
-                    needed.insert(v);
-                }
-            }
-        }
-        needed.iter().all(|v| here.contains(v))
     }
 }
 

@@ -153,8 +153,17 @@ fn explain(key: Key, ops: &[&Op], stuck: usize, limits: CheckLimits) -> Verdict 
         Search::Stuck { op_index } => shrunk.ops[op_index],
         _ => ops[stuck],
     };
+    let wrote = |v: Value| {
+        ops.iter().any(|o| match o.kind {
+            OpKind::Put { value, .. } => value == v,
+            OpKind::Cas { new, .. } => new == v,
+            OpKind::Get { .. } => false,
+        })
+    };
+    let never_written =
+        matches!(culprit.outcome, Outcome::Ok { read: Some(Some(v)), .. } if !wrote(v));
     let kind = match culprit.kind {
-        OpKind::Get { .. } if set.len() == 1 => "read of a value never written",
+        OpKind::Get { .. } if never_written => "read of a value never written",
         OpKind::Get { .. } => "stale read",
         OpKind::Cas { .. } => "impossible compare-and-swap",
         OpKind::Put { .. } => "lost write",

@@ -288,10 +288,15 @@ pub struct Workload {
     pub keys: u32,
     /// How long a client waits for one attempt before giving up on it.
     pub timeout_ms: u64,
-    /// How many further attempts after a definite refusal (not-leader); a timeout is never retried,
-    /// because its outcome is unknown.
+    /// How many further attempts after a definite refusal (not-leader); a timeout is retried only
+    /// with `retry_timed_out_writes`, because its outcome is unknown.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Also resend a write that timed out (up to `retries` times), as clients with automatic
+    /// retries do. Its outcome stays unknown unless a resend is answered; a write may then apply
+    /// twice, which the checker should catch. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry_timed_out_writes: bool,
 }
 
 fn default_retries() -> u32 {

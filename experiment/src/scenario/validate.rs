@@ -161,10 +161,14 @@ fn check_fault(s: &Scenario, i: usize, step: &FaultStep) -> Result<(), Problem> 
             at("to"),
             format!("a one-way partition from {from} to itself cuts nothing"),
         ),
-        Fault::Loss { rate } | Fault::Duplicate { rate } if !(0.0..=1.0).contains(rate) => problem(
-            at("rate"),
-            format!("rate {rate} is not a probability in [0, 1]"),
-        ),
+        Fault::Loss { rate } | Fault::Duplicate { rate } | Fault::DuplicateRequests { rate }
+            if !(0.0..=1.0).contains(rate) =>
+        {
+            problem(
+                at("rate"),
+                format!("rate {rate} is not a probability in [0, 1]"),
+            )
+        }
         Fault::Delay { ms_max } if *ms_max < s.network.latency_ms_min => {
             problem(at("ms_max"), "delay ms_max is below network.latency_ms_min")
         }

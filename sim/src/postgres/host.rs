@@ -144,7 +144,9 @@ impl PgWorld {
 
     /// How many copies of a datagram go out now: 0 (lost), 1, or 2 (duplicated).
     fn copies_to_send(&mut self) -> usize {
-        let Lossiness { loss, duplicate } = self.lossiness;
+        let Lossiness {
+            loss, duplicate, ..
+        } = self.lossiness;
         if loss > 0.0 && self.draw() < loss {
             return 0;
         }

@@ -58,8 +58,13 @@ impl FaultExecutor for PgSim {
         "the Postgres simulator"
     }
 
-    fn supports(&self, _fault: &Fault) -> Result<(), String> {
-        Ok(())
+    fn supports(&self, fault: &Fault) -> Result<(), String> {
+        match fault {
+            Fault::DuplicateRequests { .. } => {
+                Err("the Postgres model's writers hold one connection each and never resend".into())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -433,6 +438,9 @@ fn apply(
             Disruption::Duplicate(rate) => {
                 world.borrow_mut().lossiness.duplicate = rate;
                 etcd.borrow_mut().lossiness.duplicate = rate;
+            }
+            Disruption::DuplicateRequests(_) => {
+                unreachable!("refused by PgSim::supports before the run")
             }
         }
     }

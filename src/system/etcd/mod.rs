@@ -190,7 +190,7 @@ impl SystemCli for Etcd<'_> {
         check_supported(self.scenario)?;
         let (_, sim) = sweep(
             self.scenario,
-            1..=options.runs,
+            1..=options.sim_seeds,
             &RunConfig::seeded(0),
             &|_| {},
         )?;
@@ -199,15 +199,24 @@ impl SystemCli for Etcd<'_> {
         let counts = SafetyCounts::of(&real);
         let runs = options.runs;
         if options.json {
-            let value = serde_json::json!({ "scenario": self.scenario.name, "runs": runs, "metrics": rows, "real_histories": counts });
+            let value = serde_json::json!({ "scenario": self.scenario.name, "runs": runs, "seeds": options.sim_seeds, "metrics": rows, "real_histories": counts });
             println!("{}", serde_json::to_string_pretty(&value)?);
             return Ok(());
         }
-        println!(
-            "{} — simulator ({runs} seeds) beside a real etcd 3.4 cluster ({runs} runs)",
-            self.scenario.name
+        let what = format!(
+            "{} — the simulator ({} seeds) beside a real etcd cluster on namespace hosts ({runs} runs)",
+            self.scenario.name, options.sim_seeds
         );
-        table::print_comparison("metric", &rows);
+        let command = format!(
+            "quorumlab compare {} --runs {runs} --seeds {} --markdown",
+            self.scenario.name, options.sim_seeds
+        );
+        let versions = [crate::machine::version(
+            quorumlab_cluster::etcd::ETCD_BINARY,
+        )];
+        table::print_comparison_heading(options.style, &what, &versions, &command);
+        table::print_comparison("metric", &rows, options.style);
+        table::print_comparison_legend(runs);
         println!(
             "\nreal histories: {}; the simulator runs the same raft library logic, \
              real etcd adds disk fsyncs, gRPC and a real scheduler — the ratio shows what the model leaves out.",

@@ -258,7 +258,12 @@ impl SystemCli for Postgres<'_> {
         let runs = options.runs;
         let mut sim: Vec<PgRunSummary> = Vec::new();
         for &mode in self.modes() {
-            sim.extend(sweep_pg(self.scenario, mode, 1..=runs, &|_| {})?);
+            sim.extend(sweep_pg(
+                self.scenario,
+                mode,
+                1..=options.sim_seeds,
+                &|_| {},
+            )?);
         }
         let real = table::summaries(&self.real_runs(options)?);
         let of = |all: &[PgRunSummary], mode| -> Vec<PgRunSummary> {
@@ -277,18 +282,28 @@ impl SystemCli for Postgres<'_> {
                 .iter()
                 .map(|(mode, rows)| serde_json::json!({ "mode": mode, "metrics": rows }))
                 .collect();
-            let value =
-                serde_json::json!({ "scenario": self.scenario.name, "runs": runs, "modes": modes });
+            let value = serde_json::json!({ "scenario": self.scenario.name, "runs": runs, "seeds": options.sim_seeds, "modes": modes });
             println!("{}", serde_json::to_string_pretty(&value)?);
             return Ok(());
         }
-        println!(
-            "{} — simulator ({runs} seeds) beside a real Postgres 15 + Patroni 3.0 + etcd 3.4 cluster ({runs} runs), per mode",
-            self.scenario.name
+        let what = format!(
+            "{} — the simulator ({} seeds) beside a real Postgres + Patroni + etcd cluster on namespace hosts ({runs} runs), per mode",
+            self.scenario.name, options.sim_seeds
         );
+        let command = format!(
+            "quorumlab compare {} --runs {runs} --seeds {} --markdown",
+            self.scenario.name, options.sim_seeds
+        );
+        let versions = [
+            crate::machine::version("/usr/lib/postgresql/15/bin/postgres"),
+            crate::machine::version(quorumlab_cluster::postgres::PATRONI_BINARY),
+            crate::machine::version(quorumlab_cluster::etcd::ETCD_BINARY),
+        ];
+        table::print_comparison_heading(options.style, &what, &versions, &command);
         for (mode, rows) in &per_mode {
-            table::print_comparison(&format!("{mode} replication"), rows);
+            table::print_comparison(&format!("{mode} replication"), rows, options.style);
         }
+        table::print_comparison_legend(runs);
         println!(
             "\nThe simulator models Patroni's loop and lease, WAL shipping and commit waits; it leaves out \
              Postgres's own CPU and fsync costs and rounds network latency up to whole milliseconds."
