@@ -203,18 +203,11 @@ impl SystemCli for Etcd<'_> {
             println!("{}", serde_json::to_string_pretty(&value)?);
             return Ok(());
         }
-        let what = format!(
-            "{} — the simulator ({} seeds) beside a real etcd cluster on namespace hosts ({runs} runs)",
-            self.scenario.name, options.sim_seeds
-        );
-        let command = format!(
-            "quorumlab compare {} --runs {runs} --seeds {} --markdown",
-            self.scenario.name, options.sim_seeds
-        );
         let versions = [crate::machine::version(
             quorumlab_cluster::etcd::ETCD_BINARY,
         )];
-        table::print_comparison_heading(options.style, &what, &versions, &command);
+        let against = "a real etcd cluster on namespace hosts";
+        table::print_comparison_heading(&self.scenario.name, against, options, &versions);
         table::print_comparison("metric", &rows, options.style);
         table::print_comparison_legend(runs);
         println!(

@@ -286,20 +286,13 @@ impl SystemCli for Postgres<'_> {
             println!("{}", serde_json::to_string_pretty(&value)?);
             return Ok(());
         }
-        let what = format!(
-            "{} — the simulator ({} seeds) beside a real Postgres + Patroni + etcd cluster on namespace hosts ({runs} runs), per mode",
-            self.scenario.name, options.sim_seeds
-        );
-        let command = format!(
-            "quorumlab compare {} --runs {runs} --seeds {} --markdown",
-            self.scenario.name, options.sim_seeds
-        );
         let versions = [
             crate::machine::version("/usr/lib/postgresql/15/bin/postgres"),
             crate::machine::version(quorumlab_cluster::postgres::PATRONI_BINARY),
             crate::machine::version(quorumlab_cluster::etcd::ETCD_BINARY),
         ];
-        table::print_comparison_heading(options.style, &what, &versions, &command);
+        let against = "a real Postgres + Patroni + etcd cluster on namespace hosts";
+        table::print_comparison_heading(&self.scenario.name, against, options, &versions);
         for (mode, rows) in &per_mode {
             table::print_comparison(&format!("{mode} replication"), rows, options.style);
         }
