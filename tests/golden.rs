@@ -3,7 +3,8 @@
 //! 1..=10, recorded before the simulator and the command line were reshaped (and re-recorded once
 //! since, when simulated operations got unique ids: the same operations, numbered and listed in
 //! invocation order, with the trace's op events pointing at their new places, were checked to
-//! match the old output otherwise). A change that moves
+//! match the old output otherwise; and again when the simulated etcd client became a balanced
+//! channel, a deliberate change to the model). A change that moves
 //! one byte of a trace, a history or a summary fails here; a change that means to (a new model
 //! detail) records the new hashes with `QUORUMLAB_RECORD_GOLDEN=1 cargo test --test golden` and
 //! says so in its commit.

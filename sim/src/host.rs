@@ -377,8 +377,7 @@ pub struct ClientPlan {
     pub keys: Key,
     /// How long to wait for one attempt.
     pub timeout: Duration,
-    /// Further attempts after a definite refusal (and, with `retry_timed_out_writes`, after a
-    /// write timed out).
+    /// Further attempts after a write timed out, with `retry_timed_out_writes`.
     pub retries: u32,
     /// Resend a write that timed out.
     pub retry_timed_out_writes: bool,
@@ -386,8 +385,6 @@ pub struct ClientPlan {
     pub until: Duration,
     /// Seed for this client's choices.
     pub seed: u64,
-    /// Send gets to a random node instead of the leader (goes with the stale-read switch).
-    pub reads_anywhere: bool,
 }
 
 /// Runs one client: an operation every `period`, at most one in flight, each recorded.
@@ -399,7 +396,8 @@ pub async fn client_task(world: WorldRef, plan: ClientPlan) -> turmoil::Result {
     let mut client = Client {
         world: world.clone(),
         rng: SmallRng::seed_from_u64(plan.seed),
-        leader: 1 + plan.client as u64 % plan.nodes,
+        channel_rng: SmallRng::seed_from_u64(plan.seed ^ 0xba1a_2ced_c4a2_2e15),
+        refused_until_us: vec![0; plan.nodes as usize],
         seq: 0,
         register: RegisterClient::new(plan.client, plan.mix),
         buf: vec![0u8; 1024],
@@ -407,10 +405,19 @@ pub async fn client_task(world: WorldRef, plan: ClientPlan) -> turmoil::Result {
         plan,
     };
     let name = format!("client{}", client.plan.client);
+    let mut started = false;
     loop {
         ticker.tick().await;
         if turmoil::elapsed() >= client.plan.until {
             return Ok(());
+        }
+        // Like the real lab's clients, which start once the cluster is up, send nothing until a
+        // first leader is elected.
+        if !started {
+            started = world.borrow().views.iter().any(|v| v.role == Role::Leader);
+            if !started {
+                continue;
+            }
         }
         let kind = client.next_op();
         let invoke_us = now_us();
@@ -434,19 +441,32 @@ pub async fn client_task(world: WorldRef, plan: ClientPlan) -> turmoil::Result {
 }
 
 /// One workload client's state between operations.
+///
+/// Requests travel as `etcd-client`'s balanced channel sends them: each to a member picked at
+/// random among those whose connection is up, whatever their role. A follower that knows the
+/// leader passes the request on (here the client follows its redirect at once, the same number
+/// of hops less one); a member that knows no leader drops the proposal, which the client sees as
+/// an immediate failure; a member whose process is down refuses the connection at once, and the
+/// channel leaves it out until it reconnects (one second later).
 struct Client {
-    /// For the current lossiness (duplicated requests).
+    /// For the current lossiness (duplicated requests) and which members are down.
     world: WorldRef,
     plan: ClientPlan,
     socket: UdpSocket,
     buf: Vec<u8>,
     rng: SmallRng,
-    /// The member it believes leads (1-based Raft id).
-    leader: u64,
+    /// The channel's own draws, apart from the workload's, so the operations drawn do not depend
+    /// on where they were sent.
+    channel_rng: SmallRng,
+    /// Per member (index 0 is n1): until when its connection is known refused, in µs.
+    refused_until_us: Vec<u64>,
     seq: u64,
     /// What it issues next and remembers of each key.
     register: RegisterClient,
 }
+
+/// How long a refused connection stays out of the balanced channel.
+const RECONNECT_US: u64 = 1_000_000;
 
 /// How one attempt of an operation ended.
 enum Attempt {
@@ -454,6 +474,8 @@ enum Attempt {
     Answered(Reply, u64),
     /// No answer within the timeout.
     TimedOut,
+    /// `target`'s process is down: the connection was refused at once.
+    Refused,
 }
 
 impl Client {
@@ -464,22 +486,36 @@ impl Client {
         self.register.next_op(key, pick)
     }
 
-    /// Sends `op` until it is answered, refused too often, or times out; returns its outcome
-    /// and the node that answered.
+    /// A member for the next request: at random among those not known refused (all of them, if
+    /// every one is).
+    fn pick_member(&mut self) -> u64 {
+        let now = now_us();
+        let ready: Vec<u64> = (1..=self.plan.nodes)
+            .filter(|&m| self.refused_until_us[NodeId(m).index()] <= now)
+            .collect();
+        if ready.is_empty() {
+            return self.channel_rng.gen_range(1..=self.plan.nodes);
+        }
+        ready[self.channel_rng.gen_range(0..ready.len())]
+    }
+
+    /// Sends `op` through the channel until it is answered, fails or times out; returns its
+    /// outcome and the node that answered.
     async fn perform(&mut self, op: OpKind) -> std::io::Result<(Outcome, Option<String>)> {
-        let mut refusals = 0;
         let mut resends = 0;
+        let mut target = self.pick_member();
+        let mut redirects = 0;
         loop {
-            match self.attempt(op).await? {
+            match self.attempt(op, target).await? {
                 Attempt::TimedOut => {
                     // No answer: a write may still commit, so its outcome is unknown; a read
                     // changed nothing, so it simply failed.
-                    self.leader = self.leader % self.plan.nodes + 1;
                     if op.is_write()
                         && self.plan.retry_timed_out_writes
                         && resends < self.plan.retries
                     {
                         resends += 1;
+                        target = self.pick_member();
                         continue;
                     }
                     let outcome = if op.is_write() {
@@ -489,35 +525,34 @@ impl Client {
                     };
                     return Ok((outcome, None));
                 }
+                Attempt::Refused => {
+                    self.refused_until_us[NodeId(target).index()] = now_us() + RECONNECT_US;
+                    return Ok((Outcome::Fail, None));
+                }
                 Attempt::Answered(Reply::NotLeader { hint }, _) => {
-                    self.leader = if hint != 0 {
-                        hint
-                    } else {
-                        self.leader % self.plan.nodes + 1
-                    };
-                    refusals += 1;
-                    if refusals > self.plan.retries {
+                    // A follower passes the request to the leader it knows; with none, the
+                    // proposal is dropped and the client gets an error.
+                    if hint == 0 || redirects >= self.plan.nodes {
                         return Ok((Outcome::Fail, None));
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    redirects += 1;
+                    target = hint;
                 }
-                Attempt::Answered(reply, target) => {
+                Attempt::Answered(reply, answered) => {
                     let outcome = self.learn(op, reply);
-                    return Ok((outcome, Some(NodeId(target).to_string())));
+                    return Ok((outcome, Some(NodeId(answered).to_string())));
                 }
             }
         }
     }
 
-    /// One request to the leader (or, for reads in the broken build, to any node) and its reply.
-    async fn attempt(&mut self, op: OpKind) -> std::io::Result<Attempt> {
+    /// One request to `target` and its reply.
+    async fn attempt(&mut self, op: OpKind, target: u64) -> std::io::Result<Attempt> {
+        if self.world.borrow().views[NodeId(target).index()].role == Role::Down {
+            return Ok(Attempt::Refused);
+        }
         self.seq += 1;
         let seq = self.seq;
-        let target = if self.plan.reads_anywhere && !op.is_write() {
-            self.rng.gen_range(1..=self.plan.nodes)
-        } else {
-            self.leader
-        };
         let client = self.plan.client;
         let request = Packet::Request(Request { client, seq, op }).encode();
         let _ = self.socket.try_send_to(&request, node_addr(target));

@@ -193,7 +193,6 @@ fn add_clients(sim: &mut turmoil::Sim, world: &WorldRef, scenario: &Scenario, co
             retry_timed_out_writes: w.retry_timed_out_writes,
             until: Duration::from_millis(scenario.duration_ms),
             seed: mix(config.seed, 1000 + u64::from(client), 0),
-            reads_anywhere: config.stale_reads,
         })
         .collect();
     let world = world.clone();

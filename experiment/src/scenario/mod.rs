@@ -288,8 +288,8 @@ pub struct Workload {
     pub keys: u32,
     /// How long a client waits for one attempt before giving up on it.
     pub timeout_ms: u64,
-    /// How many further attempts after a definite refusal (not-leader); a timeout is retried only
-    /// with `retry_timed_out_writes`, because its outcome is unknown.
+    /// How many further attempts a write that timed out gets, with `retry_timed_out_writes`
+    /// (a refusal is not retried: like `etcd-client`, the client reports the error).
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// Also resend a write that timed out (up to `retries` times), as clients with automatic
