@@ -97,7 +97,8 @@ fn skip_summary(log: &std::path::Path) -> String {
         .iter()
         .map(|(why, n)| format!("{n} because {why}"))
         .collect();
-    format!("skipped: {total} tests ({})", reasons.join("; "))
+    let tests = if total == 1 { "test" } else { "tests" };
+    format!("skipped: {total} {tests} ({})", reasons.join("; "))
 }
 
 fn cargo(args: &[&str]) -> Result<(), String> {
