@@ -104,13 +104,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::from(if e.is::<cmd::SafetyViolation>() {
-                1
-            } else if e.is::<cmd::Inconclusive>() {
-                3
-            } else {
-                2
-            })
+            ExitCode::from(
+                if e.is::<cmd::SafetyViolation>() || e.is::<system::SweepFailed>() {
+                    1
+                } else if e.is::<cmd::Inconclusive>() {
+                    3
+                } else {
+                    2
+                },
+            )
         }
     }
 }

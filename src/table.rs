@@ -185,12 +185,12 @@ pub fn print_comparison(title: &str, rows: &[Comparison], style: Style) {
 /// The line above a comparison: what was compared, when, on what, with which versions, and (for
 /// Markdown, which is published) the command that printed it.
 pub fn print_comparison_heading(
+    style: Style,
     scenario: &str,
     real: &str,
-    options: &crate::system::RealOptions,
+    (seeds, runs): (u64, u64),
     versions: &[Option<String>],
 ) {
-    let (runs, seeds) = (options.runs, options.sim_seeds);
     let what = format!("{scenario} — the simulator ({seeds} seeds) beside {real} ({runs} runs)");
     let versions: Vec<&str> = versions.iter().flatten().map(String::as_str).collect();
     let on = format!(
@@ -199,7 +199,7 @@ pub fn print_comparison_heading(
         crate::machine::describe(),
         versions.join(", ")
     );
-    match options.style {
+    match style {
         Style::Text => println!("{what}\nmeasured {on}"),
         Style::Markdown => println!(
             "{what}. Measured {on}; printed by `quorumlab compare {scenario} --runs {runs} --seeds {seeds} --markdown`."

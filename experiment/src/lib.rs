@@ -16,6 +16,7 @@ pub mod jepsen;
 pub mod measure;
 pub mod node;
 pub mod postgres;
+mod problem;
 pub mod register;
 pub mod replication;
 pub mod report;

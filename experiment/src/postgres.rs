@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::validate::{problem, Problem};
+use crate::problem::{problem, Problem};
 
 /// How commits wait for standbys, as Patroni configures it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -7,7 +7,8 @@ use anyhow::Result;
 use clap::Args;
 
 use super::load_scenario;
-use crate::system::{self, Build, SweepOptions};
+use super::SafetyViolation;
+use crate::system::{self, Build, SweepFailed, SweepOptions};
 
 /// `sim sweep`'s arguments.
 #[derive(Args)]
@@ -35,14 +36,35 @@ pub struct SweepArgs {
 pub fn command(args: SweepArgs) -> Result<()> {
     let scenario = load_scenario(&args.scenario, args.nodes)?;
     let system = system::of(&scenario);
-    system.sweep(&SweepOptions {
-        named: args.scenario,
+    let swept = system.sweep(&SweepOptions {
+        named: args.scenario.clone(),
         nodes: args.nodes,
         seeds: args.seeds,
         json: args.json,
-        build: args.build,
-        shrink: args.shrink,
-    })
+        build: args.build.clone(),
+    });
+    match swept {
+        Err(e) if e.is::<SweepFailed>() => {
+            let failed = e.downcast::<SweepFailed>().expect("checked above");
+            let mut message = failed.message;
+            if args.shrink {
+                let shrunk = super::shrink::shrink_to_file(
+                    &args.scenario,
+                    args.nodes,
+                    failed.seed,
+                    &args.build,
+                    None,
+                )?;
+                message.push_str(&format!(
+                    "; shrunk to {}: `{}`",
+                    shrunk.path.display(),
+                    shrunk.replay
+                ));
+            }
+            Err(SafetyViolation(message).into())
+        }
+        other => other,
+    }
 }
 
 /// Parses `FIRST..LAST` (or `FIRST..=LAST`) into a non-empty inclusive range.

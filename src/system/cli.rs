@@ -72,34 +72,18 @@ pub struct SweepOptions {
     pub json: bool,
     /// The build and step the seeds run with.
     pub build: Build,
-    /// Shrink the first failing seed and write it as a scenario file.
-    pub shrink: bool,
 }
 
 impl SweepOptions {
-    /// The error for a sweep whose first failing seed is `seed`: how to replay it, and with
-    /// `--shrink`, the smallest failing scenario written beside it.
-    pub fn failure(&self, what: String, seed: u64) -> Result<String> {
-        let mut message = format!("{what}; replay one with `{}`", self.replay(seed));
-        if self.shrink {
-            let shrunk = crate::cmd::shrink::shrink_to_file(
-                &self.named,
-                self.nodes,
-                seed,
-                &self.build,
-                None,
-            )?;
-            message.push_str(&format!(
-                "; shrunk to {}: `{}`",
-                shrunk.path.display(),
-                shrunk.replay
-            ));
+    /// The error for a sweep whose first failing seed is `seed`: what broke and how to replay
+    /// it (`sim sweep --shrink` adds the shrunk scenario on its way out).
+    pub fn failure(&self, what: String, seed: u64) -> SweepFailed {
+        SweepFailed {
+            message: format!("{what}; replay one with `{}`", self.replay(seed)),
+            seed,
         }
-        Ok(message)
     }
-}
 
-impl SweepOptions {
     /// The command that replays one seed of this sweep exactly: the scenario as named, and every
     /// option that shapes a run (`--nodes`, `--step-ms`, `--stale-reads`) the sweep was given,
     /// e.g. `quorumlab sim ./my\ scenario.toml --seed 7 --nodes 5`.
@@ -111,6 +95,24 @@ impl SweepOptions {
         command + &self.build.flags()
     }
 }
+
+/// A sweep found a seed that broke a safety property (exit code 1, like
+/// [`crate::cmd::SafetyViolation`]); the seed is kept so that `--shrink` can shrink it.
+#[derive(Debug)]
+pub struct SweepFailed {
+    /// What broke, with the replay command.
+    pub message: String,
+    /// The first failing seed.
+    pub seed: u64,
+}
+
+impl std::fmt::Display for SweepFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SweepFailed {}
 
 /// `word` as a shell reads it back: quoted when it holds anything but plain path characters.
 pub fn shell_word(word: &str) -> String {

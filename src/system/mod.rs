@@ -13,7 +13,9 @@ mod cli;
 pub mod etcd;
 mod postgres;
 
-pub use cli::{shell_word, Build, RealOptions, SimOptions, SweepOptions, SystemCli, UpOptions};
+pub use cli::{
+    shell_word, Build, RealOptions, SimOptions, SweepFailed, SweepOptions, SystemCli, UpOptions,
+};
 use quorumlab_experiment::{Scenario, System};
 
 /// The one place that maps a scenario's system to its command-line side.

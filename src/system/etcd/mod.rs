@@ -151,7 +151,7 @@ impl SystemCli for Etcd<'_> {
                 "{} seed(s) broke a safety property",
                 report.unsafe_seeds.len()
             );
-            return Err(SafetyViolation(options.failure(what, *seed)?).into());
+            return Err(options.failure(what, *seed).into());
         }
         judge(&summaries, "the sweep")
     }
@@ -207,7 +207,13 @@ impl SystemCli for Etcd<'_> {
             quorumlab_cluster::etcd::ETCD_BINARY,
         )];
         let against = "a real etcd cluster on namespace hosts";
-        table::print_comparison_heading(&self.scenario.name, against, options, &versions);
+        table::print_comparison_heading(
+            options.style,
+            &self.scenario.name,
+            against,
+            (options.sim_seeds, options.runs),
+            &versions,
+        );
         table::print_comparison("metric", &rows, options.style);
         table::print_comparison_legend(runs);
         println!(

@@ -199,7 +199,7 @@ impl SystemCli for Postgres<'_> {
         }
         if let Some(first) = split.first() {
             let what = format!("{} run(s) had two primaries at once", split.len());
-            return Err(SafetyViolation(options.failure(what, first.seed)?).into());
+            return Err(options.failure(what, first.seed).into());
         }
         Ok(())
     }
@@ -292,7 +292,13 @@ impl SystemCli for Postgres<'_> {
             crate::machine::version(quorumlab_cluster::etcd::ETCD_BINARY),
         ];
         let against = "a real Postgres + Patroni + etcd cluster on namespace hosts";
-        table::print_comparison_heading(&self.scenario.name, against, options, &versions);
+        table::print_comparison_heading(
+            options.style,
+            &self.scenario.name,
+            against,
+            (options.sim_seeds, options.runs),
+            &versions,
+        );
         for (mode, rows) in &per_mode {
             table::print_comparison(&format!("{mode} replication"), rows, options.style);
         }
