@@ -172,3 +172,42 @@ fn bad_histories_are_one_line_with_where_and_exit_2() {
         assert!(out.stdout.is_empty(), "nothing half-written");
     }
 }
+
+#[test]
+fn ids_that_do_not_tell_operations_apart_are_renumbered_and_only_the_named_are_marked() {
+    let dir = temp_dir("ids");
+    let out = quorumlab(&[
+        "sim",
+        "etcd-leader-isolate",
+        "--seed",
+        "3",
+        "--stale-reads",
+        "--json",
+    ]);
+    let mut doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    for op in doc["history"]["ops"].as_array_mut().expect("ops") {
+        op["id"] = 0.into(); // as another tool, or an old run, might write them
+    }
+    let file = dir.0.join("zero-ids.json");
+    std::fs::write(&file, doc.to_string()).expect("write");
+    let report = dir.0.join("report");
+    let out = quorumlab(&[
+        "check",
+        &file.display().to_string(),
+        "--report",
+        &report.display().to_string(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let verdicts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let named = verdicts[0]["verdict"]["ops"].as_array().expect("ops");
+    let ids: std::collections::HashSet<u64> =
+        named.iter().map(|o| o["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), named.len(), "named operations have distinct ids");
+    let page = std::fs::read_to_string(report.join("history.html")).expect("page");
+    assert_eq!(
+        page.matches("fill=\"#d32f2f\"").count(),
+        2 * named.len(),
+        "each named operation is marked once in the close-up and once in the overview, no other"
+    );
+}

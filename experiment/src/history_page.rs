@@ -5,7 +5,7 @@
 //! sees where the trouble sits, and a close-up of the stretch the named operations span, with
 //! every operation in it labelled.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use crate::checker::Verdict;
@@ -28,10 +28,11 @@ const WIDTH_PX: u64 = 1100;
 
 /// Renders `history` as one HTML page.
 pub fn render_history_html(history: &History, page: &HistoryPage) -> String {
-    let marked: HashSet<u64> = match page.verdict {
-        Verdict::NotLinearizable { ops, .. } => ops.iter().map(|o| o.id).collect(),
-        _ => HashSet::new(),
-    };
+    // Marked by the whole operation, not its id: a history from elsewhere may reuse ids.
+    let marked = Marked(match page.verdict {
+        Verdict::NotLinearizable { ops, .. } => ops.as_slice(),
+        _ => &[],
+    });
     let mut html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
          body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
@@ -52,18 +53,19 @@ pub fn render_history_html(history: &History, page: &HistoryPage) -> String {
         let _ = write!(html, "<span style=\"background:{colour}\">{name}</span>");
     }
     html.push_str("</p>");
-    if !marked.is_empty() {
+    if !marked.0.is_empty() {
         html.push_str("<h2>The operations that cannot be linearized together</h2><ol>");
-        let mut named: Vec<&Op> = history
-            .ops
-            .iter()
-            .filter(|o| marked.contains(&o.id))
-            .collect();
+        let mut named: Vec<&Op> = history.ops.iter().filter(|o| marked.contains(o)).collect();
         named.sort_by_key(|o| (o.invoke_us, o.id));
         for op in &named {
             let _ = write!(html, "<li>{}</li>", escape(&describe(op, page.time_unit)));
         }
-        html.push_str("</ol><h2>Close-up</h2>");
+        let key = named.first().map(|o| o.kind.key());
+        let _ = write!(
+            html,
+            "</ol><h2>Close-up: every operation on k{} while these ran</h2>",
+            key.unwrap_or(0)
+        );
         let from = named.iter().map(|o| o.invoke_us).min().unwrap_or(0);
         let to = named
             .iter()
@@ -73,6 +75,7 @@ pub fn render_history_html(history: &History, page: &HistoryPage) -> String {
         let near: Vec<&Op> = history
             .ops
             .iter()
+            .filter(|o| Some(o.kind.key()) == key)
             .filter(|o| o.invoke_us <= to && end_of(o, history) >= from)
             .collect();
         html.push_str(&lanes_svg(&near, &marked, (from, to.max(from + 1)), true));
@@ -88,6 +91,15 @@ pub fn render_history_html(history: &History, page: &HistoryPage) -> String {
     html.push_str(&lanes_svg(&all, &marked, (0, end.max(1)), false));
     html.push_str("</body></html>\n");
     html
+}
+
+/// The operations a verdict names (a handful), looked up by equality.
+struct Marked<'a>(&'a [Op]);
+
+impl Marked<'_> {
+    fn contains(&self, op: &Op) -> bool {
+        self.0.iter().any(|named| named == op)
+    }
 }
 
 /// Where an operation's bar ends: its completion, or the history's last time if it never did.
@@ -117,7 +129,7 @@ fn describe(op: &Op, unit: &str) -> String {
 }
 
 /// One lane per client; bars scaled to `window`; `labels` writes each bar's operation on it.
-fn lanes_svg(ops: &[&Op], marked: &HashSet<u64>, window: (u64, u64), labels: bool) -> String {
+fn lanes_svg(ops: &[&Op], marked: &Marked, window: (u64, u64), labels: bool) -> String {
     let clients: BTreeSet<u32> = ops.iter().map(|o| o.client).collect();
     let row: Vec<u32> = clients.into_iter().collect();
     let height = ROW_PX * row.len() as u64 + 30;
@@ -138,7 +150,7 @@ fn lanes_svg(ops: &[&Op], marked: &HashSet<u64>, window: (u64, u64), labels: boo
             x(op.invoke_us),
             x(op.complete_us).max(x(op.invoke_us) + 1.5),
         );
-        let colour = if marked.contains(&op.id) {
+        let colour = if marked.contains(op) {
             "#d32f2f"
         } else {
             match op.outcome {
@@ -149,13 +161,16 @@ fn lanes_svg(ops: &[&Op], marked: &HashSet<u64>, window: (u64, u64), labels: boo
         };
         let y = i * ROW_PX + 3;
         let _ = write!(svg, "<rect x=\"{x0:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"12\" fill=\"{colour}\"><title>{}</title></rect>", x1 - x0, escape(&format!("#{} {}", op.id, op.describe_brief())));
-        if labels {
+        let label = format!("#{} {}", op.id, op.describe_brief());
+        // Named operations always get their label; others only where it fits in the bar.
+        let fits = (x1 - x0) >= 6.0 * label.len() as f64;
+        if labels && (marked.contains(op) || fits) {
             let _ = write!(
                 svg,
                 "<text x=\"{:.1}\" y=\"{}\">{}</text>",
                 x0 + 2.0,
                 y + 10,
-                escape(&format!("#{} {}", op.id, op.describe_brief()))
+                escape(&label)
             );
         }
     }

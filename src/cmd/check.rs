@@ -107,7 +107,7 @@ fn print_verdict(f: &Found, v: &Verdict) {
     println!("  {}", v.headline());
     if let Verdict::NotLinearizable { ops, minimal, .. } = v {
         let how = if *minimal {
-            "no smaller set fails: drop any one and the rest linearize"
+            "no read or check in it can be dropped, and every write that could matter is kept"
         } else {
             "smallest found before the budget ran out"
         };
@@ -149,6 +149,13 @@ fn read_histories(path: &Path, text: &str) -> Result<Vec<Found>> {
     Ok(histories
         .into_iter()
         .map(|(label, history)| {
+            // Ids name operations in the verdict and the page; ids that do not tell operations
+            // apart (another tool's, or an old run's) are replaced by invocation order.
+            let history = if unique_ids(&history) {
+                history
+            } else {
+                History::from_completed(history.ops)
+            };
             let model = if history
                 .ops
                 .iter()
@@ -170,6 +177,11 @@ fn read_histories(path: &Path, text: &str) -> Result<Vec<Found>> {
             }
         })
         .collect())
+}
+
+fn unique_ids(history: &History) -> bool {
+    let ids: std::collections::HashSet<u64> = history.ops.iter().map(|o| o.id).collect();
+    ids.len() == history.ops.len()
 }
 
 fn is_edn(path: &Path, text: &str) -> bool {
