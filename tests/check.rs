@@ -19,6 +19,18 @@ fn history(name: &str) -> String {
         .to_string()
 }
 
+/// `sim --json` of a seed the stale-read build breaks.
+fn stale_read_run() -> Output {
+    quorumlab(&[
+        "sim",
+        "etcd-leader-isolate",
+        "--seed",
+        "3",
+        "--stale-reads",
+        "--json",
+    ])
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -106,14 +118,7 @@ fn the_labs_own_json_is_checked_and_the_budget_answers_unknown_exit_3() {
 fn the_stale_read_build_is_caught_and_named_with_a_handful_of_operations() {
     let dir = temp_dir("broken");
     let file = dir.0.join("broken.json");
-    let out = quorumlab(&[
-        "sim",
-        "etcd-leader-isolate",
-        "--seed",
-        "3",
-        "--stale-reads",
-        "--json",
-    ]);
+    let out = stale_read_run();
     std::fs::write(&file, &out.stdout).expect("write");
     let out = quorumlab(&["check", &file.display().to_string(), "--json"]);
     assert_eq!(out.status.code(), Some(1));
@@ -176,14 +181,7 @@ fn bad_histories_are_one_line_with_where_and_exit_2() {
 #[test]
 fn ids_that_do_not_tell_operations_apart_are_renumbered_and_only_the_named_are_marked() {
     let dir = temp_dir("ids");
-    let out = quorumlab(&[
-        "sim",
-        "etcd-leader-isolate",
-        "--seed",
-        "3",
-        "--stale-reads",
-        "--json",
-    ]);
+    let out = stale_read_run();
     let mut doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     for op in doc["history"]["ops"].as_array_mut().expect("ops") {
         op["id"] = 0.into(); // as another tool, or an old run, might write them

@@ -175,15 +175,15 @@ impl SystemCli for Etcd<'_> {
         for r in &results {
             show::print_real_run(r);
         }
+        let summaries = table::summaries(&results);
         if results.len() > 1 {
-            let summaries = table::summaries(&results);
             table::print_distributions(
                 &format!("over {} runs", options.runs),
                 &table::distributions(&RunSummary::METRICS, &summaries),
             );
             println!("histories: {}", SafetyCounts::of(&summaries).describe());
         }
-        judge(&table::summaries(&results), "the real runs")
+        judge(&summaries, "the real runs")
     }
 
     fn compare(&self, options: &RealOptions) -> Result<()> {
