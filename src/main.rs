@@ -41,6 +41,9 @@ enum Command {
     Scenarios,
     /// Bring a real local cluster up or down, or show its state (hosts are network namespaces; root).
     Cluster(cmd::cluster::ClusterArgs),
+    /// Local machines that behave like VMs (systemd-nspawn, own systemd and SSH; root), the
+    /// inventory that Ansible and `run --inventory` read, and the lab's TLS material.
+    Machines(cmd::machines::MachinesArgs),
     /// Run a scenario against a real cluster (a fresh one per run) and measure it.
     Run(cmd::run::RunArgs),
     /// Simulator beside reality: N seeds and N real runs of the same scenario, metric by metric.
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cmd::check::command(args),
         Command::Scenarios => cmd::scenarios::command(),
         Command::Cluster(args) => cmd::cluster::command(args),
+        Command::Machines(args) => cmd::machines::command(args),
         Command::Run(args) => cmd::run::command(args),
         Command::Compare(args) => cmd::compare::command(args),
         Command::Serve(args) => cmd::serve::command(args),

@@ -102,7 +102,7 @@ fn lag_is_measured_three_ways_and_never_negative() {
         .map(|i| {
             format!(
                 "postgres://postgres:{password}@{}:5432/postgres",
-                lab.net.addr(i)
+                lab.addr(i)
             )
         })
         .collect();

@@ -1,7 +1,11 @@
-//! A lab: hosts (network namespaces on a bridge), one node agent per host, and the record of it
-//! all in `STATE_DIR/lab.json`, written before anything starts so that `down` can always find and
-//! stop what the lab started. What runs on the hosts — etcd members, Patroni and Postgres — is the
-//! business of [`crate::etcd`] and [`crate::postgres`], which give each host its services.
+//! A lab: hosts, one node agent per host, and the record of it all in `STATE_DIR/lab.json`.
+//!
+//! The hosts are either network namespaces on a bridge that the lab makes itself ([`Lab::create`],
+//! recorded before anything starts so that `down` can always find and stop what it started), or
+//! hosts an inventory names — local machines or an operator's VMs, provisioned by Ansible with
+//! their agents already running ([`Lab::from_inventory`]), which the lab never removes. Either
+//! way a run reaches hosts only through their agents, over TLS. What runs on the hosts — etcd
+//! members, Patroni and Postgres — is the business of [`crate::etcd`] and [`crate::postgres`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,8 +16,10 @@ use quorumlab_experiment::node::NodeId;
 use quorumlab_proto::agent::{Action, LinksRequest, SignalRequest};
 use serde::{Deserialize, Serialize};
 
-use crate::agent::{connect, AgentClient, AgentConfig, ServiceSpec};
+use crate::agent::{connect, AgentClient, AgentConfig, AgentTls, ServiceSpec};
 use crate::hosts::{is_root, HostError, LabNet};
+use crate::inventory::{Inventory, InventoryError, InventoryHost};
+use crate::pki::{self, DriverTls};
 use crate::postgres::settings::PgCluster;
 
 /// The agent's port on every host.
@@ -47,6 +53,9 @@ pub enum LabError {
         /// What failed.
         reason: String,
     },
+    /// The inventory cannot be used.
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
     /// An agent or etcd did not answer in time.
     #[error("{0}")]
     Timeout(String),
@@ -72,16 +81,19 @@ pub enum LabError {
 /// What `lab.json` records about a running lab.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Lab {
-    /// The hosts.
-    pub net: LabNet,
+    /// The hosts, numbered `n1`, `n2`, ... in this order.
+    pub hosts: Vec<InventoryHost>,
+    /// The namespaces this lab made for them; `None` for hosts an inventory names, which the lab
+    /// neither made nor removes.
+    pub net: Option<LabNet>,
     /// The state directory.
     pub state_dir: PathBuf,
-    /// Shared agent token.
-    pub token: String,
-    /// Agent process ids, per host.
+    /// What the driver needs to call the agents.
+    pub tls: DriverTls,
+    /// Agent process ids, per host (empty for inventory hosts: systemd runs their agents).
     pub agent_pids: Vec<u32>,
-    /// Hosts `n1..=n{etcd_members}` run an etcd member.
-    pub etcd_members: usize,
+    /// The hosts that run an etcd member, in member order.
+    pub etcd: Vec<NodeId>,
     /// The Postgres cluster on this lab's hosts, if it has one.
     #[serde(default)]
     pub postgres: Option<PgCluster>,
@@ -134,9 +146,50 @@ impl Lab {
         state_dir.join("lab.json")
     }
 
+    /// The address of `host`.
+    pub fn addr(&self, host: NodeId) -> std::net::IpAddr {
+        self.hosts[host.index()].addr
+    }
+
+    /// Every host of the lab, `n1` first.
+    pub fn nodes(&self) -> impl Iterator<Item = NodeId> {
+        NodeId::all(self.hosts.len())
+    }
+
     /// The agent address of `host`.
     pub fn agent_addr(&self, host: NodeId) -> SocketAddr {
-        SocketAddr::new(self.net.addr(host), AGENT_PORT)
+        let h = &self.hosts[host.index()];
+        SocketAddr::new(h.addr, h.agent_port)
+    }
+
+    /// A lab on the hosts an inventory names for one system (`hosts`, numbered in that order),
+    /// whose agents systemd already runs; `etcd` lists the hosts of the inventory's etcd group.
+    pub fn from_inventory(
+        inventory: &Inventory,
+        hosts: Vec<InventoryHost>,
+        state_dir: &Path,
+    ) -> Result<Lab, LabError> {
+        let mut hosts = hosts;
+        for member in &inventory.etcd.0 {
+            if !hosts.contains(member) {
+                hosts.push(member.clone());
+            }
+        }
+        let etcd = inventory
+            .etcd
+            .0
+            .iter()
+            .map(|m| NodeId::from_index(hosts.iter().position(|h| h == m).expect("added above")))
+            .collect();
+        Ok(Lab {
+            hosts,
+            net: None,
+            state_dir: state_dir.to_path_buf(),
+            tls: DriverTls::load(&inventory.pki_dir)?,
+            agent_pids: vec![],
+            etcd,
+            postgres: None,
+        })
     }
 
     /// Reads the lab recorded in `state_dir`.
@@ -173,12 +226,24 @@ impl Lab {
         let id = (1..=250u8)
             .find(|&id| !LabNet { id, hosts }.exists())
             .ok_or_else(|| LabError::Timeout("no free lab id (250 labs are up)".into()))?;
+        let net = LabNet { id, hosts };
+        let hosts: Vec<InventoryHost> = net
+            .nodes()
+            .map(|host| InventoryHost {
+                name: host.to_string(),
+                addr: net.addr(host),
+                agent_port: AGENT_PORT,
+            })
+            .collect();
+        let names: Vec<_> = hosts.iter().map(|h| (h.name.clone(), h.addr)).collect();
+        pki::ensure(&state_dir.join("pki"), &names)?;
         let mut lab = Lab {
-            net: LabNet { id, hosts },
+            hosts,
+            net: Some(net),
             state_dir: state_dir.to_path_buf(),
-            token: random_token()?,
+            tls: DriverTls::load(&state_dir.join("pki"))?,
             agent_pids: vec![],
-            etcd_members,
+            etcd: NodeId::all(etcd_members).collect(),
             postgres: None,
         };
         lab.save()?;
@@ -207,21 +272,30 @@ impl Lab {
         agent_binary: &Path,
         services: HostServices<'_>,
     ) -> Result<(), LabError> {
-        self.net.create()?;
-        let token_file = self.state_dir.join("agent.token");
-        write_secret(&token_file, self.token.as_bytes())?;
-        for host in self.net.nodes() {
+        let net = self
+            .net
+            .clone()
+            .expect("a lab that makes its hosts has a net");
+        net.create()?;
+        let pki_dir = self.state_dir.join("pki");
+        for host in net.nodes() {
             let dir = self.state_dir.join(host.to_string());
             std::fs::create_dir_all(&dir).map_err(|e| state_err(&dir, e))?;
+            let (cert, key) = pki::host_files(&pki_dir, &host.to_string());
             let config = AgentConfig {
                 listen: self.agent_addr(host),
-                token_file: token_file.clone(),
-                services: services(&self.net, host, &dir)?,
-                peers: self
-                    .net
+                token_file: pki_dir.join(pki::TOKEN),
+                tls: AgentTls {
+                    cert,
+                    key,
+                    client_ca: pki_dir.join(pki::CA_CERT),
+                },
+                services: services(&net, host, &dir)?,
+                units: BTreeMap::new(),
+                peers: net
                     .nodes()
                     .filter(|&peer| peer != host)
-                    .map(|peer| (peer.to_string(), self.net.addr(peer)))
+                    .map(|peer| (peer.to_string(), net.addr(peer)))
                     .collect(),
             };
             let pid = self.start_agent(host, &dir, &config, agent_binary)?;
@@ -248,8 +322,9 @@ impl Lab {
         let log = std::fs::File::create(dir.join("agent.log")).map_err(|e| state_err(dir, e))?;
         let err_log = log.try_clone().map_err(|e| state_err(dir, e))?;
         use std::os::unix::process::CommandExt;
+        let namespace = self.net.as_ref().expect("namespace lab").namespace(host);
         let child = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.net.namespace(host)])
+            .args(["netns", "exec", &namespace])
             .arg(agent_binary)
             .args(["agent", "--config"])
             .arg(&config_file)
@@ -265,7 +340,7 @@ impl Lab {
     /// A client for `host`'s agent.
     pub async fn agent(&self, host: NodeId) -> Result<AgentClient, LabError> {
         let addr = self.agent_addr(host);
-        connect(addr, &self.token, Duration::from_secs(10))
+        connect(addr, &self.tls, Duration::from_secs(10))
             .await
             .map_err(LabError::Timeout)
     }
@@ -289,17 +364,37 @@ impl Lab {
         Ok(())
     }
 
-    /// Asks `host`'s agent to cut (or heal) its links to `peers`.
-    pub async fn links(&self, host: NodeId, peers: &[NodeId], cut: bool) -> Result<(), LabError> {
+    /// Asks `host`'s agent to cut (or heal) its links to `peers`: both ways, or with
+    /// `inbound_only` only what `peers` send to `host`.
+    pub async fn links(
+        &self,
+        host: NodeId,
+        peers: &[NodeId],
+        cut: bool,
+        inbound_only: bool,
+    ) -> Result<(), LabError> {
         let request = LinksRequest {
-            peers: peers.iter().map(NodeId::to_string).collect(),
+            peers: peers
+                .iter()
+                .map(|&p| self.hosts[p.index()].name.clone())
+                .collect(),
             cut,
+            inbound_only,
         };
         self.agent(host)
             .await?
             .links(request)
             .await
             .map_err(|e| agent_error(host, e))?;
+        Ok(())
+    }
+
+    /// Heals every link of every host.
+    pub async fn heal_all(&self) -> Result<(), LabError> {
+        for host in self.nodes() {
+            let peers: Vec<NodeId> = self.nodes().filter(|&p| p != host).collect();
+            self.links(host, &peers, false, false).await?;
+        }
         Ok(())
     }
 
@@ -310,6 +405,11 @@ impl Lab {
             Ok(lab) => lab,
             Err(LabError::NotUp(_)) => return Ok(false),
             Err(e) => return Err(e),
+        };
+        let Some(net) = &lab.net else {
+            // Inventory hosts are not the lab's to remove; only its record goes.
+            std::fs::remove_dir_all(state_dir).map_err(|e| state_err(state_dir, e))?;
+            return Ok(true);
         };
         // Ask the agents first: each kills and reaps the etcd it started, leaving no zombies.
         for &pid in &lab.agent_pids {
@@ -323,10 +423,10 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(20));
         }
         // Then make sure: whatever still runs in the lab's namespaces is killed.
-        for host in lab.net.nodes() {
-            kill_namespace_processes(&lab.net.namespace(host));
+        for host in net.nodes() {
+            kill_namespace_processes(&net.namespace(host));
         }
-        lab.net.destroy();
+        net.destroy();
         std::fs::remove_dir_all(state_dir).map_err(|e| state_err(state_dir, e))?;
         Ok(true)
     }

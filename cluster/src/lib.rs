@@ -4,6 +4,9 @@
 //!
 //! - [`hosts`]: one network namespace per host, joined by a bridge (local labs need root).
 //! - [`agent`]: the node agent, the only thing that touches processes and links on a host.
+//! - [`machines`]: systemd-nspawn machines that behave like VMs (own systemd, SSH), on a bridge.
+//! - [`inventory`]: the Ansible inventory that names hosts for provisioning and for runs alike.
+//! - [`pki`]: the lab's CA and the agents' and driver's certificates (the agent speaks only TLS).
 //! - [`lab`]: hosts, agents and `lab.json` — what every system's lab is made of, and `down`.
 //! - [`run`]: what every real run shares: fired faults, errors, the real lab's fault contract.
 //! - [`etcd`]: a real etcd cluster (`cluster up etcd`) and one real run of an etcd scenario.
@@ -15,7 +18,10 @@
 pub mod agent;
 pub mod etcd;
 pub mod hosts;
+pub mod inventory;
 pub mod lab;
+pub mod machines;
+pub mod pki;
 pub mod postgres;
 pub mod run;
 

@@ -3,7 +3,6 @@
 //! fault's steps are carried out through the node agents ([`carry_out`]).
 
 use quorumlab_experiment::fault::{Disruption, Fault, FaultExecutor};
-use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::scenario::Scenario;
 use quorumlab_proto::agent::Action;
 use serde::{Deserialize, Serialize};
@@ -35,9 +34,9 @@ pub enum RunError {
     },
 }
 
-/// A real lab as a fault runner: agents cut links with blackhole routes and kill and start
-/// processes with real signals; delay, loss and duplication would need `tc netem`, which this
-/// kernel lacks, so they are refused before anything starts.
+/// A real lab as a fault runner: agents cut links with nftables and kill and start processes
+/// with real signals; delay, loss and duplication would need `tc netem`, which this kernel
+/// lacks, so they are refused before anything starts.
 pub struct RealLab;
 
 impl FaultExecutor for RealLab {
@@ -69,27 +68,21 @@ pub fn check_supported(scenario: &Scenario) -> Result<(), RunError> {
         })
 }
 
-/// Carries out a fault's steps through the agents: links are cut and healed with blackhole
-/// routes, and `service` (the database process of each host) is killed or started.
+/// Carries out a fault's steps through the agents: links are cut and healed with nftables, and
+/// `service` (the database process of each host) is killed or started.
 pub async fn carry_out(lab: &Lab, steps: &[Disruption], service: &str) -> Result<(), RunError> {
-    let all: Vec<NodeId> = NodeId::all(lab.net.hosts).collect();
     for step in steps {
         match *step {
             Disruption::Cut(a, b) => {
-                lab.links(a, &[b], true).await?;
-                lab.links(b, &[a], true).await?;
+                lab.links(a, &[b], true, false).await?;
+                lab.links(b, &[a], true, false).await?;
             }
-            // A blackhole route on `a` drops what it sends to `b`; TCP then fails both ways, so
-            // on a real network this is coarser than the simulator's one-way drop.
-            Disruption::CutOneway(a, b) => lab.links(a, &[b], true).await?,
+            // Dropped on the receiver's input: what `b` sends still reaches `a`. (TCP
+            // connections between them stall all the same: their acknowledgements are lost.)
+            Disruption::CutOneway(a, b) => lab.links(b, &[a], true, true).await?,
             Disruption::Kill(id) => lab.signal(id, service, Action::Kill).await?,
             Disruption::Start(id) => lab.signal(id, service, Action::Start).await?,
-            Disruption::HealAll => {
-                for &host in &all {
-                    let peers: Vec<NodeId> = all.iter().copied().filter(|&p| p != host).collect();
-                    lab.links(host, &peers, false).await?;
-                }
-            }
+            Disruption::HealAll => lab.heal_all().await?,
             Disruption::Delay { .. }
             | Disruption::Loss(_)
             | Disruption::Duplicate(_)

@@ -1,10 +1,11 @@
-//! The node agent over real gRPC on loopback, managing a real process with real signals.
+//! The node agent over real gRPC and TLS on loopback, managing a real process with real signals.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use quorumlab_cluster::agent::{connect, serve, AgentConfig, NodeAgent, ServiceSpec};
+use quorumlab_cluster::agent::{connect, serve, AgentConfig, AgentTls, NodeAgent, ServiceSpec};
+use quorumlab_cluster::pki::{self, DriverTls};
 use quorumlab_proto::agent::agent_client::AgentClient;
 use quorumlab_proto::agent::{Action, LinksRequest, SignalRequest, StatusRequest};
 use tonic::Code;
@@ -14,6 +15,8 @@ const TOKEN: &str = "s3cret-token";
 struct TestAgent {
     addr: SocketAddr,
     dir: PathBuf,
+    /// What a driver of this agent's lab holds (the token here is the test's).
+    tls: DriverTls,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -25,6 +28,11 @@ impl TestAgent {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("token"), TOKEN).unwrap();
+        let pki_dir = dir.join("pki");
+        pki::ensure(&pki_dir, &[("n1".into(), "127.0.0.1".parse().unwrap())]).unwrap();
+        let mut tls = DriverTls::load(&pki_dir).unwrap();
+        tls.token = TOKEN.into();
+        let (cert, key) = pki::host_files(&pki_dir, "n1");
         // A free port: bind port 0, read it, release it for the agent.
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -33,6 +41,12 @@ impl TestAgent {
         let config = AgentConfig {
             listen: addr,
             token_file: dir.join("token"),
+            tls: AgentTls {
+                cert,
+                key,
+                client_ca: pki_dir.join(pki::CA_CERT),
+            },
+            units: Default::default(),
             services: [(
                 "sleeper".to_string(),
                 ServiceSpec {
@@ -58,6 +72,7 @@ impl TestAgent {
         TestAgent {
             addr,
             dir,
+            tls,
             stop: Some(tx),
             server: Some(server),
         }
@@ -107,11 +122,24 @@ async fn signal_raw(
     Ok(reply.into_inner().pid)
 }
 
+/// Whether a call through `client` (or its connection) was refused before reaching the agent.
+async fn refused(client: Result<quorumlab_cluster::agent::AgentClient, String>) -> bool {
+    match client {
+        Err(_) => true,
+        Ok(mut c) => c
+            .status(StatusRequest {
+                service: "sleeper".into(),
+            })
+            .await
+            .is_err(),
+    }
+}
+
 #[tokio::test]
-async fn calls_without_the_right_token_are_unauthenticated() {
+async fn only_tls_with_the_labs_ca_and_the_right_token_gets_through() {
     let agent = TestAgent::start("auth").await;
-    // Wait for the server through an authenticated client first.
-    let mut good = connect(agent.addr, TOKEN, Duration::from_secs(5))
+    // Wait for the server through a client with everything right first.
+    let mut good = connect(agent.addr, &agent.tls, Duration::from_secs(5))
         .await
         .unwrap();
     good.status(StatusRequest {
@@ -120,18 +148,44 @@ async fn calls_without_the_right_token_are_unauthenticated() {
     .await
     .unwrap();
 
-    let mut anonymous = AgentClient::connect(format!("http://{}", agent.addr))
-        .await
-        .unwrap();
-    let err = anonymous
-        .status(StatusRequest {
-            service: "sleeper".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+    // Plaintext: the agent speaks only TLS.
+    let plaintext = match AgentClient::connect(format!("http://{}", agent.addr)).await {
+        Err(_) => true,
+        Ok(mut c) => c
+            .status(StatusRequest {
+                service: "sleeper".into(),
+            })
+            .await
+            .is_err(),
+    };
+    assert!(plaintext, "a plaintext call must be refused");
 
-    let mut wrong = connect(agent.addr, "not-the-token", Duration::from_secs(5))
+    // Another lab's CA and client certificate (the right token): refused both ways.
+    let other_dir = agent.dir.join("other-pki");
+    pki::ensure(&other_dir, &[]).unwrap();
+    let mut other = DriverTls::load(&other_dir).unwrap();
+    other.token = TOKEN.into();
+    let short = Duration::from_millis(800);
+    assert!(
+        refused(connect(agent.addr, &other, short).await).await,
+        "a client of another CA"
+    );
+    // Trusting the right CA but presenting another CA's certificate.
+    let foreign_cert = DriverTls {
+        ca_pem: agent.tls.ca_pem.clone(),
+        ..other.clone()
+    };
+    assert!(
+        refused(connect(agent.addr, &foreign_cert, short).await).await,
+        "a client certificate the lab's CA did not sign"
+    );
+
+    // TLS right, token wrong.
+    let wrong_token = DriverTls {
+        token: "not-the-token".into(),
+        ..agent.tls.clone()
+    };
+    let mut wrong = connect(agent.addr, &wrong_token, Duration::from_secs(5))
         .await
         .unwrap();
     let err = signal(&mut wrong, Action::Start).await.unwrap_err();
@@ -139,10 +193,33 @@ async fn calls_without_the_right_token_are_unauthenticated() {
     agent.stop().await;
 }
 
+#[test]
+fn the_labs_keys_and_token_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("quorumlab-pki-modes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    pki::ensure(&dir, &[("n1".into(), "10.0.0.1".parse().unwrap())]).unwrap();
+    let (_, host_key) = pki::host_files(&dir, "n1");
+    for secret in [
+        dir.join("ca.key"),
+        dir.join(pki::DRIVER_KEY),
+        dir.join(pki::TOKEN),
+        host_key,
+    ] {
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", secret.display());
+    }
+    // A second call keeps the CA every host already trusts.
+    let ca = std::fs::read(dir.join(pki::CA_CERT)).unwrap();
+    pki::ensure(&dir, &[("n1".into(), "10.0.0.1".parse().unwrap())]).unwrap();
+    assert_eq!(std::fs::read(dir.join(pki::CA_CERT)).unwrap(), ca);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn unknown_services_peers_and_actions_get_clear_statuses() {
     let agent = TestAgent::start("bad").await;
-    let mut client = connect(agent.addr, TOKEN, Duration::from_secs(5))
+    let mut client = connect(agent.addr, &agent.tls, Duration::from_secs(5))
         .await
         .unwrap();
     let err = signal_raw(&mut client, "bash", Action::Start as i32)
@@ -168,6 +245,7 @@ async fn unknown_services_peers_and_actions_get_clear_statuses() {
         .links(LinksRequest {
             peers: vec!["n9".into()],
             cut: true,
+            inbound_only: false,
         })
         .await
         .unwrap_err();
@@ -178,7 +256,7 @@ async fn unknown_services_peers_and_actions_get_clear_statuses() {
 #[tokio::test]
 async fn start_pause_resume_kill_a_real_process() {
     let agent = TestAgent::start("life").await;
-    let mut client = connect(agent.addr, TOKEN, Duration::from_secs(5))
+    let mut client = connect(agent.addr, &agent.tls, Duration::from_secs(5))
         .await
         .unwrap();
     let pid = signal(&mut client, Action::Start).await.unwrap();
@@ -234,7 +312,7 @@ async fn start_pause_resume_kill_a_real_process() {
 #[tokio::test]
 async fn stopping_the_agent_stops_what_it_started() {
     let agent = TestAgent::start("cleanup").await;
-    let mut client = connect(agent.addr, TOKEN, Duration::from_secs(5))
+    let mut client = connect(agent.addr, &agent.tls, Duration::from_secs(5))
         .await
         .unwrap();
     let pid = signal(&mut client, Action::Start).await.unwrap();

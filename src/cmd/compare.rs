@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use quorumlab_cluster::inventory::Inventory;
+
 use super::load_scenario;
 use crate::lab_setup::STATE_DIR_DEFAULT;
 use crate::system::{self, RealOptions};
@@ -30,6 +32,13 @@ pub struct CompareArgs {
     /// what the README publishes.
     #[arg(long)]
     markdown: bool,
+    /// Run on the hosts an Ansible inventory names (`quorumlab machines up` writes one; or your
+    /// own VMs), provisioned with ansible/site.yml, instead of a fresh namespace lab per run.
+    #[arg(long, value_name = "FILE")]
+    inventory: Option<PathBuf>,
+    /// Override the scenario's node count.
+    #[arg(long)]
+    nodes: Option<usize>,
     /// Where the lab keeps its state, data and logs.
     #[arg(long, default_value = STATE_DIR_DEFAULT)]
     state_dir: PathBuf,
@@ -37,7 +46,8 @@ pub struct CompareArgs {
 
 /// Runs the comparison through the scenario's system.
 pub fn command(args: CompareArgs) -> Result<()> {
-    let scenario = load_scenario(&args.scenario, None)?;
+    let scenario = load_scenario(&args.scenario, args.nodes)?;
+    let inventory = args.inventory.as_deref().map(Inventory::load).transpose()?;
     let system = system::of(&scenario);
     system.compare(&RealOptions {
         runs: args.runs,
@@ -49,5 +59,6 @@ pub fn command(args: CompareArgs) -> Result<()> {
         } else {
             Style::Text
         },
+        inventory: inventory.as_ref(),
     })
 }

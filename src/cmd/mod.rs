@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod compare;
 pub mod demo;
 pub mod load;
+pub mod machines;
 pub mod migrate;
 pub mod run;
 pub mod scenarios;

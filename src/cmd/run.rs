@@ -1,10 +1,13 @@
 //! `quorumlab run SCENARIO`: the scenario on real clusters, a fresh lab per run, measured the way
-//! the simulator measures it; or, with `--target`, on a cluster the user runs.
+//! the simulator measures it; with `--inventory`, on the hosts an Ansible inventory names; with
+//! `--target`, on a Postgres cluster the user runs (no faults).
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+
+use quorumlab_cluster::inventory::Inventory;
 
 use super::load_scenario;
 use crate::lab_setup::STATE_DIR_DEFAULT;
@@ -23,6 +26,10 @@ pub struct RunArgs {
     /// any order; it creates the tables ql_writes and ql_heartbeat there.
     #[arg(long = "target", value_name = "URL", conflicts_with = "runs")]
     targets: Vec<String>,
+    /// Run on the hosts an Ansible inventory names (`quorumlab machines up` writes one; or your
+    /// own VMs), provisioned with ansible/site.yml, instead of a fresh namespace lab per run.
+    #[arg(long, value_name = "FILE")]
+    inventory: Option<PathBuf>,
     /// Override the scenario's node count.
     #[arg(long)]
     nodes: Option<usize>,
@@ -37,6 +44,7 @@ pub struct RunArgs {
 /// Runs the scenario through its system's real side.
 pub fn command(args: RunArgs) -> Result<()> {
     let scenario = load_scenario(&args.scenario, args.nodes)?;
+    let inventory = args.inventory.as_deref().map(Inventory::load).transpose()?;
     let system = system::of(&scenario);
     if !args.targets.is_empty() {
         return system.run_targets(&args.targets, args.json);
@@ -47,5 +55,6 @@ pub fn command(args: RunArgs) -> Result<()> {
         state_dir: &args.state_dir,
         sim_seeds: 0,
         style: crate::table::Style::Text,
+        inventory: inventory.as_ref(),
     })
 }

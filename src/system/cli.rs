@@ -136,6 +136,9 @@ pub struct RealOptions<'a> {
     pub sim_seeds: u64,
     /// `compare`: how to print the table.
     pub style: crate::table::Style,
+    /// Run on the hosts this inventory names (machines or VMs, provisioned by Ansible) instead of
+    /// a fresh namespace lab per run.
+    pub inventory: Option<&'a quorumlab_cluster::inventory::Inventory>,
 }
 
 /// What `cluster up` was asked for beyond the scenario.

@@ -15,7 +15,8 @@ use std::process::{exit, Command};
 /// Debian packages the workspace needs, each with the file that shows it is installed.
 /// `protoc` and the well-known `.proto` files are needed by the build scripts of the gRPC crates
 /// (`etcd-client`, the node agent); etcd, Postgres 15 and Patroni are what the real-cluster tests
-/// run.
+/// run; nftables cuts the lab's links; systemd-nspawn, debootstrap and SSH make and reach the
+/// machines, and python3-venv holds Ansible (from PyPI, see `ensure_ansible`).
 const PACKAGES: &[(&str, &str)] = &[
     ("protobuf-compiler", "/usr/bin/protoc"),
     (
@@ -26,6 +27,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "/usr/sbin/ip"),
     ("postgresql-15", "/usr/lib/postgresql/15/bin/postgres"),
     ("patroni", "/usr/bin/patroni"),
+    ("nftables", "/usr/sbin/nft"),
+    ("systemd-container", "/usr/bin/systemd-nspawn"),
+    ("debootstrap", "/usr/sbin/debootstrap"),
+    ("openssh-client", "/usr/bin/ssh"),
+    (
+        "python3-venv",
+        "/usr/lib/python3/dist-packages/venv/__init__.py",
+    ),
 ];
 
 fn main() {
@@ -130,7 +139,7 @@ fn has_command(name: &str) -> bool {
 fn ensure_packages() -> Result<(), String> {
     let missing: Vec<&str> = PACKAGES
         .iter()
-        .filter(|(_, cmd)| !has_command(cmd))
+        .filter(|(_, file)| !std::path::Path::new(file).exists())
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {

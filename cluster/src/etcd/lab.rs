@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::ServiceSpec;
 use crate::hosts::LabNet;
+use crate::inventory::Inventory;
 use crate::lab::{HostServices, Lab, LabError};
 
 /// etcd's client port on every host.
@@ -56,8 +57,9 @@ pub struct EtcdTiming {
 impl Lab {
     /// Client endpoints of every member.
     pub fn endpoints(&self) -> Vec<String> {
-        NodeId::all(self.etcd_members)
-            .map(|member| format!("http://{}:{CLIENT_PORT}", self.net.addr(member)))
+        self.etcd
+            .iter()
+            .map(|&member| format!("http://{}:{CLIENT_PORT}", self.addr(member)))
             .collect()
     }
 
@@ -109,7 +111,7 @@ impl Lab {
 
     /// Starts every member and waits for a leader.
     async fn start_etcd(&self) -> Result<(), LabError> {
-        for member in NodeId::all(self.etcd_members) {
+        for member in self.etcd.clone() {
             self.signal_etcd(member, Action::Start).await?;
         }
         self.wait_for_leader(Duration::from_secs(30))
@@ -143,6 +145,63 @@ impl Lab {
     /// Asks every member for its status once, each within `timeout`.
     pub async fn status(&self, timeout: Duration) -> Vec<MemberStatus> {
         StatusProbe::new(self).poll(timeout).await
+    }
+}
+
+/// The etcd timing the playbook configures unless the inventory says otherwise
+/// (`ansible/roles/lab_defaults`).
+const INVENTORY_TIMING_DEFAULT: EtcdTiming = EtcdTiming {
+    heartbeat_ms: 100,
+    election_timeout_ms: 1000,
+};
+
+impl Lab {
+    /// The etcd cluster of an inventory's `etcd` group, checked against what a scenario needs:
+    /// as many members as it names, with the timing it names (the inventory's
+    /// `etcd_heartbeat_ms` and `etcd_election_timeout_ms`, which the playbook applied).
+    pub fn etcd_of_inventory(
+        inventory: &Inventory,
+        members: usize,
+        timing: EtcdTiming,
+        state_dir: &Path,
+    ) -> Result<Lab, LabError> {
+        let group = &inventory.etcd.0;
+        let refuse = |why: String| {
+            LabError::Settings(format!("inventory {}: {why}", inventory.path.display()))
+        };
+        if group.len() != members {
+            return Err(refuse(format!(
+                "the scenario needs {members} etcd members but the etcd group has {} (give --nodes {})",
+                group.len(),
+                group.len()
+            )));
+        }
+        let heartbeat_ms = inventory
+            .var_u64("etcd_heartbeat_ms")?
+            .unwrap_or(INVENTORY_TIMING_DEFAULT.heartbeat_ms);
+        let election_ms = inventory
+            .var_u64("etcd_election_timeout_ms")?
+            .unwrap_or(INVENTORY_TIMING_DEFAULT.election_timeout_ms);
+        if (heartbeat_ms, election_ms) != (timing.heartbeat_ms, timing.election_timeout_ms) {
+            return Err(refuse(format!(
+                "the scenario runs etcd with heartbeat {} ms and election timeout {} ms, the inventory's etcd with {heartbeat_ms} and {election_ms}: set etcd_heartbeat_ms and etcd_election_timeout_ms in all.vars and run the playbook again",
+                timing.heartbeat_ms, timing.election_timeout_ms
+            )));
+        }
+        Lab::from_inventory(inventory, group.clone(), state_dir)
+    }
+
+    /// Leaves the hosts as a run should find them: every link healed, every etcd member
+    /// started, a leader elected.
+    pub async fn restore_etcd(&self) -> Result<(), LabError> {
+        self.heal_all().await?;
+        for member in self.etcd.clone() {
+            self.signal_etcd(member, Action::Resume).await.ok();
+            self.signal_etcd(member, Action::Start).await?;
+        }
+        self.wait_for_leader(Duration::from_secs(30))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -185,6 +244,7 @@ fn etcd_member(
 /// poller running every few milliseconds does not open a new connection each time. A member that
 /// fails to answer loses its client and is connected afresh on the next poll.
 pub struct StatusProbe {
+    names: Vec<String>,
     endpoints: Vec<String>,
     clients: Vec<Option<Client>>,
 }
@@ -194,6 +254,7 @@ impl StatusProbe {
     pub fn new(lab: &Lab) -> StatusProbe {
         let endpoints = lab.endpoints();
         StatusProbe {
+            names: lab.etcd.iter().map(NodeId::to_string).collect(),
             clients: vec![None; endpoints.len()],
             endpoints,
         }
@@ -240,7 +301,7 @@ impl StatusProbe {
             .into_iter()
             .enumerate()
             .map(|(i, (endpoint, answer))| {
-                let name = NodeId::from_index(i).to_string();
+                let name = self.names[i].clone();
                 match answer {
                     Some(((leader, term, raft_index), client)) => {
                         self.clients[i] = Some(client);

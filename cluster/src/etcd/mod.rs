@@ -6,4 +6,4 @@ pub mod lab;
 pub mod run;
 
 pub use lab::{EtcdTiming, MemberStatus, StatusProbe, ETCD_BINARY};
-pub use run::{run_etcd, RealRun};
+pub use run::{run_etcd, run_etcd_on_inventory, RealRun};

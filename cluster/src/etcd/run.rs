@@ -22,6 +22,7 @@ use quorumlab_experiment::scenario::Scenario;
 use serde::{Deserialize, Serialize};
 
 use super::lab::{EtcdTiming, StatusProbe};
+use crate::inventory::Inventory;
 use crate::lab::{Lab, LabError};
 use crate::run::{carry_out, check_supported, FiredFault, RunError};
 
@@ -98,6 +99,44 @@ pub async fn run_etcd(
     let result = drive(scenario, run_number, &lab).await;
     Lab::down(state_dir)?;
     result
+}
+
+/// Runs `scenario` once on the etcd cluster an inventory names (provisioned by Ansible, its
+/// agents run by systemd): the members are started and the links healed first, the workload's
+/// keys deleted so the history starts from empty registers as on a fresh cluster, and the hosts
+/// are left as found afterwards.
+pub async fn run_etcd_on_inventory(
+    scenario: &Scenario,
+    run_number: u64,
+    inventory: &Inventory,
+    state_dir: &Path,
+) -> Result<RealRun, RunError> {
+    check_supported(scenario)?;
+    let timing = EtcdTiming {
+        heartbeat_ms: scenario.topology.heartbeat_ms,
+        election_timeout_ms: scenario.topology.election_timeout_ms,
+    };
+    let lab = Lab::etcd_of_inventory(inventory, scenario.topology.nodes, timing, state_dir)?;
+    lab.restore_etcd().await?;
+    clear_keys(&lab, scenario.workload.keys).await?;
+    let result = drive(scenario, run_number, &lab).await;
+    lab.restore_etcd().await?;
+    result
+}
+
+/// Deletes the register keys `k0..k{keys}` a run will use.
+async fn clear_keys(lab: &Lab, keys: u32) -> Result<(), LabError> {
+    let options = ConnectOptions::new().with_timeout(Duration::from_secs(5));
+    let mut client = Client::connect(lab.endpoints(), Some(options))
+        .await
+        .map_err(|e| LabError::Timeout(format!("etcd not reachable: {e}")))?;
+    for key in 0..keys {
+        client
+            .delete(key_name(key), None)
+            .await
+            .map_err(|e| LabError::Timeout(format!("deleting {}: {e}", key_name(key))))?;
+    }
+    Ok(())
 }
 
 async fn member_names(lab: &Lab) -> Result<BTreeMap<u64, String>, LabError> {

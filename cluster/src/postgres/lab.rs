@@ -86,10 +86,10 @@ impl PgNodes {
         let pg = cluster(lab)?;
         Ok(PgNodes {
             options: NodeId::all(pg.db_nodes)
-                .map(|id| pg.connect_options(&lab.net, id))
+                .map(|id| pg.connect_options(lab.addr(id)))
                 .collect(),
             names: NodeId::all(pg.db_nodes)
-                .map(|id| format!("{id} ({}:{PG_PORT})", lab.net.addr(id)))
+                .map(|id| format!("{id} ({}:{PG_PORT})", lab.addr(id)))
                 .collect(),
         })
     }
@@ -554,7 +554,7 @@ pub async fn wait_for_streaming(
 async fn node_status(lab: &Lab, id: NodeId, timeout: Duration) -> PgNodeStatus {
     let mut status = PgNodeStatus {
         name: id.to_string(),
-        endpoint: format!("{}:{PG_PORT}", lab.net.addr(id)),
+        endpoint: format!("{}:{PG_PORT}", lab.addr(id)),
         up: false,
         role: String::new(),
         timeline: 0,

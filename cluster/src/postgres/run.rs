@@ -323,7 +323,6 @@ async fn fire_faults(
         let at = shared.started + Duration::from_millis(step.at_ms);
         tokio::time::sleep_until(at.into()).await;
         let states: Vec<NodeState> = lab
-            .net
             .nodes()
             .map(|host| NodeState {
                 term: 0,

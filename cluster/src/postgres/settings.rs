@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::ConnectOptions;
 
-use quorumlab_experiment::node::NodeId;
-
-use crate::hosts::LabNet;
+use std::net::IpAddr;
 
 /// Postgres's port on every database host.
 pub const PG_PORT: u16 = 5432;
@@ -66,10 +64,10 @@ pub struct PgCluster {
 }
 
 impl PgCluster {
-    /// Connection options for the node on host `i` of `net`.
-    pub fn connect_options(&self, net: &LabNet, host: NodeId) -> PgConnectOptions {
+    /// Connection options for the node at `addr`.
+    pub fn connect_options(&self, addr: IpAddr) -> PgConnectOptions {
         PgConnectOptions::new()
-            .host(&net.addr(host).to_string())
+            .host(&addr.to_string())
             .port(PG_PORT)
             .username("postgres")
             .password(&self.superuser_password)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use quorumlab_cluster::etcd::EtcdTiming;
-use quorumlab_cluster::etcd::{run_etcd, RealRun};
+use quorumlab_cluster::etcd::{run_etcd, run_etcd_on_inventory, RealRun};
 use quorumlab_cluster::lab::Lab;
 use quorumlab_cluster::run::check_supported;
 use quorumlab_experiment::measure::{RunSummary, SafetyCounts};
@@ -90,7 +90,16 @@ impl Etcd<'_> {
         let bar = progress(options.runs, "real runs");
         let mut out = Vec::new();
         for run in 1..=options.runs {
-            out.push(rt.block_on(run_etcd(self.scenario, run, options.state_dir, &binary))?);
+            let real = match options.inventory {
+                Some(inventory) => rt.block_on(run_etcd_on_inventory(
+                    self.scenario,
+                    run,
+                    inventory,
+                    options.state_dir,
+                )),
+                None => rt.block_on(run_etcd(self.scenario, run, options.state_dir, &binary)),
+            };
+            out.push(real?);
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -248,7 +257,7 @@ impl SystemCli for Etcd<'_> {
         println!(
             "etcd cluster of {nodes} up in {} (hosts: namespaces ql{}-n1..n{nodes})",
             options.state_dir.display(),
-            lab.net.id
+            lab.net.as_ref().map_or(0, |n| n.id)
         );
         Ok(())
     }

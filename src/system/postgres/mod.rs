@@ -86,6 +86,9 @@ impl Postgres<'_> {
     /// Runs the scenario for real `runs` times in each of its modes.
     fn real_runs(&self, options: &RealOptions) -> Result<Vec<PgRealRun>> {
         check_supported(self.scenario)?;
+        if options.inventory.is_some() {
+            anyhow::bail!("Postgres scenarios do not run on an inventory yet; run without --inventory (namespace hosts)");
+        }
         install_if_missing(PACKAGES)?;
         let binary = this_binary()?;
         let rt = runtime()?;
@@ -334,8 +337,8 @@ impl SystemCli for Postgres<'_> {
         println!(
             "Postgres primary + {replicas} replicas ({mode}) under Patroni on etcd, up in {} (hosts: namespaces ql{}-n1..n{})",
             options.state_dir.display(),
-            lab.net.id,
-            lab.net.hosts
+            lab.net.as_ref().map_or(0, |n| n.id),
+            lab.hosts.len()
         );
         Ok(())
     }

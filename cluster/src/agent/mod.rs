@@ -1,10 +1,18 @@
 //! The node agent: a small gRPC service on each host that does only what scenarios need.
 //!
-//! It starts, stops (SIGTERM), kills (SIGKILL), pauses (SIGSTOP) and resumes (SIGCONT) the service
-//! processes named in its configuration, cuts and heals this host's links to named peers, and
-//! reports process status and host time. It never runs a command it was sent: programs and peers
-//! are fixed when the agent starts, and calls can only name them. Every call must carry the shared
-//! token (`authorization: Bearer <token>`); others get `UNAUTHENTICATED`.
+//! It starts, stops (SIGTERM), kills (SIGKILL), pauses (SIGSTOP) and resumes (SIGCONT) the
+//! services named in its configuration — processes of its own (namespace hosts) or systemd units
+//! ([`units`]: machines and VMs) — cuts and heals this host's links to named peers with nftables
+//! ([`links`]), says which network faults the kernel can do, and reports process status and host
+//! time. It never runs a command it was sent: programs, units and peers are fixed when the agent
+//! starts, and calls can only name them.
+//!
+//! It speaks only TLS ([`crate::pki`]): the caller must present a certificate from the lab's CA
+//! *and* the shared token (`authorization: Bearer <token>`); a plaintext call fails the
+//! handshake, another CA's certificate is refused, and a wrong token gets `UNAUTHENTICATED`.
+
+pub mod links;
+pub mod units;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
@@ -17,7 +25,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use quorumlab_proto::agent::agent_server::{Agent, AgentServer};
 use quorumlab_proto::agent::{
-    Action, LinksReply, LinksRequest, ProcessStatus, SignalRequest, StatusRequest,
+    Action, CapabilitiesReply, CapabilitiesRequest, LinksReply, LinksRequest, ProcessStatus,
+    SignalRequest, StatusRequest,
 };
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
@@ -46,15 +55,20 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
-    /// Pids named in this service's pid files right now (first line of each file).
+    /// Pids named in this service's pid files right now.
     fn detached_pids(&self) -> Vec<u32> {
-        self.pid_files
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(f).ok())
-            .filter_map(|text| text.lines().next()?.trim().parse().ok())
-            .filter(|&pid: &u32| pid > 1)
-            .collect()
+        detached_pids(&self.pid_files)
     }
+}
+
+/// Pids named in `pid_files` right now (first line of each file).
+fn detached_pids(pid_files: &[PathBuf]) -> Vec<u32> {
+    pid_files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter_map(|text| text.lines().next()?.trim().parse().ok())
+        .filter(|&pid: &u32| pid > 1)
+        .collect()
 }
 
 /// The uid and gid of `user`, from the password database.
@@ -82,12 +96,29 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// File holding the shared token.
     pub token_file: PathBuf,
-    /// Services by name.
+    /// The agent's certificate and key, and the CA its callers' certificates must come from.
+    pub tls: AgentTls,
+    /// Services the agent runs itself, by name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSpec>,
+    /// Services systemd runs, by name (`[units.etcd] unit = "etcd.service"`).
+    #[serde(default)]
+    pub units: BTreeMap<String, units::UnitSpec>,
     /// Peer hosts by name, for cutting links.
     #[serde(default)]
     pub peers: BTreeMap<String, IpAddr>,
+}
+
+/// The agent's TLS files (PEM).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTls {
+    /// This host's certificate, signed by the lab's CA.
+    pub cert: PathBuf,
+    /// Its private key (mode 0600).
+    pub key: PathBuf,
+    /// The lab's CA: callers must present a certificate it signed.
+    pub client_ca: PathBuf,
 }
 
 /// Why the agent could not start.
@@ -133,7 +164,9 @@ pub struct NodeAgent {
     config: AgentConfig,
     token: String,
     processes: Mutex<BTreeMap<String, Running>>,
-    cut: Mutex<BTreeSet<String>>,
+    /// Units paused by this agent (systemd does not say).
+    paused_units: Mutex<BTreeSet<String>>,
+    cut: Mutex<BTreeMap<String, (IpAddr, links::Cut)>>,
 }
 
 fn host_time_ms() -> u64 {
@@ -195,7 +228,8 @@ impl NodeAgent {
             config,
             token,
             processes: Mutex::new(BTreeMap::new()),
-            cut: Mutex::new(BTreeSet::new()),
+            paused_units: Mutex::new(BTreeSet::new()),
+            cut: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -216,14 +250,55 @@ impl NodeAgent {
         }
     }
 
-    fn spec(&self, service: &str) -> Result<&ServiceSpec, Status> {
-        self.config.services.get(service).ok_or_else(|| {
-            let known: Vec<&str> = self.config.services.keys().map(String::as_str).collect();
-            Status::not_found(format!(
-                "unknown service '{service}' (this agent runs: {})",
-                known.join(", ")
-            ))
+    /// Refuses a service this agent was not configured with, naming those it was.
+    fn unknown(&self, service: &str) -> Status {
+        let known: Vec<&str> = self
+            .config
+            .services
+            .keys()
+            .chain(self.config.units.keys())
+            .map(String::as_str)
+            .collect();
+        Status::not_found(format!(
+            "unknown service '{service}' (this agent runs: {})",
+            known.join(", ")
+        ))
+    }
+
+    fn unit_status(&self, service: &str, unit: &units::UnitSpec) -> Result<ProcessStatus, Status> {
+        let pid = units::main_pid(&unit.unit)?;
+        let paused = pid != 0 && self.paused_units.lock().expect("units").contains(service);
+        Ok(ProcessStatus {
+            service: service.to_string(),
+            running: pid != 0,
+            pid,
+            paused,
+            host_time_unix_ms: host_time_ms(),
         })
+    }
+
+    fn signal_unit(
+        &self,
+        service: &str,
+        unit: &units::UnitSpec,
+        action: Action,
+    ) -> Result<ProcessStatus, Status> {
+        units::signal(unit, action)?;
+        let mut paused = self.paused_units.lock().expect("units");
+        if action == Action::Pause {
+            paused.insert(service.to_string());
+        } else {
+            paused.remove(service);
+        }
+        drop(paused);
+        self.unit_status(service, unit)
+    }
+
+    fn spec(&self, service: &str) -> Result<&ServiceSpec, Status> {
+        self.config
+            .services
+            .get(service)
+            .ok_or_else(|| self.unknown(service))
     }
 
     fn start(
@@ -273,8 +348,15 @@ impl NodeAgent {
         Ok(())
     }
 
-    /// Stops every service (on agent shutdown).
+    /// Stops every service the agent started and heals every link it cut (on agent shutdown).
+    /// Systemd units are the host's, and keep running.
     pub fn stop_all(&self) {
+        let mut cut = self.cut.lock().expect("link table");
+        if !cut.is_empty() {
+            links::remove_table();
+            cut.clear();
+        }
+        drop(cut);
         let mut processes = self.processes.lock().expect("process table");
         for (service, mut running) in std::mem::take(&mut *processes) {
             let _ = signal(running.child.id(), libc::SIGKILL);
@@ -284,29 +366,6 @@ impl NodeAgent {
                     let _ = signal(pid, libc::SIGKILL);
                 }
             }
-        }
-    }
-
-    fn route(&self, peer: IpAddr, cut: bool) -> Result<(), Status> {
-        let target = format!("{peer}/32");
-        let args: &[&str] = if cut {
-            &["route", "replace", "blackhole", &target]
-        } else {
-            &["route", "del", "blackhole", &target]
-        };
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .map_err(|e| Status::failed_precondition(format!("cannot run ip: {e}")))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() || (!cut && stderr.contains("No such process")) {
-            Ok(())
-        } else {
-            Err(Status::internal(format!(
-                "ip {}: {}",
-                args.join(" "),
-                stderr.trim()
-            )))
         }
     }
 }
@@ -325,9 +384,16 @@ impl Agent for NodeAgent {
         request: Request<SignalRequest>,
     ) -> Result<Response<ProcessStatus>, Status> {
         let req = request.into_inner();
-        let spec = self.spec(&req.service)?.clone();
         let action = Action::try_from(req.action)
             .map_err(|_| Status::invalid_argument(format!("unknown action {}", req.action)))?;
+        if let Some(unit) = self.config.units.get(&req.service) {
+            return Ok(Response::new(self.signal_unit(
+                &req.service,
+                unit,
+                action,
+            )?));
+        }
+        let spec = self.spec(&req.service)?.clone();
         let mut processes = self.processes.lock().expect("process table");
         let pid = processes.get(&req.service).map(|r| r.child.id());
         match (action, pid) {
@@ -389,6 +455,11 @@ impl Agent for NodeAgent {
 
     async fn links(&self, request: Request<LinksRequest>) -> Result<Response<LinksReply>, Status> {
         let req = request.into_inner();
+        let how = if req.inbound_only {
+            links::Cut::Inbound
+        } else {
+            links::Cut::Both
+        };
         let peers: Vec<(String, IpAddr)> = req
             .peers
             .iter()
@@ -401,16 +472,29 @@ impl Agent for NodeAgent {
             })
             .collect::<Result<_, _>>()?;
         let mut cut = self.cut.lock().expect("link table");
+        let mut next = cut.clone();
         for (name, ip) in peers {
-            self.route(ip, req.cut)?;
             if req.cut {
-                cut.insert(name);
+                next.insert(name, (ip, how));
             } else {
-                cut.remove(&name);
+                next.remove(&name);
             }
         }
+        links::apply(&next)?;
+        *cut = next;
         Ok(Response::new(LinksReply {
-            cut_peers: cut.iter().cloned().collect(),
+            cut_peers: cut.keys().cloned().collect(),
+        }))
+    }
+
+    async fn capabilities(
+        &self,
+        _request: Request<CapabilitiesRequest>,
+    ) -> Result<Response<CapabilitiesReply>, Status> {
+        Ok(Response::new(CapabilitiesReply {
+            nftables: links::has_nftables(),
+            netem: links::has_qdisc("netem"),
+            tbf: links::has_qdisc("tbf"),
         }))
     }
 
@@ -419,6 +503,9 @@ impl Agent for NodeAgent {
         request: Request<StatusRequest>,
     ) -> Result<Response<ProcessStatus>, Status> {
         let req = request.into_inner();
+        if let Some(unit) = self.config.units.get(&req.service) {
+            return Ok(Response::new(self.unit_status(&req.service, unit)?));
+        }
         self.spec(&req.service)?;
         let mut processes = self.processes.lock().expect("process table");
         Ok(Response::new(self.status_of(&req.service, &mut processes)))
@@ -428,6 +515,22 @@ impl Agent for NodeAgent {
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timing.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The server's TLS: this host's identity, and client certificates required from the lab's CA.
+fn server_tls(config: &AgentConfig) -> Result<tonic::transport::ServerTlsConfig, AgentError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| AgentError::Config {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    };
+    let identity =
+        tonic::transport::Identity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?);
+    let ca = tonic::transport::Certificate::from_pem(read(&config.tls.client_ca)?);
+    Ok(tonic::transport::ServerTlsConfig::new()
+        .identity(identity)
+        .client_ca_root(ca))
 }
 
 /// Serves `agent` on its configured address until `shutdown` completes, then stops its services.
@@ -445,7 +548,14 @@ pub async fn serve(
             _ => Err(Status::unauthenticated("missing or wrong agent token")),
         }
     };
+    crate::pki::install_crypto_provider();
+    let tls = server_tls(&agent.config)?;
     let result = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(|e| AgentError::Serve {
+            listen,
+            reason: e.to_string(),
+        })?
         .add_service(tonic::service::interceptor::InterceptedService::new(
             service, check,
         ))
@@ -475,23 +585,32 @@ impl tonic::service::Interceptor for TokenInterceptor {
     }
 }
 
-/// Connects to an agent at `addr` with `token`, retrying until `timeout` (agents start async).
+/// Connects to an agent at `addr` over TLS, trusting only the lab's CA, presenting the driver's
+/// certificate, and sending the token with every call; retries until `timeout` (agents start
+/// asynchronously).
 pub async fn connect(
     addr: SocketAddr,
-    token: &str,
+    tls: &crate::pki::DriverTls,
     timeout: Duration,
 ) -> Result<AgentClient, String> {
-    let value = format!("Bearer {token}")
+    crate::pki::install_crypto_provider();
+    let value = format!("Bearer {}", tls.token)
         .parse()
         .map_err(|_| "token must be ASCII".to_string())?;
+    let config = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
+        .identity(tonic::transport::Identity::from_pem(
+            &tls.cert_pem,
+            &tls.key_pem,
+        ));
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(config)
+        .map_err(|e| format!("agent at {addr}: TLS: {e}"))?
+        .connect_timeout(Duration::from_millis(500));
     let deadline = Instant::now() + timeout;
     loop {
-        match tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_millis(500))
-            .connect()
-            .await
-        {
+        match endpoint.connect().await {
             Ok(channel) => {
                 return Ok(
                     quorumlab_proto::agent::agent_client::AgentClient::with_interceptor(
@@ -501,9 +620,23 @@ pub async fn connect(
                 )
             }
             Err(e) if Instant::now() >= deadline => {
-                return Err(format!("agent at {addr} not reachable: {e}"))
+                return Err(format!(
+                    "agent at {addr} not reachable: {}",
+                    error_chain(&e)
+                ))
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// An error with its causes, on one line (a TLS refusal is two levels down).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
 }
