@@ -519,7 +519,7 @@ pub async fn wait_for_streaming(
     // while a replica is still being cloned also shows as 'streaming', and must not count.
     let members: Vec<String> = NodeId::all(pg.db_nodes)
         .filter(|&id| id != primary)
-        .map(|id| id.to_string())
+        .map(|id| lab.hosts[id.index()].name.clone())
         .collect();
     let deadline = Instant::now() + limit;
     loop {

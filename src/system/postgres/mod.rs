@@ -6,7 +6,9 @@ mod show;
 
 use anyhow::Result;
 use quorumlab_cluster::postgres::{lab, PatroniSettings};
-use quorumlab_cluster::postgres::{run_on_urls, run_postgres, PgRealRun};
+use quorumlab_cluster::postgres::{
+    run_on_urls, run_postgres, run_postgres_on_inventory, PgRealRun,
+};
 use quorumlab_cluster::run::check_supported;
 use quorumlab_experiment::postgres::{PostgresSettings, ReplicationMode};
 use quorumlab_experiment::replication::PgRunSummary;
@@ -86,9 +88,6 @@ impl Postgres<'_> {
     /// Runs the scenario for real `runs` times in each of its modes.
     fn real_runs(&self, options: &RealOptions) -> Result<Vec<PgRealRun>> {
         check_supported(self.scenario)?;
-        if options.inventory.is_some() {
-            anyhow::bail!("Postgres scenarios do not run on an inventory yet; run without --inventory (namespace hosts)");
-        }
         install_if_missing(PACKAGES)?;
         let binary = this_binary()?;
         let rt = runtime()?;
@@ -96,8 +95,23 @@ impl Postgres<'_> {
         let mut out = Vec::new();
         for &mode in self.modes() {
             for run in 1..=options.runs {
-                let real = run_postgres(self.scenario, mode, run, options.state_dir, &binary);
-                out.push(rt.block_on(real)?);
+                let real = match options.inventory {
+                    Some(inventory) => rt.block_on(run_postgres_on_inventory(
+                        self.scenario,
+                        mode,
+                        run,
+                        inventory,
+                        options.state_dir,
+                    )),
+                    None => rt.block_on(run_postgres(
+                        self.scenario,
+                        mode,
+                        run,
+                        options.state_dir,
+                        &binary,
+                    )),
+                };
+                out.push(real?);
                 bar.inc(1);
             }
         }
