@@ -6,7 +6,8 @@
 //!   `QUORUMLAB_REQUIRE_REAL=1` (CI) a test that would skip for want of root, etcd or Postgres
 //!   fails instead; only the MongoDB tests may skip (no server can be installed here).
 //!
-//! "What is missing" is a fixed list of Debian packages, each checked by the command it provides;
+//! "What is missing" is a fixed list of Debian packages, each checked by a file it installs, and
+//! for `test` a virtualenv with pinned Ansible and ansible-lint from PyPI (`ensure_ansible`);
 //! nothing is installed twice, so both commands are safe to repeat.
 
 use std::env;
@@ -63,8 +64,45 @@ fn main() {
     }
 }
 
+/// Ansible and ansible-lint from PyPI, pinned, in a virtualenv of the workspace's own (Debian's
+/// Ansible is older, and Galaxy is not reachable: the `ansible` package bundles the collections
+/// the roles use).
+const ANSIBLE_PINS: &[&str] = &["ansible==12.3.0", "ansible-lint==26.10.1"];
+
+/// The virtualenv's directory, under the workspace's `target/`.
+fn ansible_venv() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace");
+    root.join("target").join("ansible-venv")
+}
+
+/// Creates the virtualenv and installs the pinned versions unless they are there already.
+fn ensure_ansible() -> Result<std::path::PathBuf, String> {
+    let venv = ansible_venv();
+    let stamp = venv.join(".quorumlab-pins");
+    let wanted = ANSIBLE_PINS.join(" ");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(venv.join("bin"));
+    }
+    eprintln!("xtask: installing {wanted} into {}", venv.display());
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(ANSIBLE_PINS))?;
+    std::fs::write(&stamp, wanted).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    Ok(venv.join("bin"))
+}
+
 fn test() -> Result<(), String> {
     cargo(&["fmt", "--all", "--check"])?;
+    let ansible_bin = ensure_ansible()?;
+    let ansible_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ansible");
+    // ansible-lint's production profile; it reads ansible.cfg and the roles beside site.yml.
+    run(Command::new(ansible_bin.join("ansible-lint"))
+        .args(["--profile", "production", "--offline", "site.yml"])
+        .current_dir(&ansible_dir)
+        .env("PATH", path_with(&ansible_bin)))?;
     // Lint in the profile the tests are built in: build scripts (aws-lc's C build among them)
     // and proc macros are then compiled once for both steps instead of once each.
     cargo(&[
@@ -83,7 +121,8 @@ fn test() -> Result<(), String> {
     let mut command = Command::new(cargo_bin);
     command
         .args(["test", "--workspace", "--release"])
-        .env("QUORUMLAB_SKIP_LOG", &skip_log);
+        .env("QUORUMLAB_SKIP_LOG", &skip_log)
+        .env("QUORUMLAB_ANSIBLE_BIN", &ansible_bin);
     let tested = run(&mut command);
     eprintln!("{}", skip_summary(&skip_log));
     let _ = std::fs::remove_file(&skip_log);
@@ -108,6 +147,11 @@ fn skip_summary(log: &std::path::Path) -> String {
         .collect();
     let tests = if total == 1 { "test" } else { "tests" };
     format!("skipped: {total} {tests} ({})", reasons.join("; "))
+}
+
+/// `PATH` with `dir` first.
+fn path_with(dir: &std::path::Path) -> String {
+    format!("{}:{}", dir.display(), env::var("PATH").unwrap_or_default())
 }
 
 fn cargo(args: &[&str]) -> Result<(), String> {

@@ -39,6 +39,10 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../scenarios/etcd-bridge-partition.toml"),
     ),
     (
+        "etcd-leader-oneway",
+        include_str!("../../../scenarios/etcd-leader-oneway.toml"),
+    ),
+    (
         "etcd-chaos",
         include_str!("../../../scenarios/etcd-chaos.toml"),
     ),

@@ -1,0 +1,294 @@
+//! The path an operator takes, on machines made here: `machines up` -> `ansible-playbook site.yml`
+//! (twice: the second changes nothing) -> the same scenario files through the agents, from the
+//! inventory -> the agent refusing what it must -> `machines down` leaving nothing.
+//!
+//! Root only (mounts, bridges, nftables, systemd-nspawn), and Ansible from the workspace's
+//! virtualenv (`cargo xtask test` makes it and names it in `QUORUMLAB_ANSIBLE_BIN`). The base
+//! image is built once and cached (`/var/cache/quorumlab/images`), so a second run of this test
+//! only boots and provisions.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use quorumlab_cluster::agent::connect;
+use quorumlab_cluster::inventory::Inventory;
+use quorumlab_cluster::pki::DriverTls;
+use quorumlab_proto::agent::agent_client::AgentClient;
+use quorumlab_proto::agent::{CapabilitiesRequest, StatusRequest};
+use serde_json::Value;
+
+const QUORUMLAB: &str = env!("CARGO_BIN_EXE_quorumlab");
+
+/// Why this machine cannot run the test, or `None`.
+fn skip_reason() -> Option<String> {
+    if !quorumlab_cluster::hosts::is_root() {
+        return Some("not root: machines need mounts, bridges and systemd-nspawn".into());
+    }
+    for program in [
+        "/usr/bin/systemd-nspawn",
+        "/usr/sbin/debootstrap",
+        "/usr/sbin/nft",
+    ] {
+        if !Path::new(program).exists() {
+            return Some(format!(
+                "{program} is missing (cargo xtask test installs it)"
+            ));
+        }
+    }
+    if !ansible_bin().join("ansible-playbook").exists() {
+        return Some("no Ansible: run through cargo xtask test, which installs it".into());
+    }
+    None
+}
+
+fn ansible_bin() -> PathBuf {
+    std::env::var_os("QUORUMLAB_ANSIBLE_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ansible-venv/bin"),
+        PathBuf::from,
+    )
+}
+
+/// The machines' state directory; `machines down` runs on drop, even when an assertion fails.
+struct Machines(PathBuf);
+
+impl Drop for Machines {
+    fn drop(&mut self) {
+        let _ = Command::new(QUORUMLAB)
+            .args(["machines", "down", "--state-dir"])
+            .arg(&self.0)
+            .output();
+    }
+}
+
+fn quorumlab(args: &[&str]) -> Output {
+    let out = Command::new(QUORUMLAB).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "quorumlab {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs the playbook; returns each host's `changed=` count from the recap.
+fn playbook(inventory: &Path, extra: &[&str]) -> Vec<u64> {
+    let ansible_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("ansible");
+    let out = Command::new(ansible_bin().join("ansible-playbook"))
+        .arg("-i")
+        .arg(inventory)
+        .args(extra)
+        .arg("site.yml")
+        .args(["-e", &format!("quorumlab_binary={QUORUMLAB}")])
+        .current_dir(&ansible_dir)
+        .env("ANSIBLE_NOCOLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ansible-playbook failed:\n{text}");
+    text.lines()
+        .filter(|l| l.contains(" : ok="))
+        .map(|l| {
+            let changed = l.split("changed=").nth(1).unwrap();
+            changed.split_whitespace().next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn machines_provisioned_by_ansible_run_the_simulators_scenarios() {
+    if let Some(why) = skip_reason() {
+        quorumlab_testkit::skip(&why);
+        return;
+    }
+    let _one = common::one_lab();
+    let dir = std::env::temp_dir().join(format!("quorumlab-machines-{}", std::process::id()));
+    let state = Machines(dir.clone());
+    let state_dir = dir.to_str().unwrap();
+    let up = json(&quorumlab(&[
+        "machines",
+        "up",
+        "--nodes",
+        "3",
+        "--state-dir",
+        state_dir,
+        "--json",
+    ]));
+    let inventory = PathBuf::from(up["inventory"].as_str().unwrap());
+    eprintln!(
+        "machines: image {:.0} s, boot to SSH {:.1} s",
+        up["image_s"], up["boot_to_ssh_s"]
+    );
+
+    let first = playbook(&inventory, &[]);
+    assert_eq!(first.len(), 3, "a recap line per machine");
+    assert!(
+        first.iter().all(|&c| c > 0),
+        "the first run provisions: {first:?}"
+    );
+    assert_eq!(
+        playbook(&inventory, &[]),
+        vec![0, 0, 0],
+        "a second run changes nothing"
+    );
+    mongodb_role_runs_in_check_mode(&inventory, &dir);
+
+    scenarios_run_from_the_inventory(&inventory, &dir);
+    agents_refuse_what_they_must(&inventory);
+
+    drop(state);
+    assert_nothing_left(&dir);
+}
+
+/// No mongod can be had here: the role runs in check mode, on every machine as a mongodb host.
+fn mongodb_role_runs_in_check_mode(inventory: &Path, dir: &Path) {
+    let extra = dir.join("mongodb-hosts.yml");
+    std::fs::write(&extra, "mongodb:\n  hosts:\n    n1:\n    n2:\n    n3:\n").unwrap();
+    let extra = extra.to_str().unwrap().to_string();
+    playbook(inventory, &["-i", &extra, "--check", "--limit", "mongodb"]);
+}
+
+fn scenarios_run_from_the_inventory(inventory: &Path, dir: &Path) {
+    let inv = inventory.to_str().unwrap();
+    let run_dir = dir.join("runs");
+    let run_dir = run_dir.to_str().unwrap();
+    let run = |scenario: &str| {
+        json(&quorumlab(&[
+            "run",
+            scenario,
+            "--inventory",
+            inv,
+            "--state-dir",
+            run_dir,
+            "--json",
+        ]))
+    };
+
+    let kill = &run("etcd-leader-kill")[0]["summary"];
+    assert!(
+        kill["election_ms"].as_u64().is_some(),
+        "a new leader: {kill}"
+    );
+    assert_eq!(kill["verdict"]["verdict"], "linearizable", "{kill}");
+
+    // One mode of pg-failover: asynchronous streaming.
+    let async_only = dir.join("pg-failover-async.toml");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/pg-failover.toml"
+    ))
+    .unwrap()
+    .replace(r#"modes = ["async", "sync"]"#, r#"modes = ["async"]"#);
+    std::fs::write(&async_only, text).unwrap();
+    let pg = &run(async_only.to_str().unwrap())[0]["summary"];
+    assert!(pg["new_primary"].is_string(), "{pg}");
+    assert_ne!(pg["new_primary"], pg["old_primary"], "{pg}");
+    assert_eq!(pg["dual_primary_ms"], 0, "never two primaries: {pg}");
+
+    // The one-way partition: what the simulator predicts, the machines do (the drop is on the
+    // receivers' input, so it is one-way for real).
+    let sim = json(&quorumlab(&[
+        "sim",
+        "sweep",
+        "etcd-leader-oneway",
+        "--seeds",
+        "1..=200",
+        "--json",
+    ]));
+    let predicted = &sim["report"]["election_ms"];
+    let (min, max) = (
+        predicted["min"].as_f64().unwrap(),
+        predicted["max"].as_f64().unwrap(),
+    );
+    let oneway = &run("etcd-leader-oneway")[0]["summary"];
+    let elected = oneway["election_ms"]
+        .as_f64()
+        .expect("the followers elect a new leader");
+    assert!(
+        elected >= min * 0.5 && elected <= max * 1.5,
+        "real {elected} ms against the simulator's {min}..{max} ms"
+    );
+    assert_eq!(oneway["verdict"]["verdict"], "linearizable", "{oneway}");
+}
+
+fn agents_refuse_what_they_must(inventory: &Path) {
+    let inventory = Inventory::load(inventory).unwrap();
+    let tls = DriverTls::load(&inventory.pki_dir).unwrap();
+    let n1 = &inventory.hosts[0];
+    let addr = std::net::SocketAddr::new(n1.addr, n1.agent_port);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut good = connect(addr, &tls, Duration::from_secs(5)).await.unwrap();
+        let caps = good
+            .capabilities(CapabilitiesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(caps.nftables && caps.tbf, "{caps:?}");
+        eprintln!("machine kernel: netem {}", caps.netem);
+        let status = good
+            .status(StatusRequest {
+                service: "etcd".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(status.running, "{status:?}");
+
+        let plaintext = match AgentClient::connect(format!("http://{addr}")).await {
+            Err(_) => true,
+            Ok(mut c) => c
+                .status(StatusRequest {
+                    service: "etcd".into(),
+                })
+                .await
+                .is_err(),
+        };
+        assert!(plaintext, "plaintext must be refused");
+
+        let wrong = DriverTls {
+            token: "wrong".into(),
+            ..tls.clone()
+        };
+        let mut client = connect(addr, &wrong, Duration::from_secs(5)).await.unwrap();
+        let err = client
+            .status(StatusRequest {
+                service: "etcd".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    });
+}
+
+/// Nothing of the machines is left: no nspawn process, mount, bridge or NAT table, and IPv4
+/// forwarding as it was (it is only on while machines are up).
+fn assert_nothing_left(dir: &Path) {
+    let text = |program: &str, args: &[&str]| {
+        String::from_utf8_lossy(&Command::new(program).args(args).output().unwrap().stdout)
+            .into_owned()
+    };
+    assert!(!dir.exists(), "state directory removed");
+    assert!(!text("pgrep", &["-x", "systemd-nspawn"]).contains(char::is_numeric));
+    assert!(
+        !text("ip", &["-br", "link"]).contains("qlm"),
+        "no bridge or veth"
+    );
+    assert!(
+        !text("nft", &["list", "tables"]).contains("qlm"),
+        "no NAT table"
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(
+        !mounts.contains(dir.to_str().unwrap()),
+        "no overlay mounted"
+    );
+}
