@@ -17,7 +17,7 @@ use quorumlab_cluster::agent::connect;
 use quorumlab_cluster::inventory::Inventory;
 use quorumlab_cluster::pki::DriverTls;
 use quorumlab_proto::agent::agent_client::AgentClient;
-use quorumlab_proto::agent::{CapabilitiesRequest, StatusRequest};
+use quorumlab_proto::agent::{CapabilitiesRequest, ShapeRequest, StatusRequest};
 use serde_json::Value;
 
 const QUORUMLAB: &str = env!("CARGO_BIN_EXE_quorumlab");
@@ -217,6 +217,36 @@ fn scenarios_run_from_the_inventory(inventory: &Path, dir: &Path) {
         "real {elected} ms against the simulator's {min}..{max} ms"
     );
     assert_eq!(oneway["verdict"]["verdict"], "linearizable", "{oneway}");
+
+    // A delay needs netem, which these hosts' kernel lacks: refused in one line, nothing run.
+    let delayed = dir.join("etcd-delay.toml");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/etcd-leader-kill.toml"
+    ))
+    .unwrap()
+    .replace(
+        "kind = \"crash\"\nnode = \"leader\"",
+        "kind = \"delay\"\nms_max = 50",
+    );
+    std::fs::write(&delayed, text).unwrap();
+    let out = Command::new(QUORUMLAB)
+        .args([
+            "run",
+            delayed.to_str().unwrap(),
+            "--inventory",
+            inv,
+            "--state-dir",
+            run_dir,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("needs tc netem") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
 }
 
 fn agents_refuse_what_they_must(inventory: &Path) {
@@ -234,6 +264,7 @@ fn agents_refuse_what_they_must(inventory: &Path) {
             .into_inner();
         assert!(caps.nftables && caps.tbf, "{caps:?}");
         eprintln!("machine kernel: netem {}", caps.netem);
+        shaping_is_tbf_here_and_netem_is_refused(&mut good, caps.netem).await;
         let status = good
             .status(StatusRequest {
                 service: "etcd".into(),
@@ -267,6 +298,47 @@ fn agents_refuse_what_they_must(inventory: &Path) {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
     });
+}
+
+/// A bandwidth limit is a real tbf qdisc on the machine's link; delay needs netem, which this
+/// kernel lacks, and is refused in one line; a clear removes the qdisc.
+async fn shaping_is_tbf_here_and_netem_is_refused(
+    agent: &mut quorumlab_cluster::agent::AgentClient,
+    netem: bool,
+) {
+    let limit = ShapeRequest {
+        rate_kbit_per_s: Some(256),
+        ..Default::default()
+    };
+    let qdisc = agent.shape(limit).await.unwrap().into_inner().qdisc;
+    assert!(
+        qdisc.contains("tbf") && qdisc.contains("256Kbit"),
+        "{qdisc}"
+    );
+    let delay = ShapeRequest {
+        delay_ms_max: Some(50),
+        ..Default::default()
+    };
+    match agent.shape(delay).await {
+        Ok(reply) => assert!(netem && reply.into_inner().qdisc.contains("netem")),
+        Err(status) => {
+            assert!(!netem, "{status:?}");
+            assert!(
+                status.message().contains("no netem"),
+                "{}",
+                status.message()
+            );
+        }
+    }
+    let clear = ShapeRequest {
+        clear: true,
+        ..Default::default()
+    };
+    let qdisc = agent.shape(clear).await.unwrap().into_inner().qdisc;
+    assert!(
+        !qdisc.contains("tbf") && !qdisc.contains("netem"),
+        "{qdisc}"
+    );
 }
 
 /// Nothing of the machines is left: no nspawn process, mount, bridge or NAT table, and IPv4

@@ -18,6 +18,9 @@ const SMALLER: &[(&str, &str)] = &[
 fn not_run_because(args: &[&str]) -> Option<&'static str> {
     match args.first().copied() {
         Some("cluster" | "run" | "compare") => Some("needs root: a lab of network namespaces"),
+        Some("machines") => {
+            Some("needs root: systemd-nspawn machines (tests/machines.rs runs them)")
+        }
         Some("serve" | "load" | "migrate-online") => Some("needs a running database or service"),
         _ => None,
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use quorumlab_experiment::node::NodeId;
-use quorumlab_proto::agent::{Action, LinksRequest, SignalRequest};
+use quorumlab_proto::agent::{Action, LinksRequest, ShapeRequest, SignalRequest};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{connect, AgentClient, AgentConfig, AgentTls, ServiceSpec};
@@ -386,6 +386,18 @@ impl Lab {
             .links(request)
             .await
             .map_err(|e| agent_error(host, e))?;
+        Ok(())
+    }
+
+    /// Shapes what every host sends (`request`'s unset fields keep their value on each host).
+    pub async fn shape_all(&self, request: ShapeRequest) -> Result<(), LabError> {
+        for host in self.nodes() {
+            self.agent(host)
+                .await?
+                .shape(request)
+                .await
+                .map_err(|e| agent_error(host, e))?;
+        }
         Ok(())
     }
 

@@ -4,10 +4,11 @@
 
 use quorumlab_experiment::fault::{Disruption, Fault, FaultExecutor};
 use quorumlab_experiment::scenario::Scenario;
-use quorumlab_proto::agent::Action;
+use quorumlab_proto::agent::{Action, CapabilitiesRequest, ShapeRequest};
 use serde::{Deserialize, Serialize};
 
-use crate::lab::{Lab, LabError};
+use crate::agent::links;
+use crate::lab::{agent_error, Lab, LabError};
 
 /// A fault as it was fired, with names resolved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,9 +36,54 @@ pub enum RunError {
 }
 
 /// A real lab as a fault runner: agents cut links with nftables and kill and start processes
-/// with real signals; delay, loss and duplication would need `tc netem`, which this kernel
-/// lacks, so they are refused before anything starts.
-pub struct RealLab;
+/// with real signals; delay, loss and duplication need the hosts' kernels to have `tc netem`,
+/// and bandwidth limits `tc tbf`. What they lack is refused before anything starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RealLab {
+    /// Every host's kernel has the netem qdisc.
+    pub netem: bool,
+    /// Every host's kernel has the tbf qdisc.
+    pub tbf: bool,
+}
+
+impl RealLab {
+    /// What this machine's kernel can do (namespace hosts share it).
+    pub fn of_this_machine() -> RealLab {
+        RealLab {
+            netem: links::has_qdisc("netem"),
+            tbf: links::has_qdisc("tbf"),
+        }
+    }
+
+    /// What every host of `lab` can do, as its agent reports.
+    pub async fn of_hosts(lab: &Lab) -> Result<RealLab, LabError> {
+        let mut all = RealLab {
+            netem: true,
+            tbf: true,
+        };
+        for host in lab.nodes() {
+            let caps = lab
+                .agent(host)
+                .await?
+                .capabilities(CapabilitiesRequest {})
+                .await
+                .map_err(|e| agent_error(host, e))?
+                .into_inner();
+            all.netem &= caps.netem;
+            all.tbf &= caps.tbf;
+        }
+        Ok(all)
+    }
+
+    /// Checks, before anything starts, that every fault of `scenario` can be done here.
+    pub fn check(&self, scenario: &Scenario) -> Result<(), RunError> {
+        self.check_faults(&scenario.faults, scenario.chaos.as_ref())
+            .map_err(|reason| RunError::Unsupported {
+                scenario: scenario.name.clone(),
+                reason,
+            })
+    }
+}
 
 impl FaultExecutor for RealLab {
     fn runner(&self) -> &'static str {
@@ -49,23 +95,22 @@ impl FaultExecutor for RealLab {
             Fault::DuplicateRequests { .. } => Err(
                 "its clients speak gRPC over TCP, which never delivers a request twice".into(),
             ),
-            Fault::Delay { .. } | Fault::Loss { .. } | Fault::Duplicate { .. } => Err(
-                "it needs tc netem, which this kernel lacks; the real driver does partitions, crashes and heals"
+            Fault::Delay { .. } | Fault::Loss { .. } | Fault::Duplicate { .. } if !self.netem => Err(
+                "it needs tc netem, which the hosts' kernel lacks; partitions, crashes, bandwidth limits and heals run"
                     .into(),
             ),
+            Fault::Bandwidth { .. } if !self.tbf => {
+                Err("it needs tc tbf, which the hosts' kernel lacks".into())
+            }
             _ => Ok(()),
         }
     }
 }
 
-/// Checks, before anything starts, that every fault of the scenario can be done for real.
+/// Checks, before anything starts, that every fault of the scenario can be done on namespace
+/// hosts (this machine's kernel).
 pub fn check_supported(scenario: &Scenario) -> Result<(), RunError> {
-    RealLab
-        .check_faults(&scenario.faults, scenario.chaos.as_ref())
-        .map_err(|reason| RunError::Unsupported {
-            scenario: scenario.name.clone(),
-            reason,
-        })
+    RealLab::of_this_machine().check(scenario)
 }
 
 /// Carries out a fault's steps through the agents: links are cut and healed with nftables, and
@@ -82,16 +127,44 @@ pub async fn carry_out(lab: &Lab, steps: &[Disruption], service: &str) -> Result
             Disruption::CutOneway(a, b) => lab.links(b, &[a], true, true).await?,
             Disruption::Kill(id) => lab.signal(id, service, Action::Kill).await?,
             Disruption::Start(id) => lab.signal(id, service, Action::Start).await?,
-            Disruption::HealAll => lab.heal_all().await?,
-            Disruption::Delay { .. }
-            | Disruption::Loss(_)
-            | Disruption::Duplicate(_)
-            | Disruption::DuplicateRequests(_) => {
-                return Err(RunError::Unsupported {
-                    scenario: String::new(),
-                    reason: "delay, loss and duplication need tc netem, which this kernel lacks"
-                        .into(),
+            Disruption::HealAll => {
+                lab.heal_all().await?;
+                lab.shape_all(ShapeRequest {
+                    clear: true,
+                    ..Default::default()
                 })
+                .await?;
+            }
+            Disruption::Delay { ms_max } => {
+                let delay = ShapeRequest {
+                    delay_ms_max: Some(ms_max),
+                    ..Default::default()
+                };
+                lab.shape_all(delay).await?;
+            }
+            Disruption::Loss(rate) => {
+                let loss = ShapeRequest {
+                    loss_rate: Some(rate),
+                    ..Default::default()
+                };
+                lab.shape_all(loss).await?;
+            }
+            Disruption::Duplicate(rate) => {
+                let duplicate = ShapeRequest {
+                    duplicate_rate: Some(rate),
+                    ..Default::default()
+                };
+                lab.shape_all(duplicate).await?;
+            }
+            Disruption::Bandwidth(kbit) => {
+                let limit = ShapeRequest {
+                    rate_kbit_per_s: Some(kbit),
+                    ..Default::default()
+                };
+                lab.shape_all(limit).await?;
+            }
+            Disruption::DuplicateRequests(_) => {
+                unreachable!("refused before the run by RealLab::supports")
             }
         }
     }

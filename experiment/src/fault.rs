@@ -81,7 +81,14 @@ pub enum Fault {
         /// Probability in [0, 1].
         rate: f64,
     },
-    /// Repair every link and remove delay, loss and duplication (crashed nodes stay down).
+    /// Limit what every node sends to this rate, as a slow or saturated link would (real hosts:
+    /// `tc tbf`; the simulators do not model bandwidth and refuse it).
+    Bandwidth {
+        /// Kilobits per second, more than 0.
+        kbit_per_s: u64,
+    },
+    /// Repair every link and remove delay, loss, duplication and bandwidth limits (crashed nodes
+    /// stay down).
     Heal,
 }
 
@@ -112,6 +119,7 @@ impl Fault {
             Fault::DuplicateRequests { rate } => {
                 format!("duplicate client requests {:.0}%", rate * 100.0)
             }
+            Fault::Bandwidth { kbit_per_s } => format!("bandwidth {kbit_per_s} kbit/s"),
             Fault::Heal => "heal".to_string(),
         }
     }
@@ -125,6 +133,7 @@ impl Fault {
                 | Fault::Delay { .. }
                 | Fault::Duplicate { .. }
                 | Fault::DuplicateRequests { .. }
+                | Fault::Bandwidth { .. }
         )
     }
 
@@ -144,6 +153,7 @@ impl Fault {
             | Fault::Loss { .. }
             | Fault::Duplicate { .. }
             | Fault::DuplicateRequests { .. }
+            | Fault::Bandwidth { .. }
             | Fault::Heal => vec![],
         }
     }
@@ -373,6 +383,8 @@ pub enum Disruption {
     Duplicate(f64),
     /// Deliver client requests twice with this probability.
     DuplicateRequests(f64),
+    /// Limit what every node sends, in kilobits per second.
+    Bandwidth(u64),
     /// Repair every link and remove delay, loss and duplication.
     HealAll,
 }
@@ -434,6 +446,10 @@ pub fn plan_fault(fault: &Fault, nodes: &[NodeState]) -> FaultPlan {
         }
         Fault::Duplicate { rate } => {
             steps.push(Disruption::Duplicate(*rate));
+            String::new()
+        }
+        Fault::Bandwidth { kbit_per_s } => {
+            steps.push(Disruption::Bandwidth(*kbit_per_s));
             String::new()
         }
         Fault::DuplicateRequests { rate } => {

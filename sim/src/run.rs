@@ -110,8 +110,11 @@ impl FaultExecutor for EtcdSim {
         "the etcd simulator"
     }
 
-    fn supports(&self, _fault: &Fault) -> Result<(), String> {
-        Ok(())
+    fn supports(&self, fault: &Fault) -> Result<(), String> {
+        match fault {
+            Fault::Bandwidth { .. } => Err("it does not model bandwidth (messages are small and latency is what it draws); run it on real hosts".into()),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -391,6 +394,7 @@ fn apply_fault(
             }
             Disruption::Loss(rate) => world.borrow_mut().lossiness.loss = rate,
             Disruption::Duplicate(rate) => world.borrow_mut().lossiness.duplicate = rate,
+            Disruption::Bandwidth(_) => unreachable!("refused before the run by EtcdSim::supports"),
             Disruption::DuplicateRequests(rate) => {
                 world.borrow_mut().lossiness.duplicate_requests = rate
             }

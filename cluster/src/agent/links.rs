@@ -149,3 +149,137 @@ mod tests {
         assert!(table.contains("ip daddr 10.0.0.3 drop"));
     }
 }
+
+/// What the host's outgoing traffic is shaped with now.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Shaping {
+    /// Highest added delay, milliseconds.
+    pub delay_ms_max: u64,
+    /// Drop probability.
+    pub loss_rate: f64,
+    /// Duplication probability.
+    pub duplicate_rate: f64,
+    /// Bandwidth limit, kilobits per second (0: none).
+    pub rate_kbit_per_s: u64,
+}
+
+impl Shaping {
+    fn needs_netem(&self) -> bool {
+        self.delay_ms_max > 0 || self.loss_rate > 0.0 || self.duplicate_rate > 0.0
+    }
+
+    /// The `tc qdisc replace` arguments after `root`, or `None` when nothing is shaped. A bandwidth
+    /// limit alone is `tbf`; with anything else it is netem's own `rate`, since one root qdisc
+    /// holds it all.
+    fn qdisc_args(&self) -> Option<Vec<String>> {
+        if self.needs_netem() {
+            let half = self.delay_ms_max / 2;
+            let mut args = vec!["netem".to_string()];
+            if self.delay_ms_max > 0 {
+                args.extend([
+                    "delay".into(),
+                    format!("{half}ms"),
+                    format!("{}ms", self.delay_ms_max - half),
+                ]);
+            }
+            if self.loss_rate > 0.0 {
+                args.extend(["loss".into(), format!("{}%", self.loss_rate * 100.0)]);
+            }
+            if self.duplicate_rate > 0.0 {
+                args.extend([
+                    "duplicate".into(),
+                    format!("{}%", self.duplicate_rate * 100.0),
+                ]);
+            }
+            if self.rate_kbit_per_s > 0 {
+                args.extend(["rate".into(), format!("{}kbit", self.rate_kbit_per_s)]);
+            }
+            return Some(args);
+        }
+        (self.rate_kbit_per_s > 0).then(|| {
+            [
+                "tbf",
+                "rate",
+                &format!("{}kbit", self.rate_kbit_per_s),
+                "burst",
+                "32kbit",
+                "latency",
+                "400ms",
+            ]
+            .map(String::from)
+            .to_vec()
+        })
+    }
+}
+
+/// The interface this host reaches `peer` through (`ip route get`).
+pub fn interface_to(peer: IpAddr) -> Result<String, Status> {
+    let out = Command::new("ip")
+        .args(["-o", "route", "get", &peer.to_string()])
+        .output()
+        .map_err(|e| Status::failed_precondition(format!("cannot run ip: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    words
+        .find(|&w| w == "dev")
+        .and_then(|_| words.next())
+        .map(str::to_string)
+        .ok_or_else(|| Status::internal(format!("no route to {peer}: {}", text.trim())))
+}
+
+/// Puts `shaping` on `dev`'s root (or removes what is there); returns the root qdisc as tc shows
+/// it. Refuses netem where the kernel has none, in one line.
+pub fn apply_shaping(dev: &str, shaping: &Shaping) -> Result<String, Status> {
+    let tc = |args: &[&str]| Command::new("tc").args(args).output();
+    match shaping.qdisc_args() {
+        None => {
+            // "No such file or directory" only means nothing was shaped.
+            let _ = tc(&["qdisc", "del", "dev", dev, "root"]);
+        }
+        Some(args) => {
+            if shaping.needs_netem() && !has_qdisc("netem") {
+                return Err(Status::failed_precondition(
+                    "this host's kernel has no netem qdisc: delay, loss and duplication cannot be done here",
+                ));
+            }
+            let mut all = vec!["qdisc", "replace", "dev", dev, "root"];
+            all.extend(args.iter().map(String::as_str));
+            let out =
+                tc(&all).map_err(|e| Status::failed_precondition(format!("cannot run tc: {e}")))?;
+            if !out.status.success() {
+                return Err(Status::internal(format!(
+                    "tc {}: {}",
+                    all.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+    }
+    let shown = tc(&["qdisc", "show", "dev", dev, "root"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    Ok(shown)
+}
+
+#[cfg(test)]
+mod shaping_tests {
+    use super::*;
+
+    #[test]
+    fn a_bandwidth_limit_alone_is_tbf_and_with_delay_it_is_netems_rate() {
+        let limit = Shaping {
+            rate_kbit_per_s: 512,
+            ..Shaping::default()
+        };
+        assert_eq!(limit.qdisc_args().unwrap()[..3], ["tbf", "rate", "512kbit"]);
+        let both = Shaping {
+            delay_ms_max: 80,
+            ..limit
+        };
+        assert_eq!(
+            both.qdisc_args().unwrap(),
+            ["netem", "delay", "40ms", "40ms", "rate", "512kbit"]
+        );
+        assert_eq!(Shaping::default().qdisc_args(), None);
+    }
+}

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use quorumlab_proto::agent::agent_server::{Agent, AgentServer};
 use quorumlab_proto::agent::{
     Action, CapabilitiesReply, CapabilitiesRequest, LinksReply, LinksRequest, ProcessStatus,
-    SignalRequest, StatusRequest,
+    ShapeReply, ShapeRequest, SignalRequest, StatusRequest,
 };
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
@@ -167,6 +167,8 @@ pub struct NodeAgent {
     /// Units paused by this agent (systemd does not say).
     paused_units: Mutex<BTreeSet<String>>,
     cut: Mutex<BTreeMap<String, (IpAddr, links::Cut)>>,
+    /// What the host's outgoing traffic is shaped with, and on which interface.
+    shaping: Mutex<(Option<String>, links::Shaping)>,
 }
 
 fn host_time_ms() -> u64 {
@@ -230,6 +232,7 @@ impl NodeAgent {
             processes: Mutex::new(BTreeMap::new()),
             paused_units: Mutex::new(BTreeSet::new()),
             cut: Mutex::new(BTreeMap::new()),
+            shaping: Mutex::new((None, links::Shaping::default())),
         }
     }
 
@@ -357,6 +360,14 @@ impl NodeAgent {
             cut.clear();
         }
         drop(cut);
+        let mut shaping = self.shaping.lock().expect("shaping");
+        if let (Some(dev), shaped) = &*shaping {
+            if *shaped != links::Shaping::default() {
+                let _ = links::apply_shaping(dev, &links::Shaping::default());
+            }
+        }
+        *shaping = (None, links::Shaping::default());
+        drop(shaping);
         let mut processes = self.processes.lock().expect("process table");
         for (service, mut running) in std::mem::take(&mut *processes) {
             let _ = signal(running.child.id(), libc::SIGKILL);
@@ -485,6 +496,38 @@ impl Agent for NodeAgent {
         Ok(Response::new(LinksReply {
             cut_peers: cut.keys().cloned().collect(),
         }))
+    }
+
+    async fn shape(&self, request: Request<ShapeRequest>) -> Result<Response<ShapeReply>, Status> {
+        let req = request.into_inner();
+        let rate_ok = |r: Option<f64>| r.is_none_or(|r| (0.0..=1.0).contains(&r));
+        if !rate_ok(req.loss_rate) || !rate_ok(req.duplicate_rate) {
+            return Err(Status::invalid_argument(
+                "rates are probabilities in [0, 1]",
+            ));
+        }
+        let mut shaping = self.shaping.lock().expect("shaping");
+        let dev = match &shaping.0 {
+            Some(dev) => dev.clone(),
+            None => {
+                let peer = self.config.peers.values().next().ok_or_else(|| {
+                    Status::failed_precondition("no peers configured: no link to shape")
+                })?;
+                links::interface_to(*peer)?
+            }
+        };
+        let mut next = if req.clear {
+            links::Shaping::default()
+        } else {
+            shaping.1
+        };
+        next.delay_ms_max = req.delay_ms_max.unwrap_or(next.delay_ms_max);
+        next.loss_rate = req.loss_rate.unwrap_or(next.loss_rate);
+        next.duplicate_rate = req.duplicate_rate.unwrap_or(next.duplicate_rate);
+        next.rate_kbit_per_s = req.rate_kbit_per_s.unwrap_or(next.rate_kbit_per_s);
+        let qdisc = links::apply_shaping(&dev, &next)?;
+        *shaping = (Some(dev), next);
+        Ok(Response::new(ShapeReply { qdisc }))
     }
 
     async fn capabilities(

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::lab::{EtcdTiming, StatusProbe};
 use crate::inventory::Inventory;
 use crate::lab::{Lab, LabError};
-use crate::run::{carry_out, check_supported, FiredFault, RunError};
+use crate::run::{carry_out, check_supported, FiredFault, RealLab, RunError};
 
 /// How often the leader poller asks every member.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -111,12 +111,12 @@ pub async fn run_etcd_on_inventory(
     inventory: &Inventory,
     state_dir: &Path,
 ) -> Result<RealRun, RunError> {
-    check_supported(scenario)?;
     let timing = EtcdTiming {
         heartbeat_ms: scenario.topology.heartbeat_ms,
         election_timeout_ms: scenario.topology.election_timeout_ms,
     };
     let lab = Lab::etcd_of_inventory(inventory, scenario.topology.nodes, timing, state_dir)?;
+    RealLab::of_hosts(&lab).await?.check(scenario)?;
     lab.restore_etcd().await?;
     clear_keys(&lab, scenario.workload.keys).await?;
     let result = drive(scenario, run_number, &lab).await;

@@ -24,7 +24,7 @@ use super::settings::{PatroniSettings, PgCluster};
 use crate::inventory::Inventory;
 use crate::lab::{Lab, LabError};
 use crate::pki;
-use crate::run::{check_supported, RunError};
+use crate::run::{RealLab, RunError};
 
 /// The Postgres cluster of `inventory`, to run `scenario` on in `mode`.
 fn lab_of_inventory(
@@ -172,8 +172,8 @@ pub async fn run_postgres_on_inventory(
     inventory: &Inventory,
     state_dir: &Path,
 ) -> Result<PgRealRun, RunError> {
-    check_supported(scenario)?;
     let lab = lab_of_inventory(inventory, scenario, mode, state_dir)?;
+    RealLab::of_hosts(&lab).await?.check(scenario)?;
     prepare(&lab).await?;
     let result = run_on_lab(scenario, run_number, &lab).await;
     lab.heal_all().await?;

@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use super::lab::{self as postgres, PgNodes, LEADER_KEY};
 use super::settings::PatroniSettings;
 use crate::lab::{Lab, LabError};
-use crate::run::{carry_out, check_supported, FiredFault, RunError};
+use crate::run::{carry_out, check_supported, FiredFault, RealLab, RunError};
 
 /// How often the prober tries every node.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -144,7 +144,7 @@ pub async fn run_on_lab(
     run_number: u64,
     lab: &Lab,
 ) -> Result<PgRealRun, RunError> {
-    check_supported(scenario)?;
+    RealLab::of_hosts(lab).await?.check(scenario)?;
     let nodes = PgNodes::of_lab(lab)?;
     let mode = postgres::cluster(lab)?.patroni.mode;
     run_on_nodes(scenario, run_number, nodes, mode, Some(lab)).await

@@ -154,6 +154,10 @@ fn check_fault(s: &Scenario, i: usize, step: &FaultStep) -> Result<(), Problem> 
         Fault::Delay { ms_max } if *ms_max < s.network.latency_ms_min => {
             problem(at("ms_max"), "delay ms_max is below network.latency_ms_min")
         }
+        Fault::Bandwidth { kbit_per_s: 0 } => problem(
+            at("kbit_per_s"),
+            "a bandwidth of 0 kbit/s is a partition: use isolate",
+        ),
         Fault::Bridge { .. } if nodes < 3 => {
             problem(at("bridge"), "a bridge partition needs at least 3 nodes")
         }

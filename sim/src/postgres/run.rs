@@ -63,6 +63,10 @@ impl FaultExecutor for PgSim {
             Fault::DuplicateRequests { .. } => {
                 Err("the Postgres model's writers hold one connection each and never resend".into())
             }
+            Fault::Bandwidth { .. } => Err(
+                "it models replication bandwidth as [postgres] bandwidth_mb_per_s, not as a fault"
+                    .into(),
+            ),
             _ => Ok(()),
         }
     }
@@ -439,7 +443,7 @@ fn apply(
                 world.borrow_mut().lossiness.duplicate = rate;
                 etcd.borrow_mut().lossiness.duplicate = rate;
             }
-            Disruption::DuplicateRequests(_) => {
+            Disruption::DuplicateRequests(_) | Disruption::Bandwidth(_) => {
                 unreachable!("refused by PgSim::supports before the run")
             }
         }
