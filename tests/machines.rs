@@ -125,7 +125,8 @@ fn machines_provisioned_by_ansible_run_the_simulators_scenarios() {
     let inventory = PathBuf::from(up["inventory"].as_str().unwrap());
     eprintln!(
         "machines: image {:.0} s, boot to SSH {:.1} s",
-        up["image_s"], up["boot_to_ssh_s"]
+        up["image_s"].as_f64().unwrap(),
+        up["boot_to_ssh_s"].as_f64().unwrap()
     );
 
     let first = playbook(&inventory, &[]);
