@@ -187,7 +187,7 @@ pub fn print_comparison(title: &str, rows: &[Comparison], style: Style) {
 pub fn print_comparison_heading(
     style: Style,
     scenario: &str,
-    real: &str,
+    (real, flags): (&str, &str),
     (seeds, runs): (u64, u64),
     versions: &[Option<String>],
 ) {
@@ -202,7 +202,7 @@ pub fn print_comparison_heading(
     match style {
         Style::Text => println!("{what}\nmeasured {on}"),
         Style::Markdown => println!(
-            "{what}. Measured {on}; printed by `quorumlab compare {scenario} --runs {runs} --seeds {seeds} --markdown`."
+            "{what}. Measured {on}; printed by `quorumlab compare {scenario} --runs {runs} --seeds {seeds}{flags} --markdown`."
         ),
     }
 }

@@ -157,23 +157,42 @@ fn mongodb_role_runs_in_check_mode(inventory: &Path, dir: &Path) {
     playbook(inventory, &["-i", &extra, "--check", "--limit", "mongodb"]);
 }
 
-fn scenarios_run_from_the_inventory(inventory: &Path, dir: &Path) {
-    let inv = inventory.to_str().unwrap();
-    let run_dir = dir.join("runs");
-    let run_dir = run_dir.to_str().unwrap();
-    let run = |scenario: &str| {
+/// `quorumlab run SCENARIO --inventory` on the machines, as JSON.
+struct Runner<'a> {
+    inventory: &'a str,
+    run_dir: String,
+}
+
+impl Runner<'_> {
+    fn run(&self, scenario: &str) -> Value {
         json(&quorumlab(&[
             "run",
             scenario,
             "--inventory",
-            inv,
+            self.inventory,
             "--state-dir",
-            run_dir,
+            &self.run_dir,
             "--json",
         ]))
-    };
+    }
+}
 
-    let kill = &run("etcd-leader-kill")[0]["summary"];
+/// A built-in scenario file with one piece of text replaced, written into `dir`.
+fn variant(dir: &Path, name: &str, from: &str, to: &str) -> PathBuf {
+    let file = format!("{}/scenarios/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(from), "{name} has {from}");
+    let path = dir.join(format!("{name}-variant.toml"));
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    path
+}
+
+fn scenarios_run_from_the_inventory(inventory: &Path, dir: &Path) {
+    let runner = Runner {
+        inventory: inventory.to_str().unwrap(),
+        run_dir: dir.join("runs").to_str().unwrap().to_string(),
+    };
+    let kill = &runner.run("etcd-leader-kill")[0]["summary"];
     assert!(
         kill["election_ms"].as_u64().is_some(),
         "a new leader: {kill}"
@@ -181,21 +200,24 @@ fn scenarios_run_from_the_inventory(inventory: &Path, dir: &Path) {
     assert_eq!(kill["verdict"]["verdict"], "linearizable", "{kill}");
 
     // One mode of pg-failover: asynchronous streaming.
-    let async_only = dir.join("pg-failover-async.toml");
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scenarios/pg-failover.toml"
-    ))
-    .unwrap()
-    .replace(r#"modes = ["async", "sync"]"#, r#"modes = ["async"]"#);
-    std::fs::write(&async_only, text).unwrap();
-    let pg = &run(async_only.to_str().unwrap())[0]["summary"];
+    let async_only = variant(
+        dir,
+        "pg-failover",
+        r#"modes = ["async", "sync"]"#,
+        r#"modes = ["async"]"#,
+    );
+    let pg = &runner.run(async_only.to_str().unwrap())[0]["summary"];
     assert!(pg["new_primary"].is_string(), "{pg}");
     assert_ne!(pg["new_primary"], pg["old_primary"], "{pg}");
     assert_eq!(pg["dual_primary_ms"], 0, "never two primaries: {pg}");
 
-    // The one-way partition: what the simulator predicts, the machines do (the drop is on the
-    // receivers' input, so it is one-way for real).
+    one_way_partition_as_the_simulator_predicts(&runner);
+    delay_is_refused_without_netem(&runner, dir);
+}
+
+/// What the simulator predicts for the one-way partition, the machines do (the drop is on the
+/// receivers' input, so it is one-way for real).
+fn one_way_partition_as_the_simulator_predicts(runner: &Runner) {
     let sim = json(&quorumlab(&[
         "sim",
         "sweep",
@@ -209,7 +231,7 @@ fn scenarios_run_from_the_inventory(inventory: &Path, dir: &Path) {
         predicted["min"].as_f64().unwrap(),
         predicted["max"].as_f64().unwrap(),
     );
-    let oneway = &run("etcd-leader-oneway")[0]["summary"];
+    let oneway = &runner.run("etcd-leader-oneway")[0]["summary"];
     let elected = oneway["election_ms"]
         .as_f64()
         .expect("the followers elect a new leader");
@@ -218,28 +240,24 @@ fn scenarios_run_from_the_inventory(inventory: &Path, dir: &Path) {
         "real {elected} ms against the simulator's {min}..{max} ms"
     );
     assert_eq!(oneway["verdict"]["verdict"], "linearizable", "{oneway}");
+}
 
-    // A delay needs netem, which these hosts' kernel lacks: refused in one line, nothing run.
-    let delayed = dir.join("etcd-delay.toml");
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scenarios/etcd-leader-kill.toml"
-    ))
-    .unwrap()
-    .replace(
+/// A delay needs netem, which these hosts' kernel lacks: refused in one line, nothing run.
+fn delay_is_refused_without_netem(runner: &Runner, dir: &Path) {
+    let delayed = variant(
+        dir,
+        "etcd-leader-kill",
         "kind = \"crash\"\nnode = \"leader\"",
         "kind = \"delay\"\nms_max = 50",
     );
-    std::fs::write(&delayed, text).unwrap();
     let out = Command::new(QUORUMLAB)
         .args([
             "run",
             delayed.to_str().unwrap(),
             "--inventory",
-            inv,
-            "--state-dir",
-            run_dir,
+            runner.inventory,
         ])
+        .args(["--state-dir", &runner.run_dir])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -68,54 +68,13 @@ pub fn command(args: MachinesArgs) -> Result<()> {
         } => {
             let options = UpOptions {
                 machines: nodes,
-                state_dir: state_dir.clone(),
+                state_dir,
                 image_dir,
                 rebuild,
             };
-            let (set, times) = machines::up(&options)?;
-            let inventory = Machines::inventory_path(&state_dir);
-            if json {
-                let out = serde_json::json!({"machines": set.net.machines, "subnet": format!("10.78.{}.0/24", set.net.id), "inventory": inventory, "image_s": times.image_s, "boot_to_ssh_s": times.boot_to_ssh_s});
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                println!(
-                    "{} machines answer SSH ({:.1} s from boot); inventory: {}",
-                    set.net.machines,
-                    times.boot_to_ssh_s,
-                    inventory.display()
-                );
-                for node in set.nodes() {
-                    println!(
-                        "  {node}  {}  ({})",
-                        set.net.addr(node),
-                        set.net.machine(node)
-                    );
-                }
-                println!(
-                    "next: ansible-playbook -i {} ansible/site.yml",
-                    inventory.display()
-                );
-            }
-            Ok(())
+            up(&options, json)
         }
-        MachinesAction::Status { json } => {
-            let machines = machines::status(&state_dir)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&machines)?);
-                return Ok(());
-            }
-            println!(
-                "{:<4} {:<12} {:<14} {:<8} ssh",
-                "node", "machine", "address", "running"
-            );
-            for m in machines {
-                println!(
-                    "{:<4} {:<12} {:<14} {:<8} {}",
-                    m.name, m.machine, m.addr, m.running, m.ssh
-                );
-            }
-            Ok(())
-        }
+        MachinesAction::Status { json } => status(&state_dir, json),
         MachinesAction::Down => {
             if machines::down(&state_dir)? {
                 println!("machines down; nothing of them is left");
@@ -124,27 +83,82 @@ pub fn command(args: MachinesArgs) -> Result<()> {
             }
             Ok(())
         }
-        MachinesAction::Pki { inventory } => {
-            let inventory = Inventory::load(&inventory)?;
-            if inventory.hosts.is_empty() {
-                bail!(
-                    "inventory {}: no hosts under all.hosts",
-                    inventory.path.display()
-                );
-            }
-            let hosts: Vec<_> = inventory
-                .hosts
-                .iter()
-                .map(|h| (h.name.clone(), h.addr))
-                .collect();
-            let issued = quorumlab_cluster::pki::ensure(&inventory.pki_dir, &hosts)?;
-            // The agent role reads "new: 0," to tell Ansible nothing changed.
-            println!(
-                "pki in {}: new: {issued}, {} hosts have certificates",
-                inventory.pki_dir.display(),
-                hosts.len()
-            );
-            Ok(())
-        }
+        MachinesAction::Pki { inventory } => pki(&inventory),
     }
+}
+
+fn up(options: &UpOptions, json: bool) -> Result<()> {
+    let (set, times) = machines::up(options)?;
+    let inventory = Machines::inventory_path(&options.state_dir);
+    if json {
+        let out = serde_json::json!({
+            "machines": set.net.machines,
+            "subnet": format!("10.78.{}.0/24", set.net.id),
+            "inventory": inventory,
+            "image_s": times.image_s,
+            "boot_to_ssh_s": times.boot_to_ssh_s,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{} machines answer SSH ({:.1} s from boot); inventory: {}",
+        set.net.machines,
+        times.boot_to_ssh_s,
+        inventory.display()
+    );
+    for node in set.nodes() {
+        println!(
+            "  {node}  {}  ({})",
+            set.net.addr(node),
+            set.net.machine(node)
+        );
+    }
+    println!(
+        "next: ansible-playbook -i {} ansible/site.yml",
+        inventory.display()
+    );
+    Ok(())
+}
+
+fn status(state_dir: &std::path::Path, json: bool) -> Result<()> {
+    let machines = machines::status(state_dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&machines)?);
+        return Ok(());
+    }
+    println!(
+        "{:<4} {:<12} {:<14} {:<8} ssh",
+        "node", "machine", "address", "running"
+    );
+    for m in machines {
+        println!(
+            "{:<4} {:<12} {:<14} {:<8} {}",
+            m.name, m.machine, m.addr, m.running, m.ssh
+        );
+    }
+    Ok(())
+}
+
+fn pki(inventory: &std::path::Path) -> Result<()> {
+    let inventory = Inventory::load(inventory)?;
+    if inventory.hosts.is_empty() {
+        bail!(
+            "inventory {}: no hosts under all.hosts",
+            inventory.path.display()
+        );
+    }
+    let hosts: Vec<_> = inventory
+        .hosts
+        .iter()
+        .map(|h| (h.name.clone(), h.addr))
+        .collect();
+    let issued = quorumlab_cluster::pki::ensure(&inventory.pki_dir, &hosts)?;
+    // The agent role reads "new: 0," to tell Ansible nothing changed.
+    println!(
+        "pki in {}: new: {issued}, {} hosts have certificates",
+        inventory.pki_dir.display(),
+        hosts.len()
+    );
+    Ok(())
 }

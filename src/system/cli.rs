@@ -141,6 +141,22 @@ pub struct RealOptions<'a> {
     pub inventory: Option<&'a quorumlab_cluster::inventory::Inventory>,
 }
 
+impl RealOptions<'_> {
+    /// Where the real runs happen, for a heading, and the flag that says so in a command line.
+    pub fn hosts(&self) -> (String, String) {
+        match self.inventory {
+            Some(inventory) => {
+                let path = inventory.path.display();
+                (
+                    format!("the machines of {path} (systemd, provisioned by Ansible)"),
+                    format!(" --inventory {path}"),
+                )
+            }
+            None => ("namespace hosts".into(), String::new()),
+        }
+    }
+}
+
 /// What `cluster up` was asked for beyond the scenario.
 pub struct UpOptions<'a> {
     /// etcd members (`--nodes`).

@@ -381,6 +381,32 @@ impl NodeAgent {
     }
 }
 
+/// Ends a process the agent started: SIGTERM with a grace period (`graceful`) or SIGKILL, which
+/// also reaches the service's detached processes, as a crash of the host would.
+fn end_process(mut running: Running, spec: &ServiceSpec, graceful: bool) -> Result<(), Status> {
+    let pid = running.child.id();
+    if running.paused {
+        let _ = signal(pid, libc::SIGCONT);
+    }
+    let (sig, grace) = if graceful {
+        (libc::SIGTERM, STOP_GRACE)
+    } else {
+        (libc::SIGKILL, Duration::from_secs(5))
+    };
+    signal(pid, sig)?;
+    if !wait_for_exit(&mut running.child, grace) {
+        signal(pid, libc::SIGKILL)?;
+        let _ = running.child.wait();
+    }
+    if !graceful {
+        // ESRCH only means the detached process had already gone.
+        for detached in spec.detached_pids() {
+            let _ = signal(detached, libc::SIGKILL);
+        }
+    }
+    Ok(())
+}
+
 impl Drop for NodeAgent {
     /// An agent never leaves its services behind, however it ends.
     fn drop(&mut self) {
@@ -410,37 +436,9 @@ impl Agent for NodeAgent {
         match (action, pid) {
             (Action::Unspecified, _) => return Err(Status::invalid_argument("action is required")),
             (Action::Start, _) => self.start(&req.service, &spec, &mut processes)?,
-            (Action::Stop | Action::Kill, Some(pid)) => {
-                let mut running = processes.remove(&req.service).expect("present");
-                if running.paused {
-                    let _ = signal(pid, libc::SIGCONT);
-                }
-                let graceful = action == Action::Stop;
-                signal(
-                    pid,
-                    if graceful {
-                        libc::SIGTERM
-                    } else {
-                        libc::SIGKILL
-                    },
-                )?;
-                if !wait_for_exit(
-                    &mut running.child,
-                    if graceful {
-                        STOP_GRACE
-                    } else {
-                        Duration::from_secs(5)
-                    },
-                ) {
-                    signal(pid, libc::SIGKILL)?;
-                    let _ = running.child.wait();
-                }
-                if !graceful {
-                    // ESRCH only means the detached process had already gone.
-                    for detached in spec.detached_pids() {
-                        let _ = signal(detached, libc::SIGKILL);
-                    }
-                }
+            (Action::Stop | Action::Kill, Some(_)) => {
+                let running = processes.remove(&req.service).expect("present");
+                end_process(running, &spec, action == Action::Stop)?;
             }
             (Action::Pause | Action::Resume, Some(pid)) => {
                 let pause = action == Action::Pause;

@@ -221,11 +221,12 @@ impl SystemCli for Etcd<'_> {
         let versions = [crate::machine::version(
             quorumlab_cluster::etcd::ETCD_BINARY,
         )];
-        let against = "a real etcd cluster on namespace hosts";
+        let (hosts, flags) = options.hosts();
+        let against = format!("a real etcd cluster on {hosts}");
         table::print_comparison_heading(
             options.style,
             &self.scenario.name,
-            against,
+            (&against, &flags),
             (options.sim_seeds, options.runs),
             &versions,
         );

@@ -314,11 +314,12 @@ impl SystemCli for Postgres<'_> {
             crate::machine::version(quorumlab_cluster::postgres::PATRONI_BINARY),
             crate::machine::version(quorumlab_cluster::etcd::ETCD_BINARY),
         ];
-        let against = "a real Postgres + Patroni + etcd cluster on namespace hosts";
+        let (hosts, flags) = options.hosts();
+        let against = format!("a real Postgres + Patroni + etcd cluster on {hosts}");
         table::print_comparison_heading(
             options.style,
             &self.scenario.name,
-            against,
+            (&against, &flags),
             (options.sim_seeds, options.runs),
             &versions,
         );
