@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent::{connect, AgentClient, AgentConfig, AgentTls, ServiceSpec};
 use crate::hosts::{is_root, HostError, LabNet};
 use crate::inventory::{Inventory, InventoryError, InventoryHost};
-use crate::pki::{self, DriverTls};
+use crate::pki::{self, write_secret, DriverTls, PkiError};
 use crate::postgres::settings::PgCluster;
 
 /// The agent's port on every host.
@@ -56,6 +56,9 @@ pub enum LabError {
     /// The inventory cannot be used.
     #[error(transparent)]
     Inventory(#[from] InventoryError),
+    /// The lab's TLS material or secrets could not be made or read.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
     /// An agent or etcd did not answer in time.
     #[error("{0}")]
     Timeout(String),
@@ -115,30 +118,6 @@ pub(crate) fn state_err(path: &Path, e: impl std::fmt::Display) -> LabError {
         path: path.display().to_string(),
         reason: e.to_string(),
     }
-}
-
-/// Writes a file only its owner may read.
-pub fn write_secret(path: &Path, contents: &[u8]) -> Result<(), LabError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(contents))
-        .map_err(|e| state_err(path, e))
-}
-
-/// A random hex string of 32 characters (tokens, lab passwords).
-pub fn random_token() -> Result<String, LabError> {
-    let mut buf = [0u8; 16];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|e| state_err(Path::new("/dev/urandom"), e))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl Lab {

@@ -14,7 +14,15 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-use crate::lab::{random_token, write_secret, LabError};
+/// Why TLS material or a secret could not be made or read: the file and what failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct PkiError {
+    /// The file (or what was being made).
+    pub path: String,
+    /// What failed.
+    pub reason: String,
+}
 
 /// File names inside a PKI directory.
 pub const CA_CERT: &str = "ca.pem";
@@ -44,20 +52,44 @@ pub fn host_files(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     )
 }
 
-fn pki_err(what: &str, e: impl std::fmt::Display) -> LabError {
-    LabError::State {
+fn pki_err(what: &str, e: impl std::fmt::Display) -> PkiError {
+    PkiError {
         path: what.to_string(),
         reason: e.to_string(),
     }
 }
 
-fn read(path: &Path) -> Result<String, LabError> {
+/// Writes a file only its owner may read (keys, tokens, passwords, `lab.json`).
+pub fn write_secret(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents))
+        .map_err(|e| pki_err(&path.display().to_string(), e))
+}
+
+/// A random hex string of 32 characters (tokens, lab passwords), from the kernel's generator.
+pub fn random_token() -> Result<String, PkiError> {
+    let mut buf = [0u8; 16];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| pki_err("/dev/urandom", e))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(|e| pki_err(&path.display().to_string(), e))
 }
 
 /// Makes (or completes) the PKI in `dir` for `hosts` (name and address); returns how many
 /// certificates it issued (0 when everything was there).
-pub fn ensure(dir: &Path, hosts: &[(String, IpAddr)]) -> Result<usize, LabError> {
+pub fn ensure(dir: &Path, hosts: &[(String, IpAddr)]) -> Result<usize, PkiError> {
     let mut issued = 0;
     std::fs::create_dir_all(dir.join("hosts"))
         .map_err(|e| pki_err(&dir.display().to_string(), e))?;
@@ -108,7 +140,7 @@ fn issue(
     name: &str,
     addrs: &[IpAddr],
     (cert_file, key_file): &(PathBuf, PathBuf),
-) -> Result<(), LabError> {
+) -> Result<(), PkiError> {
     let key = KeyPair::generate().map_err(|e| pki_err(name, e))?;
     let mut params =
         CertificateParams::new(vec![name.to_string()]).map_err(|e| pki_err(name, e))?;
@@ -144,7 +176,7 @@ pub struct DriverTls {
 
 impl DriverTls {
     /// Reads the driver's material from a PKI directory.
-    pub fn load(dir: &Path) -> Result<DriverTls, LabError> {
+    pub fn load(dir: &Path) -> Result<DriverTls, PkiError> {
         Ok(DriverTls {
             ca_pem: read(&dir.join(CA_CERT))?,
             cert_pem: read(&dir.join(DRIVER_CERT))?,

@@ -23,7 +23,8 @@ use super::settings::{PatroniSettings, PgCluster, PG_PORT};
 use crate::agent::ServiceSpec;
 use crate::etcd::lab::{EtcdTiming, CLIENT_PORT};
 use crate::hosts::LabNet;
-use crate::lab::{random_token, write_secret, Lab, LabError};
+use crate::lab::{Lab, LabError};
+use crate::pki::{random_token, write_secret};
 
 /// Patroni's REST API port on every database host.
 pub const PATRONI_PORT: u16 = 8008;
