@@ -133,7 +133,11 @@ fn an_isolated_primary_is_demoted_and_its_lost_writes_are_exactly_the_missing_ro
     let dir = LabDir::new("isolate");
     let mut scenario = Scenario::load("pg-isolate-primary").unwrap();
     scenario.faults[0].at_ms = 3000;
-    scenario.duration_ms = 18_000;
+    // Room for the slow case: when the isolated host also held etcd's leadership, the majority
+    // first elects a new etcd leader, which extends every lease by its full TTL, so the leader
+    // key outlives the cut by ttl plus that election (13.6 s seen), and the new primary's first
+    // write must still fall inside the run.
+    scenario.duration_ms = 24_000;
     scenario.validate().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let lab = up(&dir, &scenario, ReplicationMode::Async, &rt);
