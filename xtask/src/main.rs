@@ -32,10 +32,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd-container", "/usr/bin/systemd-nspawn"),
     ("debootstrap", "/usr/sbin/debootstrap"),
     ("openssh-client", "/usr/bin/ssh"),
-    (
-        "python3-venv",
-        "/usr/lib/python3/dist-packages/venv/__init__.py",
-    ),
+    // A metapackage: its doc directory is the one file it installs itself.
+    ("python3-venv", "/usr/share/doc/python3-venv"),
 ];
 
 fn main() {
