@@ -112,7 +112,6 @@ async fn patch_config(lab: &Lab, host: NodeId, body: &serde_json::Value) -> Resu
 
 /// Brings the inventory's cluster to the state a run starts from.
 async fn prepare(lab: &Lab) -> Result<(), LabError> {
-    lab.heal_all().await?;
     lab.restore_etcd().await?;
     let pg = super::lab::cluster(lab)?.clone();
     for host in NodeId::all(pg.db_nodes) {
