@@ -3,6 +3,7 @@
 //! looks is decided here, once.
 
 use quorumlab_experiment::measure::{Distribution, Metric, RunRecord};
+use quorumlab_experiment::replication::{LagMethod, PhaseLag};
 use quorumlab_experiment::stats::{ks_two_sample, Ks, Sample};
 use serde::Serialize;
 
@@ -214,4 +215,66 @@ pub fn print_comparison_legend(runs: u64) {
          them; KS D, KS p: two-sample Kolmogorov-Smirnov distance and p-value (with {runs} real runs, \
          p is coarse); OUTSIDE: the real median is outside the simulated 5-95% band."
     );
+}
+
+/// Prints a lag table: one row per phase and replica, one column per method.
+pub fn print_lag(lag: &[PhaseLag], methods: &[LagMethod]) {
+    println!(
+        "\n  {:<8} {:<4} {}",
+        "phase",
+        "node",
+        methods
+            .iter()
+            .map(|m| format!("{:>22}", m.label()))
+            .collect::<String>()
+    );
+    println!(
+        "  {:<8} {:<4} {}",
+        "",
+        "",
+        methods
+            .iter()
+            .map(|_| format!("{:>22}", "p50/p99/max (NULLs)"))
+            .collect::<String>()
+    );
+    let mut rows: Vec<(&str, &str)> = lag
+        .iter()
+        .map(|l| (l.phase.as_str(), l.replica.as_str()))
+        .collect();
+    rows.dedup();
+    let mut seen = std::collections::BTreeSet::new();
+    rows.retain(|r| seen.insert(*r));
+    for (phase, replica) in rows {
+        let cells: String = methods
+            .iter()
+            .map(|&m| {
+                let cell = lag
+                    .iter()
+                    .find(|l| l.phase == phase && l.replica == replica && l.method == m)
+                    .map_or("-".to_string(), |l| {
+                        let nulls = if l.nulls > 0 {
+                            format!(" ({})", l.nulls)
+                        } else {
+                            String::new()
+                        };
+                        match l.value {
+                            Some(d) => format!("{:.0}/{:.0}/{:.0}{nulls}", d.p50, d.p99, d.max),
+                            None => format!("NULL{nulls}"),
+                        }
+                    });
+                format!("{cell:>22}")
+            })
+            .collect();
+        println!("  {phase:<8} {replica:<4} {cells}");
+    }
+}
+
+/// ` (ids 1, 2, 3, 4, 5, ...)` for the first ids of `total`, or nothing when there are none.
+pub fn some_ids(ids: &[u64], total: u64) -> String {
+    if ids.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<String> = ids.iter().take(5).map(u64::to_string).collect();
+    let more = if total > 5 { ", ..." } else { "" };
+    format!(" (ids {}{more})", shown.join(", "))
 }

@@ -718,7 +718,7 @@ fn options_of_another_system_are_refused_in_one_line() {
             "--target",
             "postgres://u@127.0.0.1:1/db",
         ]),
-        "--target measures Postgres clusters, not etcd ones",
+        "--target measures Postgres clusters and MongoDB replica sets, not etcd ones",
     );
     assert_user_error(
         &quorumlab(&["cluster", "up", "etcd", "--replicas", "2"]),

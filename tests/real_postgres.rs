@@ -29,7 +29,7 @@ const NEEDS: &[common::Requirement] = &[common::ETCD, common::PATRONI, common::P
 fn pg_settings(scenario: &mut Scenario) -> &mut PostgresSettings {
     match &mut scenario.system {
         System::Postgres(pg) => pg,
-        System::Etcd => panic!("{} is not a Postgres scenario", scenario.name),
+        _ => panic!("{} is not a Postgres scenario", scenario.name),
     }
 }
 

@@ -21,6 +21,7 @@ pub mod hosts;
 pub mod inventory;
 pub mod lab;
 pub mod machines;
+pub mod mongodb;
 pub mod pki;
 pub mod postgres;
 pub mod run;

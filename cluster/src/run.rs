@@ -25,6 +25,10 @@ pub enum RunError {
     /// The lab could not be brought up or driven.
     #[error(transparent)]
     Lab(#[from] LabError),
+    /// A cluster named on the command line could not be used: a malformed or unreachable URI, a
+    /// replica set that is not the scenario's (passwords never shown).
+    #[error("{0}")]
+    Target(String),
     /// The scenario asks for something a real cluster cannot do here.
     #[error("scenario {scenario}: {reason}")]
     Unsupported {
@@ -102,6 +106,10 @@ impl FaultExecutor for RealLab {
             Fault::Bandwidth { .. } if !self.tbf => {
                 Err("it needs tc tbf, which the hosts' kernel lacks".into())
             }
+            Fault::StepDown { .. } => Err(
+                "step-down is MongoDB's replSetStepDown, sent by the MongoDB driver, not by the node agents"
+                    .into(),
+            ),
             _ => Ok(()),
         }
     }
@@ -163,7 +171,7 @@ pub async fn carry_out(lab: &Lab, steps: &[Disruption], service: &str) -> Result
                 };
                 lab.shape_all(limit).await?;
             }
-            Disruption::DuplicateRequests(_) => {
+            Disruption::DuplicateRequests(_) | Disruption::StepDown { .. } => {
                 unreachable!("refused before the run by RealLab::supports")
             }
         }

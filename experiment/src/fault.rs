@@ -87,9 +87,31 @@ pub enum Fault {
         /// Kilobits per second, more than 0.
         kbit_per_s: u64,
     },
+    /// A planned failover: MongoDB's `replSetStepDown` on the named member (the primary, as
+    /// `leader`). It stops taking writes, waits up to `catch_up_secs` for an electable secondary
+    /// to catch up, steps down and stays ineligible for `step_down_secs`. (Systems without such a
+    /// command refuse it.)
+    StepDown {
+        /// The member told to step down.
+        node: NodeRef,
+        /// `stepDownSecs`: how long it may not stand for election afterwards (MongoDB: 60).
+        #[serde(default = "default_step_down_secs")]
+        step_down_secs: u64,
+        /// `secondaryCatchUpPeriodSecs`: how long it waits for a secondary to catch up (MongoDB: 10).
+        #[serde(default = "default_catch_up_secs")]
+        catch_up_secs: u64,
+    },
     /// Repair every link and remove delay, loss, duplication and bandwidth limits (crashed nodes
     /// stay down).
     Heal,
+}
+
+fn default_step_down_secs() -> u64 {
+    60
+}
+
+fn default_catch_up_secs() -> u64 {
+    10
 }
 
 impl Fault {
@@ -120,6 +142,7 @@ impl Fault {
                 format!("duplicate client requests {:.0}%", rate * 100.0)
             }
             Fault::Bandwidth { kbit_per_s } => format!("bandwidth {kbit_per_s} kbit/s"),
+            Fault::StepDown { node, .. } => format!("step down {node}"),
             Fault::Heal => "heal".to_string(),
         }
     }
@@ -145,7 +168,10 @@ impl Fault {
     /// The nodes this fault names, as written.
     pub fn node_refs(&self) -> Vec<&NodeRef> {
         match self {
-            Fault::Isolate { node } | Fault::Crash { node } | Fault::Restart { node } => vec![node],
+            Fault::Isolate { node }
+            | Fault::Crash { node }
+            | Fault::Restart { node }
+            | Fault::StepDown { node, .. } => vec![node],
             Fault::Partition { groups } => groups.iter().flatten().collect(),
             Fault::PartitionOneway { from, to } => vec![from, to],
             Fault::Bridge { bridge } => vec![bridge],
@@ -387,6 +413,16 @@ pub enum Disruption {
     Bandwidth(u64),
     /// Repair every link and remove delay, loss and duplication.
     HealAll,
+    /// Ask a member to step down (`replSetStepDown`), with its step-down and catch-up periods in
+    /// seconds.
+    StepDown {
+        /// The member.
+        node: NodeId,
+        /// `stepDownSecs`.
+        step_down_secs: u64,
+        /// `secondaryCatchUpPeriodSecs`.
+        catch_up_secs: u64,
+    },
 }
 
 /// A fault resolved against the cluster as it is now.
@@ -455,6 +491,21 @@ pub fn plan_fault(fault: &Fault, nodes: &[NodeState]) -> FaultPlan {
         Fault::DuplicateRequests { rate } => {
             steps.push(Disruption::DuplicateRequests(*rate));
             String::new()
+        }
+        Fault::StepDown {
+            node,
+            step_down_secs,
+            catch_up_secs,
+        } => {
+            let ids = resolve_nodes(&[vec![*node]], nodes).remove(0);
+            for &id in ids.iter().filter(|id| !nodes[id.index()].crashed) {
+                steps.push(Disruption::StepDown {
+                    node: id,
+                    step_down_secs: *step_down_secs,
+                    catch_up_secs: *catch_up_secs,
+                });
+            }
+            node_names(&ids)
         }
         Fault::Heal => {
             steps.push(Disruption::HealAll);

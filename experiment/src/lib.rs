@@ -14,11 +14,13 @@ pub mod history;
 pub mod history_page;
 pub mod jepsen;
 pub mod measure;
+pub mod mongodb;
 pub mod node;
 pub mod postgres;
 mod problem;
 pub mod register;
 pub mod replication;
+pub mod replset;
 pub mod report;
 
 pub mod scenario;

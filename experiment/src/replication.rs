@@ -107,6 +107,12 @@ pub enum LagMethod {
     Heartbeat,
     /// `now() - pg_last_xact_replay_timestamp()` on the replica (misleads when idle).
     ReplayAge,
+    /// MongoDB: the primary's `optimeDate` minus the member's, both from one `replSetGetStatus`
+    /// on the primary (what `rs.printSecondaryReplicationInfo()` calls "behind the primary").
+    OptimeLag,
+    /// MongoDB: the reading's wall clock minus the member's own `optimeDate` (misleads when idle:
+    /// it grows until the primary's periodic no-op write, every 10 s).
+    OptimeAge,
 }
 
 impl LagMethod {
@@ -120,6 +126,13 @@ impl LagMethod {
         LagMethod::ReplayAge,
     ];
 
+    /// The methods a MongoDB scenario measures, in report order.
+    pub const MONGODB: [LagMethod; 3] = [
+        LagMethod::Heartbeat,
+        LagMethod::OptimeLag,
+        LagMethod::OptimeAge,
+    ];
+
     /// Column label, with its unit.
     pub fn label(self) -> &'static str {
         match self {
@@ -129,6 +142,8 @@ impl LagMethod {
             LagMethod::Bytes => "byte lag",
             LagMethod::Heartbeat => "heartbeat ms",
             LagMethod::ReplayAge => "replay age ms",
+            LagMethod::OptimeLag => "optime lag ms",
+            LagMethod::OptimeAge => "optimeDate age ms",
         }
     }
 }
@@ -242,6 +257,77 @@ pub fn write_id(kind: &OpKind) -> Option<u64> {
     }
 }
 
+/// What every primary–replica system's failover measures from a history, in microseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailoverFigures {
+    /// Writes acknowledged to clients.
+    pub acked_writes: u64,
+    /// Acknowledged write ids missing from the final primary, in history order.
+    pub lost_ids: Vec<u64>,
+    /// The old primary's last acknowledgement after the fault.
+    pub old_last_us: Option<u64>,
+    /// The first acknowledgement by another node after the fault.
+    pub new_first_us: Option<u64>,
+    /// Latency of acknowledged writes before the fault (all of them without one), milliseconds.
+    pub write_latency_ms: Option<Distribution>,
+    /// Longest stretch with no acknowledged write, from the fault on.
+    pub write_unavailable_us: u64,
+}
+
+impl FailoverFigures {
+    /// Measures `history` against what the runner saw.
+    pub fn of(history: &History, seen: &FailoverObservation) -> FailoverFigures {
+        let fault = seen.fault_at_us;
+        let acked: Vec<_> = history.ops.iter().filter(|op| op.is_ok_write()).collect();
+        let lost_ids: Vec<u64> = acked
+            .iter()
+            .filter_map(|op| write_id(&op.kind))
+            .filter(|id| !seen.surviving_ids.contains(id))
+            .collect();
+        let after = |t: u64| fault.is_some_and(|f| t >= f);
+        let by_old = |op: &&&Op| op.node.is_some() && op.node == seen.old_primary;
+        let old_last_us = acked
+            .iter()
+            .filter(|op| after(op.complete_us) && by_old(op))
+            .map(|op| op.complete_us)
+            .max();
+        let new_first_us = acked
+            .iter()
+            .filter(|op| after(op.complete_us) && !by_old(op))
+            .map(|op| op.complete_us)
+            .min();
+        let write_latency_ms = Distribution::of(
+            acked
+                .iter()
+                .filter(|op| fault.is_none_or(|f| op.complete_us < f))
+                .map(|op| (op.complete_us - op.invoke_us) as f64 / 1000.0),
+        );
+        FailoverFigures {
+            acked_writes: acked.len() as u64,
+            lost_ids,
+            old_last_us,
+            new_first_us,
+            write_latency_ms,
+            write_unavailable_us: fault.map_or(0, |f| history.longest_write_gap_us(f, seen.end_us)),
+        }
+    }
+
+    /// Milliseconds from the fault to `t`.
+    pub fn since_fault_ms(seen: &FailoverObservation, t: Option<u64>) -> Option<u64> {
+        seen.fault_at_us
+            .zip(t)
+            .map(|(f, t)| t.saturating_sub(f) / 1000)
+    }
+
+    /// How long the old primary and another both acknowledged writes after the fault, ms.
+    pub fn dual_primary_ms(&self) -> u64 {
+        match (self.old_last_us, self.new_first_us) {
+            (Some(old), Some(new)) if old > new => (old - new) / 1000,
+            _ => 0,
+        }
+    }
+}
+
 /// Measures one run from its history and observations.
 pub fn summarize(
     scenario: &str,
@@ -251,53 +337,25 @@ pub fn summarize(
     history: &History,
     seen: &FailoverObservation,
 ) -> PgRunSummary {
-    let fault = seen.fault_at_us;
-    let acked: Vec<_> = history.ops.iter().filter(|op| op.is_ok_write()).collect();
-    let lost_ids: Vec<u64> = acked
-        .iter()
-        .filter_map(|op| write_id(&op.kind))
-        .filter(|id| !seen.surviving_ids.contains(id))
-        .collect();
-    let after = |t: u64| fault.is_some_and(|f| t >= f);
-    let by_old = |op: &&&crate::history::Op| op.node.is_some() && op.node == seen.old_primary;
-    let old_last = acked
-        .iter()
-        .filter(|op| after(op.complete_us) && by_old(op))
-        .map(|op| op.complete_us)
-        .max();
-    let new_first = acked
-        .iter()
-        .filter(|op| after(op.complete_us) && !by_old(op))
-        .map(|op| op.complete_us)
-        .min();
-    let ms = |from: u64, to: u64| to.saturating_sub(from) / 1000;
-    let latency = Distribution::of(
-        acked
-            .iter()
-            .filter(|op| fault.is_none_or(|f| op.complete_us < f))
-            .map(|op| (op.complete_us - op.invoke_us) as f64 / 1000.0),
-    );
+    let figures = FailoverFigures::of(history, seen);
+    let since = |t| FailoverFigures::since_fault_ms(seen, t);
     PgRunSummary {
         scenario: scenario.to_string(),
         mode,
         seed,
         nodes,
-        fault_at_ms: fault.map(|f| f / 1000),
+        fault_at_ms: seen.fault_at_us.map(|f| f / 1000),
         old_primary: seen.old_primary.clone(),
         new_primary: seen.new_primary.clone(),
-        detection_ms: fault.zip(seen.detected_at_us).map(|(f, d)| ms(f, d)),
-        failover_ms: fault.zip(new_first).map(|(f, n)| ms(f, n)),
-        write_unavailable_ms: fault.map_or(0, |f| history.longest_write_gap_us(f, seen.end_us))
-            / 1000,
-        old_primary_acked_for_ms: fault.zip(old_last).map(|(f, l)| ms(f, l)),
-        dual_primary_ms: match (old_last, new_first) {
-            (Some(old), Some(new)) if old > new => ms(new, old),
-            _ => 0,
-        },
-        acked_writes: acked.len() as u64,
-        lost_writes: lost_ids.len() as u64,
-        lost_ids: lost_ids.into_iter().take(50).collect(),
-        write_latency_ms: latency,
+        detection_ms: since(seen.detected_at_us),
+        failover_ms: since(figures.new_first_us),
+        write_unavailable_ms: figures.write_unavailable_us / 1000,
+        old_primary_acked_for_ms: since(figures.old_last_us),
+        dual_primary_ms: figures.dual_primary_ms(),
+        acked_writes: figures.acked_writes,
+        lost_writes: figures.lost_ids.len() as u64,
+        lost_ids: figures.lost_ids.into_iter().take(50).collect(),
+        write_latency_ms: figures.write_latency_ms,
         lag: vec![],
     }
 }

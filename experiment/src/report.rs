@@ -74,11 +74,24 @@ pub struct Timeline {
 
 fn role_colour(role: &str) -> &'static str {
     match role {
-        "leader" => "#2e7d32",
-        "candidate" => "#f9a825",
+        "leader" | "primary" => "#2e7d32",
+        "candidate" | "primary, not yet writable" => "#f9a825",
         "pre-candidate" => "#fff176",
         "down" => "#9e9e9e",
         _ => "#90caf9",
+    }
+}
+
+/// The roles the legend lists: a Raft cluster's, or a replica set's when its members are
+/// primaries and secondaries.
+fn legend(t: &Timeline) -> &'static [&'static str] {
+    if t.roles
+        .iter()
+        .any(|r| r.role == "primary" || r.role == "secondary")
+    {
+        &["primary", "primary, not yet writable", "secondary", "down"]
+    } else {
+        &["leader", "candidate", "pre-candidate", "follower", "down"]
     }
 }
 
@@ -112,7 +125,7 @@ pub fn render_html(t: &Timeline) -> String {
         );
     }
     html.push_str("</table><h2>Roles and terms</h2><p class=\"legend\">");
-    for role in ["leader", "candidate", "pre-candidate", "follower", "down"] {
+    for role in legend(t) {
         let _ = write!(
             html,
             "<span style=\"background:{}\">{role}</span>",

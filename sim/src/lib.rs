@@ -12,6 +12,7 @@
 
 pub mod host;
 pub mod invariants;
+pub mod mongodb;
 pub mod node;
 pub mod postgres;
 pub mod run;

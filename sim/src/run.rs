@@ -101,6 +101,10 @@ pub struct RunOutput {
 
 quorumlab_experiment::run_record!(RunOutput, RunSummary);
 
+/// Why runners of other systems refuse `step-down`.
+pub(crate) const STEP_DOWN_IS_MONGODB: &str =
+    "step-down is MongoDB's replSetStepDown; this system has no such command (use crash or isolate)";
+
 /// The etcd simulator as a fault runner: turmoil cuts links and crashes hosts, and senders drop,
 /// duplicate and delay Raft messages, so it carries out every fault.
 pub struct EtcdSim;
@@ -113,6 +117,7 @@ impl FaultExecutor for EtcdSim {
     fn supports(&self, fault: &Fault) -> Result<(), String> {
         match fault {
             Fault::Bandwidth { .. } => Err("it does not model bandwidth (messages are small and latency is what it draws); run it on real hosts".into()),
+            Fault::StepDown { .. } => Err(STEP_DOWN_IS_MONGODB.into()),
             _ => Ok(()),
         }
     }
@@ -394,7 +399,9 @@ fn apply_fault(
             }
             Disruption::Loss(rate) => world.borrow_mut().lossiness.loss = rate,
             Disruption::Duplicate(rate) => world.borrow_mut().lossiness.duplicate = rate,
-            Disruption::Bandwidth(_) => unreachable!("refused before the run by EtcdSim::supports"),
+            Disruption::Bandwidth(_) | Disruption::StepDown { .. } => {
+                unreachable!("refused before the run by EtcdSim::supports")
+            }
             Disruption::DuplicateRequests(rate) => {
                 world.borrow_mut().lossiness.duplicate_requests = rate
             }

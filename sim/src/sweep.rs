@@ -7,12 +7,15 @@ use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use quorumlab_experiment::measure::{Distribution, RunSummary};
+use quorumlab_experiment::mongodb::WriteConcern;
 use quorumlab_experiment::postgres::ReplicationMode;
 use quorumlab_experiment::replication::PgRunSummary;
+use quorumlab_experiment::replset::MongoRunSummary;
 use quorumlab_experiment::scenario::Scenario;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::mongodb::run_mongo;
 use crate::postgres::run_pg;
 use crate::run::{run, RunConfig, SimError};
 
@@ -105,6 +108,27 @@ pub fn sweep_pg(
         .into_par_iter()
         .map(|seed| {
             let out = run_pg(scenario, mode, seed).map(|r| r.summary);
+            progress(done.fetch_add(1, Ordering::Relaxed) + 1);
+            out
+        })
+        .collect::<Result<_, _>>()?;
+    summaries.sort_by_key(|s| s.seed);
+    Ok(summaries)
+}
+
+/// Runs `seeds` of a MongoDB scenario with write concern `w`, in parallel, sorted by seed;
+/// `progress` is called with the number of seeds finished so far.
+pub fn sweep_mongo(
+    scenario: &Scenario,
+    w: WriteConcern,
+    seeds: RangeInclusive<u64>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<MongoRunSummary>, SimError> {
+    let done = AtomicU64::new(0);
+    let mut summaries: Vec<MongoRunSummary> = seeds
+        .into_par_iter()
+        .map(|seed| {
+            let out = run_mongo(scenario, w, seed).map(|r| r.summary);
             progress(done.fetch_add(1, Ordering::Relaxed) + 1);
             out
         })

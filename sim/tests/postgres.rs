@@ -10,7 +10,7 @@ use quorumlab_sim::postgres::run_pg;
 fn pg_settings(scenario: &mut Scenario) -> &mut PostgresSettings {
     match &mut scenario.system {
         System::Postgres(pg) => pg,
-        System::Etcd => panic!("{} is not a Postgres scenario", scenario.name),
+        _ => panic!("{} is not a Postgres scenario", scenario.name),
     }
 }
 

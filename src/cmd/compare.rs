@@ -36,6 +36,10 @@ pub struct CompareArgs {
     /// own VMs), provisioned with ansible/site.yml, instead of a fresh namespace lab per run.
     #[arg(long, value_name = "FILE")]
     inventory: Option<PathBuf>,
+    /// MongoDB scenarios: compare with a replica set you run, by its URI
+    /// (mongodb://h1,h2,h3/?replicaSet=rs0), instead of a lab.
+    #[arg(long = "target", value_name = "URI", conflicts_with = "inventory")]
+    targets: Vec<String>,
     /// Override the scenario's node count.
     #[arg(long)]
     nodes: Option<usize>,
@@ -60,5 +64,6 @@ pub fn command(args: CompareArgs) -> Result<()> {
             Style::Text
         },
         inventory: inventory.as_ref(),
+        targets: (!args.targets.is_empty()).then_some(args.targets.as_slice()),
     })
 }

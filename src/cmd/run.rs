@@ -21,9 +21,11 @@ pub struct RunArgs {
     /// How many runs.
     #[arg(long, default_value_t = 1)]
     runs: u64,
-    /// Postgres scenarios without faults (pg-lag): measure your own cluster instead of a lab.
-    /// Give every node's URL (postgres://user:password@host:port/db), primary and replicas in
-    /// any order; it creates the tables ql_writes and ql_heartbeat there.
+    /// Measure your own cluster instead of a lab. Postgres scenarios without faults (pg-lag):
+    /// every node's URL (postgres://user:password@host:port/db), primary and replicas in any
+    /// order; it creates the tables ql_writes and ql_heartbeat there. MongoDB scenarios without
+    /// kills or partitions (mongo-stepdown, mongo-lag): the replica set's URI,
+    /// mongodb://h1,h2,h3/?replicaSet=rs0; it writes to the database quorumlab.
     #[arg(long = "target", value_name = "URL", conflicts_with = "runs")]
     targets: Vec<String>,
     /// Run on the hosts an Ansible inventory names (`quorumlab machines up` writes one; or your
@@ -56,5 +58,6 @@ pub fn command(args: RunArgs) -> Result<()> {
         sim_seeds: 0,
         style: crate::table::Style::Text,
         inventory: inventory.as_ref(),
+        targets: None,
     })
 }

@@ -42,17 +42,19 @@ struct OneRunArgs {
     /// Override the scenario's node count.
     #[arg(long)]
     nodes: Option<usize>,
-    /// Walk through the run event by event (Enter: next event, q: quit). etcd scenarios.
+    /// Walk through the run event by event (Enter: next event, q: quit). etcd and MongoDB
+    /// scenarios.
     #[arg(long, conflicts_with = "json")]
     step: bool,
     /// Print the full trace, history and summary as JSON.
     #[arg(long)]
     json: bool,
     /// Write a self-contained HTML report (timeline and message diagram) into this directory.
-    /// etcd scenarios.
+    /// etcd and MongoDB scenarios.
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
-    /// List every client operation in the timeline instead of summarising them. etcd scenarios.
+    /// List every client operation in the timeline instead of summarising them. etcd and
+    /// MongoDB scenarios.
     #[arg(long)]
     ops: bool,
     #[command(flatten)]

@@ -139,6 +139,8 @@ pub struct RealOptions<'a> {
     /// Run on the hosts this inventory names (machines or VMs, provisioned by Ansible) instead of
     /// a fresh namespace lab per run.
     pub inventory: Option<&'a quorumlab_cluster::inventory::Inventory>,
+    /// `compare --target`: the cluster the user runs, by URL (MongoDB replica sets).
+    pub targets: Option<&'a [String]>,
 }
 
 impl RealOptions<'_> {
@@ -189,7 +191,7 @@ pub trait SystemCli {
     /// `run SCENARIO --target URL...`: the workload against a cluster the user runs.
     fn run_targets(&self, _targets: &[String], _json: bool) -> Result<()> {
         bail!(
-            "--target measures Postgres clusters, not {} ones",
+            "--target measures Postgres clusters and MongoDB replica sets, not {} ones",
             self.name()
         )
     }
@@ -197,6 +199,16 @@ pub trait SystemCli {
     /// `compare SCENARIO`: simulator beside reality.
     fn compare(&self, _options: &RealOptions) -> Result<()> {
         bail!("there is no real {} lab to compare with yet", self.name())
+    }
+
+    /// Refuses `compare --target` for a system that compares only with its own labs.
+    fn refuse_compare_target(&self, options: &RealOptions) -> Result<()> {
+        refuse_option(
+            options.targets.is_some(),
+            "compare --target",
+            self.name(),
+            "it compares with a lab it makes (drop --target)",
+        )
     }
 
     /// Whether `seed` breaks a safety property with `build` (the shrinker's test); refuses a

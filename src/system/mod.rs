@@ -11,6 +11,7 @@
 
 mod cli;
 pub mod etcd;
+mod mongodb;
 mod postgres;
 
 pub use cli::{
@@ -23,5 +24,6 @@ pub fn of(scenario: &Scenario) -> Box<dyn SystemCli + '_> {
     match &scenario.system {
         System::Etcd => Box::new(etcd::Etcd { scenario }),
         System::Postgres(settings) => Box::new(postgres::Postgres { scenario, settings }),
+        System::Mongodb(settings) => Box::new(mongodb::Mongodb { scenario, settings }),
     }
 }

@@ -17,8 +17,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::fault::{Chaos, FaultStep};
+use crate::mongodb::MongoSettings;
 use crate::postgres::PostgresSettings;
-use crate::system::{System, SystemName};
+use crate::system::{SettingsTables, System, SystemName};
 
 /// Scenario files shipped with quorumlab, by name.
 const BUILTIN: &[(&str, &str)] = &[
@@ -54,6 +55,22 @@ const BUILTIN: &[(&str, &str)] = &[
     (
         "pg-isolate-primary",
         include_str!("../../../scenarios/pg-isolate-primary.toml"),
+    ),
+    (
+        "mongo-primary-kill",
+        include_str!("../../../scenarios/mongo-primary-kill.toml"),
+    ),
+    (
+        "mongo-isolate-primary",
+        include_str!("../../../scenarios/mongo-isolate-primary.toml"),
+    ),
+    (
+        "mongo-stepdown",
+        include_str!("../../../scenarios/mongo-stepdown.toml"),
+    ),
+    (
+        "mongo-lag",
+        include_str!("../../../scenarios/mongo-lag.toml"),
     ),
 ];
 
@@ -194,13 +211,21 @@ struct ScenarioFile {
     /// Replication and failover settings (required when `system = "postgres"`).
     #[serde(default)]
     postgres: Option<PostgresSettings>,
+    /// Replica set settings (required when `system = "mongodb"`). Left out of files and JSON
+    /// when absent, so other systems' recorded runs keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mongodb: Option<MongoSettings>,
 }
 
 impl TryFrom<ScenarioFile> for Scenario {
     type Error = String;
 
     fn try_from(file: ScenarioFile) -> Result<Scenario, String> {
-        let system = System::from_parts(file.system, file.postgres)?;
+        let tables = SettingsTables {
+            postgres: file.postgres,
+            mongodb: file.mongodb,
+        };
+        let system = System::from_parts(file.system, tables)?;
         Ok(Scenario {
             name: file.name,
             description: file.description,
@@ -217,7 +242,7 @@ impl TryFrom<ScenarioFile> for Scenario {
 
 impl From<Scenario> for ScenarioFile {
     fn from(s: Scenario) -> ScenarioFile {
-        let (system, postgres) = s.system.into_parts();
+        let (system, tables) = s.system.into_parts();
         ScenarioFile {
             name: s.name,
             description: s.description,
@@ -228,7 +253,8 @@ impl From<Scenario> for ScenarioFile {
             duration_ms: s.duration_ms,
             faults: s.faults,
             chaos: s.chaos,
-            postgres,
+            postgres: tables.postgres,
+            mongodb: tables.mongodb,
         }
     }
 }

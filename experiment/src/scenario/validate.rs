@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use crate::fault::{Fault, FaultStep, NodeRef};
+use crate::mongodb::MongoSettings;
 use crate::system::System;
 
 use crate::problem::{problem, Problem};
@@ -93,8 +94,10 @@ fn check_workload(s: &Scenario) -> Result<(), Problem> {
 /// What the system's own settings require.
 fn check_system(s: &Scenario) -> Result<(), Problem> {
     let nodes = s.topology.nodes;
-    let System::Postgres(pg) = &s.system else {
-        return Ok(());
+    let pg = match &s.system {
+        System::Etcd => return Ok(()),
+        System::Mongodb(mongo) => return check_mongodb(s, mongo),
+        System::Postgres(pg) => pg,
     };
     if nodes < 2 {
         return problem(
@@ -109,6 +112,22 @@ fn check_system(s: &Scenario) -> Result<(), Problem> {
             "postgres.phases",
             format!(
                 "postgres phases last {phases_ms} ms, longer than duration_ms ({})",
+                s.duration_ms
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// A replica set's settings, and phases that fit in the run.
+fn check_mongodb(s: &Scenario, mongo: &MongoSettings) -> Result<(), Problem> {
+    mongo.check(s.topology.nodes)?;
+    let phases_ms: u64 = mongo.phases.iter().map(|p| p.ms).sum();
+    if phases_ms > s.duration_ms {
+        return problem(
+            "mongodb.phases",
+            format!(
+                "mongodb phases last {phases_ms} ms, longer than duration_ms ({})",
                 s.duration_ms
             ),
         );

@@ -67,6 +67,7 @@ impl FaultExecutor for PgSim {
                 "it models replication bandwidth as [postgres] bandwidth_mb_per_s, not as a fault"
                     .into(),
             ),
+            Fault::StepDown { .. } => Err(crate::run::STEP_DOWN_IS_MONGODB.into()),
             _ => Ok(()),
         }
     }
@@ -443,7 +444,9 @@ fn apply(
                 world.borrow_mut().lossiness.duplicate = rate;
                 etcd.borrow_mut().lossiness.duplicate = rate;
             }
-            Disruption::DuplicateRequests(_) | Disruption::Bandwidth(_) => {
+            Disruption::DuplicateRequests(_)
+            | Disruption::Bandwidth(_)
+            | Disruption::StepDown { .. } => {
                 unreachable!("refused by PgSim::supports before the run")
             }
         }

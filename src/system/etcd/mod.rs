@@ -199,6 +199,7 @@ impl SystemCli for Etcd<'_> {
     }
 
     fn compare(&self, options: &RealOptions) -> Result<()> {
+        self.refuse_compare_target(options)?;
         if options.inventory.is_none() {
             // On an inventory's hosts the run asks their agents what their kernels can do.
             check_supported(self.scenario)?;
