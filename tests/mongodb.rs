@@ -145,6 +145,18 @@ fn bad_input_is_one_line_and_exit_2() {
     assert_user_error(&unreachable, "unreachable");
     assert!(!String::from_utf8_lossy(&unreachable.stderr).contains("s3cret"));
     assert_user_error(&quorumlab(&["run", "mongo-stepdown"]), "--target");
+    let inventory = scenario_file(
+        "inventory",
+        "all:\n  hosts:\n    m1: { ansible_host: 10.0.0.11 }\n    m2: { ansible_host: 10.0.0.12 }\n  children:\n    mongodb:\n      hosts: { m1: {}, m2: {} }\n",
+    );
+    let short = quorumlab(&[
+        "run",
+        "mongo-isolate-primary",
+        "--inventory",
+        inventory.to_str().unwrap(),
+    ]);
+    assert_user_error(&short, "the mongodb group has 2");
+    let _ = std::fs::remove_file(inventory);
     let etcd = quorumlab(&["sim", "etcd-leader-kill", "--json"]);
     assert!(etcd.status.success());
     for f in [wc, missing] {

@@ -11,6 +11,7 @@ const README: &str = include_str!("../README.md");
 /// Commands the README shows at full size, run here smaller: (as written, as run).
 const SMALLER: &[(&str, &str)] = &[
     ("--seeds 1..1000", "--seeds 1..20"),
+    ("--seeds 1..=200", "--seeds 1..=10"),
     ("sim bench", "sim bench --seeds 20"),
 ];
 
