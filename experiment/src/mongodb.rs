@@ -134,16 +134,7 @@ impl MongoSettings {
 
     /// The workload phases, with the whole run as one `steady` phase when none are given.
     pub fn phases_or(&self, duration_ms: u64, rate_per_s: u64) -> Vec<Phase> {
-        if self.phases.is_empty() {
-            vec![Phase {
-                name: "steady".into(),
-                ms: duration_ms,
-                rate_per_s,
-                row_bytes: 100,
-            }]
-        } else {
-            self.phases.clone()
-        }
+        crate::postgres::phases_or(&self.phases, duration_ms, rate_per_s)
     }
 
     /// The ranges MongoDB itself accepts, and those that make a run meaningful, for `nodes`

@@ -87,6 +87,20 @@ pub fn phase_at(phases: &[Phase], at_us: u64) -> &Phase {
     phases.last().expect("at least one phase")
 }
 
+/// `phases`, or the whole run as one `steady` phase at `rate_per_s` when there are none.
+pub fn phases_or(phases: &[Phase], duration_ms: u64, rate_per_s: u64) -> Vec<Phase> {
+    if phases.is_empty() {
+        vec![Phase {
+            name: "steady".into(),
+            ms: duration_ms,
+            rate_per_s,
+            row_bytes: default_row_bytes(),
+        }]
+    } else {
+        phases.to_vec()
+    }
+}
+
 /// Postgres replication and Patroni settings. Patroni's timing is in whole seconds, as in its
 /// configuration; the topology's `nodes` counts the primary and its replicas.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,16 +156,7 @@ fn default_bandwidth_mb_per_s() -> f64 {
 impl PostgresSettings {
     /// The workload phases, with the whole run as one `steady` phase when none are given.
     pub fn phases_or(&self, duration_ms: u64, rate_per_s: u64) -> Vec<Phase> {
-        if self.phases.is_empty() {
-            vec![Phase {
-                name: "steady".into(),
-                ms: duration_ms,
-                rate_per_s,
-                row_bytes: default_row_bytes(),
-            }]
-        } else {
-            self.phases.clone()
-        }
+        phases_or(&self.phases, duration_ms, rate_per_s)
     }
 
     /// Checks Patroni's own rule and the ranges that make sense.

@@ -242,6 +242,15 @@ struct Candidacy {
     why: &'static str,
 }
 
+/// A new primary's catch-up: the members whose heartbeat answers it awaits, the newest optime
+/// they reported (and who has it), and when it gives up.
+#[derive(Debug, Clone)]
+struct CatchUp {
+    awaiting: BTreeSet<NodeId>,
+    target: Option<(OpTime, NodeId)>,
+    until_us: Option<u64>,
+}
+
 /// A write waiting for the commit point (`w:"majority"`).
 #[derive(Debug, Clone, Copy)]
 struct Waiter {
@@ -277,10 +286,12 @@ pub struct Member {
     takeover_at_us: Option<u64>,
     step_down_until_us: u64,
     candidacy: Option<Candidacy>,
-    catch_up: Option<(OpTime, NodeId, Option<u64>)>,
+    catch_up: Option<CatchUp>,
     stepping_down: Option<(u64, u64)>,
     sync_source: Option<NodeId>,
     fetch_sent_us: Option<u64>,
+    /// Sync sources whose fetch timed out, not to be chosen again until then.
+    denied_until_us: BTreeMap<NodeId, u64>,
     parked: BTreeMap<NodeId, (OpTime, u64)>,
     positions: BTreeMap<NodeId, (OpTime, OpTime)>,
     waiters: Vec<Waiter>,
@@ -310,6 +321,7 @@ impl Member {
             stepping_down: None,
             sync_source: None,
             fetch_sent_us: None,
+            denied_until_us: BTreeMap::new(),
             parked: BTreeMap::new(),
             positions: BTreeMap::new(),
             waiters: vec![],
@@ -639,6 +651,7 @@ impl Member {
         (peer.term, peer.primary, peer.written, peer.applied) = (term, primary, written, applied);
         if response {
             peer.ping_us = now_us.saturating_sub(sent_us);
+            self.catch_up_heard(from, written);
         } else {
             let reply = self.heartbeat(sent_us, true);
             fx.send.push((from, reply));
@@ -773,43 +786,70 @@ impl Member {
         // Heartbeats restart at once, so the others learn of the new primary now.
         self.next_heartbeat_us = now_us;
         fx.became_primary = Some(self.durable.term);
-        let mine = self.durable.oplog.last_written();
-        let ahead = self
-            .others()
-            .filter(|p| self.heard_within(*p, now_us))
-            .map(|p| (self.peers[p.index()].written, p))
-            .max()
-            .filter(|(written, _)| *written > mine);
         fx.events
             .push(format!("{why}: won, primary in term {}", self.durable.term));
-        match ahead {
-            Some((target, from)) => {
-                let until = self.config.catch_up_timeout_us.map(|t| now_us + t);
-                fx.events
-                    .push(format!("catch-up: fetching to {target} from {from}"));
-                self.catch_up = Some((target, from, until));
-                self.sync_source = Some(from);
-                self.fetch_sent_us = None;
+        // Catch-up: the target is the newest optime in the answers to the heartbeats restarted
+        // just now, from every member this one believes up.
+        let awaiting: BTreeSet<NodeId> = self
+            .others()
+            .filter(|p| self.heard_within(*p, now_us))
+            .collect();
+        self.catch_up = Some(CatchUp {
+            awaiting,
+            target: None,
+            until_us: self.config.catch_up_timeout_us.map(|t| now_us + t),
+        });
+        self.tick_catch_up(now_us, fx);
+    }
+
+    /// A heartbeat answer while catching up: one fewer to wait for, and maybe a newer target.
+    fn catch_up_heard(&mut self, from: NodeId, written: OpTime) {
+        if let Some(c) = &mut self.catch_up {
+            c.awaiting.remove(&from);
+            if written > c.target.map_or(OpTime::default(), |t| t.0) {
+                c.target = Some((written, from));
             }
-            None => self.finish_transition(now_us, 0, fx),
         }
     }
 
     fn tick_catch_up(&mut self, now_us: u64, fx: &mut Effects) {
-        let Some((target, from, until)) = self.catch_up else {
+        let Some(c) = &self.catch_up else {
             return;
         };
         let written = self.durable.oplog.last_written();
-        let gave_up = until.is_some_and(|u| now_us >= u) || !self.heard_within(from, now_us);
-        if written >= target || gave_up {
-            let caught = self.durable.oplog.unapplied();
-            if gave_up && written < target {
-                fx.events
-                    .push(format!("catch-up ended before {target}: written {written}"));
+        let timed_out = c.until_us.is_some_and(|u| now_us >= u);
+        let awaiting = c.awaiting.iter().any(|p| self.heard_within(*p, now_us));
+        let target = c.target.filter(|(t, _)| *t > written);
+        match (timed_out, awaiting, target) {
+            (true, _, _) => {
+                if let Some((t, _)) = target {
+                    fx.events
+                        .push(format!("catch-up timed out before {t}: written {written}"));
+                }
+                let caught = self.durable.oplog.unapplied();
+                self.finish_transition(now_us, caught, fx);
             }
-            self.finish_transition(now_us, caught, fx);
-        } else {
-            self.keep_fetching(now_us, fx);
+            (false, true, _) => {}
+            (false, false, None) => {
+                let caught = self.durable.oplog.unapplied();
+                self.finish_transition(now_us, caught, fx);
+            }
+            (false, false, Some((t, from))) => {
+                if self.sync_source != Some(from) {
+                    fx.events
+                        .push(format!("catch-up: fetching to {t} from {from}"));
+                    self.sync_source = Some(from);
+                    self.fetch_sent_us = None;
+                }
+                if !self.heard_within(from, now_us) {
+                    fx.events
+                        .push(format!("catch-up abandoned: {from} is no longer heard"));
+                    let caught = self.durable.oplog.unapplied();
+                    self.finish_transition(now_us, caught, fx);
+                    return;
+                }
+                self.keep_fetching(now_us, fx);
+            }
         }
     }
 
@@ -906,10 +946,15 @@ impl Member {
         if self.fetch_sent_us.is_some_and(|t| now_us < t + timeout) {
             return;
         }
-        if self.fetch_sent_us.is_some()
-            || self
-                .sync_source
-                .is_some_and(|s| !self.heard_within(s, now_us))
+        if let (Some(_), Some(source)) = (self.fetch_sent_us, self.sync_source) {
+            // A fetch that timed out: that source is left alone for an election timeout.
+            let until = now_us + self.config.election_timeout_us;
+            self.denied_until_us.insert(source, until);
+            self.sync_source = None;
+        }
+        if self
+            .sync_source
+            .is_some_and(|s| !self.heard_within(s, now_us))
         {
             self.sync_source = None;
         }
@@ -921,12 +966,30 @@ impl Member {
         }
     }
 
+    /// Whether to leave `source`: it is no primary while chaining is off, or it is no primary,
+    /// not ahead of this member, and someone else is.
+    fn should_change_sync_source(&self, source: NodeId, now_us: u64) -> bool {
+        let peer = &self.peers[source.index()];
+        if peer.primary {
+            return false;
+        }
+        if !self.config.chaining_allowed {
+            return true;
+        }
+        let mine = self.durable.oplog.last_written();
+        let someone_ahead = self
+            .others()
+            .any(|p| self.heard_within(p, now_us) && self.peers[p.index()].written > mine);
+        peer.written <= mine && someone_ahead
+    }
+
     /// The nearest member that is primary or ahead of this one (only the primary, without
     /// chaining). A source is kept while it answers, so a caught-up secondary stays tailing it.
     fn choose_sync_source(&self, now_us: u64) -> Option<NodeId> {
         let mine = self.durable.oplog.last_written();
         self.others()
             .filter(|p| self.heard_within(*p, now_us))
+            .filter(|p| self.denied_until_us.get(p).is_none_or(|t| now_us >= *t))
             .filter(|p| {
                 let peer = &self.peers[p.index()];
                 let primary = peer.primary && peer.written >= mine;
@@ -1074,7 +1137,10 @@ impl Member {
             self.durable.oplog.append(entry);
         }
         self.learn_commit_point(commit_point);
-        if self.state == MemberState::Secondary || self.catch_up.is_some() {
+        if self.catch_up.is_none() && self.should_change_sync_source(from, now_us) {
+            // The next tick chooses again.
+            self.sync_source = None;
+        } else if self.state == MemberState::Secondary || self.catch_up.is_some() {
             self.send_fetch(from, now_us, fx);
         }
     }
@@ -1232,5 +1298,237 @@ impl Member {
             oplog.last_written()
         );
         assert!(!self.writable || self.state == MemberState::Primary);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Members driven by hand, with messages delivered at once except across cut links: the
+    //! protocol without the simulator.
+
+    use super::*;
+
+    struct Net {
+        members: Vec<Member>,
+        now_us: u64,
+        cut: BTreeSet<(u64, u64)>,
+        events: Vec<String>,
+        rolled_back: Vec<(NodeId, Entry)>,
+    }
+
+    impl Net {
+        fn new(n: usize, catch_up_timeout_us: Option<u64>) -> Net {
+            Net::with(n, catch_up_timeout_us, false)
+        }
+
+        fn with(n: usize, catch_up_timeout_us: Option<u64>, chaining_allowed: bool) -> Net {
+            let members = NodeId::all(n)
+                .map(|id| {
+                    let config = MemberConfig {
+                        id,
+                        priorities: vec![1.0; n],
+                        heartbeat_interval_us: 2_000_000,
+                        election_timeout_us: 10_000_000,
+                        catch_up_timeout_us,
+                        chaining_allowed,
+                        apply_ops_per_s: 10_000,
+                        rng_seed: id.0,
+                    };
+                    Member::initiated(config, id == NodeId(1), 0)
+                })
+                .collect();
+            Net {
+                members,
+                now_us: 0,
+                cut: BTreeSet::new(),
+                events: vec![],
+                rolled_back: vec![],
+            }
+        }
+
+        fn cut(&mut self, a: &[u64], b: &[u64], cut: bool) {
+            for &x in a {
+                for &y in b {
+                    for pair in [(x, y), (y, x)] {
+                        if cut {
+                            self.cut.insert(pair);
+                        } else {
+                            self.cut.remove(&pair);
+                        }
+                    }
+                }
+            }
+        }
+
+        fn absorb(&mut self, id: NodeId, fx: Effects, queue: &mut Vec<(NodeId, NodeId, Msg)>) {
+            self.events
+                .extend(fx.events.into_iter().map(|e| format!("{id}: {e}")));
+            self.rolled_back
+                .extend(fx.rolled_back.into_iter().map(|e| (id, e)));
+            queue.extend(fx.send.into_iter().map(|(to, m)| (id, to, m)));
+        }
+
+        /// Runs `ms` milliseconds: every member ticks each one, and messages are delivered
+        /// until none are left.
+        fn run_ms(&mut self, ms: u64) {
+            for _ in 0..ms {
+                self.now_us += 1000;
+                let mut queue = Vec::new();
+                for i in 0..self.members.len() {
+                    let mut fx = Effects::default();
+                    self.members[i].tick(self.now_us, &mut fx);
+                    self.absorb(NodeId::from_index(i), fx, &mut queue);
+                }
+                while !queue.is_empty() {
+                    for (from, to, msg) in std::mem::take(&mut queue) {
+                        if self.cut.contains(&(from.0, to.0)) {
+                            continue;
+                        }
+                        let mut fx = Effects::default();
+                        self.members[to.index()].receive(from, msg, self.now_us, &mut fx);
+                        self.absorb(to, fx, &mut queue);
+                    }
+                }
+            }
+        }
+
+        /// An insert on n1 at `w`, answered now or later.
+        fn insert(
+            &mut self,
+            id: u64,
+            w: WriteConcern,
+            wtimeout_us: Option<u64>,
+        ) -> Option<WriteReply> {
+            let mut fx = Effects::default();
+            let now = self.now_us;
+            let reply = self.members[0].insert((id, id, None), (w, wtimeout_us), now, &mut fx);
+            let mut queue = Vec::new();
+            self.absorb(NodeId(1), fx, &mut queue);
+            reply
+        }
+
+        fn primary(&self) -> Option<&Member> {
+            self.members
+                .iter()
+                .find(|m| m.is_writable_primary() && m.term() > 1)
+        }
+    }
+
+    /// Five members; n1 and n2 split from n3..n5 after n1 wrote five w:1 entries that only n2
+    /// has; the link to n2 heals just before n3..n5 elect one of themselves, which lacks them.
+    fn split_then_elect(catch_up_timeout_us: Option<u64>) -> Net {
+        let mut net = Net::new(5, catch_up_timeout_us);
+        net.run_ms(3000);
+        net.cut(&[1, 2], &[3, 4, 5], true);
+        for id in 1..=5 {
+            assert_eq!(net.insert(id, WriteConcern::W1, None), Some(WriteReply::Ok));
+            net.run_ms(10);
+        }
+        net.run_ms(9000);
+        net.cut(&[2], &[3, 4, 5], false);
+        net.run_ms(8000);
+        net
+    }
+
+    #[test]
+    fn a_new_primary_catches_up_to_the_member_ahead_of_it_before_taking_writes() {
+        let net = split_then_elect(None);
+        let primary = net.primary().expect("n3..n5 elected a primary");
+        let ids: BTreeSet<u64> = primary.write_ids().collect();
+        assert_eq!(ids, (1..=5).collect(), "{:#?}", net.events);
+        assert!(
+            net.events.iter().any(|e| e.contains("catch-up: fetching")),
+            "{:#?}",
+            net.events
+        );
+        assert!(
+            net.rolled_back.is_empty(),
+            "nothing rolled back: {:?}",
+            net.rolled_back
+        );
+        assert!(net
+            .events
+            .iter()
+            .any(|e| e.starts_with("n1: stepping down: can't see a majority")));
+    }
+
+    #[test]
+    fn without_catch_up_the_member_ahead_rolls_back_what_the_new_primary_lacks() {
+        let net = split_then_elect(Some(0));
+        let rolled: Vec<u64> = net
+            .rolled_back
+            .iter()
+            .filter(|(id, _)| *id == NodeId(2))
+            .filter_map(|(_, e)| e.write_id)
+            .collect();
+        assert_eq!(rolled, [1, 2, 3, 4, 5], "{:#?}", net.events);
+    }
+
+    #[test]
+    fn with_chaining_a_secondary_cut_from_the_primary_syncs_through_another() {
+        for chaining in [true, false] {
+            let mut net = Net::with(3, None, chaining);
+            net.run_ms(3000);
+            net.cut(&[3], &[1], true);
+            for id in 1..=20 {
+                net.insert(id, WriteConcern::W1, None);
+                net.run_ms(100);
+            }
+            net.run_ms(3000);
+            let n3: BTreeSet<u64> = net.members[2].write_ids().collect();
+            let expected: BTreeSet<u64> = if chaining {
+                (1..=20).collect()
+            } else {
+                BTreeSet::new()
+            };
+            assert_eq!(n3, expected, "chaining {chaining}: {:#?}", net.events);
+        }
+    }
+
+    #[test]
+    fn a_majority_write_without_a_majority_reports_a_write_concern_error_at_wtimeout() {
+        let mut net = Net::new(3, None);
+        net.run_ms(3000);
+        assert_eq!(
+            net.insert(1, WriteConcern::Majority, Some(500_000)),
+            None,
+            "it waits"
+        );
+        net.run_ms(50);
+        assert!(
+            net.members[0].commit_point().ts_us >= 3_000_000,
+            "committed with a majority"
+        );
+        net.cut(&[1], &[2, 3], true);
+        assert_eq!(net.insert(2, WriteConcern::Majority, Some(500_000)), None);
+        let mut replies = Vec::new();
+        for _ in 0..600 {
+            net.now_us += 1000;
+            let mut fx = Effects::default();
+            let now = net.now_us;
+            net.members[0].tick(now, &mut fx);
+            replies.extend(fx.replies);
+        }
+        assert_eq!(replies, [(2, WriteReply::WriteConcernTimeout)]);
+        assert!(
+            net.members[0].write_ids().any(|id| id == 2),
+            "written on the primary, not undone"
+        );
+    }
+
+    #[test]
+    fn a_partitioned_secondary_cannot_raise_the_term_thanks_to_the_dry_run() {
+        let mut net = Net::new(3, None);
+        net.run_ms(3000);
+        net.cut(&[3], &[1, 2], true);
+        net.run_ms(40_000);
+        let terms: Vec<u64> = net.members.iter().map(Member::term).collect();
+        assert_eq!(terms, [1, 1, 1], "{:#?}", net.events);
+        net.cut(&[3], &[1, 2], false);
+        net.run_ms(3000);
+        assert!(
+            net.members[0].is_writable_primary(),
+            "the primary was never disturbed"
+        );
     }
 }
