@@ -102,6 +102,17 @@ fn the_simulator_runs_every_mongo_scenario_and_judges_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An etcd scenario that asks for a step-down, which only MongoDB has.
+fn missing_step_down() -> std::path::PathBuf {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/etcd-leader-kill.toml"
+    ))
+    .unwrap();
+    let text = text + "\n[[faults]]\nat_ms = 3000\nkind = \"step-down\"\nnode = \"leader\"\n";
+    scenario_file("etcd-step-down", &text)
+}
+
 #[test]
 fn bad_input_is_one_line_and_exit_2() {
     let wc = scenario_file(
@@ -157,6 +168,17 @@ fn bad_input_is_one_line_and_exit_2() {
     ]);
     assert_user_error(&short, "the mongodb group has 2");
     let _ = std::fs::remove_file(inventory);
+    let other = quorumlab(&[
+        "compare",
+        "pg-failover",
+        "--target",
+        "mongodb://h1/?replicaSet=rs0",
+    ]);
+    assert_user_error(&other, "compare --target is not available for postgres");
+    let etcd_step_down = missing_step_down();
+    let step_down = quorumlab(&["sim", etcd_step_down.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&etcd_step_down);
+    assert_user_error(&step_down, "step-down is MongoDB's replSetStepDown");
     let etcd = quorumlab(&["sim", "etcd-leader-kill", "--json"]);
     assert!(etcd.status.success());
     for f in [wc, missing] {
