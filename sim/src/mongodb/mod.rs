@@ -3,7 +3,8 @@
 //! read concerns, step-down and rollback.
 //!
 //! Reading order: [`oplog`] (optimes, entries, the common point), [`member`] (one member as a
-//! pure state machine), [`host`] (how a member meets the simulated network), [`clients`] (the
+//! pure state machine: its messages, timers and client calls; then `member/election.rs` and
+//! `member/sync.rs`, the elections and the oplog between members), [`host`] (how a member meets the simulated network), [`clients`] (the
 //! application and its instruments), [`run`] (one scenario run and its measurements, the same
 //! ones the real driver takes).
 
