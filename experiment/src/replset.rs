@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::history::{History, OpKind, Outcome};
 use crate::measure::{Distribution, Metric};
 use crate::mongodb::WriteConcern;
+use crate::node::NodeId;
 use crate::replication::{FailoverFigures, FailoverObservation, PhaseLag};
 
 /// One run of a MongoDB scenario, as both the simulator and the real driver report it.
@@ -141,6 +142,26 @@ pub struct ReplSetObservation {
     pub rolled_back_entries: Option<u64>,
     /// Invariants the model saw broken.
     pub invariant_violations: Vec<String>,
+}
+
+/// From the watcher's record of who answered `hello` as primary — (µs, member, term), one entry
+/// per change — and the primary when the fault fired: when a new primary (another member, or a
+/// newer term) was first seen after the fault, and when the old one was seen primary again in a
+/// newer term. The simulator and the real driver measure both through this.
+pub fn primary_changes(
+    seen: &[(u64, NodeId, u64)],
+    fault_at_us: Option<u64>,
+    old: Option<(NodeId, u64)>,
+) -> (Option<u64>, Option<u64>) {
+    let first_after = |pred: &dyn Fn(NodeId, u64) -> bool| {
+        let f = fault_at_us?;
+        seen.iter()
+            .find(|(at, id, term)| *at >= f && pred(*id, *term))
+            .map(|(at, _, _)| *at)
+    };
+    let elected = first_after(&|id, term| old.is_none_or(|(o, t)| id != o || term > t));
+    let old_again = first_after(&|id, term| old.is_some_and(|(o, t)| id == o && term > t));
+    (elected, old_again)
 }
 
 /// The id a read returned, if it returned one.

@@ -55,6 +55,25 @@ pub struct Lossiness {
     pub duplicate_requests: f64,
 }
 
+impl Lossiness {
+    /// How many copies of a datagram go out now: 0 (lost), 1, or 2 (duplicated). Each draw is a
+    /// pure function of `seed` and its number (`draws`, counted up); draws happen only while
+    /// loss or duplication is on, so fault-free runs are untouched by them.
+    pub fn copies_to_send(&self, seed: u64, draws: &mut u64) -> usize {
+        let mut draw = || {
+            *draws += 1;
+            (crate::run::mix(seed, *draws, 0) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        if self.loss > 0.0 && draw() < self.loss {
+            return 0;
+        }
+        if self.duplicate > 0.0 && draw() < self.duplicate {
+            return 2;
+        }
+        1
+    }
+}
+
 /// A Raft message drawn in the report's sequence diagram.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MessageRecord {

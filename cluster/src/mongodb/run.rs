@@ -23,7 +23,9 @@ use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::replication::{
     compose_write_id, reduce_lag, write_op, FailoverObservation, LagMethod, LagSample, PROBE_CLIENT,
 };
-use quorumlab_experiment::replset::{summarize, MongoRunSummary, ReplSetObservation};
+use quorumlab_experiment::replset::{
+    primary_changes, summarize, MongoRunSummary, ReplSetObservation,
+};
 use quorumlab_experiment::{Scenario, System};
 use serde::{Deserialize, Serialize};
 
@@ -584,16 +586,8 @@ async fn finish(
             .find(|(at, _, _)| *at < f)
             .map(|(_, id, term)| (*id, *term))
     });
-    let first_after = |pred: &dyn Fn(NodeId, u64) -> bool| {
-        let f = fault_at_us?;
-        seen_primaries
-            .iter()
-            .find(|(at, id, term)| *at >= f && pred(*id, *term))
-            .map(|(at, _, _)| *at)
-    };
-    let elected_at_us = first_after(&|id, term| old.is_none_or(|(o, t)| id != o || term > t));
-    let old_primary_again_at_us =
-        first_after(&|id, term| old.is_some_and(|(o, t)| id == o && term > t));
+    let (elected_at_us, old_primary_again_at_us) =
+        primary_changes(&seen_primaries, fault_at_us, old);
     let seen = ReplSetObservation {
         failover: FailoverObservation {
             fault_at_us,

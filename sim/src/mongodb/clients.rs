@@ -12,7 +12,7 @@ use quorumlab_experiment::mongodb::{ReadConcern, WriteConcern};
 use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::replication::{compose_write_id, write_op, LagMethod, PROBE_CLIENT};
 
-use super::host::{ask, bind, sample, MongoWorldRef, Packet};
+use super::host::{ask, bind, member_addr, sample, MongoWorldRef, Packet};
 use super::member::WriteReply;
 use crate::host::now_us;
 
@@ -61,7 +61,7 @@ pub async fn watcher(plan: ClientPlan) -> turmoil::Result {
         let round = seq;
         for id in NodeId::all(plan.members as usize) {
             seq += 1;
-            let _ = socket.try_send_to(&packet_bytes(Packet::Hello { seq }), member_of(id));
+            let _ = socket.try_send_to(&Packet::Hello { seq }.encode(), member_addr(id));
         }
         let mut newest: Option<(u64, NodeId)> = None;
         let _ = tokio::time::timeout(Duration::from_millis(20), async {
@@ -77,7 +77,7 @@ pub async fn watcher(plan: ClientPlan) -> turmoil::Result {
                 else {
                     continue;
                 };
-                let id = NodeId::all(plan.members as usize).find(|i| member_of(*i) == from);
+                let id = NodeId::all(plan.members as usize).find(|i| member_addr(*i) == from);
                 if let (true, true, Some(id)) = (s > round, primary, id) {
                     newest = newest.max(Some((term, id)));
                 }
@@ -96,14 +96,6 @@ pub async fn watcher(plan: ClientPlan) -> turmoil::Result {
         }
     }
     Ok(())
-}
-
-fn packet_bytes(packet: Packet) -> Vec<u8> {
-    serde_json::to_vec(&packet).expect("packets serialise")
-}
-
-fn member_of(id: NodeId) -> std::net::SocketAddr {
-    super::host::member_addr(id)
 }
 
 /// One writer: inserts to the newest primary at the run's write concern, at its share of the

@@ -200,20 +200,7 @@ impl MongoWorld {
 
     /// How many copies of a datagram go out now: 0 (lost), 1, or 2 (duplicated).
     fn copies_to_send(&mut self) -> usize {
-        let Lossiness {
-            loss, duplicate, ..
-        } = self.lossiness;
-        let mut draw = || {
-            self.draws += 1;
-            (mix(self.seed, self.draws, 0) >> 11) as f64 / (1u64 << 53) as f64
-        };
-        if loss > 0.0 && draw() < loss {
-            return 0;
-        }
-        if duplicate > 0.0 && draw() < duplicate {
-            return 2;
-        }
-        1
+        self.lossiness.copies_to_send(self.seed, &mut self.draws)
     }
 }
 
@@ -309,11 +296,11 @@ pub enum Packet {
 }
 
 impl Packet {
-    fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("packets serialise")
     }
 
-    fn decode(bytes: &[u8]) -> Option<Packet> {
+    pub(super) fn decode(bytes: &[u8]) -> Option<Packet> {
         serde_json::from_slice(bytes).ok()
     }
 

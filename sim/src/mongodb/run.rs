@@ -12,7 +12,9 @@ use quorumlab_experiment::history::History;
 use quorumlab_experiment::mongodb::{MongoSettings, WriteConcern};
 use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::replication::{reduce_lag, FailoverObservation};
-use quorumlab_experiment::replset::{summarize, MongoRunSummary, ReplSetObservation};
+use quorumlab_experiment::replset::{
+    primary_changes, summarize, MongoRunSummary, ReplSetObservation,
+};
 use quorumlab_experiment::report::{FaultSpan, RoleSpan, Timeline};
 use quorumlab_experiment::scenario::Scenario;
 use quorumlab_experiment::system::System;
@@ -337,21 +339,8 @@ fn measure(
         .and_then(|p| state.members[p.index()].as_ref())
         .map(|m| m.write_ids().collect())
         .unwrap_or_default();
-    let elected_at_us = fault_at_us.and_then(|f| {
-        state
-            .primaries_seen
-            .iter()
-            .find(|(at, id, term)| *at >= f && old.is_none_or(|(o, t)| *id != o || *term > t))
-            .map(|(at, _, _)| *at)
-    });
-    let old_primary_again_at_us = fault_at_us.and_then(|f| {
-        let (old, term) = old?;
-        state
-            .primaries_seen
-            .iter()
-            .find(|(at, id, t)| *at >= f && *id == old && *t > term)
-            .map(|(at, _, _)| *at)
-    });
+    let (elected_at_us, old_primary_again_at_us) =
+        primary_changes(&state.primaries_seen, fault_at_us, old);
     let seen = ReplSetObservation {
         failover: FailoverObservation {
             fault_at_us,

@@ -27,7 +27,6 @@ use turmoil::net::UdpSocket;
 use super::patroni::{decide, HaAction, HaView, LeaderLock, LEADER_KEY, OPTIME_KEY, SYNC_KEY};
 use super::server::{Lsn, PgOutput, PgRole, PgServer, WalRecord};
 use crate::host::{node_addr, now_us, Lossiness};
-use crate::run::mix;
 use crate::wire::{Packet, Reply, Request};
 
 /// Postgres's port.
@@ -136,24 +135,9 @@ impl PgWorld {
         self.lock_writes.push((now_us(), lock));
     }
 
-    /// A uniform draw in [0, 1), a pure function of the seed and the draw's number.
-    fn draw(&mut self) -> f64 {
-        self.draws += 1;
-        (mix(self.seed, self.draws, 0) >> 11) as f64 / (1u64 << 53) as f64
-    }
-
     /// How many copies of a datagram go out now: 0 (lost), 1, or 2 (duplicated).
     fn copies_to_send(&mut self) -> usize {
-        let Lossiness {
-            loss, duplicate, ..
-        } = self.lossiness;
-        if loss > 0.0 && self.draw() < loss {
-            return 0;
-        }
-        if duplicate > 0.0 && self.draw() < duplicate {
-            return 2;
-        }
-        1
+        self.lossiness.copies_to_send(self.seed, &mut self.draws)
     }
 
     fn event(&mut self, node: String, what: String) {
