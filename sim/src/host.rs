@@ -56,14 +56,10 @@ pub struct Lossiness {
 }
 
 impl Lossiness {
-    /// How many copies of a datagram go out now: 0 (lost), 1, or 2 (duplicated). Each draw is a
-    /// pure function of `seed` and its number (`draws`, counted up); draws happen only while
-    /// loss or duplication is on, so fault-free runs are untouched by them.
-    pub fn copies_to_send(&self, seed: u64, draws: &mut u64) -> usize {
-        let mut draw = || {
-            *draws += 1;
-            (crate::run::mix(seed, *draws, 0) >> 11) as f64 / (1u64 << 53) as f64
-        };
+    /// How many copies of a datagram go out now: 0 (lost), 1, or 2 (duplicated), from `draw`'s
+    /// uniform draws in [0, 1). It draws only while loss or duplication is on, so fault-free runs
+    /// are untouched by it.
+    pub fn copies_to_send(&self, mut draw: impl FnMut() -> f64) -> usize {
         if self.loss > 0.0 && draw() < self.loss {
             return 0;
         }

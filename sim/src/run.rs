@@ -329,6 +329,13 @@ pub(crate) fn mix(seed: u64, a: u64, b: u64) -> u64 {
     x ^ (x >> 33)
 }
 
+/// The next uniform draw in [0, 1) of a seeded sequence: a pure function of `seed` and the
+/// draw's number (`draws`, counted up).
+pub(crate) fn uniform_draw(seed: u64, draws: &mut u64) -> f64 {
+    *draws += 1;
+    (mix(seed, *draws, 0) >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// The scenario's faults plus those chaos draws from the seed, in time order.
 pub fn fault_schedule(scenario: &Scenario, seed: u64) -> Vec<FaultStep> {
     let mut schedule = scenario.faults.clone();

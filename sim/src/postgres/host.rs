@@ -137,7 +137,9 @@ impl PgWorld {
 
     /// How many copies of a datagram go out now: 0 (lost), 1, or 2 (duplicated).
     fn copies_to_send(&mut self) -> usize {
-        self.lossiness.copies_to_send(self.seed, &mut self.draws)
+        let (seed, draws) = (self.seed, &mut self.draws);
+        self.lossiness
+            .copies_to_send(|| crate::run::uniform_draw(seed, draws))
     }
 
     fn event(&mut self, node: String, what: String) {
