@@ -18,10 +18,12 @@ pub mod mongodb;
 pub mod node;
 pub mod postgres;
 mod problem;
+pub mod rebalance;
 pub mod register;
 pub mod replication;
 pub mod replset;
 pub mod report;
+pub mod sharded;
 
 pub mod scenario;
 pub mod stats;

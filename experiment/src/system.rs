@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::mongodb::MongoSettings;
 use crate::postgres::PostgresSettings;
+use crate::sharded::ShardedSettings;
 
 /// The database system a scenario exercises, with the settings only that system has.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +19,9 @@ pub enum System {
     Postgres(PostgresSettings),
     /// A MongoDB replica set (protocol version 1): elections, the oplog, write concerns.
     Mongodb(MongoSettings),
+    /// A sharded cluster: config servers (Raft), shards and routers, and the balancer's chunk
+    /// migrations between shards.
+    Sharded(ShardedSettings),
 }
 
 /// A system's name as scenario files spell it (`system = "postgres"`).
@@ -30,11 +34,18 @@ pub enum SystemName {
     Postgres,
     /// `mongodb`.
     Mongodb,
+    /// `sharded`.
+    Sharded,
 }
 
 impl SystemName {
     /// Every system, in the order `--help` lists them.
-    pub const ALL: [SystemName; 3] = [SystemName::Etcd, SystemName::Postgres, SystemName::Mongodb];
+    pub const ALL: [SystemName; 4] = [
+        SystemName::Etcd,
+        SystemName::Postgres,
+        SystemName::Mongodb,
+        SystemName::Sharded,
+    ];
 
     /// The built-in scenario whose settings `cluster up` uses when none is named.
     pub fn lab_scenario(self) -> &'static str {
@@ -42,6 +53,7 @@ impl SystemName {
             SystemName::Etcd => "etcd-leader-kill",
             SystemName::Postgres => "pg-failover",
             SystemName::Mongodb => "mongo-primary-kill",
+            SystemName::Sharded => "shard-add-shard",
         }
     }
 }
@@ -66,6 +78,7 @@ impl fmt::Display for SystemName {
             SystemName::Etcd => "etcd",
             SystemName::Postgres => "postgres",
             SystemName::Mongodb => "mongodb",
+            SystemName::Sharded => "sharded",
         })
     }
 }
@@ -77,31 +90,45 @@ impl System {
             System::Etcd => SystemName::Etcd,
             System::Postgres(_) => SystemName::Postgres,
             System::Mongodb(_) => SystemName::Mongodb,
+            System::Sharded(_) => SystemName::Sharded,
         }
     }
 
     /// Puts a file's system name and its settings tables together; a settings table that belongs
     /// to another system, or a missing one, is refused in one line.
     pub fn from_parts(name: SystemName, tables: SettingsTables) -> Result<System, String> {
-        let SettingsTables { postgres, mongodb } = tables;
-        match (name, postgres, mongodb) {
-            (SystemName::Etcd, None, None) => Ok(System::Etcd),
-            (SystemName::Postgres, Some(pg), None) => Ok(System::Postgres(pg)),
-            (SystemName::Mongodb, None, Some(mongo)) => Ok(System::Mongodb(mongo)),
-            (SystemName::Postgres, None, _) => Err(
+        let SettingsTables {
+            postgres,
+            mongodb,
+            sharded,
+        } = tables;
+        let given = [
+            ("postgres", postgres.is_some()),
+            ("mongodb", mongodb.is_some()),
+            ("sharded", sharded.is_some()),
+        ];
+        if let Some((table, _)) = given
+            .iter()
+            .find(|(table, present)| *present && *table != name.to_string())
+        {
+            return Err(format!(
+                "[{table}] settings belong to system = \"{table}\" scenarios"
+            ));
+        }
+        match name {
+            SystemName::Etcd => Ok(System::Etcd),
+            SystemName::Postgres => postgres.map(System::Postgres).ok_or_else(|| {
                 "a postgres scenario needs a [postgres] section (ttl_s, loop_wait_s, retry_timeout_s)"
-                    .into(),
-            ),
-            (SystemName::Mongodb, _, None) => Err(
+                    .into()
+            }),
+            SystemName::Mongodb => mongodb.map(System::Mongodb).ok_or_else(|| {
                 "a mongodb scenario needs a [mongodb] section (it may be empty: every setting has MongoDB's default)"
-                    .into(),
-            ),
-            (_, Some(_), _) => {
-                Err("[postgres] settings belong to system = \"postgres\" scenarios".into())
-            }
-            (_, _, Some(_)) => {
-                Err("[mongodb] settings belong to system = \"mongodb\" scenarios".into())
-            }
+                    .into()
+            }),
+            SystemName::Sharded => sharded.map(System::Sharded).ok_or_else(|| {
+                "a sharded scenario needs a [sharded] section (it may be empty: 3 config servers, 3 shards, 2 routers)"
+                    .into()
+            }),
         }
     }
 
@@ -124,6 +151,13 @@ impl System {
                     ..none
                 },
             ),
+            System::Sharded(sharded) => (
+                SystemName::Sharded,
+                SettingsTables {
+                    sharded: Some(sharded),
+                    ..none
+                },
+            ),
         }
     }
 }
@@ -135,4 +169,6 @@ pub struct SettingsTables {
     pub postgres: Option<PostgresSettings>,
     /// `[mongodb]`.
     pub mongodb: Option<MongoSettings>,
+    /// `[sharded]`.
+    pub sharded: Option<ShardedSettings>,
 }

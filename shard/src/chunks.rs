@@ -25,6 +25,21 @@ pub struct Chunk {
     pub writes: u64,
 }
 
+/// One migration the balancer made: the chunk's range, its bytes and its two shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    /// Inclusive lower bound of the chunk moved.
+    pub lo: u64,
+    /// Exclusive upper bound (`None`: the end of the key space).
+    pub hi: Option<u64>,
+    /// Its bytes when moved.
+    pub bytes: u64,
+    /// Donor.
+    pub from: usize,
+    /// Recipient.
+    pub to: usize,
+}
+
 /// The chunk map of one sharded collection.
 #[derive(Debug, Clone)]
 pub struct ChunkMap {
@@ -154,11 +169,19 @@ impl ChunkMap {
 
     /// One balancer round; returns the bytes migrated.
     pub fn balance(&mut self, imbalance_chunks: u64) -> u64 {
+        self.balance_moves(imbalance_chunks)
+            .iter()
+            .map(|m| m.bytes)
+            .sum()
+    }
+
+    /// One balancer round; returns its migrations.
+    pub fn balance_moves(&mut self, imbalance_chunks: u64) -> Vec<Move> {
         let mut sizes = self.shard_bytes();
         let mut busy = vec![false; self.shards];
         let parallel_max = (self.shards / 2).max(1);
         let threshold = imbalance_chunks * self.chunk_bytes_max;
-        let mut migrated = 0;
+        let mut moves = Vec::new();
         for _ in 0..parallel_max {
             let free = || (0..self.shards).filter(|&s| !busy[s]);
             let (Some(donor), Some(recipient)) = (
@@ -171,22 +194,30 @@ impl ChunkMap {
                 break;
             }
             // Move the donor's lowest movable chunk, as MongoDB's balancer walks ranges in order.
-            let Some(chunk) = self
+            let Some(i) = self
                 .chunks
-                .iter_mut()
-                .find(|c| c.shard == donor && !c.jumbo && c.bytes > 0)
+                .iter()
+                .position(|c| c.shard == donor && !c.jumbo && c.bytes > 0)
             else {
                 busy[donor] = true;
                 continue;
             };
+            let hi = self.chunks.get(i + 1).map(|c| c.lo);
+            let chunk = &mut self.chunks[i];
             chunk.shard = recipient;
             sizes[donor] -= chunk.bytes;
             sizes[recipient] += chunk.bytes;
-            migrated += chunk.bytes;
+            moves.push(Move {
+                lo: chunk.lo,
+                hi,
+                bytes: chunk.bytes,
+                from: donor,
+                to: recipient,
+            });
             busy[donor] = true;
             busy[recipient] = true;
         }
-        migrated
+        moves
     }
 
     /// The distinct shards whose chunks overlap `[lo, hi]`.

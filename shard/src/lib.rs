@@ -11,6 +11,7 @@
 pub mod chart;
 pub mod chunks;
 pub mod keyspace;
+pub mod replay;
 pub mod workload;
 
 use rand::rngs::SmallRng;
@@ -294,6 +295,10 @@ struct KeyRun<'a> {
     step_migrated: u64,
     load: Vec<Vec<u64>>,
     steps: Vec<StepResult>,
+    /// Growth steps started so far.
+    steps_started: usize,
+    /// Records one step's chunk map and migrations, for a replay.
+    recorder: Option<replay::Recorder>,
 }
 
 impl<'a> KeyRun<'a> {
@@ -319,10 +324,16 @@ impl<'a> KeyRun<'a> {
             step_migrated: 0,
             load: Vec::new(),
             steps: Vec::new(),
+            steps_started: 0,
+            recorder: None,
         }
     }
 
     fn start_step(&mut self) {
+        self.steps_started += 1;
+        if let Some(r) = self.recorder.as_mut() {
+            r.step_started(self.steps_started, &self.map);
+        }
         self.map.reset_writes();
         self.step_load = vec![0; self.shards];
         self.step_migrated = 0;
@@ -332,16 +343,22 @@ impl<'a> KeyRun<'a> {
     fn round(&mut self, docs: &[u64], imbalance_chunks: u64) {
         let mut round_load = vec![0u64; self.shards];
         for doc in docs.chunks_exact(self.dataset.fields.len()) {
-            let shard = self
-                .map
-                .insert(self.layout.point(doc), self.dataset.doc_bytes);
+            let point = self.layout.point(doc);
+            let shard = self.map.insert(point, self.dataset.doc_bytes);
             round_load[shard] += 1;
+            if let Some(r) = self.recorder.as_mut() {
+                r.write(self.steps_started, point);
+            }
         }
         for (total, w) in self.step_load.iter_mut().zip(&round_load) {
             *total += w;
         }
         self.load.push(round_load);
-        self.step_migrated += self.map.balance(imbalance_chunks);
+        let moves = self.map.balance_moves(imbalance_chunks);
+        self.step_migrated += moves.iter().map(|m| m.bytes).sum::<u64>();
+        if let Some(r) = self.recorder.as_mut() {
+            r.moved(self.steps_started, &moves);
+        }
     }
 
     fn end_step(&mut self, growth: u64, writes: u64, seed: u64, now_ms: u64) {

@@ -16,6 +16,7 @@ pub mod mongodb;
 pub mod node;
 pub mod postgres;
 pub mod run;
+pub mod sharded;
 pub mod shrink;
 pub mod sweep;
 pub mod trace;

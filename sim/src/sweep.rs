@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use quorumlab_experiment::measure::{Distribution, RunSummary};
 use quorumlab_experiment::mongodb::WriteConcern;
 use quorumlab_experiment::postgres::ReplicationMode;
+use quorumlab_experiment::rebalance::ShardedRunSummary;
 use quorumlab_experiment::replication::PgRunSummary;
 use quorumlab_experiment::replset::MongoRunSummary;
 use quorumlab_experiment::scenario::Scenario;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::mongodb::run_mongo;
 use crate::postgres::run_pg;
 use crate::run::{run, RunConfig, SimError};
+use crate::sharded::{run_sharded, ShardedBuild};
 
 /// The outcome of a sweep.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +97,26 @@ pub fn reduce(scenario: &Scenario, summaries: &[RunSummary]) -> SweepReport {
     }
 }
 
+/// Runs one simulation per seed of `seeds`, in parallel, in seed order; `progress` is called
+/// with the number of seeds finished so far.
+fn per_seed<S: Send>(
+    seeds: RangeInclusive<u64>,
+    progress: &(dyn Fn(u64) + Sync),
+    run_seed: impl Fn(u64) -> Result<S, SimError> + Sync,
+) -> Result<Vec<S>, SimError> {
+    let done = AtomicU64::new(0);
+    let mut out: Vec<(u64, S)> = seeds
+        .into_par_iter()
+        .map(|seed| {
+            let summary = run_seed(seed);
+            progress(done.fetch_add(1, Ordering::Relaxed) + 1);
+            summary.map(|s| (seed, s))
+        })
+        .collect::<Result<_, _>>()?;
+    out.sort_by_key(|(seed, _)| *seed);
+    Ok(out.into_iter().map(|(_, s)| s).collect())
+}
+
 /// Runs `seeds` of a Postgres scenario in `mode`, in parallel, sorted by seed; `progress` is
 /// called with the number of seeds finished so far.
 pub fn sweep_pg(
@@ -103,17 +125,9 @@ pub fn sweep_pg(
     seeds: RangeInclusive<u64>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<PgRunSummary>, SimError> {
-    let done = AtomicU64::new(0);
-    let mut summaries: Vec<PgRunSummary> = seeds
-        .into_par_iter()
-        .map(|seed| {
-            let out = run_pg(scenario, mode, seed).map(|r| r.summary);
-            progress(done.fetch_add(1, Ordering::Relaxed) + 1);
-            out
-        })
-        .collect::<Result<_, _>>()?;
-    summaries.sort_by_key(|s| s.seed);
-    Ok(summaries)
+    per_seed(seeds, progress, |seed| {
+        run_pg(scenario, mode, seed).map(|r| r.summary)
+    })
 }
 
 /// Runs `seeds` of a MongoDB scenario with write concern `w`, in parallel, sorted by seed;
@@ -124,15 +138,20 @@ pub fn sweep_mongo(
     seeds: RangeInclusive<u64>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<MongoRunSummary>, SimError> {
-    let done = AtomicU64::new(0);
-    let mut summaries: Vec<MongoRunSummary> = seeds
-        .into_par_iter()
-        .map(|seed| {
-            let out = run_mongo(scenario, w, seed).map(|r| r.summary);
-            progress(done.fetch_add(1, Ordering::Relaxed) + 1);
-            out
-        })
-        .collect::<Result<_, _>>()?;
-    summaries.sort_by_key(|s| s.seed);
-    Ok(summaries)
+    per_seed(seeds, progress, |seed| {
+        run_mongo(scenario, w, seed).map(|r| r.summary)
+    })
+}
+
+/// Runs `seeds` of a sharded scenario built as `build`, in parallel, sorted by seed; `progress`
+/// is called with the number of seeds finished so far.
+pub fn sweep_sharded(
+    scenario: &Scenario,
+    build: ShardedBuild,
+    seeds: RangeInclusive<u64>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<ShardedRunSummary>, SimError> {
+    per_seed(seeds, progress, |seed| {
+        run_sharded(scenario, seed, build).map(|r| r.summary)
+    })
 }

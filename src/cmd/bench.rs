@@ -1,11 +1,12 @@
 //! `quorumlab sim bench`: the simulator's and the checker's speed, as JSON.
 //!
-//! Four figures, each against a stated target: simulated seconds per wall second for a 5-node
+//! Five figures, each against a stated target: simulated seconds per wall second for a 5-node
 //! cluster under 200 client ops/s; a many-seed sweep of `etcd-leader-isolate`; and the
 //! linearizability checker on 10,000-operation histories, one linearizable and one not (recorded
 //! with the stale-read build; its time includes shrinking to the operations named), and on a
 //! 100,000-operation history, all recorded by the simulator itself (so they have real
-//! concurrency, timeouts and unknown outcomes).
+//! concurrency, timeouts and unknown outcomes); and a sharded cluster under continuous chunk
+//! migrations, one seed and a sweep.
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,13 @@ pub struct BenchArgs {
     /// Simulated milliseconds per world step.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=20))]
     step_ms: u64,
+    /// Seeds in the sharded-cluster sweep benchmark.
+    #[arg(long, default_value_t = 200)]
+    sharded_seeds: u64,
+    /// Simulated milliseconds per world step of the sharded benchmarks (the sharded model's
+    /// default when not given).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=20))]
+    sharded_step_ms: Option<u64>,
 }
 
 /// Runs every benchmark and prints one JSON document.
@@ -41,7 +49,7 @@ pub fn command(args: BenchArgs) -> Result<()> {
         step,
         ..RunConfig::seeded(seed)
     };
-    eprintln!("bench 1/4: 5-node cluster, 200 ops/s, 30 s simulated (3 seeds)");
+    eprintln!("bench 1/5: 5-node cluster, 200 ops/s, 30 s simulated (3 seeds)");
     let five = scenario_with("etcd-minority-partition", |s| {
         s.workload.rate_per_s = 200;
         s.duration_ms = 30_000;
@@ -53,13 +61,13 @@ pub fn command(args: BenchArgs) -> Result<()> {
     let wall = started.elapsed().as_secs_f64() / 3.0;
     let sim_speed = 30.0 / wall;
 
-    eprintln!("bench 2/4: sweep of etcd-leader-isolate, {sweep_seeds} seeds x 30 s simulated");
+    eprintln!("bench 2/5: sweep of etcd-leader-isolate, {sweep_seeds} seeds x 30 s simulated");
     let isolate = Scenario::load("etcd-leader-isolate")?;
     let started = Instant::now();
     let (report, _) = sweep(&isolate, 1..=sweep_seeds, &config(0), &|_| {})?;
     let sweep_wall = started.elapsed().as_secs_f64();
 
-    eprintln!("bench 3/4: checker on 10,000-operation histories from 5 clients, one key");
+    eprintln!("bench 3/5: checker on 10,000-operation histories from 5 clients, one key");
     let ten_k = scenario_with("etcd-leader-isolate", |s| {
         s.workload.clients = 5;
         s.workload.rate_per_s = 200;
@@ -73,7 +81,7 @@ pub fn command(args: BenchArgs) -> Result<()> {
     };
     let failing = timed_check(&quorumlab_sim::run(&ten_k, &broken)?.history);
 
-    eprintln!("bench 4/4: checker on a 100,000-operation multi-key history");
+    eprintln!("bench 4/5: checker on a 100,000-operation multi-key history");
     let hundred_k = scenario_with("etcd-leader-isolate", |s| {
         s.workload.clients = 20;
         s.workload.rate_per_s = 1000;
@@ -82,6 +90,7 @@ pub fn command(args: BenchArgs) -> Result<()> {
         s.faults.iter_mut().for_each(|f| f.at_ms *= 3);
     })?;
     let big = timed_check(&quorumlab_sim::run(&hundred_k, &config(7))?.history);
+    let sharded = bench_sharded(args.sharded_seeds, args.sharded_step_ms)?;
 
     let doc = json!({
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "cpu": crate::machine::cpu_model() },
@@ -95,9 +104,41 @@ pub fn command(args: BenchArgs) -> Result<()> {
         "checker_10k_ops_5_clients": passing.json(1.0),
         "checker_10k_ops_5_clients_not_linearizable": failing.json(1.0),
         "checker_100k_ops_multi_key": big.json(10.0),
+        "sharded_churn_60s": sharded,
     });
     println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(())
+}
+
+/// `shard-churn` (3 config servers, 4 shards, 2 routers, 60 simulated seconds of continuous
+/// migrations): one seed's wall time (mean of 3) and a sweep of `seeds` seeds.
+fn bench_sharded(seeds: u64, step_ms: Option<u64>) -> Result<serde_json::Value> {
+    use quorumlab_sim::sharded::{run_sharded, ShardedBuild, STEP_MS_DEFAULT};
+    let churn = Scenario::load("shard-churn")?;
+    let step_ms = step_ms.unwrap_or(STEP_MS_DEFAULT);
+    let build = ShardedBuild {
+        step_ms,
+        ..ShardedBuild::default()
+    };
+    eprintln!("bench 5/5: shard-churn, 60 s simulated: 3 seeds, then a sweep of {seeds} seeds");
+    let started = Instant::now();
+    let mut migrations = 0;
+    for seed in 1..=3 {
+        migrations += run_sharded(&churn, seed, build)?
+            .summary
+            .migrations_committed;
+    }
+    let wall = started.elapsed().as_secs_f64() / 3.0;
+    let started = Instant::now();
+    let runs = quorumlab_sim::sweep::sweep_sharded(&churn, build, 1..=seeds, &|_| {})?;
+    let sweep_wall = started.elapsed().as_secs_f64();
+    let unsafe_seeds = runs.iter().filter(|r| r.why_unsafe().is_some()).count();
+    Ok(json!({
+        "step_ms": step_ms,
+        "wall_s_per_seed": round(wall), "target_wall_s_per_seed": 1.0,
+        "migrations_committed_per_seed": migrations / 3,
+        "sweep": { "seeds": seeds, "wall_s": round(sweep_wall), "target_wall_s_for_200_seeds": 60, "unsafe_seeds": unsafe_seeds },
+    }))
 }
 
 /// One timed check: the history's size, the wall time and what the checker said.

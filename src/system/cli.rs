@@ -20,10 +20,14 @@ pub struct Build {
     /// scenarios.
     #[arg(long)]
     pub broken_patroni_timing: bool,
-    /// Simulated milliseconds per world step (default 4); larger is faster but rounds latencies
-    /// coarser. etcd scenarios.
+    /// Simulated milliseconds per world step (etcd: default 4; sharded: default 2); larger is
+    /// faster but rounds latencies coarser. etcd and sharded scenarios.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=20))]
     pub step_ms: Option<u64>,
+    /// Deliberately broken build: shards answer reads from every document they hold, orphaned
+    /// copies too (the read checks should object). Sharded scenarios.
+    #[arg(long)]
+    pub orphan_reads: bool,
 }
 
 impl Build {
@@ -38,6 +42,9 @@ impl Build {
         }
         if self.broken_patroni_timing {
             flags.push_str(" --broken-patroni-timing");
+        }
+        if self.orphan_reads {
+            flags.push_str(" --orphan-reads");
         }
         flags
     }
@@ -236,4 +243,24 @@ pub fn fired_faults(faults: &[FiredFault]) -> String {
         .map(|f| format!("{:.3}s {}", f.at_ms as f64 / 1e3, f.label))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Writes a report's files (name, text) into `dir`: temporary names first, then renamed, so a
+/// failure leaves nothing half written. Returns the HTML pages.
+pub fn write_report_files(dir: &Path, files: &[(String, String)]) -> Result<Vec<PathBuf>> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create report directory {}", dir.display()))?;
+    for (name, text) in files {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    }
+    let mut pages = Vec::new();
+    for (name, _) in files {
+        std::fs::rename(dir.join(format!(".{name}.tmp")), dir.join(name))?;
+        if name.ends_with(".html") {
+            pages.push(dir.join(name));
+        }
+    }
+    Ok(pages)
 }

@@ -13,6 +13,7 @@ mod cli;
 pub mod etcd;
 mod mongodb;
 mod postgres;
+mod sharded;
 
 pub use cli::{
     shell_word, Build, RealOptions, SimOptions, SweepFailed, SweepOptions, SystemCli, UpOptions,
@@ -25,5 +26,6 @@ pub fn of(scenario: &Scenario) -> Box<dyn SystemCli + '_> {
         System::Etcd => Box::new(etcd::Etcd { scenario }),
         System::Postgres(settings) => Box::new(postgres::Postgres { scenario, settings }),
         System::Mongodb(settings) => Box::new(mongodb::Mongodb { scenario, settings }),
+        System::Sharded(settings) => Box::new(sharded::Sharded { scenario, settings }),
     }
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::fault::{Chaos, FaultStep};
 use crate::mongodb::MongoSettings;
 use crate::postgres::PostgresSettings;
+use crate::sharded::ShardedSettings;
 use crate::system::{SettingsTables, System, SystemName};
 
 /// Scenario files shipped with quorumlab, by name.
@@ -71,6 +72,26 @@ const BUILTIN: &[(&str, &str)] = &[
     (
         "mongo-lag",
         include_str!("../../../scenarios/mongo-lag.toml"),
+    ),
+    (
+        "shard-add-shard",
+        include_str!("../../../scenarios/shard-add-shard.toml"),
+    ),
+    (
+        "shard-donor-crash",
+        include_str!("../../../scenarios/shard-donor-crash.toml"),
+    ),
+    (
+        "shard-stale-router",
+        include_str!("../../../scenarios/shard-stale-router.toml"),
+    ),
+    (
+        "shard-churn",
+        include_str!("../../../scenarios/shard-churn.toml"),
+    ),
+    (
+        "shard-grow-10x",
+        include_str!("../../../scenarios/shard-grow-10x.toml"),
     ),
 ];
 
@@ -215,6 +236,9 @@ struct ScenarioFile {
     /// when absent, so other systems' recorded runs keep their bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mongodb: Option<MongoSettings>,
+    /// Sharded-cluster settings (required when `system = "sharded"`), left out when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sharded: Option<ShardedSettings>,
 }
 
 impl TryFrom<ScenarioFile> for Scenario {
@@ -224,6 +248,7 @@ impl TryFrom<ScenarioFile> for Scenario {
         let tables = SettingsTables {
             postgres: file.postgres,
             mongodb: file.mongodb,
+            sharded: file.sharded,
         };
         let system = System::from_parts(file.system, tables)?;
         Ok(Scenario {
@@ -255,6 +280,7 @@ impl From<Scenario> for ScenarioFile {
             chaos: s.chaos,
             postgres: tables.postgres,
             mongodb: tables.mongodb,
+            sharded: tables.sharded,
         }
     }
 }

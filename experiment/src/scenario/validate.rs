@@ -22,13 +22,22 @@ pub(crate) fn check(s: &Scenario) -> Result<(), Problem> {
     check_chaos(s)
 }
 
+/// Most hosts a sharded scenario may have.
+const SHARDED_HOSTS_MAX: usize = 64;
+
 /// Topology, its timing, the network and the duration.
 fn check_topology(s: &Scenario) -> Result<(), Problem> {
     let t = &s.topology;
-    if t.nodes == 0 || t.nodes > NODES_MAX {
+    // A sharded cluster's hosts are its config servers, shards and routers together.
+    let nodes_max = if matches!(s.system, System::Sharded(_)) {
+        SHARDED_HOSTS_MAX
+    } else {
+        NODES_MAX
+    };
+    if t.nodes == 0 || t.nodes > nodes_max {
         return problem(
             "topology.nodes",
-            format!("topology.nodes is {}; it must be 1 to {NODES_MAX}", t.nodes),
+            format!("topology.nodes is {}; it must be 1 to {nodes_max}", t.nodes),
         );
     }
     if t.heartbeat_ms == 0 {
@@ -97,6 +106,7 @@ fn check_system(s: &Scenario) -> Result<(), Problem> {
     let pg = match &s.system {
         System::Etcd => return Ok(()),
         System::Mongodb(mongo) => return check_mongodb(s, mongo),
+        System::Sharded(sharded) => return sharded.check(nodes),
         System::Postgres(pg) => pg,
     };
     if nodes < 2 {

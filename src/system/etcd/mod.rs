@@ -36,8 +36,14 @@ pub fn sim_and_print(scenario: &Scenario, seed: u64) -> Result<RunSummary> {
     Ok(out.summary)
 }
 
-/// Refuses the broken build only the Postgres model has.
+/// Refuses the broken builds only the Postgres and sharded models have.
 fn refuse_pg_only(build: &Build) -> Result<()> {
+    refuse_option(
+        build.orphan_reads,
+        "--orphan-reads",
+        "etcd",
+        "there are no shards in an etcd scenario",
+    )?;
     refuse_option(
         build.broken_patroni_timing,
         "--broken-patroni-timing",

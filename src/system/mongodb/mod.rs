@@ -78,6 +78,7 @@ impl Mongodb<'_> {
     fn refuse_build(&self, build: &Build) -> Result<()> {
         let why = "it has no such broken build";
         refuse_option(build.stale_reads, "--stale-reads", "mongodb", why)?;
+        refuse_option(build.orphan_reads, "--orphan-reads", "mongodb", why)?;
         refuse_option(
             build.broken_patroni_timing,
             "--broken-patroni-timing",

@@ -4,7 +4,7 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use quorumlab_experiment::history::{OpKind, Outcome};
 use quorumlab_experiment::replication::LagMethod;
 use quorumlab_experiment::replset::MongoRunSummary;
@@ -13,6 +13,7 @@ use quorumlab_experiment::Scenario;
 use quorumlab_sim::mongodb::host::{MemberView, MongoEvent};
 use quorumlab_sim::mongodb::MongoSimRun;
 
+use crate::system::cli::write_report_files;
 use crate::table;
 
 fn opt_ms(v: Option<u64>) -> String {
@@ -138,8 +139,6 @@ pub fn step_through(heading: &str, run: &MongoSimRun) -> Result<bool> {
 /// and the runs as JSON into `dir`; temporary names first, so a failure leaves nothing half
 /// written. Returns the pages.
 pub fn write_report(scenario: &Scenario, runs: &[MongoSimRun], dir: &Path) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create report directory {}", dir.display()))?;
     let mut files = Vec::new();
     for (i, run) in runs.iter().enumerate() {
         let name = match i {
@@ -152,16 +151,5 @@ pub fn write_report(scenario: &Scenario, runs: &[MongoSimRun], dir: &Path) -> Re
         files.push((name, render_html(&run.timeline(scenario))));
     }
     files.push(("runs.json".into(), serde_json::to_string(runs)?));
-    for (name, text) in &files {
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    }
-    let mut pages = Vec::new();
-    for (name, _) in &files {
-        std::fs::rename(dir.join(format!(".{name}.tmp")), dir.join(name))?;
-        if name.ends_with(".html") {
-            pages.push(dir.join(name));
-        }
-    }
-    Ok(pages)
+    write_report_files(dir, &files)
 }

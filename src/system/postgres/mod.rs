@@ -62,6 +62,12 @@ impl Postgres<'_> {
     fn refuse_etcd_only(&self, build: &Build) -> Result<()> {
         let (stale_reads, step_ms) = (build.stale_reads, build.step_ms);
         refuse_option(
+            build.orphan_reads,
+            "--orphan-reads",
+            "postgres",
+            "there are no shards in a Postgres scenario",
+        )?;
+        refuse_option(
             stale_reads,
             "--stale-reads",
             "postgres",

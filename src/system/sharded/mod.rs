@@ -1,0 +1,165 @@
+//! Sharded clusters on the command line: the simulator's config servers, shards, routers and
+//! balancer (sim, sweep, `--step`, `--report`, shrink). The real side is Postgres shards moved by
+//! logical replication, which this system does not drive yet: `run` and `compare` refuse.
+
+mod show;
+
+use anyhow::Result;
+use quorumlab_experiment::rebalance::ShardedRunSummary;
+use quorumlab_experiment::sharded::ShardedSettings;
+use quorumlab_experiment::Scenario;
+use quorumlab_sim::sharded::plan::ClusterPlan;
+use quorumlab_sim::sharded::{run_sharded, ShardedBuild};
+use quorumlab_sim::sweep::sweep_sharded;
+
+use super::cli::{refuse_option, Build, SimOptions, SweepOptions, SystemCli};
+use crate::cmd::SafetyViolation;
+use crate::runtime::seed_progress;
+use crate::table;
+
+/// A sharded scenario and its `[sharded]` settings.
+pub struct Sharded<'a> {
+    /// The scenario, with `system = "sharded"`.
+    pub scenario: &'a Scenario,
+    /// Its settings.
+    pub settings: &'a ShardedSettings,
+}
+
+impl Sharded<'_> {
+    /// The simulator's build from the command line's; refuses the other systems' broken builds,
+    /// and a growth replay that cannot be set up (before anything runs).
+    fn build(&self, build: &Build, record_views: bool) -> Result<ShardedBuild> {
+        let why = "it has no such broken build";
+        refuse_option(build.stale_reads, "--stale-reads", "sharded", why)?;
+        refuse_option(
+            build.broken_patroni_timing,
+            "--broken-patroni-timing",
+            "sharded",
+            why,
+        )?;
+        ClusterPlan::of(self.scenario, self.settings)?;
+        Ok(ShardedBuild {
+            orphan_reads: build.orphan_reads,
+            record_views,
+            step_ms: build.step_ms.unwrap_or(0),
+        })
+    }
+
+    /// Exit 1 if any run broke a promise of the cluster.
+    fn judge<'s>(&self, runs: impl IntoIterator<Item = &'s ShardedRunSummary>) -> Result<()> {
+        for run in runs {
+            if let Some(why) = run.why_unsafe() {
+                return Err(SafetyViolation(format!("seed {}: {why}", run.seed)).into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Which host plays which part, in one line.
+    fn heading(&self, seed: u64) -> String {
+        let s = self.settings;
+        let l = s.layout();
+        let span = |first: u64, n: usize| match n {
+            1 => format!("n{first}"),
+            _ => format!("n{first}-n{}", first + n as u64 - 1),
+        };
+        let new = match s.new_shards {
+            0 => String::new(),
+            n => format!(", the last {n} new and empty"),
+        };
+        format!(
+            "{} in the simulator, seed {seed}: {} config servers ({}), {} shards s1-s{} ({}{new}), {} routers ({}); balancer {:?}",
+            self.scenario.name,
+            l.config_servers,
+            span(l.config_server(0).0, l.config_servers),
+            l.shards,
+            l.shards,
+            span(l.shard(0).0, l.shards),
+            l.routers,
+            span(l.router(0).0, l.routers),
+            s.balancer
+        )
+        .replace("Even", "even").replace("Shuffle", "shuffle")
+    }
+}
+
+impl SystemCli for Sharded<'_> {
+    fn name(&self) -> &'static str {
+        "sharded"
+    }
+
+    fn sim(&self, options: &SimOptions) -> Result<()> {
+        let build = self.build(&options.build, options.step)?;
+        let run = run_sharded(self.scenario, options.seed, build)?;
+        if let Some(dir) = &options.report {
+            let pages = show::write_report(self.scenario, &run, dir)?;
+            if !options.json {
+                for page in pages {
+                    eprintln!("report written to {}", page.display());
+                }
+            }
+        }
+        if options.json {
+            println!("{}", serde_json::to_string_pretty(&run)?);
+            return self.judge([&run.summary]);
+        }
+        let heading = self.heading(options.seed);
+        if options.step {
+            show::step_through(&heading, &run)?;
+            return self.judge([&run.summary]);
+        }
+        println!("{heading}\n");
+        for e in &run.trace {
+            println!("{}", show::event_line(e));
+        }
+        if options.ops {
+            show::print_ops(&run);
+        }
+        show::print_migrations(&run);
+        show::print_run(&run.summary);
+        self.judge([&run.summary])
+    }
+
+    fn sweep(&self, options: &SweepOptions) -> Result<()> {
+        let build = self.build(&options.build, false)?;
+        let seeds = options.seeds.end() - options.seeds.start() + 1;
+        let bar = seed_progress(seeds)?;
+        let summaries = sweep_sharded(self.scenario, build, options.seeds.clone(), &|done| {
+            bar.set_position(done)
+        })?;
+        bar.finish_and_clear();
+        let broken: Vec<(&ShardedRunSummary, String)> = summaries
+            .iter()
+            .filter_map(|s| Some((s, s.why_unsafe()?)))
+            .collect();
+        if options.json {
+            let value = serde_json::json!({ "scenario": self.scenario.name, "seeds": seeds, "runs": summaries });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else {
+            println!("{} — {seeds} seeds\n", self.scenario.name);
+            table::print_distributions(
+                &format!("over {seeds} seeds"),
+                &table::distributions(&ShardedRunSummary::METRICS, &summaries),
+            );
+            for (s, why) in broken.iter().take(20) {
+                println!("UNSAFE seed {}: {why}", s.seed);
+            }
+        }
+        if let Some((first, _)) = broken.first() {
+            let what = format!(
+                "{} run(s) broke a promise of the sharded cluster",
+                broken.len()
+            );
+            return Err(options.failure(what, first.seed).into());
+        }
+        Ok(())
+    }
+
+    fn fails(&self, seed: u64, build: &Build) -> Result<bool> {
+        let build = self.build(build, false)?;
+        Ok(run_sharded(self.scenario, seed, build)?
+            .summary
+            .why_unsafe()
+            .is_some())
+    }
+}
