@@ -264,3 +264,16 @@ pub fn write_report_files(dir: &Path, files: &[(String, String)]) -> Result<Vec<
     }
     Ok(pages)
 }
+
+/// `--step`'s prompt: waits for Enter; false when the user typed `q` or input ended.
+pub fn next_step(input: &mut impl std::io::BufRead) -> Result<bool> {
+    use std::io::Write;
+    print!("> ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    if input.read_line(&mut line)? == 0 || line.trim() == "q" {
+        println!();
+        return Ok(false);
+    }
+    Ok(true)
+}

@@ -345,10 +345,11 @@ impl RouterClient {
 
     /// A stale-config answer: counted, then the table refreshed (unless a neighbour already has).
     async fn stale(&mut self) -> std::io::Result<()> {
-        let mut world = self.plan.world.borrow_mut();
-        let at_us = world.since_start_us();
-        world.stale_retries.push((at_us, self.plan.router));
-        drop(world);
+        {
+            let mut world = self.plan.world.borrow_mut();
+            let at_us = world.since_start_us();
+            world.stale_retries.push((at_us, self.plan.router));
+        }
         self.refresh().await.map(|_| ())
     }
 

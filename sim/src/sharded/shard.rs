@@ -1096,7 +1096,7 @@ mod tests {
             for msg in to_donor.drain(..) {
                 let mut fx = Effects::default();
                 donor.receive(1, msg, *now_us, &mut fx);
-                to_recipient.extend(fx.send.drain(..));
+                to_recipient.append(&mut fx.send);
                 if fx.commit.is_some() || fx.balancer.is_some() {
                     return fx;
                 }
@@ -1236,7 +1236,7 @@ mod tests {
         let mut rfx = Effects::default();
         recipient.refreshed(Some(table), now, &mut rfx);
         assert!(rfx.notes.contains(&Note::RangeDeleted { chunk: 0 }));
-        assert!(recipient.durable().docs.get(&0).is_none());
+        assert!(!recipient.durable().docs.contains_key(&0));
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! How etcd runs look on a terminal and on disk: the learner's timeline, the summary, stepping, the
 //! sweep table, the HTML report and one real run.
 
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use quorumlab_sim::sweep::SweepReport;
 use quorumlab_sim::trace::{Event, EventKind};
 use quorumlab_sim::RunOutput;
 
+use crate::system::cli::next_step;
 use crate::table;
 
 /// Consecutive client operations folded into one timeline line.
@@ -204,11 +204,7 @@ pub fn step_through(out: &RunOutput) -> Result<()> {
                 .collect();
             println!("           {}", row.join(" | "));
         }
-        print!("> ");
-        std::io::stdout().flush()?;
-        let mut line = String::new();
-        if input.read_line(&mut line)? == 0 || line.trim() == "q" {
-            println!();
+        if !next_step(&mut input)? {
             return Ok(());
         }
     }

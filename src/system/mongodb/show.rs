@@ -1,7 +1,6 @@
 //! How MongoDB runs look on a terminal: the trace, one run's measurements, the lag table and the
 //! event-by-event walk (`--step`).
 
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -13,7 +12,7 @@ use quorumlab_experiment::Scenario;
 use quorumlab_sim::mongodb::host::{MemberView, MongoEvent};
 use quorumlab_sim::mongodb::MongoSimRun;
 
-use crate::system::cli::write_report_files;
+use crate::system::cli::{next_step, write_report_files};
 use crate::table;
 
 fn opt_ms(v: Option<u64>) -> String {
@@ -123,11 +122,7 @@ pub fn step_through(heading: &str, run: &MongoSimRun) -> Result<bool> {
     for (e, views) in run.trace.iter().zip(&run.views) {
         println!("{}", event_line(e));
         println!("             {}", views_line(views));
-        print!("> ");
-        std::io::stdout().flush()?;
-        let mut line = String::new();
-        if input.read_line(&mut line)? == 0 || line.trim() == "q" {
-            println!();
+        if !next_step(&mut input)? {
             return Ok(false);
         }
     }

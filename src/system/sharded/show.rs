@@ -1,7 +1,6 @@
 //! How sharded runs look on a terminal: the trace, the migrations, the measurements, the walk
 //! event by event (`--step`) and the HTML report.
 
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -12,7 +11,7 @@ use quorumlab_experiment::Scenario;
 use quorumlab_sim::sharded::host::ShardedEvent;
 use quorumlab_sim::sharded::ShardedSimRun;
 
-use crate::system::cli::write_report_files;
+use crate::system::cli::{next_step, write_report_files};
 
 /// One trace line: time, host and part, what happened.
 pub fn event_line(e: &ShardedEvent) -> String {
@@ -142,11 +141,7 @@ pub fn step_through(heading: &str, run: &ShardedSimRun) -> Result<()> {
         for view in views {
             println!("             {view}");
         }
-        print!("> ");
-        std::io::stdout().flush()?;
-        let mut line = String::new();
-        if input.read_line(&mut line)? == 0 || line.trim() == "q" {
-            println!();
+        if !next_step(&mut input)? {
             return Ok(());
         }
     }
