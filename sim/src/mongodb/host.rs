@@ -22,7 +22,7 @@ use turmoil::net::UdpSocket;
 
 use super::member::{Durable, Effects, Member, MemberConfig, MemberState, Msg, WriteReply};
 use super::oplog::OpTime;
-use crate::host::{now_us, Lossiness};
+use crate::host::{now_us, SeededLoss};
 use crate::run::mix;
 
 /// `mongod`'s port.
@@ -115,10 +115,7 @@ pub struct MongoWorld {
     /// Workload start, µs.
     pub start_us: u64,
     /// Loss and duplication of members' datagrams (faults `loss`, `duplicate`).
-    pub lossiness: Lossiness,
-    /// Seeds the loss and duplication draws.
-    pub seed: u64,
-    pub(super) draws: u64,
+    pub loss: SeededLoss,
 }
 
 /// Shared handle.
@@ -196,13 +193,6 @@ impl MongoWorld {
                 ));
             }
         }
-    }
-
-    /// How many copies of a datagram go out now: 0 (lost), 1, or 2 (duplicated).
-    fn copies_to_send(&mut self) -> usize {
-        let (seed, draws) = (self.seed, &mut self.draws);
-        self.lossiness
-            .copies_to_send(|| crate::run::uniform_draw(seed, draws))
     }
 }
 
@@ -445,7 +435,7 @@ impl Mongod {
     /// lost segment arrives late and a duplicate is discarded; the model's receivers already treat
     /// a gap or a repeat that way (a fetch is resent, a stale batch or vote is ignored).
     fn send(&self, packet: &Packet, to: SocketAddr) {
-        let copies = self.world.borrow_mut().copies_to_send();
+        let copies = self.world.borrow_mut().loss.copies_to_send();
         let bytes = packet.encode();
         for _ in 0..copies {
             let _ = self.socket.try_send_to(&bytes, to);

@@ -24,7 +24,7 @@ use tokio::task::spawn_local;
 use super::clients::{self, ClientPlan};
 use super::host::{member_host, MemberView, MongoEvent, MongoWorld, MongoWorldRef};
 use super::member::{Durable, Member, MemberConfig, MemberState};
-use crate::host::Lossiness;
+use crate::host::{Lossiness, SeededLoss};
 use crate::run::{mix, SimError};
 
 /// Simulated time before the workload starts: heartbeats settle after `rs.initiate()`.
@@ -137,7 +137,7 @@ fn fresh_world(scenario: &Scenario, mongo: &MongoSettings, seed: u64) -> MongoWo
         incarnations: vec![0; n],
         phases,
         start_us: BOOTSTRAP_MS * 1000,
-        seed,
+        loss: SeededLoss::new(seed),
         ..MongoWorld::default()
     };
     world.primary_of_term.insert(1, NodeId(1));
@@ -311,13 +311,13 @@ fn apply(
                     }
                 }
                 sim.set_max_message_latency(Duration::from_millis(latency_ms_max));
-                world.borrow_mut().lossiness = Lossiness::default();
+                world.borrow_mut().loss.lossiness = Lossiness::default();
             }
             Disruption::Delay { ms_max } => {
                 sim.set_max_message_latency(Duration::from_millis(ms_max))
             }
-            Disruption::Loss(rate) => world.borrow_mut().lossiness.loss = rate,
-            Disruption::Duplicate(rate) => world.borrow_mut().lossiness.duplicate = rate,
+            Disruption::Loss(rate) => world.borrow_mut().loss.lossiness.loss = rate,
+            Disruption::Duplicate(rate) => world.borrow_mut().loss.lossiness.duplicate = rate,
             Disruption::DuplicateRequests(_) | Disruption::Bandwidth(_) => {
                 unreachable!("refused by MongoSim::supports before the run")
             }

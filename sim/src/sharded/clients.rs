@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use turmoil::net::UdpSocket;
 
 use super::config::ConfigClient;
-use super::host::{shard_addr, Packet, ShardedWorldRef};
+use super::host::{config_client, shard_addr, Packet, ShardedWorldRef};
 use super::routing::{chunk_key, version_went_back, Entry, Table, COLLECTION_VERSION_KEY};
 use super::shard::Answer;
 use crate::host::now_us;
@@ -157,15 +157,7 @@ impl RouterClient {
         incarnation: u64,
     ) -> std::io::Result<RouterClient> {
         let socket = UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)).await?;
-        let (id, servers, latency) = {
-            let mut w = plan.world.borrow_mut();
-            (
-                w.config_client_id(),
-                w.layout.config_servers as u64,
-                w.latency_max,
-            )
-        };
-        let config = ConfigClient::bind(port + 1, id, servers, latency).await?;
+        let config = config_client(&plan.world, port + 1).await?;
         let seed = plan.seed ^ (u64::from(client) << 32) ^ incarnation;
         Ok(RouterClient {
             rng: SmallRng::seed_from_u64(crate::run::mix(seed, 0x5a, 0)),
@@ -441,15 +433,7 @@ pub struct BalancerPlan {
 
 /// Sets the routing table up, then balances until the workload ends.
 pub async fn balancer(plan: BalancerPlan) -> turmoil::Result {
-    let (id, servers, latency) = {
-        let mut w = plan.world.borrow_mut();
-        (
-            w.config_client_id(),
-            w.layout.config_servers as u64,
-            w.latency_max,
-        )
-    };
-    let mut config = ConfigClient::bind(BALANCER_PORT + 1, id, servers, latency).await?;
+    let mut config = config_client(&plan.world, BALANCER_PORT + 1).await?;
     let socket = UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), BALANCER_PORT)).await?;
     let forever = u64::MAX;
     let top = plan.initial.iter().map(|e| e.version).max().unwrap_or(1);

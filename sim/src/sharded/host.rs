@@ -22,7 +22,7 @@ use turmoil::net::UdpSocket;
 use super::config::{ConfigClient, Swap};
 use super::routing::{chunk_key, Bounds, Entry, Table, COLLECTION_VERSION_KEY};
 use super::shard::{Answer, Doc, Durable, Effects, Msg, Note, Shard, ShardConfig};
-use crate::host::{now_us, Lossiness};
+use crate::host::{now_us, SeededLoss};
 use crate::mongodb::host::bind;
 
 /// A shard's port.
@@ -168,10 +168,7 @@ pub struct ShardedWorld {
     /// When the workload started, µs.
     pub start_us: u64,
     /// Loss and duplication of shard datagrams.
-    pub lossiness: Lossiness,
-    /// Seeds the loss draws.
-    pub seed: u64,
-    draws: u64,
+    pub loss: SeededLoss,
     /// Numbers handed out: migrations, config clients.
     pub next_migration: u64,
     next_config_client: u32,
@@ -234,9 +231,7 @@ impl ShardedWorld {
             events: Vec::new(),
             views: Vec::new(),
             start_us: 0,
-            lossiness: Lossiness::default(),
-            seed: 0,
-            draws: 0,
+            loss: SeededLoss::default(),
             next_migration: 1,
             next_config_client: 1000,
             latency_max: Duration::from_millis(2),
@@ -276,19 +271,6 @@ impl ShardedWorld {
             });
         }
         views
-    }
-
-    /// A fresh etcd client id for a config client.
-    pub fn config_client_id(&mut self) -> u32 {
-        self.next_config_client += 1;
-        self.next_config_client
-    }
-
-    /// How many copies of a datagram go out now.
-    fn copies_to_send(&mut self) -> usize {
-        let (seed, draws) = (self.seed, &mut self.draws);
-        self.lossiness
-            .copies_to_send(|| crate::run::uniform_draw(seed, draws))
     }
 
     /// Kills shard `s`'s process, keeping what it made durable.
@@ -421,6 +403,20 @@ fn shard_view(s: usize, shard: &Shard) -> String {
         view.push_str(&format!(", {orphans} orphaned"));
     }
     view
+}
+
+/// A client of the config servers on `port`, with an etcd client id no other in the run has.
+pub async fn config_client(world: &ShardedWorldRef, port: u16) -> std::io::Result<ConfigClient> {
+    let (id, servers, latency_max) = {
+        let mut w = world.borrow_mut();
+        w.next_config_client += 1;
+        (
+            w.next_config_client,
+            w.layout.config_servers as u64,
+            w.latency_max,
+        )
+    };
+    ConfigClient::bind(port, id, servers, latency_max).await
 }
 
 /// Shard `s`'s address.
@@ -616,7 +612,7 @@ impl ShardHost {
     }
 
     fn send(&self, packet: &Packet, to: SocketAddr) {
-        let copies = self.world.borrow_mut().copies_to_send();
+        let copies = self.world.borrow_mut().loss.copies_to_send();
         let bytes = packet.encode();
         for _ in 0..copies {
             let _ = self.socket.try_send_to(&bytes, to);
@@ -631,16 +627,8 @@ async fn config_worker(
     wake: Rc<tokio::sync::Notify>,
     answers: tokio::sync::mpsc::UnboundedSender<ConfigAnswer>,
 ) -> std::io::Result<()> {
-    let (id, servers, latency_max, chunks) = {
-        let mut w = world.borrow_mut();
-        (
-            w.config_client_id(),
-            w.layout.config_servers as u64,
-            w.latency_max,
-            w.bounds.len() as u32,
-        )
-    };
-    let mut client = ConfigClient::bind(CONFIG_WORKER_PORT, id, servers, latency_max).await?;
+    let chunks = world.borrow().bounds.len() as u32;
+    let mut client = config_client(&world, CONFIG_WORKER_PORT).await?;
     loop {
         let job = jobs.borrow_mut().pop_front();
         let Some(job) = job else {

@@ -20,12 +20,11 @@ use quorumlab_experiment::NodeId;
 use serde::{Deserialize, Serialize};
 
 use super::clients::{balancer, router_host, BalancerPlan, RouterPlan};
-use super::config::ConfigClient;
-use super::host::{shard_host, ShardedEvent, ShardedWorld, ShardedWorldRef};
+use super::host::{config_client, shard_host, ShardedEvent, ShardedWorld, ShardedWorldRef};
 use super::plan::{ClusterPlan, ReplayError};
 use super::routing::Table;
 use super::shard::{Durable, ShardConfig};
-use crate::host::{node_host, Lossiness, World as RaftWorld, WorldRef as RaftWorldRef};
+use crate::host::{node_host, Lossiness, SeededLoss, World as RaftWorld, WorldRef as RaftWorldRef};
 use crate::node::{NodeConfig, Role};
 use crate::run::{mix, SimError};
 
@@ -186,7 +185,7 @@ fn fresh_world(
         &plan.table,
     );
     world.start_us = SETUP_MS * 1000;
-    world.seed = seed;
+    world.loss = SeededLoss::new(seed);
     world.latency_max = Duration::from_millis(scenario.network.latency_ms_max);
     world.record_views = build.record_views;
     world.config_views = (0..layout.config_servers)
@@ -303,16 +302,8 @@ fn add_final_reader(
     let world = world.clone();
     sim.client("final-reader", async move {
         tokio::time::sleep(workload_end + Duration::from_millis(SETTLE_MS)).await;
-        let (id, servers, latency, chunks) = {
-            let mut w = world.borrow_mut();
-            (
-                w.config_client_id(),
-                w.layout.config_servers as u64,
-                w.latency_max,
-                w.bounds.len() as u32,
-            )
-        };
-        let mut client = ConfigClient::bind(28_100, id, servers, latency).await?;
+        let chunks = world.borrow().bounds.len() as u32;
+        let mut client = config_client(&world, 28_100).await?;
         loop {
             if let Some(table) = client.read_table(chunks, u64::MAX).await? {
                 *out.borrow_mut() = Some(table);
@@ -566,18 +557,18 @@ impl<'a> Driver<'a> {
                 sim.set_max_message_latency(Duration::from_millis(
                     self.scenario.network.latency_ms_max,
                 ));
-                self.world.borrow_mut().lossiness = Lossiness::default();
+                self.world.borrow_mut().loss.lossiness = Lossiness::default();
                 self.raft.borrow_mut().lossiness = Lossiness::default();
             }
             Disruption::Delay { ms_max } => {
                 sim.set_max_message_latency(Duration::from_millis(ms_max))
             }
             Disruption::Loss(rate) => {
-                self.world.borrow_mut().lossiness.loss = rate;
+                self.world.borrow_mut().loss.lossiness.loss = rate;
                 self.raft.borrow_mut().lossiness.loss = rate;
             }
             Disruption::Duplicate(rate) => {
-                self.world.borrow_mut().lossiness.duplicate = rate;
+                self.world.borrow_mut().loss.lossiness.duplicate = rate;
                 self.raft.borrow_mut().lossiness.duplicate = rate;
             }
             Disruption::DuplicateRequests(_)
