@@ -70,33 +70,6 @@ impl Lossiness {
     }
 }
 
-/// Seeded loss and duplication for a world's senders: the current [`Lossiness`] and the draw
-/// sequence, a pure function of the run's seed and how many draws came before.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SeededLoss {
-    /// The loss and duplication now in force.
-    pub lossiness: Lossiness,
-    seed: u64,
-    draws: u64,
-}
-
-impl SeededLoss {
-    /// No loss yet, drawing from `seed`.
-    pub fn new(seed: u64) -> SeededLoss {
-        SeededLoss {
-            seed,
-            ..SeededLoss::default()
-        }
-    }
-
-    /// How many copies of a datagram go out now: 0 (lost), 1, or 2 (duplicated).
-    pub fn copies_to_send(&mut self) -> usize {
-        let (seed, draws) = (self.seed, &mut self.draws);
-        self.lossiness
-            .copies_to_send(|| crate::run::uniform_draw(seed, draws))
-    }
-}
-
 /// A Raft message drawn in the report's sequence diagram.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MessageRecord {

@@ -336,6 +336,32 @@ pub(crate) fn uniform_draw(seed: u64, draws: &mut u64) -> f64 {
     (mix(seed, *draws, 0) >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// Seeded loss and duplication for a world's senders: the current [`Lossiness`] and the draw
+/// sequence, a pure function of the run's seed and how many draws came before.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeededLoss {
+    /// The loss and duplication now in force.
+    pub lossiness: Lossiness,
+    seed: u64,
+    draws: u64,
+}
+
+impl SeededLoss {
+    /// No loss yet, drawing from `seed`.
+    pub fn new(seed: u64) -> SeededLoss {
+        SeededLoss {
+            seed,
+            ..SeededLoss::default()
+        }
+    }
+
+    /// How many copies of a datagram go out now: 0 (lost), 1, or 2 (duplicated).
+    pub fn copies_to_send(&mut self) -> usize {
+        let (seed, draws) = (self.seed, &mut self.draws);
+        self.lossiness.copies_to_send(|| uniform_draw(seed, draws))
+    }
+}
+
 /// The scenario's faults plus those chaos draws from the seed, in time order.
 pub fn fault_schedule(scenario: &Scenario, seed: u64) -> Vec<FaultStep> {
     let mut schedule = scenario.faults.clone();

@@ -22,8 +22,8 @@ use turmoil::net::UdpSocket;
 
 use super::member::{Durable, Effects, Member, MemberConfig, MemberState, Msg, WriteReply};
 use super::oplog::OpTime;
-use crate::host::{now_us, SeededLoss};
-use crate::run::mix;
+use crate::host::now_us;
+use crate::run::{mix, SeededLoss};
 
 /// `mongod`'s port.
 pub const MONGOD_PORT: u16 = 27017;

@@ -24,8 +24,8 @@ use tokio::task::spawn_local;
 use super::clients::{self, ClientPlan};
 use super::host::{member_host, MemberView, MongoEvent, MongoWorld, MongoWorldRef};
 use super::member::{Durable, Member, MemberConfig, MemberState};
-use crate::host::{Lossiness, SeededLoss};
-use crate::run::{mix, SimError};
+use crate::host::Lossiness;
+use crate::run::{mix, SeededLoss, SimError};
 
 /// Simulated time before the workload starts: heartbeats settle after `rs.initiate()`.
 pub const BOOTSTRAP_MS: u64 = 3000;

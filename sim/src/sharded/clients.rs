@@ -9,19 +9,19 @@
 //! then asks donors to move chunks, one migration at a time.
 
 use std::cell::RefCell;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::time::Duration;
 
 use quorumlab_experiment::history::{Key, Op, OpKind, Outcome};
 use quorumlab_experiment::rebalance::{MigrationOutcome, ReadRecord};
-use quorumlab_experiment::sharded::{BalancerPolicy, Layout};
+use quorumlab_experiment::sharded::BalancerPolicy;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use turmoil::net::UdpSocket;
 
 use super::config::ConfigClient;
-use super::host::{config_client, shard_addr, Packet, ShardedWorldRef};
+use super::host::{config_client, shard_addr, token, Packet, ShardedWorldRef};
 use super::routing::{chunk_key, version_went_back, Entry, Table, COLLECTION_VERSION_KEY};
 use super::shard::Answer;
 use crate::host::now_us;
@@ -31,19 +31,6 @@ use crate::host::now_us;
 const CLIENT_PORT_BASE: u16 = 10_000;
 /// The balancer's port.
 const BALANCER_PORT: u16 = 28_000;
-
-/// A token names the router host and client port that sent a request, so a shard can answer a
-/// request it held: router (16 bits), port (16 bits), sequence (32 bits).
-fn token(router: usize, port: u16, seq: u64) -> u64 {
-    ((router as u64) << 48) | (u64::from(port) << 32) | (seq & 0xffff_ffff)
-}
-
-/// Where the answer to `token` goes.
-pub fn router_of_token(layout: &Layout, token: u64) -> SocketAddr {
-    let router = (token >> 48) as usize;
-    let port = ((token >> 32) & 0xffff) as u16;
-    SocketAddr::new(turmoil::lookup(layout.router(router).to_string()), port)
-}
 
 /// What a router host runs.
 #[derive(Clone)]

@@ -22,8 +22,9 @@ use turmoil::net::UdpSocket;
 use super::config::{ConfigClient, Swap};
 use super::routing::{chunk_key, Bounds, Entry, Table, COLLECTION_VERSION_KEY};
 use super::shard::{Answer, Doc, Durable, Effects, Msg, Note, Shard, ShardConfig};
-use crate::host::{now_us, SeededLoss};
+use crate::host::now_us;
 use crate::mongodb::host::bind;
+use crate::run::SeededLoss;
 
 /// A shard's port.
 pub const SHARD_PORT: u16 = 27018;
@@ -419,6 +420,19 @@ pub async fn config_client(world: &ShardedWorldRef, port: u16) -> std::io::Resul
     ConfigClient::bind(port, id, servers, latency_max).await
 }
 
+/// A token names the router host and client port that sent a request, so a shard can answer a
+/// request it held: router (16 bits), port (16 bits), sequence (32 bits).
+pub fn token(router: usize, port: u16, seq: u64) -> u64 {
+    ((router as u64) << 48) | (u64::from(port) << 32) | (seq & 0xffff_ffff)
+}
+
+/// Where the answer to `token` goes.
+pub fn router_of_token(layout: &Layout, token: u64) -> SocketAddr {
+    let router = (token >> 48) as usize;
+    let port = ((token >> 32) & 0xffff) as u16;
+    SocketAddr::new(turmoil::lookup(layout.router(router).to_string()), port)
+}
+
 /// Shard `s`'s address.
 pub fn shard_addr(layout: &Layout, s: usize) -> SocketAddr {
     SocketAddr::new(turmoil::lookup(layout.shard(s).to_string()), SHARD_PORT)
@@ -583,8 +597,8 @@ impl ShardHost {
             self.send(&packet, shard_addr(&layout, to));
         }
         for (token, answer) in std::mem::take(&mut fx.answers) {
-            // The router's address travels in the token's high bits (see clients::token).
-            let to = super::clients::router_of_token(&layout, token);
+            // The router's address travels in the token's high bits (see `token`).
+            let to = router_of_token(&layout, token);
             self.send(&Packet::Answer { token, answer }, to);
         }
         if let (Some((number, outcome)), Some(to)) = (fx.balancer.take(), self.balancer) {

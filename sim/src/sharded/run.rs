@@ -24,9 +24,9 @@ use super::host::{config_client, shard_host, ShardedEvent, ShardedWorld, Sharded
 use super::plan::{ClusterPlan, ReplayError};
 use super::routing::Table;
 use super::shard::{Durable, ShardConfig};
-use crate::host::{node_host, Lossiness, SeededLoss, World as RaftWorld, WorldRef as RaftWorldRef};
+use crate::host::{node_host, Lossiness, World as RaftWorld, WorldRef as RaftWorldRef};
 use crate::node::{NodeConfig, Role};
-use crate::run::{mix, SimError};
+use crate::run::{mix, SeededLoss, SimError};
 
 /// Simulated time before the workload starts: the config servers elect a leader and the
 /// routing table is written.
