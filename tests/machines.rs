@@ -79,8 +79,15 @@ fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Runs the playbook; returns each host's `changed=` count from the recap.
-fn playbook(inventory: &Path, extra: &[&str]) -> Vec<u64> {
+/// What one playbook run changed: each host's `changed=` count from the recap, and the
+/// tasks that reported `changed`, so a failed idempotence check names its culprit.
+struct Changes {
+    per_host: Vec<u64>,
+    tasks: Vec<String>,
+}
+
+/// Runs the playbook and reads what it changed.
+fn playbook(inventory: &Path, extra: &[&str]) -> Changes {
     let ansible_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("ansible");
     let out = Command::new(ansible_bin().join("ansible-playbook"))
         .arg("-i")
@@ -94,13 +101,24 @@ fn playbook(inventory: &Path, extra: &[&str]) -> Vec<u64> {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "ansible-playbook failed:\n{text}");
-    text.lines()
+    let per_host = text
+        .lines()
         .filter(|l| l.contains(" : ok="))
         .map(|l| {
             let changed = l.split("changed=").nth(1).unwrap();
             changed.split_whitespace().next().unwrap().parse().unwrap()
         })
-        .collect()
+        .collect();
+    let mut task = "";
+    let mut tasks = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("TASK [") || line.starts_with("RUNNING HANDLER [") {
+            task = line.trim_end_matches(['*', ' ']);
+        } else if line.starts_with("changed: [") {
+            tasks.push(format!("{task} {line}"));
+        }
+    }
+    Changes { per_host, tasks }
 }
 
 #[test]
@@ -129,16 +147,18 @@ fn machines_provisioned_by_ansible_run_the_simulators_scenarios() {
         up["boot_to_ssh_s"].as_f64().unwrap()
     );
 
-    let first = playbook(&inventory, &[]);
+    let first = playbook(&inventory, &[]).per_host;
     assert_eq!(first.len(), 3, "a recap line per machine");
     assert!(
         first.iter().all(|&c| c > 0),
         "the first run provisions: {first:?}"
     );
+    let second = playbook(&inventory, &[]);
     assert_eq!(
-        playbook(&inventory, &[]),
+        second.per_host,
         vec![0, 0, 0],
-        "a second run changes nothing"
+        "a second run changes nothing, but it changed:\n{}",
+        second.tasks.join("\n")
     );
     mongodb_role_runs_in_check_mode(&inventory, &dir);
 
