@@ -495,7 +495,6 @@ pub async fn balancer(plan: BalancerPlan) -> turmoil::Result {
         })
         .await;
     }
-    std::future::pending::<()>().await;
     Ok(())
 }
 

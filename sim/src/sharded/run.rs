@@ -136,9 +136,8 @@ pub fn run_sharded(
         });
     }
     add_routers(&mut sim, &world, scenario, settings, &plan, seed);
-    add_balancer(&mut sim, &world, scenario, settings, &plan, seed);
     let final_table = Rc::new(RefCell::new(None));
-    add_final_reader(&mut sim, &world, final_table.clone(), workload_end);
+    add_balancer(&mut sim, &world, scenario, settings, &plan, seed, &final_table);
     let mut driver = Driver::new(scenario, settings, layout, &world, &raft);
     driver.drive(&mut sim, workload_end, &final_table)?;
     let table = final_table.borrow().clone();
@@ -268,6 +267,9 @@ fn add_routers(
     }
 }
 
+/// The balancer's host: the balancer until the workload ends, then the final reader. One host
+/// for both, because every host costs a runtime tick per world step (and a link to every other
+/// host), whether or not it has anything to do.
 fn add_balancer(
     sim: &mut turmoil::Sim<'_>,
     world: &ShardedWorldRef,
@@ -275,7 +277,9 @@ fn add_balancer(
     settings: &ShardedSettings,
     plan: &ClusterPlan,
     seed: u64,
+    final_table: &Rc<RefCell<Option<Table>>>,
 ) {
+    let workload_end = Duration::from_millis(SETUP_MS + scenario.duration_ms);
     let plan = BalancerPlan {
         world: world.clone(),
         initial: plan.table.clone(),
@@ -285,32 +289,37 @@ fn add_balancer(
         interval: Duration::from_millis(settings.balancer_interval_ms),
         answer_timeout: Duration::from_millis(settings.migration_timeout_ms * 2 + 2000),
         start: Duration::from_millis(SETUP_MS),
-        until: Duration::from_millis(SETUP_MS + scenario.duration_ms),
+        until: workload_end,
         seed,
     };
-    sim.client("balancer", async move { balancer(plan).await });
+    let world = world.clone();
+    let out = final_table.clone();
+    sim.client("balancer", async move {
+        balancer(plan).await?;
+        read_final_table(&world, &out, workload_end).await
+    });
 }
 
 /// Reads the routing table once everything has settled: the truth the end state is checked
 /// against.
-fn add_final_reader(
-    sim: &mut turmoil::Sim<'_>,
+async fn read_final_table(
     world: &ShardedWorldRef,
-    out: Rc<RefCell<Option<Table>>>,
+    out: &Rc<RefCell<Option<Table>>>,
     workload_end: Duration,
-) {
-    let world = world.clone();
-    sim.client("final-reader", async move {
-        tokio::time::sleep(workload_end + Duration::from_millis(SETTLE_MS)).await;
-        let chunks = world.borrow().bounds.len() as u32;
-        let mut client = config_client(&world, 28_100).await?;
-        loop {
-            if let Some(table) = client.read_table(chunks, u64::MAX).await? {
-                *out.borrow_mut() = Some(table);
-                return Ok(());
-            }
+) -> turmoil::Result {
+    let settled = workload_end + Duration::from_millis(SETTLE_MS);
+    let now = turmoil::elapsed();
+    if now < settled {
+        tokio::time::sleep(settled - now).await;
+    }
+    let chunks = world.borrow().bounds.len() as u32;
+    let mut client = config_client(world, 28_100).await?;
+    loop {
+        if let Some(table) = client.read_table(chunks, u64::MAX).await? {
+            *out.borrow_mut() = Some(table);
+            return Ok(());
         }
-    });
+    }
 }
 
 /// Fires the faults, on time and at migration steps, and records the config servers' leaders.
