@@ -23,6 +23,7 @@ pub mod register;
 pub mod replication;
 pub mod replset;
 pub mod report;
+pub mod routing;
 pub mod sharded;
 
 pub mod scenario;

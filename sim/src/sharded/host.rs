@@ -242,6 +242,16 @@ impl ShardedWorld {
         }
     }
 
+    /// The cluster has come to rest: every shard is running and idle, and no client write is
+    /// waiting for an answer. The final table read need not wait longer.
+    pub fn at_rest(&self) -> bool {
+        self.in_flight.is_empty()
+            && self
+                .shards
+                .iter()
+                .all(|s| s.as_ref().is_some_and(Shard::is_idle))
+    }
+
     /// Microseconds since the workload started, now.
     pub fn since_start_us(&self) -> u64 {
         now_us().saturating_sub(self.start_us)

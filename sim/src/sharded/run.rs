@@ -31,8 +31,12 @@ use crate::run::{mix, SeededLoss, SimError};
 /// Simulated time before the workload starts: the config servers elect a leader and the
 /// routing table is written.
 pub const SETUP_MS: u64 = 3000;
-/// After the workload: time to heal, restart and settle before the last table read.
+/// After the workload: the longest wait to heal, restart and settle before the last table read
+/// (a cluster at rest is read sooner).
 const SETTLE_MS: u64 = 8000;
+/// After the workload: the shortest wait before the last table read, so restarted processes
+/// have begun their recovery before the cluster is judged at rest.
+const SETTLE_MIN_MS: u64 = 500;
 
 /// How a sharded run is built.
 #[derive(Debug, Clone, Copy, Default)]
@@ -300,17 +304,21 @@ fn add_balancer(
     });
 }
 
-/// Reads the routing table once everything has settled: the truth the end state is checked
-/// against.
+/// Reads the routing table once everything has settled (the cluster at rest, or `SETTLE_MS`
+/// after the workload at the latest): the truth the end state is checked against.
 async fn read_final_table(
     world: &ShardedWorldRef,
     out: &Rc<RefCell<Option<Table>>>,
     workload_end: Duration,
 ) -> turmoil::Result {
-    let settled = workload_end + Duration::from_millis(SETTLE_MS);
-    let now = turmoil::elapsed();
-    if now < settled {
-        tokio::time::sleep(settled - now).await;
+    let latest = workload_end + Duration::from_millis(SETTLE_MS);
+    let earliest = workload_end + Duration::from_millis(SETTLE_MIN_MS);
+    loop {
+        let now = turmoil::elapsed();
+        if now >= latest || (now >= earliest && world.borrow().at_rest()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let chunks = world.borrow().bounds.len() as u32;
     let mut client = config_client(world, 28_100).await?;

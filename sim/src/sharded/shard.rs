@@ -693,6 +693,18 @@ impl Shard {
         }
     }
 
+    /// Nothing left to do: the table known, no migration on either side, no write held, no
+    /// range deletion due and no interrupted migration to recover.
+    pub fn is_idle(&self) -> bool {
+        self.table.is_some()
+            && !self.refreshing
+            && self.donation.is_none()
+            && self.receipt.is_none()
+            && self.held.is_empty()
+            && self.durable.deletions.is_empty()
+            && self.durable.coordinator.is_none()
+    }
+
     /// When [`Shard::tick`] next has something to do (a millisecond on, if it is due now).
     pub fn next_due_us(&self, now_us: u64) -> u64 {
         let timeout = self.config.migration_timeout_us;

@@ -1,13 +1,13 @@
-//! The routing table: which shard owns each chunk, at which version, as the config servers store
-//! it.
+//! The routing table of a sharded cluster: which shard owns each chunk, at which version, as the
+//! config store keeps it — the simulator's config servers (its etcd model) and the real cluster's
+//! etcd alike.
 //!
-//! The table lives in the config servers' key-value store (the etcd model): key 0 holds the
-//! collection version, the highest chunk version handed out; key `c` holds chunk `c`'s entry (its
-//! version and owner) packed into one value, so a migration commits by one compare-and-swap on
-//! that key. Chunk boundaries are fixed for a run (splits are metadata-only and made before it),
-//! so chunk numbers never change meaning.
+//! Key 0 holds the collection version, the highest chunk version handed out; key `c + 1` holds
+//! chunk `c`'s entry (its version and owner) packed into one value, so a migration commits by one
+//! compare-and-swap on that key. Chunk boundaries are fixed for a run (splits are metadata-only
+//! and made before it), so chunk numbers never change meaning.
 
-use quorumlab_experiment::history::{Key, Value};
+use crate::history::{Key, Value};
 
 /// The config store's key of the collection version.
 pub const COLLECTION_VERSION_KEY: Key = 0;
