@@ -21,6 +21,7 @@ use crate::hosts::{is_root, HostError, LabNet};
 use crate::inventory::{Inventory, InventoryError, InventoryHost};
 use crate::pki::{self, write_secret, DriverTls, PkiError};
 use crate::postgres::settings::PgCluster;
+use crate::sharded::lab::ShardCluster;
 
 /// The agent's port on every host.
 pub const AGENT_PORT: u16 = 7070;
@@ -100,6 +101,9 @@ pub struct Lab {
     /// The Postgres cluster on this lab's hosts, if it has one.
     #[serde(default)]
     pub postgres: Option<PgCluster>,
+    /// The Postgres shards on this lab's hosts, if it has them.
+    #[serde(default)]
+    pub sharded: Option<ShardCluster>,
 }
 
 /// The services a host may run, given the lab's hosts, the host and its directory.
@@ -168,6 +172,7 @@ impl Lab {
             agent_pids: vec![],
             etcd,
             postgres: None,
+            sharded: None,
         })
     }
 
@@ -224,6 +229,7 @@ impl Lab {
             agent_pids: vec![],
             etcd: NodeId::all(etcd_members).collect(),
             postgres: None,
+            sharded: None,
         };
         lab.save()?;
         let started = lab.start_agents(agent_binary, services);

@@ -11,6 +11,8 @@
 //! - [`run`]: what every real run shares: fired faults, errors, the real lab's fault contract.
 //! - [`etcd`]: a real etcd cluster (`cluster up etcd`) and one real run of an etcd scenario.
 //! - [`postgres`]: Postgres under Patroni on the lab's etcd, and one real run of a Postgres scenario.
+//! - [`sharded`]: Postgres shards with the chunk map in the lab's etcd, a router, and chunk moves
+//!   by logical replication.
 //!
 //! The dependency direction is fixed: `cluster` depends on `experiment` and `proto`, never on
 //! `sim`; the CLI puts the two side by side (`compare`).
@@ -25,5 +27,6 @@ pub mod mongodb;
 pub mod pki;
 pub mod postgres;
 pub mod run;
+pub mod sharded;
 
 pub use quorumlab_experiment::Scenario;

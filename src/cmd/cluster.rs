@@ -27,9 +27,11 @@ pub struct ClusterArgs {
 
 #[derive(Subcommand)]
 enum ClusterAction {
-    /// Start a cluster: `cluster up etcd --nodes 3` or `cluster up postgres --replicas 2`.
+    /// Start a cluster: `cluster up etcd --nodes 3`, `cluster up postgres --replicas 2` or
+    /// `cluster up sharded --shards 3`.
     Up {
-        /// The system to run: etcd, or postgres (Patroni-managed, on its own etcd).
+        /// The system to run: etcd, postgres (Patroni-managed, on its own etcd), or sharded
+        /// (Postgres shards, the chunk map in etcd).
         system: SystemName,
         /// etcd: members (default: the scenario's nodes).
         #[arg(long)]
@@ -44,6 +46,9 @@ enum ClusterAction {
         /// Postgres: replication mode (default: the scenario's first).
         #[arg(long, value_parser = ["async", "sync"])]
         mode: Option<String>,
+        /// Sharded: shards holding chunks (default: the scenario's; its new_shards start empty).
+        #[arg(long)]
+        shards: Option<usize>,
     },
     /// Show members, leader, term and health (and each Postgres node's role and lag).
     Status {
@@ -65,6 +70,7 @@ pub fn command(args: ClusterArgs) -> Result<()> {
             replicas,
             scenario,
             mode,
+            shards,
         } => {
             let scenario =
                 load_scenario(scenario.as_deref().unwrap_or(system.lab_scenario()), None)?;
@@ -79,6 +85,7 @@ pub fn command(args: ClusterArgs) -> Result<()> {
                 nodes,
                 replicas,
                 mode: mode.as_deref(),
+                shards,
                 state_dir,
             })?;
             status(state_dir, false)

@@ -174,6 +174,8 @@ pub struct UpOptions<'a> {
     pub replicas: Option<usize>,
     /// Replication mode (`--mode`).
     pub mode: Option<&'a str>,
+    /// Shards holding chunks (`--shards`).
+    pub shards: Option<usize>,
     /// The lab's state directory.
     pub state_dir: &'a Path,
 }

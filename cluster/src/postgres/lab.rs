@@ -346,7 +346,7 @@ fn bootstrap_dcs(settings: &PatroniSettings) -> serde_json::Value {
 }
 
 /// Whether every directory above `dir` lets the `postgres` user pass (mode `o+x`).
-fn traversable(dir: &Path) -> Result<(), LabError> {
+pub(crate) fn traversable(dir: &Path) -> Result<(), LabError> {
     use std::os::unix::fs::PermissionsExt;
     let mut at = dir.to_path_buf();
     while let Some(parent) = at.parent() {
@@ -367,7 +367,7 @@ fn traversable(dir: &Path) -> Result<(), LabError> {
     Ok(())
 }
 
-fn chown_to_postgres(path: &Path) -> Result<(), LabError> {
+pub(crate) fn chown_to_postgres(path: &Path) -> Result<(), LabError> {
     let name = std::ffi::CString::new(PG_USER).expect("no NUL");
     // SAFETY: getpwnam with a valid C string; fields are copied before any other libc call.
     let entry = unsafe { libc::getpwnam(name.as_ptr()) };

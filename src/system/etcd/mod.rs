@@ -249,6 +249,12 @@ impl SystemCli for Etcd<'_> {
 
     fn cluster_up(&self, options: &UpOptions) -> Result<()> {
         refuse_option(
+            options.shards.is_some(),
+            "--shards",
+            "etcd",
+            "it has no shards; give --nodes",
+        )?;
+        refuse_option(
             options.replicas.is_some(),
             "--replicas",
             "etcd",

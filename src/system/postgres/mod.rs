@@ -343,6 +343,12 @@ impl SystemCli for Postgres<'_> {
 
     fn cluster_up(&self, options: &UpOptions) -> Result<()> {
         refuse_option(
+            options.shards.is_some(),
+            "--shards",
+            "postgres",
+            "it replicates rather than shards; give --replicas",
+        )?;
+        refuse_option(
             options.nodes.is_some(),
             "--nodes",
             "postgres",

@@ -1,6 +1,7 @@
 //! Sharded clusters on the command line: the simulator's config servers, shards, routers and
-//! balancer (sim, sweep, `--step`, `--report`, shrink). The real side is Postgres shards moved by
-//! logical replication, which this system does not drive yet: `run` and `compare` refuse.
+//! balancer (sim, sweep, `--step`, `--report`, shrink). The real side is Postgres shards with the
+//! chunk map in etcd (`cluster up sharded`); scenarios do not run on it yet: `run` and `compare`
+//! refuse.
 
 mod show;
 
@@ -12,10 +13,17 @@ use quorumlab_sim::sharded::plan::ClusterPlan;
 use quorumlab_sim::sharded::{run_sharded, ShardedBuild};
 use quorumlab_sim::sweep::sweep_sharded;
 
-use super::cli::{refuse_option, Build, SimOptions, SweepOptions, SystemCli};
+use super::cli::{refuse_option, Build, SimOptions, SweepOptions, SystemCli, UpOptions};
+use crate::lab_setup::{install_if_missing, this_binary, Package};
 use crate::cmd::SafetyViolation;
-use crate::runtime::seed_progress;
+use crate::runtime::{runtime, seed_progress};
 use crate::table;
+
+/// The Debian packages a sharded lab runs.
+const PACKAGES: &[Package] = &[
+    ("etcd-server", quorumlab_cluster::etcd::ETCD_BINARY),
+    ("postgresql-15", "/usr/lib/postgresql/15/bin/postgres"),
+];
 
 /// A sharded scenario and its `[sharded]` settings.
 pub struct Sharded<'a> {
@@ -86,6 +94,33 @@ impl Sharded<'_> {
 impl SystemCli for Sharded<'_> {
     fn name(&self) -> &'static str {
         "sharded"
+    }
+
+    fn cluster_up(&self, options: &UpOptions) -> Result<()> {
+        let why = "give --shards (etcd runs on the first three hosts)";
+        refuse_option(options.nodes.is_some(), "--nodes", "sharded", why)?;
+        refuse_option(options.replicas.is_some(), "--replicas", "sharded", why)?;
+        refuse_option(options.mode.is_some(), "--mode", "sharded", "its shards do not replicate")?;
+        let s = self.settings;
+        let full = options.shards.unwrap_or(s.shards);
+        install_if_missing(PACKAGES)?;
+        let lab = runtime()?.block_on(quorumlab_cluster::sharded::lab::up(
+            options.state_dir,
+            full + s.new_shards,
+            s.new_shards,
+            s.chunks,
+            &this_binary()?,
+        ))?;
+        println!(
+            "{} Postgres shards ({} empty) with {} chunks, the chunk map in etcd, up in {} (hosts: namespaces ql{}-n1..n{})",
+            full + s.new_shards,
+            s.new_shards,
+            s.chunks,
+            options.state_dir.display(),
+            lab.net.as_ref().map_or(0, |n| n.id),
+            lab.hosts.len()
+        );
+        Ok(())
     }
 
     fn sim(&self, options: &SimOptions) -> Result<()> {

@@ -1,0 +1,201 @@
+//! Real chunk moves between live Postgres shards (root; etcd and Postgres 15 installed): a move
+//! under write load loses and duplicates nothing, and a router that missed the map change
+//! retries instead of writing to the old owner.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quorumlab_cluster::lab::Lab;
+use quorumlab_cluster::sharded::lab::{self as sharded, chunk_table};
+use quorumlab_cluster::sharded::map::ChunkMap;
+use quorumlab_cluster::sharded::mover::{delete_range, move_chunk, MoveLimits, MoveOutcome};
+use quorumlab_cluster::sharded::router::{Router, RouterOptions, WriteOutcome};
+
+mod common;
+
+use common::LabDir;
+
+const NEEDS: &[common::Requirement] = &[common::ETCD, common::POSTGRES];
+const SHARDS: usize = 3;
+const CHUNKS: usize = 6;
+
+fn up(dir: &LabDir, rt: &tokio::runtime::Runtime) -> Lab {
+    let binary = Path::new(env!("CARGO_BIN_EXE_quorumlab"));
+    rt.block_on(sharded::up(&dir.0, SHARDS, 0, CHUNKS, binary))
+        .unwrap()
+}
+
+/// What the writers saw.
+#[derive(Default)]
+struct Written {
+    acked: BTreeSet<u64>,
+    unknown: BTreeSet<u64>,
+    failed: Vec<String>,
+    held_ms_max: u64,
+}
+
+/// `writers` tasks insert unique ids through `router` until `stop`.
+async fn write_until(router: Arc<Router>, writers: u64, stop: Arc<AtomicBool>) -> Written {
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (router, stop) = (router.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Written::default();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = (w << 32) | n;
+                match router.insert(id, id).await {
+                    WriteOutcome::Ok { held_ms, .. } => {
+                        seen.acked.insert(id);
+                        seen.held_ms_max = seen.held_ms_max.max(held_ms);
+                    }
+                    WriteOutcome::Unknown(_) => {
+                        seen.unknown.insert(id);
+                    }
+                    WriteOutcome::Fail(why) => seen.failed.push(why),
+                }
+            }
+            seen
+        }));
+    }
+    let mut all = Written::default();
+    for task in tasks {
+        let seen = task.await.unwrap();
+        all.acked.extend(seen.acked);
+        all.unknown.extend(seen.unknown);
+        all.failed.extend(seen.failed);
+        all.held_ms_max = all.held_ms_max.max(seen.held_ms_max);
+    }
+    all
+}
+
+/// Every id on the owner of its chunk, as the map says at the end: id → how many owners hold it.
+async fn owned_ids(lab: &Lab) -> BTreeMap<u64, usize> {
+    let mut map = ChunkMap::connect(lab).await.unwrap();
+    let view = map.read(CHUNKS).await.unwrap();
+    let mut count = BTreeMap::new();
+    for (chunk, entry) in view.table.iter().enumerate() {
+        let mut conn = sharded::connect(lab, entry.shard, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let ids: Vec<i64> = sqlx::query_scalar(&format!("SELECT id FROM {}", chunk_table(chunk as u32)))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        for id in ids {
+            *count.entry(id as u64).or_insert(0) += 1;
+        }
+    }
+    count
+}
+
+#[test]
+fn moves_under_write_load_lose_and_duplicate_nothing() {
+    if common::skipped(NEEDS) {
+        return;
+    }
+    let _one = common::one_lab();
+    let dir = LabDir::new("sharded-moves");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let lab = up(&dir, &rt);
+    rt.block_on(async {
+        let router = Arc::new(Router::start(&lab, RouterOptions::default()).await.unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = tokio::spawn(write_until(router.clone(), 6, stop.clone()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut map = ChunkMap::connect(&lab).await.unwrap();
+        // Every chunk of s1 and s2 to the next shard, one after another, under load.
+        let mut reports = Vec::new();
+        for (id, (chunk, to)) in [(0u32, 1usize), (1, 2), (3, 1), (4, 2)].into_iter().enumerate() {
+            let report = move_chunk(&lab, &mut map, chunk, to, id as u64 + 1, MoveLimits::default())
+                .await
+                .unwrap();
+            eprintln!("move: {report:?}");
+            assert_eq!(report.outcome, MoveOutcome::Committed, "{report:?}");
+            assert!(report.rows > 0, "the chunk had rows to move: {report:?}");
+            reports.push(report);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.store(true, Ordering::Relaxed);
+        let written = writers.await.unwrap();
+        for r in &reports {
+            delete_range(&lab, r.from, r.chunk).await.unwrap();
+        }
+        let owned = owned_ids(&lab).await;
+        let lost: Vec<_> = written.acked.iter().filter(|id| !owned.contains_key(id)).collect();
+        let doubled: Vec<_> = owned.iter().filter(|(_, &n)| n > 1).collect();
+        let strangers: Vec<_> = owned
+            .keys()
+            .filter(|id| !written.acked.contains(id) && !written.unknown.contains(id))
+            .collect();
+        eprintln!(
+            "acked {}, unknown {}, failed {}, longest hold {} ms, stale retries {}",
+            written.acked.len(),
+            written.unknown.len(),
+            written.failed.len(),
+            written.held_ms_max,
+            router.stats.stale_retries.load(Ordering::Relaxed)
+        );
+        assert!(written.acked.len() > 1000, "the load ran");
+        assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+        assert!(doubled.is_empty(), "on two owners: {doubled:?}");
+        assert!(strangers.is_empty(), "never written: {strangers:?}");
+        assert!(written.failed.is_empty(), "{:?}", written.failed);
+        assert!(router.stats.held.load(Ordering::Relaxed) > 0, "writes waited for a critical section");
+    });
+}
+
+#[test]
+fn a_router_that_missed_the_change_retries_on_the_new_owner() {
+    if common::skipped(NEEDS) {
+        return;
+    }
+    let _one = common::one_lab();
+    let dir = LabDir::new("sharded-stale");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let lab = up(&dir, &rt);
+    rt.block_on(async {
+        let blind = RouterOptions {
+            watch: false,
+            ..RouterOptions::default()
+        };
+        let stale = Router::start(&lab, blind).await.unwrap();
+        let key = (0..).find(|&k| stale.chunk_of(k) == 0).unwrap();
+        assert!(matches!(stale.insert(1, key).await, WriteOutcome::Ok { shard: 0, .. }));
+        let mut map = ChunkMap::connect(&lab).await.unwrap();
+        let report = move_chunk(&lab, &mut map, 0, 2, 1, MoveLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(report.outcome, MoveOutcome::Committed);
+        assert_eq!(stale.cached().table[0].shard, 0, "it has not heard of the move");
+        let outcome = stale.insert(2, key).await;
+        assert!(
+            matches!(outcome, WriteOutcome::Ok { shard: 2, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(stale.stats.stale_retries.load(Ordering::Relaxed), 1);
+        // The old owner refused and holds neither row as its own; the new owner has both.
+        let mut donor = sharded::connect(&lab, 0, Duration::from_secs(5)).await.unwrap();
+        let owned: i64 = sqlx::query_scalar("SELECT count(*) FROM ql_owned WHERE chunk = 0")
+            .fetch_one(&mut donor)
+            .await
+            .unwrap();
+        assert_eq!(owned, 0);
+        let on_donor: Vec<i64> = sqlx::query_scalar("SELECT id FROM ql_chunk_0 ORDER BY id")
+            .fetch_all(&mut donor)
+            .await
+            .unwrap();
+        assert_eq!(on_donor, vec![1], "the orphan copy, until range deletion");
+        let mut recipient = sharded::connect(&lab, 2, Duration::from_secs(5)).await.unwrap();
+        let on_recipient: Vec<i64> = sqlx::query_scalar("SELECT id FROM ql_chunk_0 ORDER BY id")
+            .fetch_all(&mut recipient)
+            .await
+            .unwrap();
+        assert_eq!(on_recipient, vec![1, 2]);
+        assert_eq!(delete_range(&lab, 0, 0).await.unwrap(), 1);
+    });
+}
