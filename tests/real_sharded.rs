@@ -82,10 +82,11 @@ async fn owned_ids(lab: &Lab) -> BTreeMap<u64, usize> {
         let mut conn = sharded::connect(lab, entry.shard, Duration::from_secs(5))
             .await
             .unwrap();
-        let ids: Vec<i64> = sqlx::query_scalar(&format!("SELECT id FROM {}", chunk_table(chunk as u32)))
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
+        let ids: Vec<i64> =
+            sqlx::query_scalar(&format!("SELECT id FROM {}", chunk_table(chunk as u32)))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
         for id in ids {
             *count.entry(id as u64).or_insert(0) += 1;
         }
@@ -110,10 +111,20 @@ fn moves_under_write_load_lose_and_duplicate_nothing() {
         let mut map = ChunkMap::connect(&lab).await.unwrap();
         // Every chunk of s1 and s2 to the next shard, one after another, under load.
         let mut reports = Vec::new();
-        for (id, (chunk, to)) in [(0u32, 1usize), (1, 2), (3, 1), (4, 2)].into_iter().enumerate() {
-            let report = move_chunk(&lab, &mut map, chunk, to, id as u64 + 1, MoveLimits::default())
-                .await
-                .unwrap();
+        for (id, (chunk, to)) in [(0u32, 1usize), (1, 2), (3, 1), (4, 2)]
+            .into_iter()
+            .enumerate()
+        {
+            let report = move_chunk(
+                &lab,
+                &mut map,
+                chunk,
+                to,
+                id as u64 + 1,
+                MoveLimits::default(),
+            )
+            .await
+            .unwrap();
             eprintln!("move: {report:?}");
             assert_eq!(report.outcome, MoveOutcome::Committed, "{report:?}");
             assert!(report.rows > 0, "the chunk had rows to move: {report:?}");
@@ -126,7 +137,11 @@ fn moves_under_write_load_lose_and_duplicate_nothing() {
             delete_range(&lab, r.from, r.chunk).await.unwrap();
         }
         let owned = owned_ids(&lab).await;
-        let lost: Vec<_> = written.acked.iter().filter(|id| !owned.contains_key(id)).collect();
+        let lost: Vec<_> = written
+            .acked
+            .iter()
+            .filter(|id| !owned.contains_key(id))
+            .collect();
         let doubled: Vec<_> = owned.iter().filter(|(_, &n)| n > 1).collect();
         let strangers: Vec<_> = owned
             .keys()
@@ -145,7 +160,10 @@ fn moves_under_write_load_lose_and_duplicate_nothing() {
         assert!(doubled.is_empty(), "on two owners: {doubled:?}");
         assert!(strangers.is_empty(), "never written: {strangers:?}");
         assert!(written.failed.is_empty(), "{:?}", written.failed);
-        assert!(router.stats.held.load(Ordering::Relaxed) > 0, "writes waited for a critical section");
+        assert!(
+            router.stats.held.load(Ordering::Relaxed) > 0,
+            "writes waited for a critical section"
+        );
     });
 }
 
@@ -165,13 +183,20 @@ fn a_router_that_missed_the_change_retries_on_the_new_owner() {
         };
         let stale = Router::start(&lab, blind).await.unwrap();
         let key = (0..).find(|&k| stale.chunk_of(k) == 0).unwrap();
-        assert!(matches!(stale.insert(1, key).await, WriteOutcome::Ok { shard: 0, .. }));
+        assert!(matches!(
+            stale.insert(1, key).await,
+            WriteOutcome::Ok { shard: 0, .. }
+        ));
         let mut map = ChunkMap::connect(&lab).await.unwrap();
         let report = move_chunk(&lab, &mut map, 0, 2, 1, MoveLimits::default())
             .await
             .unwrap();
         assert_eq!(report.outcome, MoveOutcome::Committed);
-        assert_eq!(stale.cached().table[0].shard, 0, "it has not heard of the move");
+        assert_eq!(
+            stale.cached().table[0].shard,
+            0,
+            "it has not heard of the move"
+        );
         let outcome = stale.insert(2, key).await;
         assert!(
             matches!(outcome, WriteOutcome::Ok { shard: 2, .. }),
@@ -179,7 +204,9 @@ fn a_router_that_missed_the_change_retries_on_the_new_owner() {
         );
         assert_eq!(stale.stats.stale_retries.load(Ordering::Relaxed), 1);
         // The old owner refused and holds neither row as its own; the new owner has both.
-        let mut donor = sharded::connect(&lab, 0, Duration::from_secs(5)).await.unwrap();
+        let mut donor = sharded::connect(&lab, 0, Duration::from_secs(5))
+            .await
+            .unwrap();
         let owned: i64 = sqlx::query_scalar("SELECT count(*) FROM ql_owned WHERE chunk = 0")
             .fetch_one(&mut donor)
             .await
@@ -190,7 +217,9 @@ fn a_router_that_missed_the_change_retries_on_the_new_owner() {
             .await
             .unwrap();
         assert_eq!(on_donor, vec![1], "the orphan copy, until range deletion");
-        let mut recipient = sharded::connect(&lab, 2, Duration::from_secs(5)).await.unwrap();
+        let mut recipient = sharded::connect(&lab, 2, Duration::from_secs(5))
+            .await
+            .unwrap();
         let on_recipient: Vec<i64> = sqlx::query_scalar("SELECT id FROM ql_chunk_0 ORDER BY id")
             .fetch_all(&mut recipient)
             .await

@@ -213,7 +213,12 @@ fn initdb(pgdata: &Path, pwfile: &Path) -> Result<(), LabError> {
         .arg(format!("{PG_BIN_DIR}/initdb"))
         .arg("-D")
         .arg(pgdata)
-        .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256"])
+        .args([
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+        ])
         .arg(format!("--pwfile={}", pwfile.display()))
         .args(["--encoding=UTF8", "--data-checksums"])
         .output()
@@ -241,7 +246,8 @@ async fn start_shards(lab: &Lab, table: &Table) -> Result<(), LabError> {
     lab.save()?;
     let shards = cluster(lab)?.shards;
     for shard in 0..shards {
-        lab.signal(shard_host(shard), "postgres", Action::Start).await?;
+        lab.signal(shard_host(shard), "postgres", Action::Start)
+            .await?;
     }
     for shard in 0..shards {
         let mut conn = wait_for_shard(lab, shard, Duration::from_secs(60)).await?;

@@ -78,7 +78,11 @@ impl ChunkMap {
         let top = table.iter().map(|e| e.version).max().unwrap_or(1);
         let mut puts = vec![TxnOp::put(version_key(), top.to_string(), None)];
         for (c, entry) in table.iter().enumerate() {
-            puts.push(TxnOp::put(chunk_key(c as u32), entry.encode().to_string(), None));
+            puts.push(TxnOp::put(
+                chunk_key(c as u32),
+                entry.encode().to_string(),
+                None,
+            ));
         }
         // etcd limits a transaction's operations (128 by default): write in slices.
         for slice in puts.chunks(100) {
@@ -99,7 +103,13 @@ impl ChunkMap {
             .map_err(|e| etcd_err("reading the chunk map", e))?;
         let revision = response.header().map_or(0, |h| h.revision());
         let mut view = MapView {
-            table: vec![Entry { version: 0, shard: 0 }; chunks],
+            table: vec![
+                Entry {
+                    version: 0,
+                    shard: 0
+                };
+                chunks
+            ],
             critical: BTreeSet::new(),
             version: 0,
             revision,
@@ -126,7 +136,10 @@ impl ChunkMap {
         new: Entry,
         version: u64,
     ) -> Result<bool, LabError> {
-        assert!(new.version > old.version, "a commit raises the chunk's version");
+        assert!(
+            new.version > old.version,
+            "a commit raises the chunk's version"
+        );
         let txn = Txn::new()
             .when([
                 Compare::value(chunk_key(chunk), CompareOp::Equal, old.encode().to_string()),
@@ -152,7 +165,11 @@ impl ChunkMap {
                 .put(critical_key(chunk), id.to_string(), None)
                 .await
                 .map(|_| ()),
-            None => self.client.delete(critical_key(chunk), None).await.map(|_| ()),
+            None => self
+                .client
+                .delete(critical_key(chunk), None)
+                .await
+                .map(|_| ()),
         };
         result.map_err(|e| etcd_err("marking a critical section", e))
     }
@@ -168,11 +185,17 @@ pub fn apply(view: &mut MapView, key: &str, value: Option<&str>) {
         if let Some(v) = value.and_then(number) {
             view.version = v;
         }
-    } else if let Some(c) = rest.strip_prefix("chunk/").and_then(|c| c.parse::<usize>().ok()) {
+    } else if let Some(c) = rest
+        .strip_prefix("chunk/")
+        .and_then(|c| c.parse::<usize>().ok())
+    {
         if let (Some(slot), Some(v)) = (view.table.get_mut(c), value.and_then(number)) {
             *slot = Entry::decode(v);
         }
-    } else if let Some(c) = rest.strip_prefix("critical/").and_then(|c| c.parse::<u32>().ok()) {
+    } else if let Some(c) = rest
+        .strip_prefix("critical/")
+        .and_then(|c| c.parse::<u32>().ok())
+    {
         if value.is_some() {
             view.critical.insert(c);
         } else {
@@ -188,12 +211,21 @@ mod tests {
     #[test]
     fn keys_apply_to_the_view_and_strangers_are_ignored() {
         let mut view = MapView {
-            table: vec![Entry { version: 1, shard: 0 }; 3],
+            table: vec![
+                Entry {
+                    version: 1,
+                    shard: 0
+                };
+                3
+            ],
             critical: BTreeSet::new(),
             version: 1,
             revision: 0,
         };
-        let moved = Entry { version: 2, shard: 2 };
+        let moved = Entry {
+            version: 2,
+            shard: 2,
+        };
         apply(&mut view, &chunk_key(1), Some(&moved.encode().to_string()));
         apply(&mut view, &version_key(), Some("2"));
         apply(&mut view, &critical_key(1), Some("7"));
@@ -203,6 +235,12 @@ mod tests {
         assert!(view.critical.contains(&1));
         apply(&mut view, &critical_key(1), None);
         assert!(view.critical.is_empty());
-        assert_eq!(view.table[0], Entry { version: 1, shard: 0 });
+        assert_eq!(
+            view.table[0],
+            Entry {
+                version: 1,
+                shard: 0
+            }
+        );
     }
 }

@@ -190,7 +190,11 @@ async fn run_steps(
 
     let critical = Instant::now();
     map.set_critical(chunk, Some(report.move_id)).await?;
-    exec(&mut ends.donor, &format!("DELETE FROM ql_owned WHERE chunk = {chunk}")).await?;
+    exec(
+        &mut ends.donor,
+        &format!("DELETE FROM ql_owned WHERE chunk = {chunk}"),
+    )
+    .await?;
     report.fence_lsn = current_lsn(&mut ends.donor).await?;
     let row = sqlx::query(&format!(
         "SELECT count(*)::bigint, pg_total_relation_size('{t}')::bigint FROM {t}"
@@ -360,8 +364,16 @@ async fn commit(
 /// recovery when it is back.
 async fn abort(map: &mut ChunkMap, ends: &mut Ends, chunk: u32, entry: Entry) {
     let t = chunk_table(chunk);
-    let _ = exec(&mut ends.recipient, &format!("DELETE FROM ql_owned WHERE chunk = {chunk}")).await;
-    let _ = exec(&mut ends.recipient, &format!("DROP SUBSCRIPTION IF EXISTS {}", ends.name)).await;
+    let _ = exec(
+        &mut ends.recipient,
+        &format!("DELETE FROM ql_owned WHERE chunk = {chunk}"),
+    )
+    .await;
+    let _ = exec(
+        &mut ends.recipient,
+        &format!("DROP SUBSCRIPTION IF EXISTS {}", ends.name),
+    )
+    .await;
     let _ = exec(&mut ends.recipient, &format!("DROP TABLE IF EXISTS {t}")).await;
     let _ = own(&mut ends.donor, chunk, entry.version).await;
     let _ = map.set_critical(chunk, None).await;
@@ -370,9 +382,21 @@ async fn abort(map: &mut ChunkMap, ends: &mut Ends, chunk: u32, entry: Entry) {
 /// Drops the subscription, the publication and the markers (all that a move leaves but data).
 async fn cleanup(ends: &mut Ends) {
     let (name, marker) = (ends.name.clone(), ends.marker.clone());
-    let _ = exec(&mut ends.recipient, &format!("DROP SUBSCRIPTION IF EXISTS {name}")).await;
-    let _ = exec(&mut ends.recipient, &format!("DROP TABLE IF EXISTS {marker}")).await;
-    let _ = exec(&mut ends.donor, &format!("DROP PUBLICATION IF EXISTS {name}")).await;
+    let _ = exec(
+        &mut ends.recipient,
+        &format!("DROP SUBSCRIPTION IF EXISTS {name}"),
+    )
+    .await;
+    let _ = exec(
+        &mut ends.recipient,
+        &format!("DROP TABLE IF EXISTS {marker}"),
+    )
+    .await;
+    let _ = exec(
+        &mut ends.donor,
+        &format!("DROP PUBLICATION IF EXISTS {name}"),
+    )
+    .await;
     let _ = exec(&mut ends.donor, &format!("DROP TABLE IF EXISTS {marker}")).await;
 }
 

@@ -112,7 +112,10 @@ impl Router {
         for shard in 0..sharded.shards {
             let connect = sharded
                 .connect_options(lab.addr(shard_host(shard)))
-                .options([("statement_timeout", options.write_timeout.as_millis().to_string())]);
+                .options([(
+                    "statement_timeout",
+                    options.write_timeout.as_millis().to_string(),
+                )]);
             shards.push(
                 PgPoolOptions::new()
                     .max_connections(options.connections)
@@ -163,7 +166,10 @@ impl Router {
                 }
                 Err(why) => return WriteOutcome::Fail(why),
             };
-            let sql = format!("INSERT INTO {} (id, key) VALUES ($1, $2)", chunk_table(chunk));
+            let sql = format!(
+                "INSERT INTO {} (id, key) VALUES ($1, $2)",
+                chunk_table(chunk)
+            );
             let written = sqlx::query(&sql)
                 .bind(id as i64)
                 .bind(key as i64)
@@ -289,7 +295,13 @@ mod tests {
 
     fn view(version: u64, revision: i64, critical: &[u32]) -> MapView {
         MapView {
-            table: vec![Entry { version, shard: version as usize % 3 }; 2],
+            table: vec![
+                Entry {
+                    version,
+                    shard: version as usize % 3
+                };
+                2
+            ],
             critical: critical.iter().copied().collect::<BTreeSet<_>>(),
             version,
             revision,
@@ -301,7 +313,10 @@ mod tests {
         let mut cache = view(5, 50, &[]);
         merge(&mut cache, view(4, 40, &[1]));
         assert_eq!(cache.table[0].version, 5);
-        assert!(cache.critical.is_empty(), "an older read's marks are ignored too");
+        assert!(
+            cache.critical.is_empty(),
+            "an older read's marks are ignored too"
+        );
         merge(&mut cache, view(6, 60, &[1]));
         assert_eq!(cache.table[0].version, 6);
         assert!(cache.critical.contains(&1));

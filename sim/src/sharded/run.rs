@@ -141,7 +141,15 @@ pub fn run_sharded(
     }
     add_routers(&mut sim, &world, scenario, settings, &plan, seed);
     let final_table = Rc::new(RefCell::new(None));
-    add_balancer(&mut sim, &world, scenario, settings, &plan, seed, &final_table);
+    add_balancer(
+        &mut sim,
+        &world,
+        scenario,
+        settings,
+        &plan,
+        seed,
+        &final_table,
+    );
     let mut driver = Driver::new(scenario, settings, layout, &world, &raft);
     driver.drive(&mut sim, workload_end, &final_table)?;
     let table = final_table.borrow().clone();

@@ -14,8 +14,8 @@ use quorumlab_sim::sharded::{run_sharded, ShardedBuild};
 use quorumlab_sim::sweep::sweep_sharded;
 
 use super::cli::{refuse_option, Build, SimOptions, SweepOptions, SystemCli, UpOptions};
-use crate::lab_setup::{install_if_missing, this_binary, Package};
 use crate::cmd::SafetyViolation;
+use crate::lab_setup::{install_if_missing, this_binary, Package};
 use crate::runtime::{runtime, seed_progress};
 use crate::table;
 
@@ -100,7 +100,12 @@ impl SystemCli for Sharded<'_> {
         let why = "give --shards (etcd runs on the first three hosts)";
         refuse_option(options.nodes.is_some(), "--nodes", "sharded", why)?;
         refuse_option(options.replicas.is_some(), "--replicas", "sharded", why)?;
-        refuse_option(options.mode.is_some(), "--mode", "sharded", "its shards do not replicate")?;
+        refuse_option(
+            options.mode.is_some(),
+            "--mode",
+            "sharded",
+            "its shards do not replicate",
+        )?;
         let s = self.settings;
         let full = options.shards.unwrap_or(s.shards);
         install_if_missing(PACKAGES)?;
