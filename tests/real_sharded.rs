@@ -79,19 +79,26 @@ async fn owned_ids(lab: &Lab) -> BTreeMap<u64, usize> {
     let view = map.read(CHUNKS).await.unwrap();
     let mut count = BTreeMap::new();
     for (chunk, entry) in view.table.iter().enumerate() {
-        let mut conn = sharded::connect(lab, entry.shard, Duration::from_secs(5))
-            .await
-            .unwrap();
-        let ids: Vec<i64> =
-            sqlx::query_scalar(&format!("SELECT id FROM {}", chunk_table(chunk as u32)))
-                .fetch_all(&mut conn)
-                .await
-                .unwrap();
+        let ids = shard_ids(lab, entry.shard, chunk as u32).await;
         for id in ids {
             *count.entry(id as u64).or_insert(0) += 1;
         }
     }
     count
+}
+
+/// The ids in `chunk`'s table on `shard`, ascending.
+async fn shard_ids(lab: &Lab, shard: usize, chunk: u32) -> Vec<i64> {
+    let mut conn = sharded::connect(lab, shard, Duration::from_secs(5))
+        .await
+        .unwrap();
+    sqlx::query_scalar(&format!(
+        "SELECT id FROM {} ORDER BY id",
+        chunk_table(chunk)
+    ))
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
 }
 
 #[test]
@@ -212,19 +219,12 @@ fn a_router_that_missed_the_change_retries_on_the_new_owner() {
             .await
             .unwrap();
         assert_eq!(owned, 0);
-        let on_donor: Vec<i64> = sqlx::query_scalar("SELECT id FROM ql_chunk_0 ORDER BY id")
-            .fetch_all(&mut donor)
-            .await
-            .unwrap();
-        assert_eq!(on_donor, vec![1], "the orphan copy, until range deletion");
-        let mut recipient = sharded::connect(&lab, 2, Duration::from_secs(5))
-            .await
-            .unwrap();
-        let on_recipient: Vec<i64> = sqlx::query_scalar("SELECT id FROM ql_chunk_0 ORDER BY id")
-            .fetch_all(&mut recipient)
-            .await
-            .unwrap();
-        assert_eq!(on_recipient, vec![1, 2]);
+        assert_eq!(
+            shard_ids(&lab, 0, 0).await,
+            vec![1],
+            "the orphan copy, until range deletion"
+        );
+        assert_eq!(shard_ids(&lab, 2, 0).await, vec![1, 2]);
         assert_eq!(delete_range(&lab, 0, 0).await.unwrap(), 1);
     });
 }

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use quorumlab_cluster::lab::Lab;
 use quorumlab_cluster::postgres::lab as postgres;
+use quorumlab_cluster::sharded;
 use quorumlab_experiment::SystemName;
 
 use super::load_scenario;
@@ -95,7 +96,8 @@ pub fn command(args: ClusterArgs) -> Result<()> {
     }
 }
 
-/// `cluster status`: the etcd members every lab has, and the Postgres nodes when it runs them.
+/// `cluster status`: the etcd members every lab has, and the Postgres nodes or shards when it
+/// runs them.
 fn status(state_dir: &Path, json: bool) -> Result<()> {
     let lab = Lab::load(state_dir)?;
     let rt = runtime()?;
@@ -104,13 +106,26 @@ fn status(state_dir: &Path, json: bool) -> Result<()> {
         Some(_) => Some(rt.block_on(postgres::status(&lab, Duration::from_secs(1)))?),
         None => None,
     };
+    let shards = match &lab.sharded {
+        Some(_) => Some(rt.block_on(sharded::status::status(&lab, Duration::from_secs(1)))?),
+        None => None,
+    };
     if json {
-        let value = serde_json::json!({ "etcd": members, "postgres": pg_nodes });
+        let value = serde_json::json!({
+            "etcd": members,
+            "postgres": pg_nodes,
+            "sharded": shards.as_ref().map(|(version, shards)| {
+                serde_json::json!({ "collection_version": version, "shards": shards })
+            }),
+        });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
     if let Some(nodes) = &pg_nodes {
         print_pg_nodes(nodes);
+    }
+    if let Some((version, shards)) = &shards {
+        print_shards(*version, shards);
     }
     print_members(&members);
     Ok(())
@@ -131,6 +146,32 @@ fn print_pg_nodes(nodes: &[postgres::PgNodeStatus]) {
             n.received_lsn,
             n.replayed_lsn,
             n.lag_bytes.map_or("-".to_string(), |b| b.to_string())
+        );
+    }
+    println!();
+}
+
+fn print_shards(version: u64, shards: &[sharded::status::ShardStatus]) {
+    println!("chunk map at collection version {version}");
+    println!(
+        "{:<5} {:<18} {:<6} {:<24} {:>10} {:>8}",
+        "shard", "endpoint", "health", "chunks", "owned rows", "orphans"
+    );
+    let count = |n: Option<i64>| n.map_or("-".to_string(), |n| n.to_string());
+    for s in shards {
+        let chunks: Vec<String> = s.chunks.iter().map(u32::to_string).collect();
+        println!(
+            "{:<5} {:<18} {:<6} {:<24} {:>10} {:>8}",
+            s.name,
+            s.endpoint,
+            if s.up { "up" } else { "DOWN" },
+            if chunks.is_empty() {
+                "-".to_string()
+            } else {
+                chunks.join(",")
+            },
+            count(s.owned_rows),
+            count(s.orphan_rows)
         );
     }
     println!();

@@ -42,19 +42,19 @@ struct OneRunArgs {
     /// Override the scenario's node count.
     #[arg(long)]
     nodes: Option<usize>,
-    /// Walk through the run event by event (Enter: next event, q: quit). etcd and MongoDB
-    /// scenarios.
+    /// Walk through the run event by event (Enter: next event, q: quit). etcd, MongoDB and
+    /// sharded scenarios.
     #[arg(long, conflicts_with = "json")]
     step: bool,
     /// Print the full trace, history and summary as JSON.
     #[arg(long)]
     json: bool,
     /// Write a self-contained HTML report (timeline and message diagram) into this directory.
-    /// etcd and MongoDB scenarios.
+    /// etcd, MongoDB and sharded scenarios.
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
-    /// List every client operation in the timeline instead of summarising them. etcd and
-    /// MongoDB scenarios.
+    /// List every client operation in the timeline instead of summarising them. etcd, MongoDB
+    /// and sharded scenarios.
     #[arg(long)]
     ops: bool,
     #[command(flatten)]

@@ -66,13 +66,19 @@ pub struct PgCluster {
 impl PgCluster {
     /// Connection options for the node at `addr`.
     pub fn connect_options(&self, addr: IpAddr) -> PgConnectOptions {
-        PgConnectOptions::new()
-            .host(&addr.to_string())
-            .port(PG_PORT)
-            .username("postgres")
-            .password(&self.superuser_password)
-            .database("postgres")
-            .application_name("quorumlab")
-            .disable_statement_logging()
+        superuser_options(addr, &self.superuser_password)
     }
+}
+
+/// Connection options for the lab's `postgres` superuser on the server at `addr`: every lab
+/// client (Patroni's cluster and the sharded one alike) connects this way.
+pub fn superuser_options(addr: IpAddr, password: &str) -> PgConnectOptions {
+    PgConnectOptions::new()
+        .host(&addr.to_string())
+        .port(PG_PORT)
+        .username("postgres")
+        .password(password)
+        .database("postgres")
+        .application_name("quorumlab")
+        .disable_statement_logging()
 }

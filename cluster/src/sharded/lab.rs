@@ -18,7 +18,7 @@ use quorumlab_experiment::routing::{Bounds, Entry, Table};
 use quorumlab_proto::agent::Action;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::Connection;
 
 use super::map::ChunkMap;
 use crate::agent::ServiceSpec;
@@ -27,7 +27,7 @@ use crate::hosts::LabNet;
 use crate::lab::{Lab, LabError};
 use crate::pki::{random_token, write_secret};
 use crate::postgres::lab::{chown_to_postgres, one_line, traversable, PG_BIN_DIR, PG_USER};
-use crate::postgres::settings::PG_PORT;
+use crate::postgres::settings::{superuser_options, PG_PORT};
 
 /// The SQLSTATE a shard answers a write to a chunk it does not own with.
 pub const STALE_SQLSTATE: &str = "QL001";
@@ -50,14 +50,7 @@ pub struct ShardCluster {
 impl ShardCluster {
     /// Connection options for the shard at `addr`.
     pub fn connect_options(&self, addr: std::net::IpAddr) -> PgConnectOptions {
-        PgConnectOptions::new()
-            .host(&addr.to_string())
-            .port(PG_PORT)
-            .username("postgres")
-            .password(&self.superuser_password)
-            .database("postgres")
-            .application_name("quorumlab")
-            .disable_statement_logging()
+        superuser_options(addr, &self.superuser_password)
     }
 
     /// The chunk bounds.

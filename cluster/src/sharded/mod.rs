@@ -4,9 +4,11 @@
 //! Read in this order: `lab` (the shards, their schema and ownership check, `cluster up
 //! sharded`), `map` (the chunk map in etcd, changed only by compare-and-swap), `router` (caches
 //! the map, watches it, sends each write to the owner it names and retries on "stale config"),
-//! `mover` (a chunk move by logical replication, in moveChunk's steps, leaving exactly one owner).
+//! `mover` (a chunk move by logical replication, in moveChunk's steps, leaving exactly one owner),
+//! `status` (what `cluster status` shows of each shard).
 
 pub mod lab;
 pub mod map;
 pub mod mover;
 pub mod router;
+pub mod status;

@@ -246,26 +246,53 @@ async fn clone(
         ),
     )
     .await?;
-    let deadline = Instant::now() + limits.clone;
-    loop {
-        let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid
-             WHERE s.subname = $1 AND r.srsubstate <> 'r'",
-        )
-        .bind(name)
-        .fetch_one(&mut ends.recipient)
+    let copied = Poll {
+        sql: "SELECT count(*) = 0 FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid
+              WHERE s.subname = $1 AND r.srsubstate <> 'r'",
+        binds: &[name],
+        every: Duration::from_millis(50),
+        limit: limits.clone,
+    };
+    copied
+        .until_true(&mut ends.recipient, || {
+            format!("the initial copy of chunk {chunk}")
+        })
         .await
-        .map_err(pg)?;
-        if pending == 0 {
-            return Ok(());
+}
+
+/// A query returning one boolean, asked until it says true or `limit` passes.
+struct Poll<'a> {
+    sql: &'a str,
+    binds: &'a [&'a str],
+    every: Duration,
+    limit: Duration,
+}
+
+impl Poll<'_> {
+    /// Asks until true; a timeout names `what` did not finish.
+    async fn until_true(
+        &self,
+        conn: &mut PgConnection,
+        what: impl Fn() -> String,
+    ) -> Result<(), LabError> {
+        let deadline = Instant::now() + self.limit;
+        loop {
+            let mut query = sqlx::query_scalar::<_, Option<bool>>(self.sql);
+            for bind in self.binds {
+                query = query.bind(*bind);
+            }
+            if query.fetch_one(&mut *conn).await.map_err(pg)? == Some(true) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Timeout(format!(
+                    "{} did not finish within {:?}",
+                    what(),
+                    self.limit
+                )));
+            }
+            tokio::time::sleep(self.every).await;
         }
-        if Instant::now() > deadline {
-            return Err(LabError::Timeout(format!(
-                "the initial copy of chunk {chunk} did not finish within {:?}",
-                limits.clone
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -283,27 +310,16 @@ async fn wait_for_slot(
     lsn: &str,
     limit: Duration,
 ) -> Result<(), LabError> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let caught_up: Option<bool> = sqlx::query_scalar(
-            "SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
-        )
-        .bind(slot)
-        .bind(lsn)
-        .fetch_optional(&mut *donor)
+    let confirmed = Poll {
+        sql: "SELECT (SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots
+                      WHERE slot_name = $1)",
+        binds: &[slot, lsn],
+        every: Duration::from_millis(20),
+        limit,
+    };
+    confirmed
+        .until_true(donor, || format!("the recipient's catch-up to {lsn}"))
         .await
-        .map_err(pg)?
-        .flatten();
-        if caught_up == Some(true) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(LabError::Timeout(format!(
-                "the recipient did not catch up to {lsn} within {limit:?}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn wait_for_marker(
@@ -311,22 +327,18 @@ async fn wait_for_marker(
     marker: &str,
     limit: Duration,
 ) -> Result<(), LabError> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let seen: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {marker}"))
-            .fetch_one(&mut *recipient)
-            .await
-            .map_err(pg)?;
-        if seen > 0 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(LabError::Timeout(format!(
-                "the recipient did not apply the fence marker within {limit:?}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let sql = format!("SELECT count(*) > 0 FROM {marker}");
+    let applied = Poll {
+        sql: &sql,
+        binds: &[],
+        every: Duration::from_millis(5),
+        limit,
+    };
+    applied
+        .until_true(recipient, || {
+            "the recipient's apply of the fence marker".into()
+        })
+        .await
 }
 
 /// The recipient takes ownership, then the map is swapped; on a lost swap the recipient gives
