@@ -1,6 +1,7 @@
 //! Real chunk moves between live Postgres shards (root; etcd and Postgres 15 installed): a move
-//! under write load loses and duplicates nothing, and a router that missed the map change
-//! retries instead of writing to the old owner.
+//! under write load loses and duplicates nothing, a router that missed the map change retries
+//! instead of writing to the old owner, and a scenario whose donor is killed in the critical
+//! section ends with one owner per chunk and no acknowledged row lost.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -11,8 +12,13 @@ use std::time::Duration;
 use quorumlab_cluster::lab::Lab;
 use quorumlab_cluster::sharded::lab::{self as sharded, chunk_table};
 use quorumlab_cluster::sharded::map::ChunkMap;
-use quorumlab_cluster::sharded::mover::{delete_range, move_chunk, MoveLimits, MoveOutcome};
+use quorumlab_cluster::sharded::mover::{
+    delete_range, move_chunk, MoveHooks, MoveLimits, MoveOutcome,
+};
 use quorumlab_cluster::sharded::router::{Router, RouterOptions, WriteOutcome};
+use quorumlab_cluster::sharded::run::run_sharded_real;
+use quorumlab_experiment::rebalance::MigrationOutcome;
+use quorumlab_experiment::Scenario;
 
 mod common;
 
@@ -129,6 +135,7 @@ fn moves_under_write_load_lose_and_duplicate_nothing() {
                 to,
                 id as u64 + 1,
                 MoveLimits::default(),
+                &mut MoveHooks::default(),
             )
             .await
             .unwrap();
@@ -195,9 +202,17 @@ fn a_router_that_missed_the_change_retries_on_the_new_owner() {
             WriteOutcome::Ok { shard: 0, .. }
         ));
         let mut map = ChunkMap::connect(&lab).await.unwrap();
-        let report = move_chunk(&lab, &mut map, 0, 2, 1, MoveLimits::default())
-            .await
-            .unwrap();
+        let report = move_chunk(
+            &lab,
+            &mut map,
+            0,
+            2,
+            1,
+            MoveLimits::default(),
+            &mut MoveHooks::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(report.outcome, MoveOutcome::Committed);
         assert_eq!(
             stale.cached().table[0].shard,
@@ -227,4 +242,39 @@ fn a_router_that_missed_the_change_retries_on_the_new_owner() {
         assert_eq!(shard_ids(&lab, 2, 0).await, vec![1, 2]);
         assert_eq!(delete_range(&lab, 0, 0).await.unwrap(), 1);
     });
+}
+
+#[test]
+fn a_donor_killed_in_the_critical_section_leaves_one_owner_and_loses_nothing() {
+    if common::skipped(NEEDS) {
+        return;
+    }
+    let _one = common::one_lab();
+    let dir = LabDir::new("sharded-donor-crash");
+    let mut scenario = Scenario::load("shard-donor-crash").unwrap();
+    scenario.duration_ms = 12_000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_quorumlab"));
+    let run = rt
+        .block_on(run_sharded_real(&scenario, 1, &dir.0, binary))
+        .unwrap();
+    let s = &run.summary;
+    eprintln!("migrations: {:?}", run.migrations);
+    let first = &run.migrations[0];
+    assert_eq!(first.outcome, MigrationOutcome::Aborted, "{first:?}");
+    assert!(
+        first.critical_from_us.is_some(),
+        "the kill came in the critical section"
+    );
+    assert!(
+        s.migrations_committed >= 1,
+        "the balancer carried on after the recovery: {s:?}"
+    );
+    assert!(s.acked_writes > 1000, "{s:?}");
+    assert_eq!(s.lost_writes, 0, "{s:?}");
+    assert!(
+        s.invariant_violations.is_empty(),
+        "{:?}",
+        s.invariant_violations
+    );
 }

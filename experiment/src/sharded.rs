@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::node::NodeId;
 use crate::problem::{problem, Problem};
+use crate::routing::Table;
 
 /// A step of a chunk migration (MongoDB's `moveChunk`), as faults and the trace name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -155,6 +156,41 @@ pub enum BalancerPolicy {
     /// A stress test: every round moves a seeded random chunk to another shard, so migrations
     /// never stop.
     Shuffle,
+}
+
+impl BalancerPolicy {
+    /// The balancer's next migration of a chunk in `table` over `shards`: (chunk, recipient), or
+    /// `None` when there is nothing to move. `draw(lo, hi)` is a uniform draw in `lo..hi` from the
+    /// caller's seeded generator, so the simulator and the real balancer choose alike.
+    pub fn next_move(
+        self,
+        table: &Table,
+        shards: usize,
+        imbalance_chunks: usize,
+        draw: &mut dyn FnMut(usize, usize) -> usize,
+    ) -> Option<(u32, usize)> {
+        match self {
+            BalancerPolicy::Even => {
+                let mut counts = vec![0usize; shards];
+                for e in table {
+                    counts[e.shard] += 1;
+                }
+                let donor = (0..shards).max_by_key(|&s| (counts[s], std::cmp::Reverse(s)))?;
+                let recipient = (0..shards).min_by_key(|&s| (counts[s], s))?;
+                if counts[donor] < counts[recipient] + imbalance_chunks {
+                    return None;
+                }
+                let chunk = table.iter().position(|e| e.shard == donor)? as u32;
+                Some((chunk, recipient))
+            }
+            BalancerPolicy::Shuffle => {
+                let chunk = draw(0, table.len()) as u32;
+                let from = table[chunk as usize].shard;
+                let to = (from + draw(1, shards.max(2))) % shards;
+                (to != from).then_some((chunk, to))
+            }
+        }
+    }
 }
 
 /// A growth step of a `quorumlab shard` workload to replay: its chunk map at the step's start

@@ -186,6 +186,9 @@ fn shard_service(
         ("max_replication_slots", "20".into()),
         ("max_logical_replication_workers", "8".into()),
         ("wal_receiver_status_interval", "1s".into()),
+        // The logical replication launcher and apply workers wait this long before starting a
+        // worker (default 5 s): a move's initial copy would idle that long before it began.
+        ("wal_retrieve_retry_interval", "100ms".into()),
     ] {
         args.push("-c".into());
         args.push(format!("{name}={value}"));

@@ -15,11 +15,16 @@
 //!
 //! Before the commit a failure aborts: the recipient's copy and ownership go, the donor owns the
 //! chunk again. After it, the recipient owns it whatever fails. Either way exactly one shard owns
-//! the chunk.
+//! the chunk; an end that was down during the abort is put right by [`recover`] once it is back.
+//!
+//! [`MoveHooks`] lets a driver see when each step began and kill one end's Postgres as a step is
+//! reached (a scenario's step fault).
 
 use std::time::{Duration, Instant};
 
 use quorumlab_experiment::routing::Entry;
+use quorumlab_experiment::sharded::MigrationStep;
+use quorumlab_proto::agent::Action;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnection;
 use sqlx::Row;
@@ -74,6 +79,59 @@ pub struct MoveReport {
     pub outcome: MoveOutcome,
 }
 
+/// Which end of a move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveEnd {
+    /// The shard giving the chunk away.
+    Donor,
+    /// The shard taking it.
+    Recipient,
+}
+
+/// What a move shows its driver and lets it do, step by step.
+#[derive(Debug, Default)]
+pub struct MoveHooks {
+    /// Kill this end's Postgres (SIGKILL, through its agent) as the move reaches this step.
+    pub kill_at: Option<(MigrationStep, MoveEnd)>,
+    /// Each step the move reached, and when it began (filled in by the move).
+    pub reached: Vec<(MigrationStep, Instant)>,
+    /// The shard killed and when (filled in by the move).
+    pub killed: Option<(usize, Instant)>,
+}
+
+impl MoveHooks {
+    /// Records that the move reached `step`, and fires the kill asked for at it.
+    async fn reach(&mut self, lab: &Lab, step: MigrationStep, (from, to): (usize, usize)) {
+        self.reached.push((step, Instant::now()));
+        let Some((at, end)) = self.kill_at else {
+            return;
+        };
+        if at != step || self.killed.is_some() {
+            return;
+        }
+        let shard = match end {
+            MoveEnd::Donor => from,
+            MoveEnd::Recipient => to,
+        };
+        // A kill that cannot be delivered leaves the move to go on: the run reports no kill.
+        if lab
+            .signal(shard_host(shard), "postgres", Action::Kill)
+            .await
+            .is_ok()
+        {
+            self.killed = Some((shard, Instant::now()));
+        }
+    }
+
+    /// When the move reached `step`, if it did.
+    pub fn when(&self, step: MigrationStep) -> Option<Instant> {
+        self.reached
+            .iter()
+            .find(|(s, _)| *s == step)
+            .map(|(_, at)| *at)
+    }
+}
+
 /// Step limits of a move.
 #[derive(Debug, Clone, Copy)]
 pub struct MoveLimits {
@@ -113,6 +171,7 @@ pub async fn move_chunk(
     to: usize,
     move_id: u64,
     limits: MoveLimits,
+    hooks: &mut MoveHooks,
 ) -> Result<MoveReport, LabError> {
     let started = Instant::now();
     let chunks = cluster(lab)?.chunks;
@@ -147,7 +206,8 @@ pub async fn move_chunk(
         name: format!("ql_move_{move_id}"),
         marker: format!("ql_marker_{move_id}"),
     };
-    if let Err(e) = run_steps(lab, map, &mut ends, entry, &mut report, limits).await {
+    let steps = run_steps(lab, map, &mut ends, entry, &mut report, (limits, hooks));
+    if let Err(e) = steps.await {
         // A failed step may have been the commit itself, its answer lost: the map says how it
         // ended, and only a move the map does not show committed is undone.
         match map.read(chunks).await {
@@ -175,19 +235,25 @@ async fn run_steps(
     ends: &mut Ends,
     entry: Entry,
     report: &mut MoveReport,
-    limits: MoveLimits,
+    (limits, hooks): (MoveLimits, &mut MoveHooks),
 ) -> Result<(), LabError> {
     let chunk = report.chunk;
     let t = chunk_table(chunk);
+    let ends_of = (report.from, report.to);
+    hooks.reach(lab, MigrationStep::Clone, ends_of).await;
     let step = Instant::now();
     clone(lab, ends, chunk, report.from, limits).await?;
     report.clone_ms = step.elapsed().as_millis() as u64;
 
+    hooks.reach(lab, MigrationStep::CatchUp, ends_of).await;
     let step = Instant::now();
     let lsn = current_lsn(&mut ends.donor).await?;
     wait_for_slot(&mut ends.donor, &ends.name, &lsn, limits.catch_up).await?;
     report.catch_up_ms = step.elapsed().as_millis() as u64;
 
+    hooks
+        .reach(lab, MigrationStep::CriticalSection, ends_of)
+        .await;
     let critical = Instant::now();
     map.set_critical(chunk, Some(report.move_id)).await?;
     exec(
@@ -208,6 +274,7 @@ async fn run_steps(
     exec(&mut ends.donor, &format!("INSERT INTO {marker} VALUES (1)")).await?;
     wait_for_marker(&mut ends.recipient, marker, limits.catch_up).await?;
 
+    hooks.reach(lab, MigrationStep::Commit, ends_of).await;
     let version = commit(map, ends, chunk, entry, report.to).await?;
     report.version = version;
     map.set_critical(chunk, None).await?;
@@ -410,6 +477,66 @@ async fn cleanup(ends: &mut Ends) {
     )
     .await;
     let _ = exec(&mut ends.donor, &format!("DROP TABLE IF EXISTS {marker}")).await;
+}
+
+/// Finishes a move that stopped with one end down, once both ends answer again (as a MongoDB
+/// shard recovers its migration when it comes back): the subscription, publication and markers
+/// go; the owner the map names records ownership at the map's version, the other end gives up
+/// any claim and, if it was the recipient of a move that did not commit, its copy; the critical
+/// mark goes. Idempotent; retries until both ends answer or `limit` passes.
+pub async fn recover(
+    lab: &Lab,
+    map: &mut ChunkMap,
+    report: &MoveReport,
+    limit: Duration,
+) -> Result<(), LabError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match recover_once(lab, map, report).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(LabError::Timeout(format!(
+                    "recovering the move of chunk {} within {limit:?}: {e}",
+                    report.chunk
+                )))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+async fn recover_once(lab: &Lab, map: &mut ChunkMap, report: &MoveReport) -> Result<(), LabError> {
+    let timeout = Duration::from_secs(2);
+    let chunk = report.chunk;
+    let mut ends = Ends {
+        chunks: cluster(lab)?.chunks,
+        donor: connect(lab, report.from, timeout).await?,
+        recipient: connect(lab, report.to, timeout).await?,
+        name: format!("ql_move_{}", report.move_id),
+        marker: format!("ql_marker_{}", report.move_id),
+    };
+    let owner = map.read(ends.chunks).await?.table[chunk as usize];
+    // Cleanup first: the recipient's subscription must be gone before its copy is dropped.
+    exec(
+        &mut ends.recipient,
+        &format!("DROP SUBSCRIPTION IF EXISTS {}", ends.name),
+    )
+    .await?;
+    cleanup(&mut ends).await;
+    let disown = format!("DELETE FROM ql_owned WHERE chunk = {chunk}");
+    if owner.shard == report.to {
+        own(&mut ends.recipient, chunk, owner.version).await?;
+        exec(&mut ends.donor, &disown).await?;
+    } else {
+        exec(&mut ends.recipient, &disown).await?;
+        exec(
+            &mut ends.recipient,
+            &format!("DROP TABLE IF EXISTS {}", chunk_table(chunk)),
+        )
+        .await?;
+        own(&mut ends.donor, chunk, owner.version).await?;
+    }
+    map.set_critical(chunk, None).await
 }
 
 /// Range deletion: drops `shard`'s copy of `chunk` unless it owns it. Returns the rows deleted.

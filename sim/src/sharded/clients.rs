@@ -458,7 +458,11 @@ pub async fn balancer(plan: BalancerPlan) -> turmoil::Result {
         let shards = plan.world.borrow().layout.shards;
         let pick = match replay.as_mut() {
             Some(moves) => moves.find(|&(chunk, to)| table[chunk as usize].shard != to),
-            None => choose(&table, shards, &plan, &mut rng),
+            None => plan
+                .policy
+                .next_move(&table, shards, plan.imbalance_chunks, &mut |lo, hi| {
+                    rng.gen_range(lo..hi)
+                }),
         };
         let Some((chunk, to)) = pick else {
             if replay.is_some() {
@@ -496,34 +500,4 @@ pub async fn balancer(plan: BalancerPlan) -> turmoil::Result {
         .await;
     }
     Ok(())
-}
-
-/// The next migration by the policy: (chunk, recipient), or `None` when balanced.
-fn choose(
-    table: &Table,
-    shards: usize,
-    plan: &BalancerPlan,
-    rng: &mut SmallRng,
-) -> Option<(u32, usize)> {
-    match plan.policy {
-        BalancerPolicy::Even => {
-            let mut counts = vec![0usize; shards];
-            for e in table {
-                counts[e.shard] += 1;
-            }
-            let donor = (0..shards).max_by_key(|&s| (counts[s], std::cmp::Reverse(s)))?;
-            let recipient = (0..shards).min_by_key(|&s| (counts[s], s))?;
-            if counts[donor] < counts[recipient] + plan.imbalance_chunks {
-                return None;
-            }
-            let chunk = table.iter().position(|e| e.shard == donor)? as u32;
-            Some((chunk, recipient))
-        }
-        BalancerPolicy::Shuffle => {
-            let chunk = rng.gen_range(0..table.len()) as u32;
-            let from = table[chunk as usize].shard;
-            let to = (from + rng.gen_range(1..shards.max(2))) % shards;
-            (to != from).then_some((chunk, to))
-        }
-    }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use quorumlab_experiment::history::{OpKind, Outcome};
-use quorumlab_experiment::rebalance::{LatencyMs, ShardedRunSummary};
+use quorumlab_experiment::rebalance::{LatencyMs, MigrationRecord, ShardedRunSummary};
 use quorumlab_experiment::report::render_html;
 use quorumlab_experiment::Scenario;
 use quorumlab_sim::sharded::host::ShardedEvent;
@@ -27,9 +27,9 @@ fn latency(l: Option<LatencyMs>) -> String {
     })
 }
 
-/// Prints one run's measurements.
-pub fn print_run(s: &ShardedRunSummary) {
-    println!("\nseed {}:", s.seed);
+/// Prints one run's measurements, headed `{what} {seed}` (a simulated seed or a real run).
+pub fn print_run(s: &ShardedRunSummary, what: &str) {
+    println!("\n{what} {}:", s.seed);
     println!(
         "  migrations: {} started, {} committed, {} aborted; {:.1} MiB moved",
         s.migrations_started,
@@ -78,13 +78,13 @@ pub fn print_run(s: &ShardedRunSummary) {
 }
 
 /// One line per migration.
-pub fn print_migrations(run: &ShardedSimRun) {
-    if run.migrations.is_empty() {
+pub fn print_migrations(migrations: &[MigrationRecord]) {
+    if migrations.is_empty() {
         return;
     }
     println!("\n  migration  chunk  from  to    started   critical section   ended      outcome");
     let at = |us: Option<u64>| us.map_or("-".to_string(), |us| format!("{:.3}s", us as f64 / 1e6));
-    for m in &run.migrations {
+    for m in migrations {
         let critical = match (m.critical_from_us, m.critical_to_us) {
             (Some(from), Some(to)) => format!("{} ms", (to - from) / 1000),
             (Some(_), None) => "never left".into(),
@@ -145,7 +145,7 @@ pub fn step_through(heading: &str, run: &ShardedSimRun) -> Result<()> {
             return Ok(());
         }
     }
-    print_run(&run.summary);
+    print_run(&run.summary, "seed");
     Ok(())
 }
 

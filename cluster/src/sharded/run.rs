@@ -1,0 +1,492 @@
+//! A sharded scenario on a real lab: the same file the simulator runs, on Postgres shards with
+//! the chunk map in etcd, measured into the simulator's [`ShardedRunSummary`].
+//!
+//! The scenario's clients insert through its routers (client `c` uses router `c % routers`) at
+//! the scenario's write rate; its reads are not sent (the real routers route writes only), so a
+//! real run's read columns stay empty. The balancer takes the simulator's policy
+//! ([`BalancerPolicy::next_move`], seeded by the run number) and moves one chunk at a time until
+//! the workload ends; a committed move's donor copy is range-deleted
+//! `range_deletion_delay_ms` later, between moves (the balancer's task does both, one at a time). A step fault kills an end's Postgres as the move reaches its
+//! step, starts it again `for_ms` later and recovers the move ([`recover`]). Afterwards every
+//! chunk's owner (by the map) is read: an acknowledged id that no owner holds is lost, and a shard
+//! that still claims a chunk the map gives to another breaks the one-owner invariant.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
+use quorumlab_experiment::rebalance::{
+    summarize, MigrationOutcome, MigrationRecord, OrphanSpan, ShardedObservation, ShardedRunSummary,
+};
+use quorumlab_experiment::scenario::Scenario;
+use quorumlab_experiment::sharded::{MigrationStep, ShardedSettings, StepFaultKind};
+use quorumlab_experiment::system::System;
+use quorumlab_proto::agent::Action;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use super::lab::{self as sharded, chunk_table, connect, shard_host};
+use super::map::ChunkMap;
+use super::mover::{
+    delete_range, move_chunk, recover, MoveEnd, MoveHooks, MoveLimits, MoveOutcome, MoveReport,
+};
+use super::router::{Router, RouterOptions, WriteOutcome};
+use crate::lab::{Lab, LabError};
+use crate::run::RunError;
+
+/// After the workload: the longest wait for a pending range deletion before the end is read.
+const SETTLE: Duration = Duration::from_secs(10);
+/// How long a failed move's ends have to come back before its recovery gives up.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
+
+/// One real run of a sharded scenario.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RealShardedRun {
+    /// The measurements, as the simulator makes them.
+    pub summary: ShardedRunSummary,
+    /// Every migration, timed from the workload's start (as the simulator records them).
+    pub migrations: Vec<MigrationRecord>,
+    /// Every move, as the mover reported it.
+    pub moves: Vec<MoveReport>,
+    /// Every client write.
+    pub history: History,
+}
+
+quorumlab_experiment::run_record!(RealShardedRun, ShardedRunSummary);
+
+/// What a real sharded run cannot do yet, in one line each; `None` when it can run `scenario`.
+pub fn unsupported(scenario: &Scenario, settings: &ShardedSettings) -> Option<String> {
+    if !scenario.faults.is_empty() || scenario.chaos.is_some() {
+        return Some("timed faults are not run on real shards yet (step faults are)".into());
+    }
+    if settings.growth_replay.is_some() {
+        return Some("a growth replay runs in the simulator only".into());
+    }
+    settings
+        .step_faults
+        .iter()
+        .find(|f| f.kind != StepFaultKind::CrashDonor && f.kind != StepFaultKind::CrashRecipient)
+        .map(|f| format!("the step fault \"{}\" runs in the simulator only (real runs crash a donor or recipient)", f.kind))
+}
+
+/// Runs `scenario` once on a fresh sharded lab in `state_dir`, then takes the lab down.
+pub async fn run_sharded_real(
+    scenario: &Scenario,
+    run_number: u64,
+    state_dir: &Path,
+    agent_binary: &Path,
+) -> Result<RealShardedRun, RunError> {
+    let System::Sharded(settings) = &scenario.system else {
+        return Err(unsupported_error(scenario, "not a sharded scenario".into()));
+    };
+    if let Some(why) = unsupported(scenario, settings) {
+        return Err(unsupported_error(scenario, why));
+    }
+    let shards = settings.shards + settings.new_shards;
+    let lab = sharded::up(
+        state_dir,
+        shards,
+        settings.new_shards,
+        settings.chunks,
+        agent_binary,
+    )
+    .await?;
+    let result = run_on_lab(scenario, settings, run_number, &lab).await;
+    Lab::down(state_dir)?;
+    Ok(result?)
+}
+
+fn unsupported_error(scenario: &Scenario, reason: String) -> RunError {
+    RunError::Unsupported {
+        scenario: scenario.name.clone(),
+        reason,
+    }
+}
+
+/// Runs `scenario` once on a sharded lab that is up and fresh.
+pub async fn run_on_lab(
+    scenario: &Scenario,
+    settings: &ShardedSettings,
+    run_number: u64,
+    lab: &Lab,
+) -> Result<RealShardedRun, LabError> {
+    let w = &scenario.workload;
+    let options = RouterOptions {
+        retries: settings.router_retries,
+        write_timeout: Duration::from_millis(w.timeout_ms),
+        ..RouterOptions::default()
+    };
+    let mut routers = Vec::new();
+    for _ in 0..settings.routers.max(1) {
+        routers.push(Arc::new(Router::start(lab, options).await?));
+    }
+    let start = Instant::now();
+    let until = start + Duration::from_millis(scenario.duration_ms);
+    let clients = spawn_clients(scenario, &routers, run_number, (start, until));
+    let balanced = balance(lab, settings, run_number, (start, until)).await;
+    let mut ops = Vec::new();
+    for client in clients {
+        ops.extend(client.await.map_err(|e| LabError::Timeout(e.to_string()))?);
+    }
+    let mut balanced = balanced?;
+    balanced.finish_range_deletions(lab, start).await;
+    let history = History { ops };
+    let migrations = balanced.migrations.clone();
+    let seen = observe(
+        lab,
+        &routers,
+        &history,
+        balanced.migrations,
+        balanced.orphans,
+    )
+    .await?;
+    let summary = summarize(&scenario.name, run_number, &history, &seen);
+    Ok(RealShardedRun {
+        summary,
+        migrations,
+        moves: balanced.moves,
+        history,
+    })
+}
+
+/// Starts the scenario's clients, each inserting at its share of the write rate until `until`.
+fn spawn_clients(
+    scenario: &Scenario,
+    routers: &[Arc<Router>],
+    run_number: u64,
+    (start, until): (Instant, Instant),
+) -> Vec<tokio::task::JoinHandle<Vec<Op>>> {
+    let w = &scenario.workload;
+    let clients = w.clients.max(1) as u64;
+    // The simulator's clients also read; here only its writes are sent, at the same rate.
+    let writes_per_s =
+        (w.rate_per_s * u64::from(w.put.max(1)) / u64::from(w.put.max(1) + w.get)).max(1);
+    let period = Duration::from_micros(1_000_000 * clients / writes_per_s);
+    (0..clients)
+        .map(|c| {
+            let router = routers[c as usize % routers.len()].clone();
+            let keys = w.keys.max(1);
+            tokio::spawn(async move {
+                let mut rng = SmallRng::seed_from_u64(run_number << 16 | c);
+                let mut ticker = tokio::time::interval(period);
+                let mut ops = Vec::new();
+                for seq in 1.. {
+                    ticker.tick().await;
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    let (id, key) = ((c << 40) | seq, rng.gen_range(0..keys));
+                    ops.push(write(&router, c as u32, (id, key), start).await);
+                }
+                ops
+            })
+        })
+        .collect()
+}
+
+/// One insert through `router`, as a history operation (its value is the row's id).
+async fn write(router: &Router, client: u32, (id, key): (u64, u32), start: Instant) -> Op {
+    let invoke_us = start.elapsed().as_micros() as u64;
+    let (outcome, node) = match router.insert(id, u64::from(key)).await {
+        WriteOutcome::Ok { shard, .. } => (
+            Outcome::Ok {
+                read: None,
+                swapped: None,
+            },
+            Some(format!("s{}", shard + 1)),
+        ),
+        WriteOutcome::Fail(_) => (Outcome::Fail, None),
+        WriteOutcome::Unknown(_) => (Outcome::Info, None),
+    };
+    Op {
+        id,
+        client,
+        kind: OpKind::Put { key, value: id },
+        invoke_us,
+        complete_us: start.elapsed().as_micros() as u64,
+        outcome,
+        node,
+    }
+}
+
+/// What the balancer did.
+struct Balanced {
+    migrations: Vec<MigrationRecord>,
+    moves: Vec<MoveReport>,
+    orphans: Vec<OrphanSpan>,
+    /// Range deletions not yet done: (when due, index into `orphans`), in order.
+    deletions: Vec<(Instant, usize)>,
+}
+
+impl Balanced {
+    /// Carries out the range deletions due by now, timing each.
+    async fn delete_due_ranges(&mut self, lab: &Lab, start: Instant) {
+        while let Some(&(due, i)) = self.deletions.first() {
+            if due > Instant::now() {
+                return;
+            }
+            self.deletions.remove(0);
+            let (shard, chunk) = (self.orphans[i].shard, self.orphans[i].chunk);
+            // A deletion that fails (the shard down) leaves the orphan counted as left.
+            if let Ok(rows) = delete_range(lab, shard, chunk).await {
+                let at = start.elapsed().as_micros() as u64;
+                self.orphans[i].deleted_us = (rows > 0).then_some(at);
+            }
+        }
+    }
+
+    /// After the workload: the range deletions due within [`SETTLE`], each at its time.
+    async fn finish_range_deletions(&mut self, lab: &Lab, start: Instant) {
+        let deadline = Instant::now() + SETTLE;
+        while let Some(&(due, _)) = self.deletions.first() {
+            if due > deadline {
+                return;
+            }
+            tokio::time::sleep_until(due.into()).await;
+            self.delete_due_ranges(lab, start).await;
+        }
+    }
+}
+
+/// The balancer: one move at a time, by the scenario's policy, until `until`.
+async fn balance(
+    lab: &Lab,
+    settings: &ShardedSettings,
+    run_number: u64,
+    (start, until): (Instant, Instant),
+) -> Result<Balanced, LabError> {
+    let mut map = ChunkMap::connect(lab).await?;
+    let mut rng = SmallRng::seed_from_u64(run_number);
+    let shards = settings.shards + settings.new_shards;
+    let interval = Duration::from_millis(settings.balancer_interval_ms);
+    let mut done = Balanced {
+        migrations: Vec::new(),
+        moves: Vec::new(),
+        orphans: Vec::new(),
+        deletions: Vec::new(),
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        done.delete_due_ranges(lab, start).await;
+        if Instant::now() >= until {
+            return Ok(done);
+        }
+        let table = map.read(settings.chunks).await?.table;
+        let pick = settings.balancer.next_move(
+            &table,
+            shards,
+            settings.imbalance_chunks,
+            &mut |lo, hi| rng.gen_range(lo..hi),
+        );
+        let Some((chunk, to)) = pick else { continue };
+        let number = done.moves.len() as u64 + 1;
+        let mut hooks = MoveHooks {
+            kill_at: kill_at(settings, number),
+            ..MoveHooks::default()
+        };
+        let report = move_chunk(
+            lab,
+            &mut map,
+            chunk,
+            to,
+            number,
+            MoveLimits::default(),
+            &mut hooks,
+        )
+        .await?;
+        settle_kill(lab, &mut map, settings, &report, &hooks).await?;
+        done.record(settings, &report, &hooks, start);
+    }
+}
+
+/// The kill the scenario's step faults ask for in move `number`.
+fn kill_at(settings: &ShardedSettings, number: u64) -> Option<(MigrationStep, MoveEnd)> {
+    let fault = settings
+        .step_faults
+        .iter()
+        .find(|f| f.migration == number)?;
+    let end = match fault.kind {
+        StepFaultKind::CrashDonor => MoveEnd::Donor,
+        StepFaultKind::CrashRecipient => MoveEnd::Recipient,
+        _ => return None,
+    };
+    Some((fault.at, end))
+}
+
+/// After a move whose end was killed: starts it again `for_ms` after the kill, then recovers the
+/// move so that the chunk has exactly the owner the map names.
+async fn settle_kill(
+    lab: &Lab,
+    map: &mut ChunkMap,
+    settings: &ShardedSettings,
+    report: &MoveReport,
+    hooks: &MoveHooks,
+) -> Result<(), LabError> {
+    let Some((shard, killed_at)) = hooks.killed else {
+        return Ok(());
+    };
+    let for_ms = settings
+        .step_faults
+        .iter()
+        .find(|f| f.migration == report.move_id)
+        .map_or(0, |f| f.for_ms);
+    tokio::time::sleep_until((killed_at + Duration::from_millis(for_ms)).into()).await;
+    lab.signal(shard_host(shard), "postgres", Action::Start)
+        .await?;
+    recover(lab, map, report, RECOVERY_LIMIT).await
+}
+
+impl Balanced {
+    /// Records a finished move: its migration record, and for a committed one the donor's copy
+    /// as an orphan with its range deletion scheduled.
+    fn record(
+        &mut self,
+        settings: &ShardedSettings,
+        report: &MoveReport,
+        hooks: &MoveHooks,
+        start: Instant,
+    ) {
+        let us = |at: Instant| at.saturating_duration_since(start).as_micros() as u64;
+        let started = hooks.when(MigrationStep::Clone).unwrap_or(start);
+        let ended_us = us(started) + report.total_ms * 1000;
+        let critical_from_us = hooks.when(MigrationStep::CriticalSection).map(us);
+        let committed = report.outcome == MoveOutcome::Committed;
+        let critical_to_us = critical_from_us.map(|from| match committed {
+            true => from + report.critical_ms * 1000,
+            false => ended_us,
+        });
+        let why = match &report.outcome {
+            MoveOutcome::Committed => None,
+            MoveOutcome::Aborted(why) | MoveOutcome::InDoubt(why) => Some(why.clone()),
+        };
+        self.migrations.push(MigrationRecord {
+            number: report.move_id,
+            chunk: report.chunk,
+            from: report.from,
+            to: report.to,
+            started_us: us(started),
+            critical_from_us,
+            critical_to_us,
+            ended_us: Some(ended_us),
+            outcome: match committed {
+                true => MigrationOutcome::Committed,
+                false => MigrationOutcome::Aborted,
+            },
+            bytes: report.bytes,
+            why,
+        });
+        if committed {
+            self.schedule_range_deletion(settings, report, ended_us);
+        }
+        self.moves.push(report.clone());
+    }
+
+    fn schedule_range_deletion(
+        &mut self,
+        settings: &ShardedSettings,
+        report: &MoveReport,
+        from_us: u64,
+    ) {
+        self.orphans.push(OrphanSpan {
+            shard: report.from,
+            chunk: report.chunk,
+            docs: report.rows,
+            from_us,
+            deleted_us: None,
+        });
+        let due = Instant::now() + Duration::from_millis(settings.range_deletion_delay_ms);
+        self.deletions.push((due, self.orphans.len() - 1));
+    }
+}
+
+/// The end state, read from every shard against the map, with what the routers counted.
+async fn observe(
+    lab: &Lab,
+    routers: &[Arc<Router>],
+    history: &History,
+    migrations: Vec<MigrationRecord>,
+    orphans: Vec<OrphanSpan>,
+) -> Result<ShardedObservation, LabError> {
+    let chunks = sharded::cluster(lab)?.chunks;
+    let table = ChunkMap::connect(lab).await?.read(chunks).await?.table;
+    let mut seen = ShardedObservation {
+        migrations,
+        orphans,
+        stale_config_retries: routers
+            .iter()
+            .map(|r| {
+                r.stats
+                    .stale_retries
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum(),
+        ..ShardedObservation::default()
+    };
+    for shard in 0..sharded::cluster(lab)?.shards {
+        let claims = shard_claims(lab, shard, chunks).await?;
+        for (chunk, ids) in claims {
+            let owner = table[chunk as usize].shard;
+            if owner != shard {
+                seen.invariant_violations.push(format!(
+                    "s{} claims chunk {chunk}, which the map gives to s{}",
+                    shard + 1,
+                    owner + 1
+                ));
+                seen.doubly_owned.extend(ids);
+                continue;
+            }
+            for id in ids {
+                seen.owned_ids.insert(id, shard);
+            }
+        }
+    }
+    let router = &routers[0];
+    for op in &history.ops {
+        if let OpKind::Put { key, .. } = op.kind {
+            seen.chunk_of_key
+                .insert(key, router.chunk_of(u64::from(key)));
+        }
+    }
+    Ok(seen)
+}
+
+/// The chunks `shard` claims (`ql_owned`), each with the ids its table holds.
+async fn shard_claims(
+    lab: &Lab,
+    shard: usize,
+    chunks: usize,
+) -> Result<BTreeMap<u32, Vec<u64>>, LabError> {
+    let mut conn = connect(lab, shard, Duration::from_secs(5)).await?;
+    let claimed: Vec<i32> = sqlx::query("SELECT chunk FROM ql_owned ORDER BY chunk")
+        .fetch_all(&mut conn)
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|row| row.get::<i32, _>(0))
+        .collect();
+    let mut out = BTreeMap::new();
+    for chunk in claimed {
+        assert!(
+            (chunk as usize) < chunks,
+            "a claim on chunk {chunk} of {chunks}"
+        );
+        let ids: Vec<i64> =
+            sqlx::query_scalar(&format!("SELECT id FROM {}", chunk_table(chunk as u32)))
+                .fetch_all(&mut conn)
+                .await
+                .map_err(pg)?;
+        out.insert(chunk as u32, ids.into_iter().map(|id| id as u64).collect());
+    }
+    Ok(out)
+}
+
+fn pg(e: sqlx::Error) -> LabError {
+    LabError::Postgres(format!(
+        "reading a shard's rows: {}",
+        crate::postgres::lab::one_line(&e.to_string())
+    ))
+}
