@@ -123,8 +123,12 @@ fn bad_input_is_refused_in_one_line() {
         "--orphan-reads",
     );
     assert_user_error(
-        &quorumlab(&["run", "shard-add-shard"]),
-        "no real sharded lab yet",
+        &quorumlab(&["run", "shard-stale-router"]),
+        "the step fault \"cut the first router off\" runs in the simulator only",
+    );
+    assert_user_error(
+        &quorumlab(&["compare", "shard-grow-10x"]),
+        "a growth replay runs in the simulator only",
     );
     for path in [bad_step, no_key, crowded] {
         std::fs::remove_file(path).unwrap();

@@ -305,7 +305,9 @@ pub async fn create_chunk_table(conn: &mut PgConnection, chunk: u32) -> Result<(
     let t = chunk_table(chunk);
     exec(
         conn,
-        &format!("CREATE TABLE IF NOT EXISTS {t} (id bigint PRIMARY KEY, key bigint NOT NULL)"),
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {t} (id bigint PRIMARY KEY, key bigint NOT NULL, doc text)"
+        ),
     )
     .await?;
     exec(

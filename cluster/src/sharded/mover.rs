@@ -61,7 +61,8 @@ pub struct MoveReport {
     pub to: usize,
     /// The chunk's version after the move (unchanged if aborted).
     pub version: u64,
-    /// Rows on the donor when the fence went up.
+    /// Workload rows on the donor when the fence went up (preloaded rows, with ids below 1, are
+    /// not counted).
     pub rows: u64,
     /// Bytes of the chunk's table on the donor when the fence went up.
     pub bytes: u64,
@@ -263,7 +264,7 @@ async fn run_steps(
     .await?;
     report.fence_lsn = current_lsn(&mut ends.donor).await?;
     let row = sqlx::query(&format!(
-        "SELECT count(*)::bigint, pg_total_relation_size('{t}')::bigint FROM {t}"
+        "SELECT count(*) FILTER (WHERE id > 0), pg_total_relation_size('{t}')::bigint FROM {t}"
     ))
     .fetch_one(&mut ends.donor)
     .await

@@ -1,7 +1,8 @@
 //! A sharded scenario on a real lab: the same file the simulator runs, on Postgres shards with
 //! the chunk map in etcd, measured into the simulator's [`ShardedRunSummary`].
 //!
-//! The scenario's clients insert through its routers (client `c` uses router `c % routers`) at
+//! Each chunk starts with `chunk_bytes` of preloaded documents, as in the simulator. The
+//! scenario's clients insert through its routers (client `c` uses router `c % routers`) at
 //! the scenario's write rate; its reads are not sent (the real routers route writes only), so a
 //! real run's read columns stay empty. The balancer takes the simulator's policy
 //! ([`BalancerPolicy::next_move`], seeded by the run number) and moves one chunk at a time until
@@ -120,6 +121,7 @@ pub async fn run_on_lab(
         write_timeout: Duration::from_millis(w.timeout_ms),
         ..RouterOptions::default()
     };
+    preload(lab, settings).await?;
     let mut routers = Vec::new();
     for _ in 0..settings.routers.max(1) {
         routers.push(Arc::new(Router::start(lab, options).await?));
@@ -151,6 +153,31 @@ pub async fn run_on_lab(
         moves: balanced.moves,
         history,
     })
+}
+
+/// Fills every chunk with `chunk_bytes` of documents of `doc_bytes` each, on its owner, as the
+/// simulator's chunks start (ids below 1, so they are never taken for the workload's).
+async fn preload(lab: &Lab, settings: &ShardedSettings) -> Result<(), LabError> {
+    let table = ChunkMap::connect(lab)
+        .await?
+        .read(settings.chunks)
+        .await?
+        .table;
+    let doc_bytes = settings.doc_bytes.max(32);
+    let docs = settings.chunk_bytes / doc_bytes;
+    // A row's header, id and key take about 40 of a document's bytes; the text takes the rest.
+    let pad = doc_bytes.saturating_sub(40);
+    for (chunk, entry) in table.iter().enumerate() {
+        let mut conn = connect(lab, entry.shard, Duration::from_secs(5)).await?;
+        let sql = format!(
+            "INSERT INTO {} (id, key, doc) SELECT -g - {offset}, 0, repeat('x', {pad}) FROM generate_series(0, {last}) g",
+            chunk_table(chunk as u32),
+            offset = chunk as u64 * docs,
+            last = docs.saturating_sub(1),
+        );
+        sqlx::query(&sql).execute(&mut conn).await.map_err(pg)?;
+    }
+    Ok(())
 }
 
 /// Starts the scenario's clients, each inserting at its share of the write rate until `until`.
