@@ -164,6 +164,24 @@ impl RealOptions<'_> {
             None => ("namespace hosts".into(), String::new()),
         }
     }
+
+    /// The comparison's heading: the simulator beside `against` (e.g. "a real etcd cluster") on
+    /// the hosts these options name, with the date, the machine and `versions`.
+    pub fn print_comparison_heading(
+        &self,
+        scenario: &str,
+        against: &str,
+        versions: &[Option<String>],
+    ) {
+        let (hosts, flags) = self.hosts();
+        crate::table::print_comparison_heading(
+            self.style,
+            scenario,
+            (&format!("{against} on {hosts}"), &flags),
+            (self.sim_seeds, self.runs),
+            versions,
+        );
+    }
 }
 
 /// What `cluster up` was asked for beyond the scenario.

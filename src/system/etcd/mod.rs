@@ -228,15 +228,7 @@ impl SystemCli for Etcd<'_> {
         let versions = [crate::machine::version(
             quorumlab_cluster::etcd::ETCD_BINARY,
         )];
-        let (hosts, flags) = options.hosts();
-        let against = format!("a real etcd cluster on {hosts}");
-        table::print_comparison_heading(
-            options.style,
-            &self.scenario.name,
-            (&against, &flags),
-            (options.sim_seeds, options.runs),
-            &versions,
-        );
+        options.print_comparison_heading(&self.scenario.name, "a real etcd cluster", &versions);
         table::print_comparison("metric", &rows, options.style);
         table::print_comparison_legend(runs);
         println!(

@@ -321,13 +321,9 @@ impl SystemCli for Postgres<'_> {
             crate::machine::version(quorumlab_cluster::postgres::PATRONI_BINARY),
             crate::machine::version(quorumlab_cluster::etcd::ETCD_BINARY),
         ];
-        let (hosts, flags) = options.hosts();
-        let against = format!("a real Postgres + Patroni + etcd cluster on {hosts}");
-        table::print_comparison_heading(
-            options.style,
+        options.print_comparison_heading(
             &self.scenario.name,
-            (&against, &flags),
-            (options.sim_seeds, options.runs),
+            "a real Postgres + Patroni + etcd cluster",
             &versions,
         );
         for (mode, rows) in &per_mode {

@@ -277,13 +277,9 @@ impl SystemCli for Sharded<'_> {
             crate::machine::version("/usr/lib/postgresql/15/bin/postgres"),
             crate::machine::version(quorumlab_cluster::etcd::ETCD_BINARY),
         ];
-        let (hosts, flags) = options.hosts();
-        let against = format!("real Postgres shards with the chunk map in etcd on {hosts}");
-        table::print_comparison_heading(
-            options.style,
+        options.print_comparison_heading(
             &self.scenario.name,
-            (&against, &flags),
-            (options.sim_seeds, options.runs),
+            "real Postgres shards with the chunk map in etcd",
             &versions,
         );
         table::print_comparison("writes through the routers", &rows, options.style);
