@@ -21,7 +21,7 @@ use crate::hosts::{is_root, HostError, LabNet};
 use crate::inventory::{Inventory, InventoryError, InventoryHost};
 use crate::pki::{self, write_secret, DriverTls, PkiError};
 use crate::postgres::settings::PgCluster;
-use crate::sharded::lab::ShardCluster;
+use crate::sharded::settings::ShardCluster;
 
 /// The agent's port on every host.
 pub const AGENT_PORT: u16 = 7070;

@@ -14,20 +14,20 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use quorumlab_experiment::node::NodeId;
-use quorumlab_experiment::routing::{Bounds, Entry, Table};
+use quorumlab_experiment::routing::{Entry, Table};
 use quorumlab_proto::agent::Action;
-use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnection;
 use sqlx::Connection;
 
 use super::map::ChunkMap;
+pub use super::settings::ShardCluster;
 use crate::agent::ServiceSpec;
 use crate::etcd::lab::EtcdTiming;
 use crate::hosts::LabNet;
 use crate::lab::{Lab, LabError};
 use crate::pki::{random_token, write_secret};
 use crate::postgres::lab::{chown_to_postgres, one_line, traversable, PG_BIN_DIR, PG_USER};
-use crate::postgres::settings::{superuser_options, PG_PORT};
+use crate::postgres::settings::PG_PORT;
 
 /// The SQLSTATE a shard answers a write to a chunk it does not own with.
 pub const STALE_SQLSTATE: &str = "QL001";
@@ -35,29 +35,6 @@ pub const STALE_SQLSTATE: &str = "QL001";
 pub const SHARDS_MAX: usize = 8;
 /// etcd members in a sharded lab (on the first three hosts, or fewer hosts when fewer shards).
 const ETCD_MEMBERS: usize = 3;
-
-/// What `lab.json` records about a sharded cluster.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShardCluster {
-    /// Hosts `n1..=n{shards}` run one shard each (`s1` on `n1`).
-    pub shards: usize,
-    /// Number of chunks the key space is cut into (even bounds).
-    pub chunks: usize,
-    /// Password of the `postgres` superuser on every shard.
-    pub superuser_password: String,
-}
-
-impl ShardCluster {
-    /// Connection options for the shard at `addr`.
-    pub fn connect_options(&self, addr: std::net::IpAddr) -> PgConnectOptions {
-        superuser_options(addr, &self.superuser_password)
-    }
-
-    /// The chunk bounds.
-    pub fn bounds(&self) -> Bounds {
-        Bounds::even(self.chunks)
-    }
-}
 
 /// The lab's shard cluster, or an error naming the lab as having none.
 pub fn cluster(lab: &Lab) -> Result<&ShardCluster, LabError> {

@@ -1,0 +1,31 @@
+//! What a lab records about its sharded cluster: a leaf, so that the lab's state (`crate::lab`)
+//! can hold it without importing the sharded lab that brings it up.
+
+use quorumlab_experiment::routing::Bounds;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgConnectOptions;
+
+use crate::postgres::settings::superuser_options;
+
+/// What `lab.json` records about a sharded cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardCluster {
+    /// Hosts `n1..=n{shards}` run one shard each (`s1` on `n1`).
+    pub shards: usize,
+    /// Number of chunks the key space is cut into (even bounds).
+    pub chunks: usize,
+    /// Password of the `postgres` superuser on every shard.
+    pub superuser_password: String,
+}
+
+impl ShardCluster {
+    /// Connection options for the shard at `addr`.
+    pub fn connect_options(&self, addr: std::net::IpAddr) -> PgConnectOptions {
+        superuser_options(addr, &self.superuser_password)
+    }
+
+    /// The chunk bounds.
+    pub fn bounds(&self) -> Bounds {
+        Bounds::even(self.chunks)
+    }
+}
