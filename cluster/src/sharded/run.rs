@@ -36,6 +36,7 @@ use super::mover::{
     delete_range, move_chunk, recover, MoveEnd, MoveHooks, MoveLimits, MoveOutcome, MoveReport,
 };
 use super::router::{Router, RouterOptions, WriteOutcome};
+use super::status::pg;
 use crate::lab::{Lab, LabError};
 use crate::run::RunError;
 
@@ -175,7 +176,12 @@ async fn preload(lab: &Lab, settings: &ShardedSettings) -> Result<(), LabError> 
             offset = chunk as u64 * docs,
             last = docs.saturating_sub(1),
         );
-        sqlx::query(&sql).execute(&mut conn).await.map_err(pg)?;
+        sqlx::query(&sql).execute(&mut conn).await.map_err(|e| {
+            LabError::Postgres(format!(
+                "preloading chunk {chunk}: {}",
+                crate::postgres::lab::one_line(&e.to_string())
+            ))
+        })?;
     }
     Ok(())
 }
@@ -509,11 +515,4 @@ async fn shard_claims(
         out.insert(chunk as u32, ids.into_iter().map(|id| id as u64).collect());
     }
     Ok(out)
-}
-
-fn pg(e: sqlx::Error) -> LabError {
-    LabError::Postgres(format!(
-        "reading a shard's rows: {}",
-        crate::postgres::lab::one_line(&e.to_string())
-    ))
 }

@@ -80,7 +80,8 @@ async fn count_rows(conn: &mut PgConnection, owned: &[u32]) -> Result<(i64, i64)
     Ok((owned_rows, orphan_rows))
 }
 
-fn pg(e: sqlx::Error) -> LabError {
+/// A failed read of a shard's rows, in one line.
+pub(super) fn pg(e: sqlx::Error) -> LabError {
     LabError::Postgres(format!(
         "reading a shard's rows: {}",
         one_line(&e.to_string())
