@@ -66,6 +66,11 @@ pub struct Rt<'a> {
 
     /// Runtime configuration.
     config: Config,
+
+    /// The paused tokio clock's reading at the end of the last tick (or at
+    /// creation). Only `tick` moves that clock, so this is what
+    /// `Instant::now()` inside the runtime would return, without entering it.
+    now: Instant,
 }
 
 impl<'a> Rt<'a> {
@@ -73,7 +78,7 @@ impl<'a> Rt<'a> {
     where
         F: Future<Output = Result> + 'static,
     {
-        let (tokio, local) = init(&mut config);
+        let (tokio, local, now) = init(&mut config);
 
         let handle = with(&tokio, &local, || tokio::task::spawn_local(client));
 
@@ -84,6 +89,7 @@ impl<'a> Rt<'a> {
             nodename,
             handle: Some(handle),
             config,
+            now,
         }
     }
 
@@ -92,7 +98,7 @@ impl<'a> Rt<'a> {
         F: Fn() -> Fut + 'a,
         Fut: Future<Output = Result> + 'static,
     {
-        let (tokio, local) = init(&mut config);
+        let (tokio, local, now) = init(&mut config);
 
         let software: Software = Box::new(move || Box::pin(software()));
         let handle = with(&tokio, &local, || tokio::task::spawn_local(software()));
@@ -104,12 +110,13 @@ impl<'a> Rt<'a> {
             nodename,
             handle: Some(handle),
             config,
+            now,
         }
     }
 
     pub(crate) fn no_software() -> Self {
         let mut config = Config::default();
-        let (tokio, local) = init(&mut config);
+        let (tokio, local, now) = init(&mut config);
 
         Self {
             kind: Kind::NoSoftware,
@@ -118,6 +125,7 @@ impl<'a> Rt<'a> {
             nodename: String::new().into(),
             handle: None,
             config,
+            now,
         }
     }
 
@@ -134,8 +142,11 @@ impl<'a> Rt<'a> {
     }
 
     pub(crate) fn now(&self) -> Instant {
-        let _guard = self.tokio.enter();
-        Instant::now()
+        debug_assert_eq!(self.now, {
+            let _guard = self.tokio.enter();
+            Instant::now()
+        });
+        self.now
     }
 
     // This method is called by [`Sim::run`], which iterates through all the
@@ -161,10 +172,11 @@ impl<'a> Rt<'a> {
     // that caused failure. Subsequent calls do not return the error as it is
     // expected to fail the simulation.
     pub(crate) fn tick(&mut self, duration: Duration) -> Result<bool> {
-        self.tokio.block_on(async {
+        self.now = self.tokio.block_on(async {
             self.local
                 .run_until(async {
                     sleep(duration).await;
+                    Instant::now()
                 })
                 .await
         });
@@ -222,14 +234,15 @@ impl<'a> Rt<'a> {
     ///
     /// Both the [`Runtime`] and [`LocalSet`] are replaced with new instances.
     fn cancel_tasks(&mut self) {
-        let (tokio, local) = init(&mut self.config);
+        let (tokio, local, now) = init(&mut self.config);
 
         _ = mem::replace(&mut self.tokio, tokio);
+        self.now = now;
         drop(mem::replace(&mut self.local, local));
     }
 }
 
-fn init(config: &mut Config) -> (Runtime, LocalSet) {
+fn init(config: &mut Config) -> (Runtime, LocalSet, Instant) {
     let mut tokio_builder = tokio::runtime::Builder::new_current_thread();
 
     #[cfg(tokio_unstable)]
@@ -252,12 +265,13 @@ fn init(config: &mut Config) -> (Runtime, LocalSet) {
         .build()
         .unwrap();
 
-    tokio.block_on(async {
+    let now = tokio.block_on(async {
         // Sleep to "round" `Instant::now()` to the closest `ms`
         tokio::time::sleep(Duration::from_millis(1)).await;
+        Instant::now()
     });
 
-    (tokio, new_local())
+    (tokio, new_local(), now)
 }
 
 fn new_local() -> LocalSet {

@@ -446,12 +446,21 @@ impl Link {
         rand: &mut dyn RngCore,
         host: &mut Host,
     ) {
-        let deliverable = self
+        // Called for every link of every host on every step, and the queue is
+        // almost always empty: find it by scanning the (at most two) entries
+        // rather than hashing, and return before allocating when there is
+        // nothing to hand over.
+        let Some((_, queue)) = self
             .deliverable
-            .entry(host.addr)
-            .or_default()
-            .drain(..)
-            .collect::<Vec<Envelope>>();
+            .iter_mut()
+            .find(|(addr, _)| **addr == host.addr)
+        else {
+            return;
+        };
+        if queue.is_empty() {
+            return;
+        }
+        let deliverable = queue.drain(..).collect::<Vec<Envelope>>();
 
         for message in deliverable {
             let (src, dst) = (message.src, message.dst);
