@@ -1,7 +1,8 @@
 //! Real chunk moves between live Postgres shards (root; etcd and Postgres 15 installed): a move
 //! under write load loses and duplicates nothing, a router that missed the map change retries
 //! instead of writing to the old owner, and a scenario whose donor is killed in the critical
-//! section ends with one owner per chunk and no acknowledged row lost.
+//! section ends with one owner per chunk and no acknowledged row lost, and a router cut off (on its
+//! own namespace host) during moves writes nothing while the other router loses nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -30,8 +31,13 @@ const CHUNKS: usize = 6;
 
 fn up(dir: &LabDir, rt: &tokio::runtime::Runtime) -> Lab {
     let binary = Path::new(env!("CARGO_BIN_EXE_quorumlab"));
-    rt.block_on(sharded::up(&dir.0, SHARDS, 0, CHUNKS, binary))
-        .unwrap()
+    let layout = sharded::Layout {
+        shards: SHARDS,
+        empty: 0,
+        chunks: CHUNKS,
+        routers: 0,
+    };
+    rt.block_on(sharded::up(&dir.0, layout, binary)).unwrap()
 }
 
 /// What the writers saw.
@@ -271,6 +277,74 @@ fn a_donor_killed_in_the_critical_section_leaves_one_owner_and_loses_nothing() {
         "the balancer carried on after the recovery: {s:?}"
     );
     assert!(s.acked_writes > 1000, "{s:?}");
+    assert_eq!(s.lost_writes, 0, "{s:?}");
+    assert!(
+        s.invariant_violations.is_empty(),
+        "{:?}",
+        s.invariant_violations
+    );
+}
+
+#[test]
+fn a_router_cut_off_during_moves_fails_its_writes_and_the_other_loses_nothing() {
+    if common::skipped(NEEDS) {
+        return;
+    }
+    let _one = common::one_lab();
+    let dir = LabDir::new("sharded-stale-router");
+    let mut scenario = Scenario::load("shard-stale-router").unwrap();
+    scenario.duration_ms = 12_000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_quorumlab"));
+    let run = rt
+        .block_on(run_sharded_real(&scenario, 1, &dir.0, binary))
+        .unwrap();
+    let s = &run.summary;
+    eprintln!("summary: {s:?}");
+    // r1 is cut off from the clone of the second migration on, for 5 s; its clients are the
+    // even ones (client c writes through router c % 2).
+    eprintln!("faults: {:?}", run.faults);
+    let at_ms = |prefix: &str| {
+        run.faults
+            .iter()
+            .find(|f| f.label.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no '{prefix}' in {:?}", run.faults))
+            .at_ms
+    };
+    let (cut_ms, heal_ms) = (at_ms("cut r1"), at_ms("heal r1"));
+    assert!(
+        (4900..5500).contains(&(heal_ms - cut_ms)),
+        "{cut_ms} {heal_ms}"
+    );
+    // Writes that began after the cut and would have had their answer before the heal.
+    let cut_us = cut_ms * 1000..heal_ms * 1000 - 1_500_000;
+    let in_cut = |op: &&quorumlab_experiment::history::Op| cut_us.contains(&op.invoke_us);
+    let acked = |op: &&&quorumlab_experiment::history::Op| {
+        matches!(
+            op.outcome,
+            quorumlab_experiment::history::Outcome::Ok { .. }
+        )
+    };
+    let (r1, r2): (Vec<_>, Vec<_>) = run
+        .history
+        .ops
+        .iter()
+        .filter(in_cut)
+        .partition(|op| op.client % 2 == 0);
+    assert!(!r1.is_empty() && !r2.is_empty());
+    assert_eq!(
+        r1.iter().filter(acked).count(),
+        0,
+        "nothing written through the cut-off router: {:?}",
+        r1.iter().filter(acked).take(3).collect::<Vec<_>>()
+    );
+    assert!(
+        r2.iter().filter(acked).count() * 10 >= r2.len() * 9,
+        "the other router kept writing: {} of {}",
+        r2.iter().filter(acked).count(),
+        r2.len()
+    );
+    assert!(s.migrations_committed >= 3, "{s:?}");
     assert_eq!(s.lost_writes, 0, "{s:?}");
     assert!(
         s.invariant_violations.is_empty(),

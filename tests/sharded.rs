@@ -122,15 +122,20 @@ fn bad_input_is_refused_in_one_line() {
         &quorumlab(&["sim", "etcd-leader-kill", "--orphan-reads"]),
         "--orphan-reads",
     );
+    let config_cut = edited(
+        "shard-stale-router",
+        "kind = \"isolate-router\"",
+        "kind = \"isolate-donor-from-config\"",
+    );
     assert_user_error(
-        &quorumlab(&["run", "shard-stale-router"]),
-        "the step fault \"cut the first router off\" runs in the simulator only",
+        &quorumlab(&["run", config_cut.to_str().unwrap()]),
+        "runs in the simulator only: a real donor never talks to the config store",
     );
     assert_user_error(
         &quorumlab(&["compare", "shard-grow-10x"]),
         "a growth replay runs in the simulator only",
     );
-    for path in [bad_step, no_key, crowded] {
+    for path in [bad_step, no_key, crowded, config_cut] {
         std::fs::remove_file(path).unwrap();
     }
 }

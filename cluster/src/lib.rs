@@ -8,6 +8,7 @@
 //! - [`inventory`]: the Ansible inventory that names hosts for provisioning and for runs alike.
 //! - [`pki`]: the lab's CA and the agents' and driver's certificates (the agent speaks only TLS).
 //! - [`lab`]: hosts, agents and `lab.json` — what every system's lab is made of, and `down`.
+//! - [`netns`]: a tokio runtime inside one host's namespace, for driver code that runs *on* a host.
 //! - [`run`]: what every real run shares: fired faults, errors, the real lab's fault contract.
 //! - [`etcd`]: a real etcd cluster (`cluster up etcd`) and one real run of an etcd scenario.
 //! - [`postgres`]: Postgres under Patroni on the lab's etcd, and one real run of a Postgres scenario.
@@ -24,6 +25,7 @@ pub mod inventory;
 pub mod lab;
 pub mod machines;
 pub mod mongodb;
+pub mod netns;
 pub mod pki;
 pub mod postgres;
 pub mod run;

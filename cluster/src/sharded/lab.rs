@@ -33,6 +33,8 @@ use crate::postgres::settings::PG_PORT;
 pub const STALE_SQLSTATE: &str = "QL001";
 /// Largest number of shards `cluster up sharded` makes.
 pub const SHARDS_MAX: usize = 8;
+/// Largest number of router hosts a sharded lab makes.
+pub const ROUTERS_MAX: usize = 4;
 /// etcd members in a sharded lab (on the first three hosts, or fewer hosts when fewer shards).
 const ETCD_MEMBERS: usize = 3;
 
@@ -68,17 +70,35 @@ pub async fn connect(lab: &Lab, shard: usize, timeout: Duration) -> Result<PgCon
     }
 }
 
-/// Brings up `shards` Postgres shards and etcd on a fresh lab, and writes the chunk map: `chunks`
-/// chunks of even width, dealt round-robin over the first `shards - empty` shards (the rest start
-/// empty, as a shard just added does).
-pub async fn up(
-    state_dir: &Path,
-    shards: usize,
-    empty: usize,
-    chunks: usize,
-    agent_binary: &Path,
-) -> Result<Lab, LabError> {
+/// What a sharded lab is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Postgres shards, one per host from `n1`.
+    pub shards: usize,
+    /// How many of them (the last) start with no chunks, as a shard just added does.
+    pub empty: usize,
+    /// Chunks of even width, dealt round-robin over the shards that are not empty.
+    pub chunks: usize,
+    /// Hosts that run nothing but a router of the driver's (each on its own namespace host,
+    /// after the shards' and etcd's hosts), so that a router can be cut off for real.
+    pub routers: usize,
+}
+
+/// Brings up a fresh lab as `layout` says: its shards, etcd on the first three hosts with the
+/// chunk map in it, and its router hosts.
+pub async fn up(state_dir: &Path, layout: Layout, agent_binary: &Path) -> Result<Lab, LabError> {
+    let Layout {
+        shards,
+        empty,
+        chunks,
+        routers,
+    } = layout;
     check_can_start(shards, empty, chunks)?;
+    if routers > ROUTERS_MAX {
+        return Err(LabError::Settings(format!(
+            "a sharded lab has at most {ROUTERS_MAX} routers, not {routers}"
+        )));
+    }
     traversable(state_dir)?;
     let password = random_token()?;
     let services = |net: &LabNet, host: NodeId, dir: &Path| {
@@ -92,12 +112,14 @@ pub async fn up(
         heartbeat_ms: 100,
         election_timeout_ms: 1000,
     };
-    let hosts = shards.max(members);
+    let data_hosts = shards.max(members);
+    let hosts = data_hosts + routers;
     let mut lab = Lab::up_with(state_dir, hosts, members, timing, agent_binary, &services).await?;
     lab.sharded = Some(ShardCluster {
         shards,
         chunks,
         superuser_password: password.clone(),
+        router_hosts: (data_hosts..hosts).map(NodeId::from_index).collect(),
     });
     let table: Table = (0..chunks)
         .map(|c| Entry {

@@ -17,11 +17,12 @@
 //! chunk again. After it, the recipient owns it whatever fails. Either way exactly one shard owns
 //! the chunk; an end that was down during the abort is put right by [`recover`] once it is back.
 //!
-//! [`MoveHooks`] lets a driver see when each step began and kill one end's Postgres as a step is
-//! reached (a scenario's step fault).
+//! [`MoveHooks`] lets a driver see when each step began and, as a step is reached, kill one end's
+//! Postgres or cut a host off (a scenario's step fault).
 
 use std::time::{Duration, Instant};
 
+use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::routing::Entry;
 use quorumlab_experiment::sharded::MigrationStep;
 use quorumlab_proto::agent::Action;
@@ -89,38 +90,59 @@ pub enum MoveEnd {
     Recipient,
 }
 
+/// What a step fault does as a move reaches its step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strike {
+    /// Kill this end's Postgres (SIGKILL, through its agent).
+    Kill(MoveEnd),
+    /// Cut this host off from every other host of the lab (its agent's nftables rules; the
+    /// driver still reaches its agent).
+    Isolate(NodeId),
+}
+
 /// What a move shows its driver and lets it do, step by step.
 #[derive(Debug, Default)]
 pub struct MoveHooks {
-    /// Kill this end's Postgres (SIGKILL, through its agent) as the move reaches this step.
-    pub kill_at: Option<(MigrationStep, MoveEnd)>,
+    /// The step fault: at this step, strike.
+    pub strike_at: Option<(MigrationStep, Strike)>,
     /// Each step the move reached, and when it began (filled in by the move).
     pub reached: Vec<(MigrationStep, Instant)>,
     /// The shard killed and when (filled in by the move).
     pub killed: Option<(usize, Instant)>,
+    /// The host cut off and when (filled in by the move; healing it is the driver's business).
+    pub isolated: Option<(NodeId, Instant)>,
 }
 
 impl MoveHooks {
-    /// Records that the move reached `step`, and fires the kill asked for at it.
+    /// Records that the move reached `step`, and strikes if the step fault is for it. A strike
+    /// that cannot be delivered leaves the move to go on: the run reports no kill or cut.
     async fn reach(&mut self, lab: &Lab, step: MigrationStep, (from, to): (usize, usize)) {
         self.reached.push((step, Instant::now()));
-        let Some((at, end)) = self.kill_at else {
+        let Some((at, strike)) = self.strike_at else {
             return;
         };
-        if at != step || self.killed.is_some() {
+        if at != step || self.killed.is_some() || self.isolated.is_some() {
             return;
         }
-        let shard = match end {
-            MoveEnd::Donor => from,
-            MoveEnd::Recipient => to,
-        };
-        // A kill that cannot be delivered leaves the move to go on: the run reports no kill.
-        if lab
-            .signal(shard_host(shard), "postgres", Action::Kill)
-            .await
-            .is_ok()
-        {
-            self.killed = Some((shard, Instant::now()));
+        match strike {
+            Strike::Kill(end) => {
+                let shard = match end {
+                    MoveEnd::Donor => from,
+                    MoveEnd::Recipient => to,
+                };
+                let killed = lab
+                    .signal(shard_host(shard), "postgres", Action::Kill)
+                    .await;
+                if killed.is_ok() {
+                    self.killed = Some((shard, Instant::now()));
+                }
+            }
+            Strike::Isolate(host) => {
+                let others: Vec<NodeId> = lab.nodes().filter(|&n| n != host).collect();
+                if lab.links(host, &others, true, false).await.is_ok() {
+                    self.isolated = Some((host, Instant::now()));
+                }
+            }
         }
     }
 

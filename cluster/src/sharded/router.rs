@@ -19,6 +19,9 @@ use super::map::{apply, ChunkMap, MapView, PREFIX};
 use crate::lab::{Lab, LabError};
 use crate::postgres::lab::one_line;
 
+/// How much longer than the statement timeout a write waits for the shard's answer.
+const ANSWER_SLACK: Duration = Duration::from_millis(200);
+
 /// How one write ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteOutcome {
@@ -170,11 +173,20 @@ impl Router {
                 "INSERT INTO {} (id, key) VALUES ($1, $2)",
                 chunk_table(chunk)
             );
-            let written = sqlx::query(&sql)
+            let insert = sqlx::query(&sql)
                 .bind(id as i64)
                 .bind(key as i64)
-                .execute(&self.shards[shard])
-                .await;
+                .execute(&self.shards[shard]);
+            // The statement timeout bounds a write the shard received; this bounds one whose
+            // packets are dropped on the way (a router or shard cut off), as a client would,
+            // a little later so that the shard's definite answer wins when it comes.
+            let limit = self.options.write_timeout + ANSWER_SLACK;
+            let Ok(written) = tokio::time::timeout(limit, insert).await else {
+                return WriteOutcome::Unknown(format!(
+                    "no answer from s{} within {limit:?}",
+                    shard + 1
+                ));
+            };
             match written {
                 Ok(_) => return WriteOutcome::Ok { shard, held_ms },
                 Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(STALE_SQLSTATE) => {

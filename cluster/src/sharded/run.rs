@@ -14,10 +14,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
+use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::rebalance::{
     summarize, MigrationOutcome, MigrationRecord, OrphanSpan, ShardedObservation, ShardedRunSummary,
 };
@@ -29,16 +31,19 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
+use tokio::sync::oneshot;
 
 use super::lab::{self as sharded, chunk_table, connect, shard_host};
 use super::map::ChunkMap;
 use super::mover::{
     delete_range, move_chunk, recover, MoveEnd, MoveHooks, MoveLimits, MoveOutcome, MoveReport,
+    Strike,
 };
-use super::router::{Router, RouterOptions, WriteOutcome};
+use super::router::{point_of, Router, RouterOptions, WriteOutcome};
 use super::status::pg;
 use crate::lab::{Lab, LabError};
-use crate::run::RunError;
+use crate::netns::NamespaceRuntime;
+use crate::run::{FiredFault, RunError};
 
 /// After the workload: the longest wait for a pending range deletion before the end is read.
 const SETTLE: Duration = Duration::from_secs(10);
@@ -56,6 +61,9 @@ pub struct RealShardedRun {
     pub moves: Vec<MoveReport>,
     /// Every client write.
     pub history: History,
+    /// The step faults as they were carried out (kills, restarts, cuts, heals), in order.
+    #[serde(default)]
+    pub faults: Vec<FiredFault>,
 }
 
 quorumlab_experiment::run_record!(RealShardedRun, ShardedRunSummary);
@@ -71,8 +79,14 @@ pub fn unsupported(scenario: &Scenario, settings: &ShardedSettings) -> Option<St
     settings
         .step_faults
         .iter()
-        .find(|f| f.kind != StepFaultKind::CrashDonor && f.kind != StepFaultKind::CrashRecipient)
-        .map(|f| format!("the step fault \"{}\" runs in the simulator only (real runs crash a donor or recipient)", f.kind))
+        .find(|f| f.kind == StepFaultKind::IsolateDonorFromConfig)
+        .map(|f| {
+            format!(
+                "the step fault \"{}\" runs in the simulator only: a real donor never talks to the \
+                 config store (the driver commits the move)",
+                f.kind
+            )
+        })
 }
 
 /// Runs `scenario` once on a fresh sharded lab in `state_dir`, then takes the lab down.
@@ -88,15 +102,13 @@ pub async fn run_sharded_real(
     if let Some(why) = unsupported(scenario, settings) {
         return Err(unsupported_error(scenario, why));
     }
-    let shards = settings.shards + settings.new_shards;
-    let lab = sharded::up(
-        state_dir,
-        shards,
-        settings.new_shards,
-        settings.chunks,
-        agent_binary,
-    )
-    .await?;
+    let layout = sharded::Layout {
+        shards: settings.shards + settings.new_shards,
+        empty: settings.new_shards,
+        chunks: settings.chunks,
+        routers: settings.routers,
+    };
+    let lab = sharded::up(state_dir, layout, agent_binary).await?;
     let result = run_on_lab(scenario, settings, run_number, &lab).await;
     Lab::down(state_dir)?;
     Ok(result?)
@@ -122,26 +134,35 @@ pub async fn run_on_lab(
         write_timeout: Duration::from_millis(w.timeout_ms),
         ..RouterOptions::default()
     };
-    preload(lab, settings).await?;
-    let mut routers = Vec::new();
-    for _ in 0..settings.routers.max(1) {
-        routers.push(Arc::new(Router::start(lab, options).await?));
+    let router_hosts = sharded::cluster(lab)?.router_hosts.clone();
+    let cuts_router = settings
+        .step_faults
+        .iter()
+        .any(|f| f.kind == StepFaultKind::IsolateRouter);
+    if cuts_router && router_hosts.is_empty() {
+        return Err(LabError::Settings(format!(
+            "{}: cutting a router off needs routers on hosts of their own, and the lab in {} has none (bring it up again)",
+            scenario.name,
+            lab.state_dir.display()
+        )));
     }
+    preload(lab, settings).await?;
+    let plan = ClientPlan::of(scenario, settings.routers.max(1), run_number);
+    let mut routers = Routers::start(lab, &router_hosts, options, plan).await?;
     let start = Instant::now();
     let until = start + Duration::from_millis(scenario.duration_ms);
-    let clients = spawn_clients(scenario, &routers, run_number, (start, until));
+    routers.go((start, until));
     let balanced = balance(lab, settings, run_number, (start, until)).await;
-    let mut ops = Vec::new();
-    for client in clients {
-        ops.extend(client.await.map_err(|e| LabError::Timeout(e.to_string()))?);
-    }
+    let routed = routers.finish().await;
     let mut balanced = balanced?;
+    balanced.finish_heals().await?;
+    let routed = routed?;
     balanced.finish_range_deletions(lab, start).await;
-    let history = History { ops };
+    let history = History { ops: routed.ops };
     let migrations = balanced.migrations.clone();
     let seen = observe(
         lab,
-        &routers,
+        routed.stale_retries,
         &history,
         balanced.migrations,
         balanced.orphans,
@@ -153,6 +174,7 @@ pub async fn run_on_lab(
         migrations,
         moves: balanced.moves,
         history,
+        faults: balanced.fired,
     })
 }
 
@@ -186,39 +208,178 @@ async fn preload(lab: &Lab, settings: &ShardedSettings) -> Result<(), LabError> 
     Ok(())
 }
 
-/// Starts the scenario's clients, each inserting at its share of the write rate until `until`.
-fn spawn_clients(
-    scenario: &Scenario,
-    routers: &[Arc<Router>],
+/// How the scenario's clients write: client `c` through router `c % routers`, each at its share
+/// of the write rate.
+#[derive(Debug, Clone, Copy)]
+struct ClientPlan {
+    clients: u64,
+    routers: u64,
+    period: Duration,
+    keys: u32,
     run_number: u64,
+}
+
+impl ClientPlan {
+    fn of(scenario: &Scenario, routers: usize, run_number: u64) -> ClientPlan {
+        let w = &scenario.workload;
+        let clients = w.clients.max(1) as u64;
+        // The simulator's clients also read; here only its writes are sent, at the same rate.
+        let writes_per_s =
+            (w.rate_per_s * u64::from(w.put.max(1)) / u64::from(w.put.max(1) + w.get)).max(1);
+        ClientPlan {
+            clients,
+            routers: routers as u64,
+            period: Duration::from_micros(1_000_000 * clients / writes_per_s),
+            keys: w.keys.max(1),
+            run_number,
+        }
+    }
+
+    /// The clients that write through router `router`.
+    fn clients_of(&self, router: usize) -> impl Iterator<Item = u64> + '_ {
+        (0..self.clients).filter(move |c| c % self.routers == router as u64)
+    }
+}
+
+/// Client `c`: inserts through `router` every `period` until `until`.
+async fn client(
+    router: Arc<Router>,
+    plan: ClientPlan,
+    c: u64,
     (start, until): (Instant, Instant),
-) -> Vec<tokio::task::JoinHandle<Vec<Op>>> {
-    let w = &scenario.workload;
-    let clients = w.clients.max(1) as u64;
-    // The simulator's clients also read; here only its writes are sent, at the same rate.
-    let writes_per_s =
-        (w.rate_per_s * u64::from(w.put.max(1)) / u64::from(w.put.max(1) + w.get)).max(1);
-    let period = Duration::from_micros(1_000_000 * clients / writes_per_s);
-    (0..clients)
-        .map(|c| {
-            let router = routers[c as usize % routers.len()].clone();
-            let keys = w.keys.max(1);
-            tokio::spawn(async move {
-                let mut rng = SmallRng::seed_from_u64(run_number << 16 | c);
-                let mut ticker = tokio::time::interval(period);
-                let mut ops = Vec::new();
-                for seq in 1.. {
-                    ticker.tick().await;
-                    if Instant::now() >= until {
-                        break;
-                    }
-                    let (id, key) = ((c << 40) | seq, rng.gen_range(0..keys));
-                    ops.push(write(&router, c as u32, (id, key), start).await);
+) -> Vec<Op> {
+    let mut rng = SmallRng::seed_from_u64(plan.run_number << 16 | c);
+    let mut ticker = tokio::time::interval(plan.period);
+    let mut ops = Vec::new();
+    for seq in 1.. {
+        ticker.tick().await;
+        if Instant::now() >= until {
+            break;
+        }
+        let (id, key) = ((c << 40) | seq, rng.gen_range(0..plan.keys));
+        ops.push(write(&router, c as u32, (id, key), start).await);
+    }
+    ops
+}
+
+/// What the routers' clients did.
+#[derive(Debug, Default)]
+struct Routed {
+    ops: Vec<Op>,
+    stale_retries: u64,
+}
+
+/// The run's routers, each with its clients, started and waiting for the workload's window.
+/// A router runs on its own host (in that host's namespace, so a cut there cuts it) when the
+/// lab gave it one, else in the driver's.
+struct Routers {
+    /// Keeps the routers' namespace runtimes alive until their tasks are done.
+    runtimes: Vec<NamespaceRuntime>,
+    tasks: Vec<tokio::task::JoinHandle<Result<Routed, LabError>>>,
+    go: Vec<oneshot::Sender<(Instant, Instant)>>,
+}
+
+impl Routers {
+    async fn start(
+        lab: &Lab,
+        hosts: &[NodeId],
+        options: RouterOptions,
+        plan: ClientPlan,
+    ) -> Result<Routers, LabError> {
+        let mut routers = Routers {
+            runtimes: Vec::new(),
+            tasks: Vec::new(),
+            go: Vec::new(),
+        };
+        let mut ready = Vec::new();
+        for r in 0..plan.routers as usize {
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let (go_tx, go_rx) = oneshot::channel();
+            let side = router_side(lab.clone(), options, plan, r, (ready_tx, go_rx));
+            let namespace = hosts
+                .get(r)
+                .and_then(|&host| Some(lab.net.as_ref()?.namespace(host)));
+            let task = match namespace {
+                Some(namespace) => {
+                    let runtime =
+                        NamespaceRuntime::start(&namespace).map_err(LabError::Settings)?;
+                    let task = runtime.spawn(side);
+                    routers.runtimes.push(runtime);
+                    task
                 }
-                ops
-            })
-        })
-        .collect()
+                None => tokio::spawn(side),
+            };
+            routers.tasks.push(task);
+            routers.go.push(go_tx);
+            ready.push(ready_rx);
+        }
+        for (r, ready) in ready.into_iter().enumerate() {
+            if ready.await.is_err() {
+                // The router's task ended before it was ready: its error says why.
+                let task = routers.tasks.remove(r);
+                return Err(match task.await {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(_)) => LabError::Timeout(format!("router r{} stopped", r + 1)),
+                    Err(e) => LabError::Timeout(format!("router r{}: {e}", r + 1)),
+                });
+            }
+        }
+        Ok(routers)
+    }
+
+    /// Lets every router's clients start writing, within `window`.
+    fn go(&mut self, window: (Instant, Instant)) {
+        for go in self.go.drain(..) {
+            let _ = go.send(window);
+        }
+    }
+
+    /// Waits for every client, and stops the routers.
+    async fn finish(self) -> Result<Routed, LabError> {
+        let mut all = Routed::default();
+        for task in self.tasks {
+            let routed = task
+                .await
+                .map_err(|e| LabError::Timeout(format!("a router's task: {e}")))??;
+            all.ops.extend(routed.ops);
+            all.stale_retries += routed.stale_retries;
+        }
+        // Client by client, each in its own order (a stable sort), as one task per client
+        // would have listed them.
+        all.ops.sort_by_key(|op| op.client);
+        drop(self.runtimes);
+        Ok(all)
+    }
+}
+
+/// Router `r` and its clients: starts the router, says it is ready, waits for the window, runs
+/// the clients through it and stops it (on the runtime it ran on, so its connections close
+/// there).
+async fn router_side(
+    lab: Lab,
+    options: RouterOptions,
+    plan: ClientPlan,
+    r: usize,
+    (ready, go): (oneshot::Sender<()>, oneshot::Receiver<(Instant, Instant)>),
+) -> Result<Routed, LabError> {
+    let router = Arc::new(Router::start(&lab, options).await?);
+    let _ = ready.send(());
+    let Ok(window) = go.await else {
+        return Ok(Routed::default());
+    };
+    let clients: Vec<_> = plan
+        .clients_of(r)
+        .map(|c| tokio::spawn(client(router.clone(), plan, c, window)))
+        .collect();
+    let mut routed = Routed::default();
+    for c in clients {
+        let ops = c
+            .await
+            .map_err(|e| LabError::Timeout(format!("a client of router r{}: {e}", r + 1)))?;
+        routed.ops.extend(ops);
+    }
+    routed.stale_retries = router.stats.stale_retries.load(Ordering::Relaxed);
+    Ok(routed)
 }
 
 /// One insert through `router`, as a history operation (its value is the row's id).
@@ -253,6 +414,13 @@ struct Balanced {
     orphans: Vec<OrphanSpan>,
     /// Range deletions not yet done: (when due, index into `orphans`), in order.
     deletions: Vec<(Instant, usize)>,
+    /// Cut hosts, each healed by its task when its step fault's `for_ms` is up (with what to
+    /// call it then).
+    heals: Vec<(String, tokio::task::JoinHandle<Result<Instant, LabError>>)>,
+    /// The step faults carried out so far.
+    fired: Vec<FiredFault>,
+    /// When the workload started.
+    start: Instant,
 }
 
 impl Balanced {
@@ -301,7 +469,11 @@ async fn balance(
         moves: Vec::new(),
         orphans: Vec::new(),
         deletions: Vec::new(),
+        heals: Vec::new(),
+        fired: Vec::new(),
+        start,
     };
+    let router_hosts = sharded::cluster(lab)?.router_hosts.clone();
     loop {
         tokio::time::sleep(interval).await;
         done.delete_due_ranges(lab, start).await;
@@ -318,7 +490,7 @@ async fn balance(
         let Some((chunk, to)) = pick else { continue };
         let number = done.moves.len() as u64 + 1;
         let mut hooks = MoveHooks {
-            kill_at: kill_at(settings, number),
+            strike_at: strike_at(settings, number, &router_hosts),
             ..MoveHooks::default()
         };
         let report = move_chunk(
@@ -331,49 +503,101 @@ async fn balance(
             &mut hooks,
         )
         .await?;
-        settle_kill(lab, &mut map, settings, &report, &hooks).await?;
+        if let Some((shard, at)) = hooks.killed {
+            done.fire(at, format!("kill s{}'s Postgres", shard + 1));
+        }
+        if let Some(restarted) = settle_kill(lab, &mut map, settings, &report, &hooks).await? {
+            let shard = hooks.killed.map_or(0, |(shard, _)| shard);
+            done.fire(restarted, format!("restart s{}'s Postgres", shard + 1));
+        }
+        if let Some((host, cut_at)) = hooks.isolated {
+            let router = router_hosts.iter().position(|&h| h == host).unwrap_or(0) + 1;
+            done.fire(cut_at, format!("cut r{router} ({host}) off"));
+            let heal_at = cut_at + Duration::from_millis(for_ms(settings, number));
+            let task = tokio::spawn(heal(lab.clone(), host, heal_at));
+            done.heals.push((format!("heal r{router} ({host})"), task));
+        }
         done.record(settings, &report, &hooks, start);
     }
 }
 
-/// The kill the scenario's step faults ask for in move `number`.
-fn kill_at(settings: &ShardedSettings, number: u64) -> Option<(MigrationStep, MoveEnd)> {
+/// The strike the scenario's step faults ask for in move `number` (the first router is the
+/// first of `router_hosts`).
+fn strike_at(
+    settings: &ShardedSettings,
+    number: u64,
+    router_hosts: &[NodeId],
+) -> Option<(MigrationStep, Strike)> {
     let fault = settings
         .step_faults
         .iter()
         .find(|f| f.migration == number)?;
-    let end = match fault.kind {
-        StepFaultKind::CrashDonor => MoveEnd::Donor,
-        StepFaultKind::CrashRecipient => MoveEnd::Recipient,
-        _ => return None,
+    let strike = match fault.kind {
+        StepFaultKind::CrashDonor => Strike::Kill(MoveEnd::Donor),
+        StepFaultKind::CrashRecipient => Strike::Kill(MoveEnd::Recipient),
+        StepFaultKind::IsolateRouter => Strike::Isolate(*router_hosts.first()?),
+        StepFaultKind::IsolateDonorFromConfig => return None,
     };
-    Some((fault.at, end))
+    Some((fault.at, strike))
+}
+
+/// How long move `number`'s step fault lasts.
+fn for_ms(settings: &ShardedSettings, number: u64) -> u64 {
+    settings
+        .step_faults
+        .iter()
+        .find(|f| f.migration == number)
+        .map_or(0, |f| f.for_ms)
+}
+
+/// Heals every link of `host` at `at`; returns when it was done.
+async fn heal(lab: Lab, host: NodeId, at: Instant) -> Result<Instant, LabError> {
+    tokio::time::sleep_until(at.into()).await;
+    let others: Vec<NodeId> = lab.nodes().filter(|&n| n != host).collect();
+    lab.links(host, &others, false, false).await?;
+    Ok(Instant::now())
 }
 
 /// After a move whose end was killed: starts it again `for_ms` after the kill, then recovers the
-/// move so that the chunk has exactly the owner the map names.
+/// move so that the chunk has exactly the owner the map names. Returns when it was started.
 async fn settle_kill(
     lab: &Lab,
     map: &mut ChunkMap,
     settings: &ShardedSettings,
     report: &MoveReport,
     hooks: &MoveHooks,
-) -> Result<(), LabError> {
+) -> Result<Option<Instant>, LabError> {
     let Some((shard, killed_at)) = hooks.killed else {
-        return Ok(());
+        return Ok(None);
     };
-    let for_ms = settings
-        .step_faults
-        .iter()
-        .find(|f| f.migration == report.move_id)
-        .map_or(0, |f| f.for_ms);
+    let for_ms = for_ms(settings, report.move_id);
     tokio::time::sleep_until((killed_at + Duration::from_millis(for_ms)).into()).await;
     lab.signal(shard_host(shard), "postgres", Action::Start)
         .await?;
-    recover(lab, map, report, RECOVERY_LIMIT).await
+    let restarted = Instant::now();
+    recover(lab, map, report, RECOVERY_LIMIT).await?;
+    Ok(Some(restarted))
 }
 
 impl Balanced {
+    /// Notes a step fault carried out at `at`.
+    fn fire(&mut self, at: Instant, label: String) {
+        let at_ms = at.saturating_duration_since(self.start).as_millis() as u64;
+        self.fired.push(FiredFault { at_ms, label });
+    }
+
+    /// Waits until every cut host is healed.
+    async fn finish_heals(&mut self) -> Result<(), LabError> {
+        for (label, heal) in std::mem::take(&mut self.heals) {
+            let healed = heal
+                .await
+                .map_err(|e| LabError::Timeout(format!("{label}: {e}")))??;
+            self.fire(healed, label);
+        }
+        self.fired.sort_by_key(|f| f.at_ms);
+        Ok(())
+    }
+
     /// Records a finished move: its migration record, and for a committed one the donor's copy
     /// as an orphan with its range deletion scheduled.
     fn record(
@@ -439,7 +663,7 @@ impl Balanced {
 /// The end state, read from every shard against the map, with what the routers counted.
 async fn observe(
     lab: &Lab,
-    routers: &[Arc<Router>],
+    stale_config_retries: u64,
     history: &History,
     migrations: Vec<MigrationRecord>,
     orphans: Vec<OrphanSpan>,
@@ -449,14 +673,7 @@ async fn observe(
     let mut seen = ShardedObservation {
         migrations,
         orphans,
-        stale_config_retries: routers
-            .iter()
-            .map(|r| {
-                r.stats
-                    .stale_retries
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .sum(),
+        stale_config_retries,
         ..ShardedObservation::default()
     };
     for shard in 0..sharded::cluster(lab)?.shards {
@@ -477,11 +694,11 @@ async fn observe(
             }
         }
     }
-    let router = &routers[0];
+    let bounds = sharded::cluster(lab)?.bounds();
     for op in &history.ops {
         if let OpKind::Put { key, .. } = op.kind {
             seen.chunk_of_key
-                .insert(key, router.chunk_of(u64::from(key)));
+                .insert(key, bounds.chunk_of(point_of(u64::from(key))));
         }
     }
     Ok(seen)

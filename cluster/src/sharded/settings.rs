@@ -1,6 +1,7 @@
 //! What a lab records about its sharded cluster: a leaf, so that the lab's state (`crate::lab`)
 //! can hold it without importing the sharded lab that brings it up.
 
+use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::routing::Bounds;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnectOptions;
@@ -16,6 +17,10 @@ pub struct ShardCluster {
     pub chunks: usize,
     /// Password of the `postgres` superuser on every shard.
     pub superuser_password: String,
+    /// The hosts that run routers (nothing else), in router order: `r1` first. Empty for a lab
+    /// recorded before routers had hosts; its routers run in the driver's own namespace.
+    #[serde(default)]
+    pub router_hosts: Vec<NodeId>,
 }
 
 impl ShardCluster {

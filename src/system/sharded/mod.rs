@@ -6,6 +6,7 @@
 mod show;
 
 use anyhow::Result;
+use quorumlab_cluster::sharded::lab::Layout;
 use quorumlab_cluster::sharded::run::{run_sharded_real, unsupported, RealShardedRun};
 use quorumlab_experiment::rebalance::ShardedRunSummary;
 use quorumlab_experiment::sharded::ShardedSettings;
@@ -149,18 +150,23 @@ impl SystemCli for Sharded<'_> {
         let s = self.settings;
         let full = options.shards.unwrap_or(s.shards);
         install_if_missing(PACKAGES)?;
+        let layout = Layout {
+            shards: full + s.new_shards,
+            empty: s.new_shards,
+            chunks: s.chunks,
+            routers: s.routers,
+        };
         let lab = runtime()?.block_on(quorumlab_cluster::sharded::lab::up(
             options.state_dir,
-            full + s.new_shards,
-            s.new_shards,
-            s.chunks,
+            layout,
             &this_binary()?,
         ))?;
         println!(
-            "{} Postgres shards ({} empty) with {} chunks, the chunk map in etcd, up in {} (hosts: namespaces ql{}-n1..n{})",
-            full + s.new_shards,
-            s.new_shards,
-            s.chunks,
+            "{} Postgres shards ({} empty) with {} chunks, the chunk map in etcd, {} router hosts, up in {} (hosts: namespaces ql{}-n1..n{})",
+            layout.shards,
+            layout.empty,
+            layout.chunks,
+            layout.routers,
             options.state_dir.display(),
             lab.net.as_ref().map_or(0, |n| n.id),
             lab.hosts.len()
