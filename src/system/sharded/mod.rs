@@ -16,7 +16,7 @@ use quorumlab_sim::sharded::{run_sharded, ShardedBuild};
 use quorumlab_sim::sweep::sweep_sharded;
 
 use super::cli::{
-    refuse_option, Build, RealOptions, SimOptions, SweepOptions, SystemCli, UpOptions,
+    fired_faults, refuse_option, Build, RealOptions, SimOptions, SweepOptions, SystemCli, UpOptions,
 };
 use crate::cmd::SafetyViolation;
 use crate::lab_setup::{install_if_missing, this_binary, Package};
@@ -262,6 +262,9 @@ impl SystemCli for Sharded<'_> {
         for r in &runs {
             show::print_migrations(&r.migrations);
             show::print_run(&r.summary, "run");
+            if !r.faults.is_empty() {
+                println!("  step faults: {}", fired_faults(&r.faults));
+            }
         }
         self.judge(runs.iter().map(|r| &r.summary))
     }
