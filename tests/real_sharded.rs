@@ -2,7 +2,9 @@
 //! under write load loses and duplicates nothing, a router that missed the map change retries
 //! instead of writing to the old owner, and a scenario whose donor is killed in the critical
 //! section ends with one owner per chunk and no acknowledged row lost, and a router cut off (on its
-//! own namespace host) during moves writes nothing while the other router loses nothing.
+//! own namespace host) during moves writes nothing while the other router loses nothing; a move by
+//! hand (`cluster move-chunk`) refuses an unknown shard or chunk and a range that is not one
+//! chunk's, in one line with exit 2, and moves the chunk when asked right.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -351,4 +353,102 @@ fn a_router_cut_off_during_moves_fails_its_writes_and_the_other_loses_nothing() 
         "{:?}",
         s.invariant_violations
     );
+}
+
+/// Runs `quorumlab cluster move-chunk ARGS` on the lab in `dir`: (exit code, stdout, stderr).
+fn move_chunk_cli(dir: &LabDir, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+        .args(["cluster", "move-chunk", "--state-dir"])
+        .arg(&dir.0)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn moving_a_chunk_by_hand_refuses_an_unknown_shard_and_overlapping_ranges() {
+    if common::skipped(NEEDS) {
+        return;
+    }
+    let _one = common::one_lab();
+    let dir = LabDir::new("sharded-move-chunk");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let lab = up(&dir, &rt);
+    let map_now = || {
+        rt.block_on(async {
+            let mut map = ChunkMap::connect(&lab).await.unwrap();
+            map.read(CHUNKS).await.unwrap()
+        })
+    };
+    let before = map_now();
+    // Chunk c starts on s{c % 3 + 1}; six even chunks of width 0x2aaaaaaaaaaaaaab.
+    let refused = [
+        (
+            vec!["--chunk", "1", "--to", "s9"],
+            "unknown shard s9: the lab's shards are s1..s3",
+        ),
+        (
+            vec!["--chunk", "6", "--to", "s3"],
+            "unknown chunk 6: the lab's chunks are 0..5",
+        ),
+        (
+            vec!["--range", "0..0x3000000000000000", "--to", "s3"],
+            "overlaps chunks 0 (0x0000000000000000..0x2aaaaaaaaaaaaaab) to 1",
+        ),
+        (
+            vec![
+                "--range",
+                "0x2aaaaaaaaaaaaaab..0x3000000000000000",
+                "--to",
+                "s3",
+            ],
+            "is only part of chunk 1",
+        ),
+        (
+            vec!["--chunk", "1", "--to", "s2"],
+            "chunk 1 is already on s2",
+        ),
+    ];
+    for (args, expected) in refused {
+        let (code, stdout, stderr) = move_chunk_cli(&dir, &args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+    }
+    assert_eq!(map_now(), before, "a refused move changes nothing");
+    rt.block_on(async {
+        let mut conn = sharded::connect(&lab, 1, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let sql = format!("INSERT INTO {} (id, key) VALUES (7, 7)", chunk_table(1));
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    });
+    let range = "0x2aaaaaaaaaaaaaab..0x5555555555555556";
+    let (code, stdout, stderr) = move_chunk_cli(&dir, &["--range", range, "--to", "s3"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("chunk 1 (0x2aaaaaaaaaaaaaab..0x5555555555555556) s2 -> s3: Committed"),
+        "{stdout}"
+    );
+    let after = map_now();
+    assert_eq!(after.table[1].shard, 2, "s3 owns chunk 1");
+    assert!(after.table[1].version > before.table[1].version);
+    rt.block_on(async {
+        assert_eq!(shard_ids(&lab, 2, 1).await, vec![7], "the row moved");
+        let mut donor = sharded::connect(&lab, 1, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let left: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(chunk_table(1))
+            .fetch_one(&mut donor)
+            .await
+            .unwrap();
+        assert_eq!(left, None, "the donor's copy was deleted");
+    });
 }

@@ -81,6 +81,119 @@ impl Bounds {
     pub fn chunk_of(&self, point: u64) -> u32 {
         (self.lows.partition_point(|&lo| lo <= point) - 1) as u32
     }
+
+    /// Chunk `chunk`'s range of points.
+    pub fn range(&self, chunk: u32) -> PointRange {
+        let c = chunk as usize;
+        PointRange {
+            low: self.lows[c],
+            high: self.lows.get(c + 1).copied(),
+        }
+    }
+
+    /// The chunk whose range is exactly `range`: a range that covers parts of several chunks,
+    /// or only part of one, names no chunk (a move never splits or joins chunks).
+    pub fn chunk_with_range(&self, range: PointRange) -> Result<u32, RangeError> {
+        if range.high.is_some_and(|high| high <= range.low) {
+            return Err(RangeError::Empty(range));
+        }
+        let first = self.chunk_of(range.low);
+        let last = range
+            .high
+            .map_or(self.len() as u32 - 1, |high| self.chunk_of(high - 1));
+        if first != last {
+            return Err(RangeError::Overlaps {
+                range,
+                first: (first, self.range(first)),
+                last: (last, self.range(last)),
+            });
+        }
+        if self.range(first) != range {
+            return Err(RangeError::Inside {
+                range,
+                chunk: (first, self.range(first)),
+            });
+        }
+        Ok(first)
+    }
+}
+
+/// A range of shard-key points: `low` up to `high` (excluded), or to the end of the point space
+/// when `high` is `None`. Written `0x4000000000000000..0x8000000000000000` (or `0x...` then `..`
+/// for the last chunk); decimal works too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PointRange {
+    /// First point in the range.
+    pub low: u64,
+    /// First point after it; `None`: the range runs to the end.
+    pub high: Option<u64>,
+}
+
+impl std::fmt::Display for PointRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#018x}..", self.low)?;
+        match self.high {
+            Some(high) => write!(f, "{high:#018x}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::str::FromStr for PointRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<PointRange, String> {
+        let point = |s: &str| {
+            let s = s.trim().replace('_', "");
+            match s.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => s.parse(),
+            }
+            .map_err(|e| format!("'{s}' is not a point (0x-hex or decimal u64): {e}"))
+        };
+        let (low, high) = text
+            .split_once("..")
+            .ok_or_else(|| format!("'{text}' is not a range: write LOW..HIGH or LOW.. (points)"))?;
+        Ok(PointRange {
+            low: point(low)?,
+            high: match high.trim() {
+                "" => None,
+                high => Some(point(high)?),
+            },
+        })
+    }
+}
+
+/// Why a range names no chunk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    /// Nothing in it.
+    #[error("range {0} is empty")]
+    Empty(PointRange),
+    /// It overlaps several chunks.
+    #[error(
+        "range {range} overlaps chunks {} ({}) to {} ({}): a move takes exactly one chunk's range",
+        first.0, first.1, last.0, last.1
+    )]
+    Overlaps {
+        /// The range asked for.
+        range: PointRange,
+        /// The first chunk it touches, with its range.
+        first: (u32, PointRange),
+        /// The last.
+        last: (u32, PointRange),
+    },
+    /// It is only part of one chunk.
+    #[error(
+        "range {range} is only part of chunk {} ({}): a move takes exactly one chunk's range",
+        chunk.0, chunk.1
+    )]
+    Inside {
+        /// The range asked for.
+        range: PointRange,
+        /// The chunk it is inside, with its range.
+        chunk: (u32, PointRange),
+    },
 }
 
 /// A whole routing table as read from the config servers: one entry per chunk.
@@ -111,6 +224,53 @@ mod tests {
             shard: 0,
         };
         assert!(newer.encode() > e.encode());
+    }
+
+    #[test]
+    fn a_range_names_a_chunk_only_when_it_is_that_chunks_whole_range() {
+        let b = Bounds::even(4);
+        let range = |s: &str| s.parse::<PointRange>().unwrap();
+        assert_eq!(
+            b.chunk_with_range(range("0x4000000000000000..0x8000000000000000")),
+            Ok(1)
+        );
+        assert_eq!(b.chunk_with_range(range("0xc000000000000000..")), Ok(3));
+        assert_eq!(b.chunk_with_range(range("0..4611686018427387904")), Ok(0));
+        let overlaps = b
+            .chunk_with_range(range("0x2000000000000000..0x9000000000000000"))
+            .unwrap_err();
+        assert!(matches!(
+            overlaps,
+            RangeError::Overlaps {
+                first: (0, _),
+                last: (2, _),
+                ..
+            }
+        ));
+        assert_eq!(
+            overlaps.to_string(),
+            "range 0x2000000000000000..0x9000000000000000 overlaps chunks 0 \
+             (0x0000000000000000..0x4000000000000000) to 2 (0x8000000000000000..0xc000000000000000): \
+             a move takes exactly one chunk's range"
+        );
+        assert!(matches!(
+            b.chunk_with_range(range("0x4000000000000000..0x5000000000000000")),
+            Err(RangeError::Inside { chunk: (1, _), .. })
+        ));
+        assert!(matches!(
+            b.chunk_with_range(range("0x8000000000000000..")),
+            Err(RangeError::Overlaps {
+                first: (2, _),
+                last: (3, _),
+                ..
+            })
+        ));
+        assert!(matches!(
+            b.chunk_with_range(range("5..5")),
+            Err(RangeError::Empty(_))
+        ));
+        assert!("5".parse::<PointRange>().is_err());
+        assert!("0xzz..".parse::<PointRange>().is_err());
     }
 
     #[test]

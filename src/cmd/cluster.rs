@@ -1,5 +1,6 @@
-//! `quorumlab cluster up|status|down`: a real local lab left running (hosts are network
-//! namespaces; root). `up` is the system's own; `status` and `down` read what the lab recorded.
+//! `quorumlab cluster up|status|down|move-chunk`: a real local lab left running (hosts are network
+//! namespaces; root). `up` is the system's own; `status`, `down` and a sharded lab's
+//! `move-chunk` read what the lab recorded.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -59,6 +60,24 @@ enum ClusterAction {
     },
     /// Stop everything the lab started and remove its hosts (safe to repeat).
     Down,
+    /// Move one chunk of a sharded lab to another shard now, by logical replication: the
+    /// balancer's move (copy, catch-up, critical section, compare-and-swap in etcd), then the
+    /// donor's copy deleted. Name the chunk by number or by its exact range of shard-key points.
+    MoveChunk {
+        /// The chunk, numbered from 0 as `cluster status` lists them.
+        #[arg(long)]
+        chunk: Option<u32>,
+        /// The chunk's exact range of points, LOW..HIGH (0x-hex or decimal; LOW.. for the last
+        /// chunk); a range that overlaps several chunks or is part of one is refused.
+        #[arg(long)]
+        range: Option<String>,
+        /// The shard to move it to: s1, s2, ...
+        #[arg(long)]
+        to: String,
+        /// Print the move's report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs one `cluster` action.
@@ -93,6 +112,104 @@ pub fn command(args: ClusterArgs) -> Result<()> {
         }
         ClusterAction::Status { json } => status(state_dir, json),
         ClusterAction::Down => down(state_dir),
+        ClusterAction::MoveChunk {
+            chunk,
+            range,
+            to,
+            json,
+        } => move_chunk(state_dir, (chunk, range.as_deref()), &to, json),
+    }
+}
+
+/// `cluster move-chunk`: checks the chunk and the shard against the lab, then moves it.
+fn move_chunk(
+    state_dir: &Path,
+    (chunk, range): (Option<u32>, Option<&str>),
+    to: &str,
+    json: bool,
+) -> Result<()> {
+    use quorumlab_cluster::sharded::map::ChunkMap;
+    use quorumlab_cluster::sharded::mover::{self, MoveHooks, MoveLimits, MoveOutcome};
+    use quorumlab_experiment::routing::PointRange;
+
+    let shard = parse_shard(to)?;
+    let range: Option<PointRange> = range
+        .map(str::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let lab = Lab::load(state_dir)?;
+    let cluster = sharded::lab::cluster(&lab)?;
+    if shard >= cluster.shards {
+        bail!(
+            "unknown shard {to}: the lab's shards are s1..s{}",
+            cluster.shards
+        );
+    }
+    let bounds = cluster.bounds();
+    let chunk = match (chunk, range) {
+        (Some(_), Some(_)) => bail!("give --chunk or --range, not both"),
+        (None, None) => bail!("name the chunk to move: --chunk N or --range LOW..HIGH"),
+        (Some(c), None) if c as usize >= cluster.chunks => {
+            bail!(
+                "unknown chunk {c}: the lab's chunks are 0..{}",
+                cluster.chunks - 1
+            )
+        }
+        (Some(c), None) => c,
+        (None, Some(range)) => bounds.chunk_with_range(range)?,
+    };
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let mut map = ChunkMap::connect(&lab).await?;
+        // Unique among this lab's moves: names the move's publication and subscription.
+        let move_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |t| t.as_millis() as u64);
+        let mut hooks = MoveHooks::default();
+        let limits = MoveLimits::default();
+        let report = mover::move_chunk(&lab, &mut map, chunk, shard, move_id, limits, &mut hooks);
+        let report = report.await?;
+        if report.outcome == MoveOutcome::Committed {
+            mover::delete_range(&lab, report.from, chunk).await?;
+        }
+        Ok::<_, quorumlab_cluster::lab::LabError>(report)
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "chunk {chunk} ({}) s{} -> s{}: {:?} in {} ms (copy {} ms, catch-up {} ms, critical section {} ms); {} rows, {:.1} MiB; version {}",
+            bounds.range(chunk),
+            report.from + 1,
+            report.to + 1,
+            report.outcome,
+            report.total_ms,
+            report.clone_ms,
+            report.catch_up_ms,
+            report.critical_ms,
+            report.rows,
+            report.bytes as f64 / (1 << 20) as f64,
+            report.version
+        );
+    }
+    match report.outcome {
+        MoveOutcome::Committed => Ok(()),
+        MoveOutcome::Aborted(why) => bail!(
+            "the move aborted (s{} still owns chunk {chunk}): {why}",
+            report.from + 1
+        ),
+        MoveOutcome::InDoubt(why) => bail!(
+            "the move's commit could not be read back (chunk {chunk} is fenced on s{}): {why}",
+            report.from + 1
+        ),
+    }
+}
+
+/// `s3` -> 2.
+fn parse_shard(name: &str) -> Result<usize> {
+    match name.strip_prefix('s').map(str::parse::<usize>) {
+        Some(Ok(n)) if n >= 1 => Ok(n - 1),
+        _ => bail!("'{name}' is not a shard: write s1, s2, ..."),
     }
 }
 
