@@ -20,7 +20,8 @@ use quorumlab_cluster::sharded::mover::{
 };
 use quorumlab_cluster::sharded::router::{Router, RouterOptions, WriteOutcome};
 use quorumlab_cluster::sharded::run::run_sharded_real;
-use quorumlab_experiment::rebalance::MigrationOutcome;
+use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
+use quorumlab_experiment::rebalance::{bad_reads, MigrationOutcome, ReadRecord};
 use quorumlab_experiment::Scenario;
 
 mod common;
@@ -40,6 +41,22 @@ fn up(dir: &LabDir, rt: &tokio::runtime::Runtime) -> Lab {
         routers: 0,
     };
     rt.block_on(sharded::up(&dir.0, layout, binary)).unwrap()
+}
+
+/// Write `id` to key `key`, acknowledged before anything else happened.
+fn acked_put(id: u64, key: u32) -> Op {
+    Op {
+        id,
+        client: 0,
+        kind: OpKind::Put { key, value: id },
+        invoke_us: 1,
+        complete_us: 2,
+        outcome: Outcome::Ok {
+            read: None,
+            swapped: None,
+        },
+        node: None,
+    }
 }
 
 /// What the writers saw.
@@ -204,6 +221,7 @@ fn a_router_that_missed_the_change_retries_on_the_new_owner() {
             ..RouterOptions::default()
         };
         let stale = Router::start(&lab, blind).await.unwrap();
+        let reader = Router::start(&lab, blind).await.unwrap();
         let key = (0..).find(|&k| stale.chunk_of(k) == 0).unwrap();
         assert!(matches!(
             stale.insert(1, key).await,
@@ -227,6 +245,9 @@ fn a_router_that_missed_the_change_retries_on_the_new_owner() {
             0,
             "it has not heard of the move"
         );
+        // A read sent to the old owner is refused as stale, and read again from the new one.
+        assert_eq!(reader.read(key, false).await, Some(vec![1]));
+        assert_eq!(reader.stats.stale_retries.load(Ordering::Relaxed), 1);
         let outcome = stale.insert(2, key).await;
         assert!(
             matches!(outcome, WriteOutcome::Ok { shard: 2, .. }),
@@ -248,6 +269,32 @@ fn a_router_that_missed_the_change_retries_on_the_new_owner() {
             "the orphan copy, until range deletion"
         );
         assert_eq!(shard_ids(&lab, 2, 0).await, vec![1, 2]);
+        // A broadcast asks every shard: the donor's orphan copy is not returned. The broken
+        // build returns it beside the owner's, and the read check says so.
+        let mut both = stale.read(key, true).await.unwrap();
+        both.sort_unstable();
+        assert_eq!(both, vec![1, 2]);
+        let broken = RouterOptions {
+            orphan_reads: true,
+            ..RouterOptions::default()
+        };
+        let broken = Router::start(&lab, broken).await.unwrap();
+        let orphaned = broken.read(key, true).await.unwrap();
+        let history = History {
+            ops: [1, 2].map(|id| acked_put(id, key as u32)).to_vec(),
+        };
+        let record = |ids: Vec<u64>| ReadRecord {
+            client: 9,
+            key: key as u32,
+            broadcast: true,
+            invoke_us: 10,
+            complete_us: 11,
+            ids: Some(ids),
+        };
+        assert!(bad_reads(&history, &[record(both)]).is_empty());
+        let bad = bad_reads(&history, &[record(orphaned.clone())]);
+        assert_eq!(bad.len(), 1, "{orphaned:?}");
+        assert!(bad[0].contains("returned a document twice"), "{bad:?}");
         assert_eq!(delete_range(&lab, 0, 0).await.unwrap(), 1);
     });
 }
@@ -348,6 +395,8 @@ fn a_router_cut_off_during_moves_fails_its_writes_and_the_other_loses_nothing() 
     );
     assert!(s.migrations_committed >= 3, "{s:?}");
     assert_eq!(s.lost_writes, 0, "{s:?}");
+    assert!(s.reads > 500, "the clients read too: {s:?}");
+    assert_eq!(s.bad_reads, 0, "{:?}", s.bad_read_examples);
     assert!(
         s.invariant_violations.is_empty(),
         "{:?}",

@@ -274,7 +274,7 @@ pub async fn wait_for_shard(
     }
 }
 
-/// `ql_owned` and the ownership check every chunk table's trigger calls. The check takes a share
+/// `ql_owned`, the ownership check every chunk table's trigger calls, and `ql_read`. The check takes a share
 /// lock on the ownership row, so a move's fence (deleting that row) waits for every write that
 /// passed the check to commit, and every write after it fails.
 async fn install_schema(conn: &mut PgConnection) -> Result<(), LabError> {
@@ -290,6 +290,33 @@ async fn install_schema(conn: &mut PgConnection) -> Result<(), LabError> {
                    USING ERRCODE = '{STALE_SQLSTATE}';
                END IF;
                RETURN NEW;
+             END $$"
+        ),
+        // A router's read of one key in one chunk, with the chunk's version and whether the
+        // router takes this shard for the owner: the shard's own ownership decides. A shard
+        // that owns the chunk at a newer version, or that the router wrongly takes for the
+        // owner, answers "stale config"; any other shard that does not own it answers nothing
+        // (its copy, if any, is an orphan). The share lock holds a move's fence until the
+        // read is done. Preloaded documents (ids below 1) are not the workload's.
+        &format!(
+            "CREATE OR REPLACE FUNCTION ql_read(c integer, k bigint, v bigint, expect_owner boolean)
+             RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+             DECLARE owned bigint;
+             BEGIN
+               SELECT version INTO owned FROM ql_owned WHERE chunk = c FOR SHARE;
+               IF NOT FOUND THEN
+                 IF expect_owner THEN
+                   RAISE EXCEPTION 'chunk % is not owned by this shard', c
+                     USING ERRCODE = '{STALE_SQLSTATE}';
+                 END IF;
+                 RETURN;
+               END IF;
+               IF owned > v THEN
+                 RAISE EXCEPTION 'chunk % is at version % here, not %', c, owned, v
+                   USING ERRCODE = '{STALE_SQLSTATE}';
+               END IF;
+               RETURN QUERY EXECUTE format('SELECT id FROM ql_chunk_%s WHERE key = $1 AND id > 0', c)
+                 USING k;
              END $$"
         ),
     ];

@@ -1,4 +1,4 @@
-//! The router: a library the workload (and the reference service) write through.
+//! The router: a library the workload (and the reference service) write and read through.
 //!
 //! It caches the chunk map, keeps it fresh by watching etcd, and sends each write to the shard
 //! its cached map names. A chunk marked critical is held: the write waits until the mark goes.
@@ -62,6 +62,10 @@ pub struct RouterOptions {
     pub write_timeout: Duration,
     /// Connections per shard.
     pub connections: u32,
+    /// Deliberately broken: read each shard's table without asking whether it owns the chunk,
+    /// so a broadcast returns a donor's orphans beside the owner's copy (what the read check
+    /// must catch).
+    pub orphan_reads: bool,
 }
 
 impl Default for RouterOptions {
@@ -72,6 +76,7 @@ impl Default for RouterOptions {
             hold_max: Duration::from_secs(10),
             write_timeout: Duration::from_secs(2),
             connections: 8,
+            orphan_reads: false,
         }
     }
 }
@@ -212,6 +217,58 @@ impl Router {
             "chunk {chunk} stale after {} retries",
             self.options.retries
         ))
+    }
+
+    /// Reads the ids of key `key`'s documents: from the owner the cached map names, or with
+    /// `broadcast` from every shard (each answers for its own ownership: nothing when it does
+    /// not own the chunk). A shard's "stale config" makes the router refresh and read again.
+    /// `None` when the read failed or timed out.
+    pub async fn read(&self, key: u64, broadcast: bool) -> Option<Vec<u64>> {
+        let chunk = self.chunk_of(key);
+        for _ in 0..=self.options.retries {
+            self.wait_unless_critical(chunk).await.ok()?;
+            let entry = self.cache.lock().expect("not poisoned").table[chunk as usize];
+            let targets: Vec<usize> = match broadcast {
+                true => (0..self.shards.len()).collect(),
+                false => vec![entry.shard],
+            };
+            let mut ids = Vec::new();
+            let mut stale = false;
+            for shard in targets {
+                let orphans_too = format!(
+                    "SELECT id FROM {} WHERE key = $1 AND id > 0",
+                    chunk_table(chunk)
+                );
+                let query = match self.options.orphan_reads {
+                    false => sqlx::query_scalar::<_, i64>("SELECT ql_read($1, $2, $3, $4)")
+                        .bind(chunk as i32)
+                        .bind(key as i64)
+                        .bind(entry.version as i64)
+                        .bind(shard == entry.shard),
+                    true => sqlx::query_scalar::<_, i64>(&orphans_too).bind(key as i64),
+                }
+                .fetch_all(&self.shards[shard]);
+                let limit = self.options.write_timeout + ANSWER_SLACK;
+                match tokio::time::timeout(limit, query).await.ok()? {
+                    Ok(found) => ids.extend(found.into_iter().map(|id| id as u64)),
+                    // The broken build's read of a shard that never held the chunk.
+                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {}
+                    Err(sqlx::Error::Database(e))
+                        if e.code().as_deref() == Some(STALE_SQLSTATE) =>
+                    {
+                        stale = true;
+                        break;
+                    }
+                    Err(_) => return None,
+                }
+            }
+            if !stale {
+                return Some(ids);
+            }
+            self.stats.stale_retries.fetch_add(1, Ordering::Relaxed);
+            self.refresh().await;
+        }
+        None
     }
 
     /// The chunk's owner once no critical section holds it, and how long it waited (ms).

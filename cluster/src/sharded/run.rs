@@ -2,13 +2,15 @@
 //! the chunk map in etcd, measured into the simulator's [`ShardedRunSummary`].
 //!
 //! Each chunk starts with `chunk_bytes` of preloaded documents, as in the simulator. The
-//! scenario's clients insert through its routers (client `c` uses router `c % routers`) at
-//! the scenario's write rate; its reads are not sent (the real routers route writes only), so a
-//! real run's read columns stay empty. The balancer takes the simulator's policy
+//! scenario's clients insert and read through its routers (client `c` uses router `c %
+//! routers`, each router on its own host when the lab has router hosts) at the scenario's rate
+//! and mix; every read is checked as the simulator checks them (nothing acknowledged before it
+//! missed, no orphan or repeat returned). The balancer takes the simulator's policy
 //! ([`BalancerPolicy::next_move`], seeded by the run number) and moves one chunk at a time until
-//! the workload ends; a committed move's donor copy is range-deleted
-//! `range_deletion_delay_ms` later, between moves (the balancer's task does both, one at a time). A step fault kills an end's Postgres as the move reaches its
-//! step, starts it again `for_ms` later and recovers the move ([`recover`]). Afterwards every
+//! the workload ends; a committed move's donor copy is range-deleted `range_deletion_delay_ms`
+//! later, between moves (the balancer's task does both, one at a time). A step fault kills an
+//! end's Postgres as the move reaches its step, starts it again `for_ms` later and recovers the
+//! move ([`recover`]), or cuts the first router's host off for `for_ms`. Afterwards every
 //! chunk's owner (by the map) is read: an acknowledged id that no owner holds is lost, and a shard
 //! that still claims a chunk the map gives to another breaks the one-owner invariant.
 
@@ -21,7 +23,8 @@ use std::time::{Duration, Instant};
 use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
 use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::rebalance::{
-    summarize, MigrationOutcome, MigrationRecord, OrphanSpan, ShardedObservation, ShardedRunSummary,
+    summarize, MigrationOutcome, MigrationRecord, OrphanSpan, ReadRecord, ShardedObservation,
+    ShardedRunSummary,
 };
 use quorumlab_experiment::scenario::Scenario;
 use quorumlab_experiment::sharded::{MigrationStep, ShardedSettings, StepFaultKind};
@@ -162,7 +165,7 @@ pub async fn run_on_lab(
     let migrations = balanced.migrations.clone();
     let seen = observe(
         lab,
-        routed.stale_retries,
+        (routed.stale_retries, routed.reads),
         &history,
         balanced.migrations,
         balanced.orphans,
@@ -208,14 +211,17 @@ async fn preload(lab: &Lab, settings: &ShardedSettings) -> Result<(), LabError> 
     Ok(())
 }
 
-/// How the scenario's clients write: client `c` through router `c % routers`, each at its share
-/// of the write rate.
+/// How the scenario's clients write and read: client `c` through router `c % routers`, each at
+/// its share of the rate, an insert or a read by the scenario's mix (as the simulator's
+/// clients choose: half the reads broadcast to every shard, half targeted at the owner).
 #[derive(Debug, Clone, Copy)]
 struct ClientPlan {
     clients: u64,
     routers: u64,
     period: Duration,
     keys: u32,
+    /// Inserts and reads in the mix (a compare-and-set counts as an insert here).
+    mix: [u32; 2],
     run_number: u64,
 }
 
@@ -223,14 +229,12 @@ impl ClientPlan {
     fn of(scenario: &Scenario, routers: usize, run_number: u64) -> ClientPlan {
         let w = &scenario.workload;
         let clients = w.clients.max(1) as u64;
-        // The simulator's clients also read; here only its writes are sent, at the same rate.
-        let writes_per_s =
-            (w.rate_per_s * u64::from(w.put.max(1)) / u64::from(w.put.max(1) + w.get)).max(1);
         ClientPlan {
             clients,
             routers: routers as u64,
-            period: Duration::from_micros(1_000_000 * clients / writes_per_s),
+            period: Duration::from_micros(1_000_000 * clients / w.rate_per_s.max(1)),
             keys: w.keys.max(1),
+            mix: [(w.put + w.cas).max(1), w.get],
             run_number,
         }
     }
@@ -241,31 +245,61 @@ impl ClientPlan {
     }
 }
 
-/// Client `c`: inserts through `router` every `period` until `until`.
+/// Client `c`: an insert or a read through `router` every `period` until `until`.
 async fn client(
     router: Arc<Router>,
     plan: ClientPlan,
     c: u64,
     (start, until): (Instant, Instant),
-) -> Vec<Op> {
+) -> Routed {
     let mut rng = SmallRng::seed_from_u64(plan.run_number << 16 | c);
     let mut ticker = tokio::time::interval(plan.period);
-    let mut ops = Vec::new();
+    let mut done = Routed::default();
+    let [puts, gets] = plan.mix;
     for seq in 1.. {
         ticker.tick().await;
         if Instant::now() >= until {
             break;
         }
-        let (id, key) = ((c << 40) | seq, rng.gen_range(0..plan.keys));
-        ops.push(write(&router, c as u32, (id, key), start).await);
+        let key = rng.gen_range(0..plan.keys);
+        if rng.gen_range(0..puts + gets) < puts {
+            let id = (c << 40) | seq;
+            done.ops
+                .push(write(&router, c as u32, (id, key), start).await);
+        } else {
+            let broadcast = rng.gen_bool(0.5);
+            done.reads
+                .push(read(&router, c as u32, key, broadcast, start).await);
+        }
     }
-    ops
+    done
+}
+
+/// One read through `router`, as the simulator records reads.
+async fn read(
+    router: &Router,
+    client: u32,
+    key: u32,
+    broadcast: bool,
+    start: Instant,
+) -> ReadRecord {
+    let invoke_us = start.elapsed().as_micros() as u64;
+    let ids = router.read(u64::from(key), broadcast).await;
+    ReadRecord {
+        client,
+        key,
+        broadcast,
+        invoke_us,
+        complete_us: start.elapsed().as_micros() as u64,
+        ids,
+    }
 }
 
 /// What the routers' clients did.
 #[derive(Debug, Default)]
 struct Routed {
     ops: Vec<Op>,
+    reads: Vec<ReadRecord>,
     stale_retries: u64,
 }
 
@@ -342,6 +376,7 @@ impl Routers {
                 .await
                 .map_err(|e| LabError::Timeout(format!("a router's task: {e}")))??;
             all.ops.extend(routed.ops);
+            all.reads.extend(routed.reads);
             all.stale_retries += routed.stale_retries;
         }
         // Client by client, each in its own order (a stable sort), as one task per client
@@ -373,10 +408,11 @@ async fn router_side(
         .collect();
     let mut routed = Routed::default();
     for c in clients {
-        let ops = c
+        let done = c
             .await
             .map_err(|e| LabError::Timeout(format!("a client of router r{}: {e}", r + 1)))?;
-        routed.ops.extend(ops);
+        routed.ops.extend(done.ops);
+        routed.reads.extend(done.reads);
     }
     routed.stale_retries = router.stats.stale_retries.load(Ordering::Relaxed);
     Ok(routed)
@@ -663,7 +699,7 @@ impl Balanced {
 /// The end state, read from every shard against the map, with what the routers counted.
 async fn observe(
     lab: &Lab,
-    stale_config_retries: u64,
+    (stale_config_retries, reads): (u64, Vec<ReadRecord>),
     history: &History,
     migrations: Vec<MigrationRecord>,
     orphans: Vec<OrphanSpan>,
@@ -674,6 +710,7 @@ async fn observe(
         migrations,
         orphans,
         stale_config_retries,
+        reads,
         ..ShardedObservation::default()
     };
     for shard in 0..sharded::cluster(lab)?.shards {

@@ -1,7 +1,8 @@
 //! Sharded clusters on the command line: the simulator's config servers, shards, routers and
 //! balancer (sim, sweep, `--step`, `--report`, shrink), and the real side: Postgres shards with
 //! the chunk map in etcd (`cluster up sharded`), where `run` and `compare` take the same scenario
-//! files on namespace hosts (writes only; no timed faults yet, step faults that crash a shard).
+//! files on namespace hosts (no timed faults yet; step faults that crash a shard or cut a router
+//! off).
 
 mod show;
 
@@ -258,7 +259,6 @@ impl SystemCli for Sharded<'_> {
             s.balancer,
             options.runs
         );
-        println!("(the scenario's writes only: real routers do not send its reads yet)");
         for r in &runs {
             show::print_migrations(&r.migrations);
             show::print_run(&r.summary, "run");
@@ -296,7 +296,7 @@ impl SystemCli for Sharded<'_> {
         println!(
             "\nThe simulator clones at [sharded] clone_bytes_per_s and rounds latency to its 2 ms step; \
              the real move is Postgres logical replication (a subscription's initial copy, then streaming), \
-             and the real run sends the scenario's writes only, so its read rows are empty."
+             and the real routers read with Postgres queries that check the shard's own ownership."
         );
         Ok(())
     }
