@@ -19,7 +19,7 @@ use quorumlab_cluster::sharded::mover::{
     delete_range, move_chunk, MoveHooks, MoveLimits, MoveOutcome,
 };
 use quorumlab_cluster::sharded::router::{Router, RouterOptions, WriteOutcome};
-use quorumlab_cluster::sharded::run::run_sharded_real;
+use quorumlab_cluster::sharded::run::{run_sharded_real, RealShardedRun};
 use quorumlab_experiment::history::{History, Op, OpKind, Outcome};
 use quorumlab_experiment::rebalance::{bad_reads, MigrationOutcome, ReadRecord};
 use quorumlab_experiment::Scenario;
@@ -299,20 +299,24 @@ fn a_router_that_missed_the_change_retries_on_the_new_owner() {
     });
 }
 
+/// Built-in scenario `name`, cut to 12 s, run once on a fresh lab.
+fn run_for_12_s(name: &str) -> RealShardedRun {
+    let _one = common::one_lab();
+    let dir = LabDir::new(name);
+    let mut scenario = Scenario::load(name).unwrap();
+    scenario.duration_ms = 12_000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_quorumlab"));
+    rt.block_on(run_sharded_real(&scenario, 1, &dir.0, binary))
+        .unwrap()
+}
+
 #[test]
 fn a_donor_killed_in_the_critical_section_leaves_one_owner_and_loses_nothing() {
     if common::skipped(NEEDS) {
         return;
     }
-    let _one = common::one_lab();
-    let dir = LabDir::new("sharded-donor-crash");
-    let mut scenario = Scenario::load("shard-donor-crash").unwrap();
-    scenario.duration_ms = 12_000;
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let binary = Path::new(env!("CARGO_BIN_EXE_quorumlab"));
-    let run = rt
-        .block_on(run_sharded_real(&scenario, 1, &dir.0, binary))
-        .unwrap();
+    let run = run_for_12_s("shard-donor-crash");
     let s = &run.summary;
     eprintln!("migrations: {:?}", run.migrations);
     let first = &run.migrations[0];
@@ -339,15 +343,7 @@ fn a_router_cut_off_during_moves_fails_its_writes_and_the_other_loses_nothing() 
     if common::skipped(NEEDS) {
         return;
     }
-    let _one = common::one_lab();
-    let dir = LabDir::new("sharded-stale-router");
-    let mut scenario = Scenario::load("shard-stale-router").unwrap();
-    scenario.duration_ms = 12_000;
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let binary = Path::new(env!("CARGO_BIN_EXE_quorumlab"));
-    let run = rt
-        .block_on(run_sharded_real(&scenario, 1, &dir.0, binary))
-        .unwrap();
+    let run = run_for_12_s("shard-stale-router");
     let s = &run.summary;
     eprintln!("summary: {s:?}");
     // r1 is cut off from the clone of the second migration on, for 5 s; its clients are the
