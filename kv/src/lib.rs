@@ -1,0 +1,37 @@
+//! quorumlab's durability lab: a small key-value store whose only defence against a crash is
+//! its write-ahead log.
+//!
+//! - [`record`]: the log's framed records (length, CRC-32C, sequence number, payload), the
+//!   operations they carry, and [`record::scan`], which reads a log and stops at the first torn,
+//!   corrupt or out-of-sequence record.
+//! - [`store`]: [`Store`], a table in memory over a log file in a directory: a write is
+//!   acknowledged only once it is durable under the store's [`Fsync`] policy, and opening a
+//!   store replays its log and cuts off whatever follows the valid prefix.
+//!
+//! Not built yet (see the durability issue): group commit (`--fsync batch`), checkpoints
+//! (snapshot, rename, directory fsync, log truncation), the simulated disk and its crash
+//! sweeps, the real SIGKILL crash test, and the CLI.
+
+pub mod record;
+pub mod store;
+
+pub use store::{Fsync, Store};
+
+/// Why a store operation failed; each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A key or value over the limits.
+    #[error("{0}")]
+    Limit(String),
+    /// The directory is not a store (or not one this version can read).
+    #[error("{0}")]
+    NotAStore(String),
+    /// The file system refused.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
