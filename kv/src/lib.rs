@@ -15,7 +15,7 @@
 pub mod record;
 pub mod store;
 
-pub use store::{Fsync, Store};
+pub use store::{Fsync, Shared, Store};
 
 /// Why a store operation failed; each message is one line.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,10 @@ pub enum StoreError {
     /// The directory is not a store (or not one this version can read).
     #[error("{0}")]
     NotAStore(String),
+    /// A sync failed earlier: what the page cache holds can no longer be trusted to reach the
+    /// disk, so the store takes no more writes (reopen it to recover from the log).
+    #[error("the store failed a sync and takes no more writes: {0}")]
+    Failed(String),
     /// The file system refused.
     #[error("{path}: {source}")]
     Io {
