@@ -6,11 +6,12 @@
 //!   corrupt or out-of-sequence record.
 //! - [`store`]: [`Store`], a table in memory over a log file in a directory: a write is
 //!   acknowledged only once it is durable under the store's [`Fsync`] policy, and opening a
-//!   store replays its log and cuts off whatever follows the valid prefix.
+//!   store replays its log and cuts off whatever follows the valid prefix. [`Shared`] lets
+//!   threads write to one store, sharing each `fdatasync` under [`Fsync::Batch`] (group commit).
 //!
-//! Not built yet (see the durability issue): group commit (`--fsync batch`), checkpoints
-//! (snapshot, rename, directory fsync, log truncation), the simulated disk and its crash
-//! sweeps, the real SIGKILL crash test, and the CLI.
+//! Not built yet (see the durability issue): checkpoints (snapshot, rename, directory fsync,
+//! log truncation), the simulated disk and its crash sweeps, the real SIGKILL crash test, and
+//! the CLI.
 
 pub mod record;
 pub mod store;
