@@ -62,6 +62,9 @@ enum Command {
     /// against QUORUMLAB_DATABASE_URL while the service keeps serving. Order: expand, backfill,
     /// restart instances with `serve --name-column display-name`, contract.
     MigrateOnline(cmd::migrate::MigrateArgs),
+    /// The durability lab's key-value store on this disk: put, get, and a crash test that kills
+    /// a writing process with SIGKILL over and over and checks every acknowledged write.
+    Kv(cmd::kv::KvArgs),
     /// Run the node agent on this host: the gRPC service the real-cluster driver uses for faults.
     Agent(cmd::agent::AgentArgs),
 }
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Command::Load(args) => cmd::load::command(args),
         Command::MigrateOnline(args) => cmd::migrate::command(args),
         Command::Agent(args) => cmd::agent::command(args),
+        Command::Kv(args) => cmd::kv::command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

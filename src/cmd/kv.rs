@@ -1,0 +1,367 @@
+//! `quorumlab kv`: the durability lab's store on this machine's disk. `put` and `get` by hand,
+//! and `crash-test`: a child process writes at full speed and is killed with SIGKILL at random
+//! moments, over and over; after each kill the store is recovered and checked against every
+//! write the child had acknowledged.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use quorumlab_kv::record::Stop;
+use quorumlab_kv::{Fsync, Shared, Store};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::SafetyViolation;
+use crate::runtime::progress;
+
+/// `kv`'s arguments.
+#[derive(Args)]
+pub struct KvArgs {
+    #[command(subcommand)]
+    action: KvAction,
+}
+
+#[derive(Subcommand)]
+enum KvAction {
+    /// Set KEY to VALUE in the store in DIR (made if DIR is missing or empty); returns once the
+    /// write is durable under --fsync.
+    Put {
+        /// The store's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// When a write is durable: always (fdatasync each), batch (group commit), never.
+        #[arg(long, default_value = "always")]
+        fsync: String,
+        key: String,
+        value: String,
+    },
+    /// Print KEY's value from the store in DIR, after recovering it from its log.
+    Get {
+        /// The store's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        key: String,
+        /// Print as JSON, with what recovery found.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kill a writing child with SIGKILL at random moments, recover the store after each kill
+    /// and check every acknowledged write. Exit 1 if one is missing.
+    CrashTest {
+        /// Where the store goes (a fresh directory under the temp dir if not given; it must not
+        /// exist or be empty).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Kills.
+        #[arg(long, default_value_t = 1000)]
+        kills: u64,
+        /// always, batch or never.
+        #[arg(long, default_value = "always")]
+        fsync: String,
+        /// Writer threads in the child.
+        #[arg(long, default_value_t = 1)]
+        writers: u32,
+        /// Seed of the kill times.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The crash test's child: writes k<seq> = v<seq> until killed, printing each sequence
+    /// number once it is acknowledged.
+    #[command(hide = true)]
+    WriteUntilKilled {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        fsync: String,
+        #[arg(long)]
+        writers: u32,
+        #[arg(long)]
+        max_writes: u64,
+    },
+}
+
+/// Runs one `kv` action.
+pub fn command(args: KvArgs) -> Result<()> {
+    match args.action {
+        KvAction::Put {
+            dir,
+            fsync,
+            key,
+            value,
+        } => {
+            let mut store = open_or_create(&dir, fsync.parse().map_err(anyhow::Error::msg)?)?;
+            let seq = store.put(key.as_bytes(), value.as_bytes())?;
+            println!("{key} = {value} (record {seq}, durable: {fsync})");
+            Ok(())
+        }
+        KvAction::Get { dir, key, json } => get(&dir, &key, json),
+        KvAction::CrashTest {
+            dir,
+            kills,
+            fsync,
+            writers,
+            seed,
+            json,
+        } => {
+            let policy: Fsync = fsync.parse().map_err(anyhow::Error::msg)?;
+            if writers == 0 || writers > 256 {
+                bail!("--writers: 1 to 256, not {writers}");
+            }
+            let plan = CrashPlan {
+                kills,
+                fsync: (policy, fsync),
+                writers,
+                seed,
+            };
+            crash_test(dir, &plan, json)
+        }
+        KvAction::WriteUntilKilled {
+            dir,
+            fsync,
+            writers,
+            max_writes,
+        } => write_until_killed(
+            &dir,
+            fsync.parse().map_err(anyhow::Error::msg)?,
+            writers,
+            max_writes,
+        ),
+    }
+}
+
+/// The store in `dir`, made first if `dir` is missing or empty.
+fn open_or_create(dir: &Path, fsync: Fsync) -> Result<Store> {
+    let empty = std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
+    Ok(match empty {
+        true => Store::create(dir, fsync)?,
+        false => Store::open(dir, fsync)?,
+    })
+}
+
+fn get(dir: &Path, key: &str, json: bool) -> Result<()> {
+    let store = Store::open(dir, Fsync::Never)?;
+    let value = store.get(key.as_bytes()).map(String::from_utf8_lossy);
+    let r = store.recovery();
+    if json {
+        let value = serde_json::json!({
+            "key": key,
+            "value": value,
+            "recovery": {"records": r.records, "cut_bytes": r.cut_bytes, "stop": format!("{:?}", r.stop)},
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    match value {
+        Some(value) => println!("{value}"),
+        None => println!("({key} has no value)"),
+    }
+    Ok(())
+}
+
+/// What a crash test does.
+struct CrashPlan {
+    kills: u64,
+    fsync: (Fsync, String),
+    writers: u32,
+    seed: u64,
+}
+
+/// A fresh store every this many kills keeps each recovery's log short (there are no
+/// checkpoints yet); within a generation every kill recovers everything written before it.
+const KILLS_PER_GENERATION: u64 = 50;
+/// Writes a child makes at most before it waits to be killed (bounds the log).
+const WRITES_PER_LIFE: u64 = 2000;
+
+fn crash_test(dir: Option<PathBuf>, plan: &CrashPlan, json: bool) -> Result<()> {
+    let base = match dir {
+        Some(dir) => {
+            if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+                bail!(
+                    "{} is not empty: the crash test needs a fresh directory",
+                    dir.display()
+                );
+            }
+            dir
+        }
+        None => std::env::temp_dir().join(format!("quorumlab-kv-crash-{}", std::process::id())),
+    };
+    let mut rng = SmallRng::seed_from_u64(plan.seed);
+    let bar = progress(plan.kills, "kills");
+    let mut tally = Tally::default();
+    let mut acked = BTreeSet::new();
+    let mut store_dir = base.clone();
+    for kill in 0..plan.kills {
+        if kill % KILLS_PER_GENERATION == 0 {
+            let _ = std::fs::remove_dir_all(&base);
+            store_dir = base.join(format!("generation-{}", kill / KILLS_PER_GENERATION));
+            Store::create(&store_dir, plan.fsync.0)?;
+            acked.clear();
+        }
+        let new = one_life(
+            &store_dir,
+            plan,
+            Duration::from_micros(rng.gen_range(1_000..40_000)),
+        )?;
+        tally.acked += new.len() as u64;
+        acked.extend(new.iter().copied());
+        tally.check(&store_dir, &acked, &new)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let _ = std::fs::remove_dir_all(&base);
+    tally.report(plan, json)
+}
+
+/// One child's life: started, killed after `life`, and the sequence numbers it acknowledged.
+fn one_life(dir: &Path, plan: &CrashPlan, life: Duration) -> Result<Vec<u64>> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["kv", "write-until-killed", "--dir"])
+        .arg(dir)
+        .args([
+            "--fsync",
+            &plan.fsync.1,
+            "--writers",
+            &plan.writers.to_string(),
+        ])
+        .args(["--max-writes", &WRITES_PER_LIFE.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the writer")?;
+    let stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(|line| line.ok()?.parse::<u64>().ok())
+            .collect::<Vec<u64>>()
+    });
+    std::thread::sleep(life);
+    // SAFETY: kill(2) on our own child's pid, which we have not yet waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait()?;
+    Ok(reader.join().expect("reader"))
+}
+
+/// What the kills found.
+#[derive(Default)]
+struct Tally {
+    kills: u64,
+    acked: u64,
+    lost: Vec<u64>,
+    torn_tails: u64,
+    corrupt_tails: u64,
+    cut_bytes: u64,
+    recovery_ms_max: f64,
+}
+
+impl Tally {
+    /// Recovers the store and checks this life's acknowledged writes (and that nothing of the
+    /// earlier ones went missing: the table holds at least as many keys).
+    fn check(&mut self, dir: &Path, acked: &BTreeSet<u64>, new: &[u64]) -> Result<()> {
+        self.kills += 1;
+        let started = Instant::now();
+        let store = Store::open(dir, Fsync::Never)?;
+        self.recovery_ms_max = self
+            .recovery_ms_max
+            .max(started.elapsed().as_secs_f64() * 1e3);
+        let r = store.recovery();
+        self.cut_bytes += r.cut_bytes;
+        match r.stop {
+            Stop::Torn => self.torn_tails += 1,
+            Stop::Corrupt | Stop::OutOfSequence => self.corrupt_tails += 1,
+            Stop::End => {}
+        }
+        for &seq in new {
+            let value = format!("v{seq}");
+            if store.get(format!("k{seq}").as_bytes()) != Some(value.as_bytes()) {
+                self.lost.push(seq);
+            }
+        }
+        if store.len() < acked.len() {
+            let missing = acked
+                .iter()
+                .filter(|seq| store.get(format!("k{seq}").as_bytes()).is_none());
+            self.lost.extend(missing);
+        }
+        Ok(())
+    }
+
+    fn report(&self, plan: &CrashPlan, json: bool) -> Result<()> {
+        if json {
+            let value = serde_json::json!({
+                "fsync": plan.fsync.1, "writers": plan.writers, "kills": self.kills,
+                "acknowledged": self.acked, "lost": self.lost.len(), "lost_examples": self.lost.iter().take(5).collect::<Vec<_>>(),
+                "torn_tails_cut": self.torn_tails, "corrupt_tails_cut": self.corrupt_tails,
+                "bytes_cut": self.cut_bytes, "recovery_ms_max": self.recovery_ms_max,
+            });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else {
+            println!(
+                "{} kills with --fsync {}, {} writer(s): {} writes acknowledged, {} lost; {} torn tails cut ({} bytes, {} corrupt); recovery took at most {:.1} ms",
+                self.kills, plan.fsync.1, plan.writers, self.acked, self.lost.len(),
+                self.torn_tails, self.cut_bytes, self.corrupt_tails, self.recovery_ms_max
+            );
+            if plan.fsync.0 == Fsync::Never && self.lost.is_empty() {
+                println!("(--fsync never lost nothing here because SIGKILL kills the process, not the machine: what it wrote is in the kernel's page cache. A power cut would lose it.)");
+            }
+        }
+        if !self.lost.is_empty() {
+            bail!(SafetyViolation(format!(
+                "{} acknowledged writes missing after recovery, e.g. k{}",
+                self.lost.len(),
+                self.lost[0]
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The child: `writers` threads put k<seq> = v<seq> (seq from a shared counter past what the
+/// store holds) and print each acknowledged seq; after `max_writes` they wait to be killed.
+fn write_until_killed(dir: &Path, fsync: Fsync, writers: u32, max_writes: u64) -> Result<()> {
+    let store = Store::open(dir, fsync)?;
+    let first = store.recovery().records + 1;
+    let shared = Arc::new(Shared::new(store)?);
+    let next = Arc::new(Mutex::new(first));
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let threads: Vec<_> = (0..writers)
+        .map(|_| {
+            let (shared, next, out) = (shared.clone(), next.clone(), out.clone());
+            std::thread::spawn(move || loop {
+                let seq = {
+                    let mut next = next.lock().expect("not poisoned");
+                    *next += 1;
+                    *next - 1
+                };
+                if seq >= first + max_writes {
+                    return;
+                }
+                if shared
+                    .put(format!("k{seq}").as_bytes(), format!("v{seq}").as_bytes())
+                    .is_err()
+                {
+                    return;
+                }
+                let mut out = out.lock().expect("not poisoned");
+                let _ = writeln!(out, "{seq}");
+                let _ = out.flush();
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    // Done early: wait to be killed, as a writer that is still busy would be.
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}

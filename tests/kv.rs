@@ -1,0 +1,125 @@
+//! The durability lab's store from the command line: real SIGKILLs of a writing process lose no
+//! acknowledged write under any fsync policy, and bad input is one line, exit 2, nothing written.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn quorumlab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+        .args(args)
+        .output()
+        .expect("run quorumlab")
+}
+
+fn files(dir: &Path) -> Vec<(String, u64)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn killed_writers_lose_no_acknowledged_write() {
+    for (fsync, writers) in [("always", "1"), ("batch", "8"), ("never", "1")] {
+        let out = quorumlab(&[
+            "kv",
+            "crash-test",
+            "--kills",
+            "60",
+            "--fsync",
+            fsync,
+            "--writers",
+            writers,
+            "--json",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{fsync}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(r["kills"], 60, "{r}");
+        assert_eq!(r["lost"], 0, "{r}");
+        assert!(
+            r["acknowledged"].as_u64().unwrap() > 60,
+            "{fsync}: the child wrote: {r}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    assert!(
+        quorumlab(&["kv", "put", "--dir", store.to_str().unwrap(), "a", "1"])
+            .status
+            .success()
+    );
+    let before = files(&store);
+    let not_a_store = dir.path().join("mine");
+    std::fs::create_dir(&not_a_store).unwrap();
+    std::fs::write(not_a_store.join("notes.txt"), "keep").unwrap();
+    let long_key = "k".repeat(1025);
+    let cases: [(Vec<&str>, &str); 4] = [
+        (
+            vec![
+                "kv",
+                "put",
+                "--dir",
+                store.to_str().unwrap(),
+                &long_key,
+                "v",
+            ],
+            "a key has 1 to 1024 bytes",
+        ),
+        (
+            vec![
+                "kv",
+                "put",
+                "--dir",
+                store.to_str().unwrap(),
+                "--fsync",
+                "sometimes",
+                "a",
+                "2",
+            ],
+            "no fsync policy",
+        ),
+        (
+            vec!["kv", "get", "--dir", not_a_store.to_str().unwrap(), "a"],
+            "is not a store",
+        ),
+        (
+            vec![
+                "kv",
+                "put",
+                "--dir",
+                not_a_store.to_str().unwrap(),
+                "a",
+                "1",
+            ],
+            "is not a store",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = quorumlab(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    assert_eq!(files(&store), before, "the store is as it was");
+    assert_eq!(files(&not_a_store), vec![("notes.txt".to_string(), 4)]);
+    let out = quorumlab(&["kv", "get", "--dir", store.to_str().unwrap(), "a"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+}
