@@ -13,6 +13,11 @@ const SMALLER: &[(&str, &str)] = &[
     ("--seeds 1..1000", "--seeds 1..20"),
     ("--seeds 1..=200", "--seeds 1..=10"),
     ("sim bench", "sim bench --seeds 20"),
+    ("--kills 1000", "--kills 50"),
+    (
+        "kv bench --json",
+        "kv bench --seconds 0.2 --recovery-mib 8 --json",
+    ),
 ];
 
 /// Why a command is not run here, by its subcommand; `None`: it runs.

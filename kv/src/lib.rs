@@ -10,8 +10,8 @@
 //!   threads write to one store, sharing each `fdatasync` under [`Fsync::Batch`] (group commit).
 //!
 //! Not built yet (see the durability issue): checkpoints (snapshot, rename, directory fsync,
-//! log truncation), the simulated disk and its crash sweeps, the real SIGKILL crash test, and
-//! the CLI.
+//! log truncation), and the simulated disk with its crash sweeps. The command line (`quorumlab
+//! kv`, with the real SIGKILL crash test and the benchmark) is in the `quorumlab` package.
 
 pub mod record;
 pub mod store;

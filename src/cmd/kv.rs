@@ -74,6 +74,23 @@ enum KvAction {
         #[arg(long)]
         json: bool,
     },
+    /// Measure this disk: its fsyncs per second (the limit for --fsync always), writes per
+    /// second for each policy with 1, 8 and 64 writers, and recovery time of a large log (as
+    /// root it also drops the machine's clean page cache once, to time recovery from the disk).
+    Bench {
+        /// Where the stores go (a fresh directory under the temp dir if not given).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Size of the log recovered, MiB.
+        #[arg(long, default_value_t = 1024)]
+        recovery_mib: u64,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The crash test's child: writes k<seq> = v<seq> until killed, printing each sequence
     /// number once it is acknowledged.
     #[command(hide = true)]
@@ -123,6 +140,28 @@ pub fn command(args: KvArgs) -> Result<()> {
                 seed,
             };
             crash_test(dir, &plan, json)
+        }
+        KvAction::Bench {
+            dir,
+            seconds,
+            recovery_mib,
+            json,
+        } => {
+            if !(0.1..=600.0).contains(&seconds) || recovery_mib == 0 || recovery_mib > 16384 {
+                bail!("--seconds: 0.1 to 600; --recovery-mib: 1 to 16384");
+            }
+            let dir = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("quorumlab-kv-bench-{}", std::process::id()))
+            });
+            if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+                bail!(
+                    "{} is not empty: the benchmark needs a fresh directory",
+                    dir.display()
+                );
+            }
+            let result = bench(&dir, Duration::from_secs_f64(seconds), recovery_mib, json);
+            let _ = std::fs::remove_dir_all(&dir);
+            result
         }
         KvAction::WriteUntilKilled {
             dir,
@@ -364,4 +403,137 @@ fn write_until_killed(dir: &Path, fsync: Fsync, writers: u32, max_writes: u64) -
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// `kv bench`: the disk's fsync rate, each policy's write rate by writers, recovery time.
+fn bench(dir: &Path, span: Duration, recovery_mib: u64, json: bool) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let fsyncs_per_s = disk_fsyncs_per_s(&dir.join("fsync-probe"), span)?;
+    let mut rows = Vec::new();
+    for policy in ["always", "batch", "never"] {
+        for writers in [1u32, 8, 64] {
+            let store_dir = dir.join(format!("{policy}-{writers}"));
+            let (writes, syncs) = write_rate(
+                &store_dir,
+                policy.parse().map_err(anyhow::Error::msg)?,
+                writers,
+                span,
+            )?;
+            std::fs::remove_dir_all(&store_dir)?;
+            let secs = span.as_secs_f64();
+            rows.push(serde_json::json!({
+                "fsync": policy, "writers": writers,
+                "writes_per_s": (writes as f64 / secs).round(),
+                "fsyncs_per_s": (syncs as f64 / secs).round(),
+                "writes_per_fsync": if syncs > 0 { Some(writes as f64 / syncs as f64) } else { None },
+            }));
+        }
+    }
+    let recovery = recovery_time(&dir.join("recovery"), recovery_mib)?;
+    let value = serde_json::json!({
+        "dir": dir, "seconds_each": span.as_secs_f64(),
+        "disk_fsyncs_per_s": fsyncs_per_s.round(),
+        "writes": rows,
+        "recovery": recovery,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("this disk: {fsyncs_per_s:.0} fsyncs/s (write 64 bytes, fdatasync, repeat: the ceiling for --fsync always)");
+    println!(
+        "{:<8} {:>7} {:>12} {:>10} {:>16}",
+        "fsync", "writers", "writes/s", "fsyncs/s", "writes per fsync"
+    );
+    let number = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    for r in &rows {
+        println!(
+            "{:<8} {:>7} {:>12.0} {:>10.0} {:>16}",
+            r["fsync"].as_str().unwrap_or(""),
+            number(&r["writers"]),
+            number(&r["writes_per_s"]),
+            number(&r["fsyncs_per_s"]),
+            r["writes_per_fsync"]
+                .as_f64()
+                .map_or("-".into(), |w| format!("{w:.1}"))
+        );
+    }
+    let cold = recovery["cold_cache_s"].as_f64().map_or(
+        "not measured without it (dropping the cache needs root)".into(),
+        |s| format!("{s:.2} s read from the disk"),
+    );
+    println!(
+        "recovery of a {:.0} MiB log ({:.0} records): {:.2} s with the log in the page cache, {cold}",
+        number(&recovery["log_bytes"]) / (1 << 20) as f64,
+        number(&recovery["records"]),
+        number(&recovery["warm_cache_s"]),
+    );
+    Ok(())
+}
+
+/// Appends 64 bytes and syncs, over and over for `span`: syncs per second.
+fn disk_fsyncs_per_s(path: &Path, span: Duration) -> Result<f64> {
+    let mut file = std::fs::File::create(path)?;
+    let started = Instant::now();
+    let mut syncs = 0u64;
+    while started.elapsed() < span {
+        file.write_all(&[0u8; 64])?;
+        file.sync_data()?;
+        syncs += 1;
+    }
+    Ok(syncs as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `writers` threads put 100-byte values into a fresh store for `span`: (writes, syncs).
+fn write_rate(dir: &Path, fsync: Fsync, writers: u32, span: Duration) -> Result<(u64, u64)> {
+    let shared = Arc::new(Shared::new(Store::create(dir, fsync)?)?);
+    let deadline = Instant::now() + span;
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    shared.put(format!("w{w}-{n}").as_bytes(), &[b'v'; 100])?;
+                    n += 1;
+                }
+                Ok::<u64, quorumlab_kv::StoreError>(n)
+            })
+        })
+        .collect();
+    let mut writes = 0;
+    for t in threads {
+        writes += t.join().expect("writer")?;
+    }
+    Ok((writes, shared.syncs()))
+}
+
+/// Writes a log of about `mib` MiB (1 KiB values, no syncs, then one), and times reopening it
+/// with the log in the page cache and, when this process may drop the cache, without.
+fn recovery_time(dir: &Path, mib: u64) -> Result<serde_json::Value> {
+    let mut store = Store::create(dir, Fsync::Never)?;
+    let value = vec![b'x'; 1024];
+    let records = mib * 1024 * 1024 / (1024 + 16 + 16);
+    for n in 0..records {
+        store.put(format!("k{n}").as_bytes(), &value)?;
+    }
+    drop(store);
+    std::fs::File::open(dir.join("wal.log"))?.sync_all()?;
+    let log_bytes = std::fs::metadata(dir.join("wal.log"))?.len();
+    let timed = || -> Result<f64> {
+        let started = Instant::now();
+        let store = Store::open(dir, Fsync::Never)?;
+        assert_eq!(store.len() as u64, records);
+        Ok(started.elapsed().as_secs_f64())
+    };
+    let warm_s = timed()?;
+    let cold_s = match std::fs::write("/proc/sys/vm/drop_caches", "1") {
+        Ok(()) => Some(timed()?),
+        Err(_) => None,
+    };
+    std::fs::remove_dir_all(dir)?;
+    Ok(serde_json::json!({
+        "log_bytes": log_bytes, "records": records,
+        "warm_cache_s": warm_s, "cold_cache_s": cold_s,
+    }))
 }
