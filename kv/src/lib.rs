@@ -8,12 +8,16 @@
 //!   acknowledged only once it is durable under the store's [`Fsync`] policy, and opening a
 //!   store replays its log and cuts off whatever follows the valid prefix. [`Shared`] lets
 //!   threads write to one store, sharing each `fdatasync` under [`Fsync::Batch`] (group commit).
+//! - [`simdisk`]: [`simdisk::SimDisk`], a page cache over durable storage where only `fsync`
+//!   makes bytes (file sync) and names (directory sync) durable, and a seeded crash keeps some
+//!   pending writes, in any order, whole or torn by sector. The store does not run on it yet.
 //!
 //! Not built yet (see the durability issue): checkpoints (snapshot, rename, directory fsync,
-//! log truncation), and the simulated disk with its crash sweeps. The command line (`quorumlab
+//! log truncation), the store on the simulated disk, and its crash sweeps. The command line (`quorumlab
 //! kv`, with the real SIGKILL crash test and the benchmark) is in the `quorumlab` package.
 
 pub mod record;
+pub mod simdisk;
 pub mod store;
 
 pub use store::{Fsync, Shared, Store};
