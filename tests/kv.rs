@@ -123,3 +123,30 @@ fn bad_input_is_one_line_and_writes_nothing() {
     let out = quorumlab(&["kv", "get", "--dir", store.to_str().unwrap(), "a"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
 }
+
+#[test]
+fn the_crash_sweep_passes_the_store_and_catches_every_broken_build() {
+    let out = quorumlab(&["kv", "sim", "--seeds", "1..=10000", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["violations"], 0, "{r}");
+    assert!(
+        r["torn_tails_cut"].as_u64().unwrap() > 0,
+        "crashes tore the log: {r}"
+    );
+    for broken in ["skip-fsync", "skip-dir-fsync", "no-crc", "ack-before-fsync"] {
+        let out = quorumlab(&["kv", "sim", "--seeds", "1..=2000", "--broken", broken]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{broken}: {stderr}");
+        assert!(
+            stderr.contains("lost or garbled an acknowledged write"),
+            "{broken}: {stderr}"
+        );
+    }
+    let out = quorumlab(&["kv", "sim", "--broken", "skip-nothing"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -10,17 +10,23 @@
 //!   threads write to one store, sharing each `fdatasync` under [`Fsync::Batch`] (group commit).
 //! - [`simdisk`]: [`simdisk::SimDisk`], a page cache over durable storage where only `fsync`
 //!   makes bytes (file sync) and names (directory sync) durable, and a seeded crash keeps some
-//!   pending writes, in any order, whole or torn by sector. The store does not run on it yet.
+//!   pending writes, in any order, whole or torn by sector.
+//! - [`disk`]: [`Disk`], what the store asks of a disk; [`FsDisk`] and the simulated disk.
+//! - [`crashsim`]: one seeded power cut of the store on the simulated disk, and its check;
+//!   [`Broken`] builds that the check must catch.
 //!
 //! Not built yet (see the durability issue): checkpoints (snapshot, rename, directory fsync,
-//! log truncation), the store on the simulated disk, and its crash sweeps. The command line (`quorumlab
-//! kv`, with the real SIGKILL crash test and the benchmark) is in the `quorumlab` package.
+//! log truncation). The command line (`quorumlab kv`, with the crash sweep, the real SIGKILL
+//! crash test and the benchmark) is in the `quorumlab` package.
 
+pub mod crashsim;
+pub mod disk;
 pub mod record;
 pub mod simdisk;
 pub mod store;
 
-pub use store::{Fsync, Shared, Store};
+pub use disk::{Disk, FsDisk};
+pub use store::{Broken, Fsync, Shared, Store};
 
 /// Why a store operation failed; each message is one line.
 #[derive(Debug, thiserror::Error)]

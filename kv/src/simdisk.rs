@@ -58,6 +58,11 @@ impl SimDisk {
             .insert(name.to_string(), self.inodes.len() - 1);
     }
 
+    /// The file names the program sees, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.live_names.keys().map(String::as_str)
+    }
+
     /// Whether `name` exists for the program.
     pub fn exists(&self, name: &str) -> bool {
         self.live_names.contains_key(name)

@@ -6,11 +6,11 @@
 //! next record is appended behind it.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::path::Path;
 
-use crate::record::{frame, scan, Op, Stop};
+use crate::disk::{Disk, FsDisk};
+use crate::record::{frame, scan_with, Op, Stop};
 use crate::StoreError;
 
 /// The first line of `FORMAT`.
@@ -58,78 +58,120 @@ pub struct Recovery {
     pub stop: Stop,
 }
 
-/// The store: the table, the log it is rebuilt from, and the policy that acknowledges writes.
-pub struct Store {
-    dir: PathBuf,
+/// The store: the table, the disk its log is on, and the policy that acknowledges writes.
+pub struct Store<D: Disk = FsDisk> {
+    disk: D,
     table: BTreeMap<Vec<u8>, Vec<u8>>,
-    log: File,
     next_seq: u64,
     fsync: Fsync,
     recovery: Recovery,
+    broken: Option<Broken>,
+    /// Under `Broken::AckBeforeFsync`: a record acknowledged but not yet synced.
+    unsynced: bool,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.display().to_string(),
-        source,
+/// Deliberately broken builds, each a shortcut that loses data a crash can show (the crash
+/// sweeps must catch every one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// Acknowledge a write without syncing the log.
+    SkipFsync,
+    /// Make the store without syncing its directory: its files' names may not survive.
+    SkipDirFsync,
+    /// Replay records without checking their checksums.
+    NoCrc,
+    /// Acknowledge a write, then sync it on the next one.
+    AckBeforeFsync,
+}
+
+impl std::str::FromStr for Broken {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Broken, String> {
+        match text {
+            "skip-fsync" => Ok(Broken::SkipFsync),
+            "skip-dir-fsync" => Ok(Broken::SkipDirFsync),
+            "no-crc" => Ok(Broken::NoCrc),
+            "ack-before-fsync" => Ok(Broken::AckBeforeFsync),
+            _ => Err(format!(
+                "'{text}' is no broken build (skip-fsync, skip-dir-fsync, no-crc, ack-before-fsync)"
+            )),
+        }
     }
 }
 
-impl Store {
+impl Store<FsDisk> {
     /// Makes a new store in `dir` (created if missing; it must be empty).
     pub fn create(dir: &Path, fsync: Fsync) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        if std::fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
-            return Err(StoreError::NotAStore(format!(
-                "{} is not empty: a new store needs an empty directory",
-                dir.display()
-            )));
-        }
-        let log = dir.join(LOG_FILE);
-        File::create(&log)
-            .map_err(io(&log))?
-            .sync_all()
-            .map_err(io(&log))?;
-        // FORMAT last: a directory without it was never a whole store.
-        let format = dir.join(FORMAT_FILE);
-        let mut file = File::create(&format).map_err(io(&format))?;
-        writeln!(file, "{FORMAT}").map_err(io(&format))?;
-        file.sync_all().map_err(io(&format))?;
-        sync_dir(dir)?;
-        Store::open(dir, fsync)
+        Store::create_on(FsDisk::new(dir)?, fsync, None)
     }
 
     /// Opens the store in `dir`: replays its log and cuts off what follows the valid prefix.
     pub fn open(dir: &Path, fsync: Fsync) -> Result<Store, StoreError> {
-        check_format(dir)?;
-        let path = dir.join(LOG_FILE);
-        let mut log = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        let mut bytes = Vec::new();
-        log.read_to_end(&mut bytes).map_err(io(&path))?;
-        let found = scan(&bytes, 1);
+        if !dir.is_dir() {
+            return Err(StoreError::NotAStore(format!(
+                "{} is not a store (no such directory)",
+                dir.display()
+            )));
+        }
+        Store::open_on(FsDisk::new(dir)?, fsync, None)
+    }
+}
+
+impl<D: Disk> Store<D> {
+    /// Makes a new store on `disk`, which must be empty: the log, then `FORMAT` (a directory
+    /// without it was never a whole store), each synced, then the directory.
+    pub fn create_on(
+        mut disk: D,
+        fsync: Fsync,
+        broken: Option<Broken>,
+    ) -> Result<Store<D>, StoreError> {
+        if !disk.is_empty()? {
+            return Err(StoreError::NotAStore(format!(
+                "{} is not empty: a new store needs an empty directory",
+                disk.place()
+            )));
+        }
+        disk.create(LOG_FILE)?;
+        disk.sync_file(LOG_FILE)?;
+        disk.create(FORMAT_FILE)?;
+        disk.append(FORMAT_FILE, format!("{FORMAT}\n").as_bytes())?;
+        disk.sync_file(FORMAT_FILE)?;
+        if broken != Some(Broken::SkipDirFsync) {
+            disk.sync_dir()?;
+        }
+        Store::open_on(disk, fsync, broken)
+    }
+
+    /// Opens the store on `disk`: replays its log and cuts off what follows the valid prefix.
+    pub fn open_on(
+        mut disk: D,
+        fsync: Fsync,
+        broken: Option<Broken>,
+    ) -> Result<Store<D>, StoreError> {
+        check_format(&mut disk)?;
+        let bytes = disk.read(LOG_FILE)?.ok_or_else(|| {
+            StoreError::NotAStore(format!("{}: the store has no {LOG_FILE}", disk.place()))
+        })?;
+        let found = scan_with(&bytes, 1, broken != Some(Broken::NoCrc));
         let mut table = BTreeMap::new();
         for (seq, payload) in &found.records {
             let op = Op::decode(payload).ok_or_else(|| {
                 StoreError::NotAStore(format!(
-                    "{}: record {seq} has a valid checksum but is no operation of this store",
-                    path.display()
+                    "{}: record {seq} of {LOG_FILE} has a valid checksum but is no operation of this store",
+                    disk.place()
                 ))
             })?;
             apply(&mut table, op);
         }
         let cut_bytes = (bytes.len() - found.valid_bytes) as u64;
         if cut_bytes > 0 {
-            log.set_len(found.valid_bytes as u64).map_err(io(&path))?;
-            log.sync_all().map_err(io(&path))?;
+            disk.truncate(LOG_FILE, found.valid_bytes as u64)?;
+            disk.sync_file(LOG_FILE)?;
         }
         Ok(Store {
-            dir: dir.to_path_buf(),
+            disk,
             table,
-            log,
             next_seq: found.records.len() as u64 + 1,
             fsync,
             recovery: Recovery {
@@ -137,6 +179,8 @@ impl Store {
                 cut_bytes,
                 stop: found.stop,
             },
+            broken,
+            unsynced: false,
         })
     }
 
@@ -145,9 +189,19 @@ impl Store {
         &self.recovery
     }
 
+    /// The disk (to crash it, in a simulation).
+    pub fn disk(&self) -> &D {
+        &self.disk
+    }
+
     /// The value of `key`.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.table.get(key).map(Vec::as_slice)
+    }
+
+    /// Every key and value, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.table.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
     }
 
     /// Sets `key` to `value`; returns once the write is durable under the policy.
@@ -166,10 +220,15 @@ impl Store {
     /// Logs `op`, syncs as the policy says (`Batch` as `Always`: a lone store has no one to
     /// share a sync with): the sequence number it got.
     fn write(&mut self, op: Op) -> Result<u64, StoreError> {
+        if self.broken == Some(Broken::AckBeforeFsync) && self.unsynced {
+            self.disk.sync_file(LOG_FILE)?;
+            self.unsynced = false;
+        }
         let seq = self.append(op)?;
-        if self.fsync != Fsync::Never {
-            let path = self.dir.join(LOG_FILE);
-            self.log.sync_data().map_err(io(&path))?;
+        match (self.fsync, self.broken) {
+            (Fsync::Never, _) | (_, Some(Broken::SkipFsync)) => {}
+            (_, Some(Broken::AckBeforeFsync)) => self.unsynced = true,
+            _ => self.disk.sync_file(LOG_FILE)?,
         }
         Ok(seq)
     }
@@ -178,10 +237,7 @@ impl Store {
     fn append(&mut self, op: Op) -> Result<u64, StoreError> {
         op.check()?;
         let seq = self.next_seq;
-        let path = self.dir.join(LOG_FILE);
-        self.log
-            .write_all(&frame(seq, &op.encode()))
-            .map_err(io(&path))?;
+        self.disk.append(LOG_FILE, &frame(seq, &op.encode()))?;
         self.next_seq += 1;
         apply(&mut self.table, op);
         Ok(seq)
@@ -224,8 +280,8 @@ struct SharedState {
 impl Shared {
     /// Shares `store` (its policy decides how writes are synced).
     pub fn new(store: Store) -> Result<Shared, StoreError> {
-        let path = store.dir.join(LOG_FILE);
-        let sync_handle = store.log.try_clone().map_err(io(&path))?;
+        let mut store = store;
+        let sync_handle = store.disk.handle(LOG_FILE)?;
         let synced_seq = store.next_seq - 1;
         Ok(Shared {
             state: std::sync::Mutex::new(SharedState {
@@ -319,32 +375,29 @@ fn apply(table: &mut BTreeMap<Vec<u8>, Vec<u8>>, op: Op) {
     }
 }
 
-fn check_format(dir: &Path) -> Result<(), StoreError> {
-    let path = dir.join(FORMAT_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|_| {
+fn check_format<D: Disk>(disk: &mut D) -> Result<(), StoreError> {
+    let text = disk.read(FORMAT_FILE)?.ok_or_else(|| {
         StoreError::NotAStore(format!(
             "{} is not a store (no {FORMAT_FILE} file)",
-            dir.display()
+            disk.place()
         ))
     })?;
+    let text = String::from_utf8_lossy(&text);
     match text.lines().next() {
         Some(FORMAT) => Ok(()),
         first => Err(StoreError::NotAStore(format!(
-            "{}: format '{}', this build reads '{FORMAT}'",
-            path.display(),
+            "{}: {FORMAT_FILE} says '{}', this build reads '{FORMAT}'",
+            disk.place(),
             first.unwrap_or("")
         ))),
     }
 }
 
-/// Syncs `dir` itself, so that the names created in it survive a crash.
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write;
 
     #[test]
     fn what_was_written_is_there_after_reopening() {
