@@ -1,5 +1,7 @@
 //! The durability lab's store from the command line: real SIGKILLs of a writing process lose no
-//! acknowledged write under any fsync policy, and bad input is one line, exit 2, nothing written.
+//! acknowledged write under any fsync policy, the crash sweep on the simulated disk passes the
+//! store and catches every broken build, and bad input (a corrupt snapshot among it) is one line,
+//! exit 2, nothing written.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -122,6 +124,24 @@ fn bad_input_is_one_line_and_writes_nothing() {
     assert_eq!(files(&not_a_store), vec![("notes.txt".to_string(), 4)]);
     let out = quorumlab(&["kv", "get", "--dir", store.to_str().unwrap(), "a"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    // A checkpoint, then a flipped bit in the snapshot: refused, nothing changed.
+    let out = quorumlab(&["kv", "checkpoint", "--dir", store.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snapshot = store.join("snapshot");
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    bytes[20] ^= 4;
+    std::fs::write(&snapshot, &bytes).unwrap();
+    let before = files(&store);
+    let out = quorumlab(&["kv", "put", "--dir", store.to_str().unwrap(), "b", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("snapshot is corrupt"), "{stderr}");
+    assert_eq!(files(&store), before);
+    assert_eq!(std::fs::read(&snapshot).unwrap(), bytes);
 }
 
 #[test]

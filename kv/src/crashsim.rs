@@ -76,6 +76,9 @@ impl Disk for PowerCut {
     fn truncate(&mut self, name: &str, len: u64) -> Result<(), StoreError> {
         self.call(|d| SimDisk::truncate(d, name, len as usize))
     }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
+        self.call(|d| SimDisk::rename(d, from, to))
+    }
     fn sync_file(&mut self, name: &str) -> Result<(), StoreError> {
         self.call(|d| SimDisk::sync_file(d, name))
     }
@@ -114,8 +117,8 @@ fn value(seed: u64, op: usize, len: usize) -> Vec<u8> {
 pub fn crash_run(seed: u64, broken: Option<Broken>) -> CrashRun {
     let mut rng = Rng(seed);
     let ops = 1 + rng.below(40);
-    // Making the store takes 8 calls; each write 2 (append, sync).
-    let cut_at = rng.below(8 + 2 * ops + 2);
+    // Making the store takes 9 calls; each write 2 (append, sync); a checkpoint 7.
+    let cut_at = rng.below(9 + 3 * ops + 2);
     let sim = Rc::new(RefCell::new(SimDisk::new()));
     let disk = PowerCut {
         disk: sim.clone(),
@@ -128,6 +131,9 @@ pub fn crash_run(seed: u64, broken: Option<Broken>) -> CrashRun {
     let mut count = 0;
     if let Ok(mut store) = Store::create_on(disk, Fsync::Always, broken) {
         for op in 0..ops {
+            if rng.below(8) == 0 && store.checkpoint().is_err() {
+                break;
+            }
             let key = format!("k{}", rng.below(KEYS)).into_bytes();
             let write = match rng.below(5) {
                 0 => None,

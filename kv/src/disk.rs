@@ -24,6 +24,8 @@ pub trait Disk {
     fn append(&mut self, name: &str, bytes: &[u8]) -> Result<(), StoreError>;
     /// Cuts a file to `len` bytes.
     fn truncate(&mut self, name: &str, len: u64) -> Result<(), StoreError>;
+    /// Renames a file, replacing `to` (durable once the directory is synced).
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError>;
     /// Makes a file's bytes durable.
     fn sync_file(&mut self, name: &str) -> Result<(), StoreError>;
     /// Makes the directory's names durable.
@@ -120,6 +122,14 @@ impl Disk for FsDisk {
         self.file(name)?.set_len(len).map_err(io(&path))
     }
 
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
+        let path = self.dir.join(from);
+        std::fs::rename(&path, self.dir.join(to)).map_err(io(&path))?;
+        self.open.remove(from);
+        self.open.remove(to);
+        Ok(())
+    }
+
     fn sync_file(&mut self, name: &str) -> Result<(), StoreError> {
         let path = self.dir.join(name);
         self.file(name)?.sync_data().map_err(io(&path))
@@ -157,6 +167,11 @@ impl Disk for SimDisk {
 
     fn truncate(&mut self, name: &str, len: u64) -> Result<(), StoreError> {
         SimDisk::truncate(self, name, len as usize);
+        Ok(())
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
+        SimDisk::rename(self, from, to);
         Ok(())
     }
 

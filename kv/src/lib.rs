@@ -15,8 +15,8 @@
 //! - [`crashsim`]: one seeded power cut of the store on the simulated disk, and its check;
 //!   [`Broken`] builds that the check must catch.
 //!
-//! Not built yet (see the durability issue): checkpoints (snapshot, rename, directory fsync,
-//! log truncation). The command line (`quorumlab kv`, with the crash sweep, the real SIGKILL
+//! Checkpoints ([`Store::checkpoint`]) write the table to a snapshot (temporary file, sync,
+//! rename, directory sync) and empty the log. The command line (`quorumlab kv`, with the crash sweep, the real SIGKILL
 //! crash test and the benchmark) is in the `quorumlab` package.
 
 pub mod crashsim;

@@ -10,13 +10,15 @@ use std::fs::File;
 use std::path::Path;
 
 use crate::disk::{Disk, FsDisk};
-use crate::record::{frame, scan_with, Op, Stop};
+use crate::record::{frame, scan, scan_with, Op, Stop};
 use crate::StoreError;
 
 /// The first line of `FORMAT`.
 const FORMAT: &str = "quorumlab-kv 1";
 const FORMAT_FILE: &str = "FORMAT";
 const LOG_FILE: &str = "wal.log";
+const SNAPSHOT_FILE: &str = "snapshot";
+const SNAPSHOT_TMP_FILE: &str = "snapshot.tmp";
 
 /// When a write is made durable before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,10 +60,13 @@ pub struct Recovery {
     pub stop: Stop,
 }
 
+/// Keys and values, in key order.
+type Table = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// The store: the table, the disk its log is on, and the policy that acknowledges writes.
 pub struct Store<D: Disk = FsDisk> {
     disk: D,
-    table: BTreeMap<Vec<u8>, Vec<u8>>,
+    table: Table,
     next_seq: u64,
     fsync: Fsync,
     recovery: Recovery,
@@ -76,7 +81,8 @@ pub struct Store<D: Disk = FsDisk> {
 pub enum Broken {
     /// Acknowledge a write without syncing the log.
     SkipFsync,
-    /// Make the store without syncing its directory: its files' names may not survive.
+    /// Skip the directory sync after a checkpoint's rename: the snapshot's new name may not
+    /// survive, and the log it replaces is emptied all the same.
     SkipDirFsync,
     /// Replay records without checking their checksums.
     NoCrc,
@@ -137,9 +143,7 @@ impl<D: Disk> Store<D> {
         disk.create(FORMAT_FILE)?;
         disk.append(FORMAT_FILE, format!("{FORMAT}\n").as_bytes())?;
         disk.sync_file(FORMAT_FILE)?;
-        if broken != Some(Broken::SkipDirFsync) {
-            disk.sync_dir()?;
-        }
+        disk.sync_dir()?;
         Store::open_on(disk, fsync, broken)
     }
 
@@ -150,11 +154,12 @@ impl<D: Disk> Store<D> {
         broken: Option<Broken>,
     ) -> Result<Store<D>, StoreError> {
         check_format(&mut disk)?;
+        // The snapshot first: a corrupt one is refused before anything is changed.
+        let (mut table, covers) = load_snapshot(&mut disk)?;
         let bytes = disk.read(LOG_FILE)?.ok_or_else(|| {
             StoreError::NotAStore(format!("{}: the store has no {LOG_FILE}", disk.place()))
         })?;
-        let found = scan_with(&bytes, 1, broken != Some(Broken::NoCrc));
-        let mut table = BTreeMap::new();
+        let found = scan_with(&bytes, covers + 1, broken != Some(Broken::NoCrc));
         for (seq, payload) in &found.records {
             let op = Op::decode(payload).ok_or_else(|| {
                 StoreError::NotAStore(format!(
@@ -172,7 +177,7 @@ impl<D: Disk> Store<D> {
         Ok(Store {
             disk,
             table,
-            next_seq: found.records.len() as u64 + 1,
+            next_seq: covers + found.records.len() as u64 + 1,
             fsync,
             recovery: Recovery {
                 records: found.records.len() as u64,
@@ -182,6 +187,33 @@ impl<D: Disk> Store<D> {
             broken,
             unsynced: false,
         })
+    }
+
+    /// Writes the table to a snapshot and empties the log: the snapshot to a temporary file,
+    /// synced, renamed into place, the directory synced (so the new name is durable before the
+    /// log it replaces is cut), then the log truncated and synced. Returns the last sequence
+    /// number the snapshot covers.
+    pub fn checkpoint(&mut self) -> Result<u64, StoreError> {
+        let covers = self.next_seq - 1;
+        let mut bytes = frame(0, &covers.to_le_bytes());
+        for (n, (key, value)) in self.table.iter().enumerate() {
+            let op = Op::Put {
+                key: key.clone(),
+                value: value.clone(),
+            };
+            bytes.extend(frame(n as u64 + 1, &op.encode()));
+        }
+        self.disk.create(SNAPSHOT_TMP_FILE)?;
+        self.disk.append(SNAPSHOT_TMP_FILE, &bytes)?;
+        self.disk.sync_file(SNAPSHOT_TMP_FILE)?;
+        self.disk.rename(SNAPSHOT_TMP_FILE, SNAPSHOT_FILE)?;
+        if self.broken != Some(Broken::SkipDirFsync) {
+            self.disk.sync_dir()?;
+        }
+        self.disk.truncate(LOG_FILE, 0)?;
+        self.disk.sync_file(LOG_FILE)?;
+        self.unsynced = false;
+        Ok(covers)
     }
 
     /// What opening found.
@@ -375,6 +407,44 @@ fn apply(table: &mut BTreeMap<Vec<u8>, Vec<u8>>, op: Op) {
     }
 }
 
+/// The snapshot's table and the last sequence number it covers (an empty table and 0 when there
+/// is none). Its first record carries that number; every other is a put. A snapshot is synced
+/// before it is renamed into place, so anything but whole, valid records means corruption, and
+/// the store is refused rather than opened without it.
+fn load_snapshot<D: Disk>(disk: &mut D) -> Result<(Table, u64), StoreError> {
+    let Some(bytes) = disk.read(SNAPSHOT_FILE)? else {
+        return Ok((BTreeMap::new(), 0));
+    };
+    let corrupt = |what: String| {
+        StoreError::NotAStore(format!(
+            "{}: {SNAPSHOT_FILE} is corrupt ({what}); nothing was changed",
+            disk.place()
+        ))
+    };
+    let found = scan(&bytes, 0);
+    if found.stop != Stop::End {
+        return Err(corrupt(format!(
+            "{:?} record after {} bytes",
+            found.stop, found.valid_bytes
+        )));
+    }
+    let mut records = found.records.into_iter();
+    let covers = records
+        .next()
+        .and_then(|(_, payload)| Some(u64::from_le_bytes(payload.try_into().ok()?)))
+        .ok_or_else(|| corrupt("no header record".into()))?;
+    let mut table = BTreeMap::new();
+    for (seq, payload) in records {
+        match Op::decode(&payload) {
+            Some(Op::Put { key, value }) => {
+                table.insert(key, value);
+            }
+            _ => return Err(corrupt(format!("record {seq} is not a put"))),
+        }
+    }
+    Ok((table, covers))
+}
+
 fn check_format<D: Disk>(disk: &mut D) -> Result<(), StoreError> {
     let text = disk.read(FORMAT_FILE)?.ok_or_else(|| {
         StoreError::NotAStore(format!(
@@ -486,6 +556,43 @@ mod tests {
         let store = Store::open(dir.path(), Fsync::Batch).unwrap();
         assert_eq!(store.len(), 800);
         assert_eq!(store.recovery().stop, Stop::End);
+    }
+
+    #[test]
+    fn a_checkpoint_replaces_the_log_and_a_corrupt_snapshot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::create(dir.path(), Fsync::Always).unwrap();
+        store.put(b"a", b"1").unwrap();
+        store.put(b"b", b"2").unwrap();
+        store.delete(b"a").unwrap();
+        assert_eq!(store.checkpoint().unwrap(), 3);
+        assert_eq!(store.put(b"c", b"3").unwrap(), 4, "sequence numbers go on");
+        drop(store);
+        let store = Store::open(dir.path(), Fsync::Always).unwrap();
+        let entries: Vec<_> = store.entries().collect();
+        assert_eq!(
+            entries,
+            vec![(&b"b"[..], &b"2"[..]), (&b"c"[..], &b"3"[..])]
+        );
+        assert_eq!(
+            store.recovery().records,
+            1,
+            "only the write after the checkpoint is replayed"
+        );
+        drop(store);
+        let snapshot = dir.path().join(SNAPSHOT_FILE);
+        let mut bytes = std::fs::read(&snapshot).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&snapshot, &bytes).unwrap();
+        let log_before = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
+        let e = Store::open(dir.path(), Fsync::Always).err().unwrap();
+        assert!(e.to_string().contains("snapshot is corrupt"), "{e}");
+        assert_eq!(std::fs::read(&snapshot).unwrap(), bytes, "nothing changed");
+        assert_eq!(
+            std::fs::read(dir.path().join(LOG_FILE)).unwrap(),
+            log_before
+        );
     }
 
     #[test]
