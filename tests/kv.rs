@@ -170,3 +170,34 @@ fn the_crash_sweep_passes_the_store_and_catches_every_broken_build() {
     let out = quorumlab(&["kv", "sim", "--broken", "skip-nothing"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn step_shows_one_crash_from_the_page_cache_to_the_check() {
+    let out = quorumlab(&["kv", "sim", "--step", "7"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for needed in [
+        "disk: fsync wal.log: its bytes are durable",
+        "and the POWER GOES",
+        "bytes were in the page cache and not yet on the disk",
+        "reboot: the disk holds what was synced",
+        "recovered and checked: all",
+    ] {
+        assert!(text.contains(needed), "no '{needed}' in:\n{text}");
+    }
+    let broken = (1..50)
+        .map(|seed| {
+            quorumlab(&[
+                "kv",
+                "sim",
+                "--step",
+                &seed.to_string(),
+                "--broken",
+                "skip-fsync",
+            ])
+        })
+        .find(|out| !out.status.success())
+        .expect("a seed of the broken build fails");
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&broken.stdout).contains("BROKEN"));
+}

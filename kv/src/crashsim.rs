@@ -39,19 +39,33 @@ struct PowerCut {
     disk: Rc<RefCell<SimDisk>>,
     calls: usize,
     cut_at: usize,
+    trace: Trace,
+}
+
+/// What a traced run says, step by step (`None`: not traced).
+type Trace = Rc<RefCell<Option<Vec<String>>>>;
+
+fn note(trace: &Trace, line: impl FnOnce() -> String) {
+    if let Some(lines) = trace.borrow_mut().as_mut() {
+        lines.push(line());
+    }
 }
 
 impl PowerCut {
-    fn call(&mut self, f: impl FnOnce(&mut SimDisk)) -> Result<(), StoreError> {
+    fn call(&mut self, what: &str, f: impl FnOnce(&mut SimDisk)) -> Result<(), StoreError> {
         if self.calls > self.cut_at {
             return Err(StoreError::Failed("the power is off".into()));
         }
         f(&mut self.disk.borrow_mut());
         self.calls += 1;
-        match self.calls > self.cut_at {
-            true => Err(StoreError::Failed("the power went".into())),
-            false => Ok(()),
+        if self.calls > self.cut_at {
+            note(&self.trace, || {
+                format!("    disk: {what} -- and the POWER GOES")
+            });
+            return Err(StoreError::Failed("the power went".into()));
         }
+        note(&self.trace, || format!("    disk: {what}"));
+        Ok(())
     }
 }
 
@@ -64,26 +78,37 @@ impl Disk for PowerCut {
     }
     fn read(&mut self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut out = None;
-        self.call(|d| out = SimDisk::read(d, name).map(<[u8]>::to_vec))?;
+        self.call(&format!("read {name}"), |d| {
+            out = SimDisk::read(d, name).map(<[u8]>::to_vec)
+        })?;
         Ok(out)
     }
     fn create(&mut self, name: &str) -> Result<(), StoreError> {
-        self.call(|d| SimDisk::create(d, name))
+        self.call(&format!("create {name}"), |d| SimDisk::create(d, name))
     }
     fn append(&mut self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        self.call(|d| SimDisk::append(d, name, bytes))
+        let what = format!("append {} bytes to {name} (to the page cache)", bytes.len());
+        self.call(&what, |d| SimDisk::append(d, name, bytes))
     }
     fn truncate(&mut self, name: &str, len: u64) -> Result<(), StoreError> {
-        self.call(|d| SimDisk::truncate(d, name, len as usize))
+        let what = format!("truncate {name} to {len} bytes");
+        self.call(&what, |d| SimDisk::truncate(d, name, len as usize))
     }
     fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
-        self.call(|d| SimDisk::rename(d, from, to))
+        self.call(&format!("rename {from} to {to}"), |d| {
+            SimDisk::rename(d, from, to)
+        })
     }
     fn sync_file(&mut self, name: &str) -> Result<(), StoreError> {
-        self.call(|d| SimDisk::sync_file(d, name))
+        self.call(&format!("fsync {name}: its bytes are durable"), |d| {
+            SimDisk::sync_file(d, name)
+        })
     }
     fn sync_dir(&mut self) -> Result<(), StoreError> {
-        self.call(SimDisk::sync_dir)
+        self.call(
+            "fsync the directory: its names are durable",
+            SimDisk::sync_dir,
+        )
     }
 }
 
@@ -115,6 +140,16 @@ fn value(seed: u64, op: usize, len: usize) -> Vec<u8> {
 
 /// One crash run of `seed` (with `broken`, a deliberately broken build).
 pub fn crash_run(seed: u64, broken: Option<Broken>) -> CrashRun {
+    crash_run_traced(seed, broken, false).0
+}
+
+/// [`crash_run`], and with `traced` what happened, step by step, for a learner.
+pub fn crash_run_traced(
+    seed: u64,
+    broken: Option<Broken>,
+    traced: bool,
+) -> (CrashRun, Vec<String>) {
+    let trace: Trace = Rc::new(RefCell::new(traced.then(Vec::new)));
     let mut rng = Rng(seed);
     let ops = 1 + rng.below(40);
     // Making the store takes 9 calls; each write 2 (append, sync); a checkpoint 7.
@@ -124,15 +159,26 @@ pub fn crash_run(seed: u64, broken: Option<Broken>) -> CrashRun {
         disk: sim.clone(),
         calls: 0,
         cut_at,
+        trace: trace.clone(),
     };
+    note(&trace, || {
+        format!(
+            "seed {seed}: {ops} operations; the power goes at disk call {}",
+            cut_at + 1
+        )
+    });
+    note(&trace, || "make the store".into());
     // What was acknowledged last for each key (None: deleted), and the write in flight.
     let mut acked: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     let mut in_flight: Option<(Vec<u8>, Option<Vec<u8>>)> = None;
     let mut count = 0;
     if let Ok(mut store) = Store::create_on(disk, Fsync::Always, broken) {
         for op in 0..ops {
-            if rng.below(8) == 0 && store.checkpoint().is_err() {
-                break;
+            if rng.below(8) == 0 {
+                note(&trace, || format!("checkpoint ({} keys)", store.len()));
+                if store.checkpoint().is_err() {
+                    break;
+                }
             }
             let key = format!("k{}", rng.below(KEYS)).into_bytes();
             let write = match rng.below(5) {
@@ -140,29 +186,54 @@ pub fn crash_run(seed: u64, broken: Option<Broken>) -> CrashRun {
                 _ => Some(value(seed, op, 1 + rng.below(1500))),
             };
             in_flight = Some((key.clone(), write.clone()));
+            let what = match &write {
+                Some(v) => format!("put {} ({} bytes)", String::from_utf8_lossy(&key), v.len()),
+                None => format!("delete {}", String::from_utf8_lossy(&key)),
+            };
+            note(&trace, || what.clone());
             let done = match &write {
                 Some(v) => store.put(&key, v),
                 None => store.delete(&key),
             };
             if done.is_err() {
+                note(&trace, || format!("  {what}: never acknowledged"));
                 break;
             }
+            note(&trace, || format!("  {what}: acknowledged"));
             acked.insert(key, write);
             count += 1;
             in_flight = None;
         }
     }
     let unsynced_bytes = sim.borrow().unsynced_bytes();
-    let after = sim.borrow().crash(&mut |n| rng.below(n));
+    note(&trace, || {
+        format!("the power is off: {unsynced_bytes} bytes were in the page cache and not yet on the disk")
+    });
+    let mut reboot = Vec::new();
+    let after = sim.borrow().crash_noted(&mut |n| rng.below(n), &mut reboot);
+    note(&trace, || {
+        "reboot: the disk holds what was synced, and of the rest:".into()
+    });
+    for line in reboot {
+        note(&trace, || format!("  {line}"));
+    }
     let (violation, tail_cut) = check(after, broken, &acked, in_flight.as_ref());
-    CrashRun {
+    note(&trace, || {
+        match &violation {
+        None => format!("recovered and checked: all {} acknowledged keys as acknowledged, nothing half-written{}", acked.len(), if tail_cut { " (a torn tail was cut off the log)" } else { "" }),
+        Some(v) => format!("recovered and checked: BROKEN: {v}"),
+    }
+    });
+    let run = CrashRun {
         seed,
         acked: count,
         cut_at_call: cut_at,
         unsynced_bytes,
         tail_cut,
         violation,
-    }
+    };
+    let lines = trace.borrow_mut().take().unwrap_or_default();
+    (run, lines)
 }
 
 /// Recovers the store from `disk` and checks it against what was acknowledged.

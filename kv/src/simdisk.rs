@@ -133,11 +133,25 @@ impl SimDisk {
     /// by `choose`, some of its pending changes applied in some order, each write whole, torn
     /// by sector or lost; the directory is the last synced one.
     pub fn crash(&self, choose: Choose<'_>) -> SimDisk {
+        self.crash_noted(choose, &mut Vec::new())
+    }
+
+    /// [`SimDisk::crash`], saying in `notes` what became of each pending change (the same
+    /// choices, so the same disk).
+    pub fn crash_noted(&self, choose: Choose<'_>, notes: &mut Vec<String>) -> SimDisk {
         let inodes: Vec<Inode> = self
             .inodes
             .iter()
-            .map(|inode| {
-                let bytes = settle(inode, choose);
+            .enumerate()
+            .map(|(id, inode)| {
+                let name = self
+                    .live_names
+                    .iter()
+                    .find(|(_, &i)| i == id)
+                    .map_or("an unnamed file".to_string(), |(n, _)| n.clone());
+                let bytes = settle(inode, choose, &mut |note| {
+                    notes.push(format!("{name}: {note}"))
+                });
                 Inode {
                     durable: bytes.clone(),
                     live: bytes,
@@ -159,7 +173,7 @@ impl SimDisk {
 }
 
 /// What one file holds after a crash.
-fn settle(inode: &Inode, choose: Choose<'_>) -> Vec<u8> {
+fn settle(inode: &Inode, choose: Choose<'_>, note: &mut dyn FnMut(String)) -> Vec<u8> {
     let mut bytes = inode.durable.clone();
     let mut pending: Vec<&Pending> = inode.pending.iter().collect();
     // Reached the disk in some order: a random permutation, then each kept or not.
@@ -169,18 +183,40 @@ fn settle(inode: &Inode, choose: Choose<'_>) -> Vec<u8> {
     for change in pending {
         match change {
             Pending::Truncate { len } => {
-                if choose(2) == 1 {
+                let kept = choose(2) == 1;
+                if kept {
                     bytes.truncate(*len);
                 }
+                note(format!(
+                    "the truncation to {len} bytes {}",
+                    if kept { "reached the disk" } else { "was lost" }
+                ));
             }
             Pending::Write {
                 offset,
                 bytes: data,
-            } => match choose(3) {
-                0 => {}
-                1 => write_at(&mut bytes, *offset, data, |_| true),
-                _ => write_at(&mut bytes, *offset, data, |_| choose(2) == 1),
-            },
+            } => {
+                let what = format!("the write of {} bytes at offset {offset}", data.len());
+                match choose(3) {
+                    0 => note(format!("{what} was lost")),
+                    1 => {
+                        write_at(&mut bytes, *offset, data, |_| true);
+                        note(format!("{what} reached the disk whole"));
+                    }
+                    _ => {
+                        let (mut kept, mut sectors) = (0, 0);
+                        write_at(&mut bytes, *offset, data, |_| {
+                            sectors += 1;
+                            let keep = choose(2) == 1;
+                            kept += usize::from(keep);
+                            keep
+                        });
+                        note(format!(
+                            "{what} was torn: {kept} of its {sectors} sectors reached the disk"
+                        ));
+                    }
+                }
+            }
         }
     }
     bytes

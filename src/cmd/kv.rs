@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use quorumlab_kv::crashsim::{crash_run, CrashRun};
+use quorumlab_kv::crashsim::{crash_run, crash_run_traced, CrashRun};
 use quorumlab_kv::record::Stop;
 use quorumlab_kv::{Broken, Fsync, Shared, Store};
 use rand::rngs::SmallRng;
@@ -97,6 +97,10 @@ enum KvAction {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Walk through one seed's run instead (Enter: next step, q: quit): each disk call, the
+        /// power cut, what the page cache held, what the reboot kept, what recovery found.
+        #[arg(long)]
+        step: Option<u64>,
     },
     /// Measure this disk: its fsyncs per second (the limit for --fsync always), writes per
     /// second for each policy with 1, 8 and 64 writers, and recovery time of a large log (as
@@ -178,12 +182,16 @@ pub fn command(args: KvArgs) -> Result<()> {
             seeds,
             broken,
             json,
+            step,
         } => {
             let broken = broken
                 .map(|b| b.parse::<Broken>())
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            crash_sweep(seeds, broken, json)
+            match step {
+                Some(seed) => step_through(seed, broken),
+                None => crash_sweep(seeds, broken, json),
+            }
         }
         KvAction::Bench {
             dir,
@@ -638,5 +646,23 @@ fn crash_sweep(
             runs.len(),
             first.seed
         ))),
+    }
+}
+
+/// `kv sim --step SEED`: one seed's run, a step at a time when a person is at the terminal.
+fn step_through(seed: u64, broken: Option<Broken>) -> Result<()> {
+    use std::io::IsTerminal;
+    let (run, lines) = crash_run_traced(seed, broken, true);
+    let interactive = std::io::stdin().is_terminal();
+    let mut input = std::io::stdin().lock();
+    for line in &lines {
+        println!("{line}");
+        if interactive && !line.starts_with("    ") && !crate::system::next_step(&mut input)? {
+            break;
+        }
+    }
+    match run.violation {
+        None => Ok(()),
+        Some(v) => bail!(SafetyViolation(format!("seed {seed}: {v}"))),
     }
 }

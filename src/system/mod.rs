@@ -16,7 +16,8 @@ mod postgres;
 mod sharded;
 
 pub use cli::{
-    shell_word, Build, RealOptions, SimOptions, SweepFailed, SweepOptions, SystemCli, UpOptions,
+    next_step, shell_word, Build, RealOptions, SimOptions, SweepFailed, SweepOptions, SystemCli,
+    UpOptions,
 };
 use quorumlab_experiment::{Scenario, System};
 
