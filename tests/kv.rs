@@ -124,6 +124,18 @@ fn bad_input_is_one_line_and_writes_nothing() {
     assert_eq!(files(&not_a_store), vec![("notes.txt".to_string(), 4)]);
     let out = quorumlab(&["kv", "get", "--dir", store.to_str().unwrap(), "a"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    let dir_arg = store.to_str().unwrap();
+    assert!(quorumlab(&["kv", "put", "--dir", dir_arg, "gone", "x"])
+        .status
+        .success());
+    assert!(quorumlab(&["kv", "delete", "--dir", dir_arg, "gone"])
+        .status
+        .success());
+    let out = quorumlab(&["kv", "get", "--dir", dir_arg, "gone"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "(gone has no value)"
+    );
     // A checkpoint, then a flipped bit in the snapshot: refused, nothing changed.
     let out = quorumlab(&["kv", "checkpoint", "--dir", store.to_str().unwrap()]);
     assert!(
@@ -169,6 +181,14 @@ fn the_crash_sweep_passes_the_store_and_catches_every_broken_build() {
     }
     let out = quorumlab(&["kv", "sim", "--broken", "skip-nothing"]);
     assert_eq!(out.status.code(), Some(2));
+    // The unsafe baseline: what --fsync never acknowledged, a power cut takes away.
+    let out = quorumlab(&["kv", "sim", "--seeds", "1..=500", "--fsync", "never"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -138,14 +138,15 @@ fn value(seed: u64, op: usize, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// One crash run of `seed` (with `broken`, a deliberately broken build).
-pub fn crash_run(seed: u64, broken: Option<Broken>) -> CrashRun {
-    crash_run_traced(seed, broken, false).0
+/// One crash run of `seed` under `fsync` (with `broken`, a deliberately broken build).
+pub fn crash_run(seed: u64, fsync: Fsync, broken: Option<Broken>) -> CrashRun {
+    crash_run_traced(seed, fsync, broken, false).0
 }
 
 /// [`crash_run`], and with `traced` what happened, step by step, for a learner.
 pub fn crash_run_traced(
     seed: u64,
+    fsync: Fsync,
     broken: Option<Broken>,
     traced: bool,
 ) -> (CrashRun, Vec<String>) {
@@ -172,7 +173,7 @@ pub fn crash_run_traced(
     let mut acked: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     let mut in_flight: Option<(Vec<u8>, Option<Vec<u8>>)> = None;
     let mut count = 0;
-    if let Ok(mut store) = Store::create_on(disk, Fsync::Always, broken) {
+    if let Ok(mut store) = Store::create_on(disk, fsync, broken) {
         for op in 0..ops {
             if rng.below(8) == 0 {
                 note(&trace, || format!("checkpoint ({} keys)", store.len()));
@@ -298,7 +299,9 @@ mod tests {
 
     #[test]
     fn the_store_survives_every_crash_of_a_thousand_seeds() {
-        let runs: Vec<CrashRun> = (1..=1000).map(|s| crash_run(s, None)).collect();
+        let runs: Vec<CrashRun> = (1..=1000)
+            .map(|s| crash_run(s, Fsync::Always, None))
+            .collect();
         let bad: Vec<_> = runs.iter().filter(|r| r.violation.is_some()).collect();
         assert!(bad.is_empty(), "{:?}", bad.first());
         assert!(
@@ -310,7 +313,17 @@ mod tests {
 
     #[test]
     fn a_seed_replays_exactly() {
-        assert_eq!(crash_run(42, None), crash_run(42, None));
+        assert_eq!(
+            crash_run(42, Fsync::Always, None),
+            crash_run(42, Fsync::Always, None)
+        );
+    }
+
+    #[test]
+    fn fsync_never_loses_acknowledged_writes_and_batch_does_not() {
+        let lost = (1..=500).find_map(|s| crash_run(s, Fsync::Never, None).violation);
+        assert!(lost.is_some(), "never lost nothing in 500 power cuts");
+        assert!((1..=500).all(|s| crash_run(s, Fsync::Batch, None).violation.is_none()));
     }
 
     #[test]
@@ -321,7 +334,8 @@ mod tests {
             Broken::NoCrc,
             Broken::AckBeforeFsync,
         ] {
-            let caught = (1..=2000).find_map(|s| crash_run(s, Some(broken)).violation);
+            let caught =
+                (1..=2000).find_map(|s| crash_run(s, Fsync::Always, Some(broken)).violation);
             assert!(caught.is_some(), "{broken:?} was not caught in 2,000 seeds");
         }
     }

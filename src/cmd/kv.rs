@@ -43,6 +43,16 @@ enum KvAction {
         key: String,
         value: String,
     },
+    /// Remove KEY from the store in DIR; returns once the removal is durable under --fsync.
+    Delete {
+        /// The store's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// When a removal is durable: always, batch, never.
+        #[arg(long, default_value = "always")]
+        fsync: String,
+        key: String,
+    },
     /// Write the store's table to a snapshot and empty its log (temporary file, fsync, rename,
     /// directory fsync, then the log truncated).
     Checkpoint {
@@ -94,6 +104,10 @@ enum KvAction {
         /// no-crc, ack-before-fsync.
         #[arg(long)]
         broken: Option<String>,
+        /// The store's policy: always, batch (one writer: as always) or never (which a power
+        /// cut punishes: the baseline's loss).
+        #[arg(long, default_value = "always")]
+        fsync: String,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -149,6 +163,12 @@ pub fn command(args: KvArgs) -> Result<()> {
             Ok(())
         }
         KvAction::Get { dir, key, json } => get(&dir, &key, json),
+        KvAction::Delete { dir, fsync, key } => {
+            let mut store = Store::open(&dir, fsync.parse().map_err(anyhow::Error::msg)?)?;
+            let seq = store.delete(key.as_bytes())?;
+            println!("{key} removed (record {seq}, durable: {fsync})");
+            Ok(())
+        }
         KvAction::Checkpoint { dir } => {
             let mut store = Store::open(&dir, Fsync::Always)?;
             let covers = store.checkpoint()?;
@@ -183,14 +203,16 @@ pub fn command(args: KvArgs) -> Result<()> {
             broken,
             json,
             step,
+            fsync,
         } => {
+            let fsync: Fsync = fsync.parse().map_err(anyhow::Error::msg)?;
             let broken = broken
                 .map(|b| b.parse::<Broken>())
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
             match step {
-                Some(seed) => step_through(seed, broken),
-                None => crash_sweep(seeds, broken, json),
+                Some(seed) => step_through(seed, fsync, broken),
+                None => crash_sweep(seeds, (fsync, broken), json),
             }
         }
         KvAction::Bench {
@@ -593,7 +615,7 @@ fn recovery_time(dir: &Path, mib: u64) -> Result<serde_json::Value> {
 /// `kv sim`: a crash run per seed, in parallel; the first seeds that broke the rules.
 fn crash_sweep(
     seeds: std::ops::RangeInclusive<u64>,
-    broken: Option<Broken>,
+    (fsync, broken): (Fsync, Option<Broken>),
     json: bool,
 ) -> Result<()> {
     let started = Instant::now();
@@ -602,7 +624,7 @@ fn crash_sweep(
         .clone()
         .into_par_iter()
         .map(|seed| {
-            let run = crash_run(seed, broken);
+            let run = crash_run(seed, fsync, broken);
             bar.inc(1);
             run
         })
@@ -612,9 +634,13 @@ fn crash_sweep(
     let acked: u64 = runs.iter().map(|r| r.acked).sum();
     let torn = runs.iter().filter(|r| r.tail_cut).count();
     let unsynced = runs.iter().filter(|r| r.unsynced_bytes > 0).count();
-    let build = broken.map_or("the store".to_string(), |b| {
-        format!("the broken build {b:?}")
-    });
+    let build = match broken {
+        Some(b) => format!("the broken build {b:?}"),
+        None => format!(
+            "the store (--fsync {})",
+            format!("{fsync:?}").to_lowercase()
+        ),
+    };
     if json {
         let value = serde_json::json!({
             "seeds": [seeds.start(), seeds.end()], "broken": broken.map(|b| format!("{b:?}")),
@@ -650,9 +676,9 @@ fn crash_sweep(
 }
 
 /// `kv sim --step SEED`: one seed's run, a step at a time when a person is at the terminal.
-fn step_through(seed: u64, broken: Option<Broken>) -> Result<()> {
+fn step_through(seed: u64, fsync: Fsync, broken: Option<Broken>) -> Result<()> {
     use std::io::IsTerminal;
-    let (run, lines) = crash_run_traced(seed, broken, true);
+    let (run, lines) = crash_run_traced(seed, fsync, broken, true);
     let interactive = std::io::stdin().is_terminal();
     let mut input = std::io::stdin().lock();
     for line in &lines {
