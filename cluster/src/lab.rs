@@ -386,11 +386,16 @@ impl Lab {
         Ok(())
     }
 
+    /// Cuts (or heals) every link between `host` and the lab's other hosts.
+    pub async fn cut_off(&self, host: NodeId, cut: bool) -> Result<(), LabError> {
+        let peers: Vec<NodeId> = self.nodes().filter(|&p| p != host).collect();
+        self.links(host, &peers, cut, false).await
+    }
+
     /// Heals every link of every host.
     pub async fn heal_all(&self) -> Result<(), LabError> {
         for host in self.nodes() {
-            let peers: Vec<NodeId> = self.nodes().filter(|&p| p != host).collect();
-            self.links(host, &peers, false, false).await?;
+            self.cut_off(host, false).await?;
         }
         Ok(())
     }

@@ -138,8 +138,7 @@ impl MoveHooks {
                 }
             }
             Strike::Isolate(host) => {
-                let others: Vec<NodeId> = lab.nodes().filter(|&n| n != host).collect();
-                if lab.links(host, &others, true, false).await.is_ok() {
+                if lab.cut_off(host, true).await.is_ok() {
                     self.isolated = Some((host, Instant::now()));
                 }
             }

@@ -589,8 +589,7 @@ fn for_ms(settings: &ShardedSettings, number: u64) -> u64 {
 /// Heals every link of `host` at `at`; returns when it was done.
 async fn heal(lab: Lab, host: NodeId, at: Instant) -> Result<Instant, LabError> {
     tokio::time::sleep_until(at.into()).await;
-    let others: Vec<NodeId> = lab.nodes().filter(|&n| n != host).collect();
-    lab.links(host, &others, false, false).await?;
+    lab.cut_off(host, false).await?;
     Ok(Instant::now())
 }
 
