@@ -1,7 +1,8 @@
 //! The durability lab's store from the command line: real SIGKILLs of a writing process lose no
 //! acknowledged write under any fsync policy, the crash sweep on the simulated disk passes the
 //! store and catches every broken build, and bad input (a corrupt snapshot among it) is one line,
-//! exit 2, nothing written.
+//! exit 2, nothing written. Power cuts (as root, on an ext4 loop disk) lose what --fsync never
+//! acknowledged and nothing else.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -220,4 +221,49 @@ fn step_shows_one_crash_from_the_page_cache_to_the_check() {
         .expect("a seed of the broken build fails");
     assert_eq!(broken.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&broken.stdout).contains("BROKEN"));
+}
+
+/// A power cut (the store's ext4 disk kept as its loop device held it, the page cache lost)
+/// loses what --fsync never acknowledged, and nothing under always or batch.
+#[test]
+fn power_cuts_lose_only_what_fsync_never_acknowledged() {
+    if !quorumlab_cluster::hosts::is_root() || !Path::new("/usr/sbin/mkfs.ext4").exists() {
+        quorumlab_testkit::skip("kv power-cut needs root (loop devices, mount) and mkfs.ext4");
+        return;
+    }
+    for (fsync, writers) in [("always", "1"), ("batch", "8"), ("never", "1")] {
+        let out = quorumlab(&[
+            "kv",
+            "power-cut",
+            "--cuts",
+            "6",
+            "--fsync",
+            fsync,
+            "--writers",
+            writers,
+            "--json",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let r: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|_| {
+            panic!("{fsync}: {stdout}{}", String::from_utf8_lossy(&out.stderr))
+        });
+        assert_eq!(r["power_cuts"], 6, "{r}");
+        assert!(r["acknowledged"].as_u64().unwrap() > 6, "{fsync}: {r}");
+        if fsync == "never" {
+            assert_eq!(out.status.code(), Some(1), "{r}");
+            assert!(r["lost"].as_u64().unwrap() > 0, "never loses: {r}");
+        } else {
+            assert!(out.status.success(), "{fsync}: {r}");
+            assert_eq!(r["lost"], 0, "{fsync}: {r}");
+        }
+    }
+    let busy = tempfile::tempdir().unwrap();
+    std::fs::write(busy.path().join("keep"), "x").unwrap();
+    let out = quorumlab(&["kv", "power-cut", "--dir", busy.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        files(busy.path()),
+        vec![("keep".to_string(), 1)],
+        "nothing written"
+    );
 }

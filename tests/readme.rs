@@ -14,6 +14,7 @@ const SMALLER: &[(&str, &str)] = &[
     ("--seeds 1..=200", "--seeds 1..=10"),
     ("sim bench", "sim bench --seeds 20"),
     ("--kills 1000", "--kills 50"),
+    ("--cuts 100", "--cuts 3"),
     (
         "kv bench --json",
         "kv bench --seconds 0.2 --recovery-mib 8 --json",

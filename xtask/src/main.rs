@@ -17,7 +17,7 @@ use std::process::{exit, Command};
 /// `protoc` and the well-known `.proto` files are needed by the build scripts of the gRPC crates
 /// (`etcd-client`, the node agent); etcd, Postgres 15 and Patroni are what the real-cluster tests
 /// run; nftables cuts the lab's links; systemd-nspawn, debootstrap and SSH make and reach the
-/// machines, and python3-venv holds Ansible (from PyPI, see `ensure_ansible`).
+/// machines, e2fsprogs makes the power-cut test's filesystem, and python3-venv holds Ansible (from PyPI, see `ensure_ansible`).
 const PACKAGES: &[(&str, &str)] = &[
     ("protobuf-compiler", "/usr/bin/protoc"),
     (
@@ -32,6 +32,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd-container", "/usr/bin/systemd-nspawn"),
     ("debootstrap", "/usr/sbin/debootstrap"),
     ("openssh-client", "/usr/bin/ssh"),
+    // mkfs.ext4: `kv power-cut` puts its store on an ext4 filesystem on a loop device.
+    ("e2fsprogs", "/usr/sbin/mkfs.ext4"),
     // A metapackage: its doc directory is the one file it installs itself.
     ("python3-venv", "/usr/share/doc/python3-venv"),
 ];
