@@ -209,3 +209,71 @@ fn ids_that_do_not_tell_operations_apart_are_renumbered_and_only_the_named_are_m
         "each named operation is marked once in the close-up and once in the overview, no other"
     );
 }
+
+#[test]
+fn jepsen_logs_are_read_as_porcupine_reads_them() {
+    // A timed-out cas that took effect, a failed cas linearized without swapping, a timed-out
+    // write and a timed-out read: linearizable.
+    let out = quorumlab(&["check", &history("jepsen-cas-ok.log")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("cas-register model, 7 operations from 4 clients"));
+    let out = quorumlab(&["check", &history("jepsen-stale-read.log")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains("NOT linearizable (stale read on k0)"));
+}
+
+#[test]
+fn bench_times_every_history_in_a_directory() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/histories");
+    let out = quorumlab(&[
+        "check",
+        "--bench",
+        dir.to_str().unwrap(),
+        "--repeats",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let verdicts: Vec<(&str, bool)> = doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["history"].as_str().unwrap(),
+                r["linearizable"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("cas-register-ok.edn", true),
+            ("independent-stale-read.edn", false),
+            ("jepsen-cas-ok.log", true),
+            ("jepsen-stale-read.log", false),
+        ]
+    );
+    assert!(doc["results"][0]["median_ms"].as_f64().unwrap() > 0.0);
+
+    // Not a directory, or a directory with a bad history: one line, exit 2, nothing on stdout.
+    let out = quorumlab(&["check", "--bench", &history("jepsen-stale-read.log")]);
+    assert_eq!(out.status.code(), Some(2));
+    let bad = temp_dir("bench-bad");
+    std::fs::write(bad.0.join("a.log"), "INFO  jepsen.util - 0 :ok :read 1\n").unwrap();
+    let out = quorumlab(&["check", "--bench", bad.0.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a.log:1:1: process 0 completes nothing"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}

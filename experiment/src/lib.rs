@@ -13,6 +13,7 @@ pub mod fault;
 pub mod history;
 pub mod history_page;
 pub mod jepsen;
+pub mod jepsen_log;
 pub mod measure;
 pub mod mongodb;
 pub mod node;

@@ -3,24 +3,36 @@
 //! Reads the lab's own JSON (a `sim --json` document, a `run --json` list of runs, or a bare
 //! `{"ops": [...]}`) or a Jepsen EDN history for the register or cas-register model, checks it
 //! for linearizability and names the smallest set of operations that cannot be linearized.
+//! Also reads a Jepsen `jepsen.log` (its client lines, one register with read, write and cas).
 //! Exit 0: linearizable; 1: not; 3: unknown (the step budget ran out); 2: the file is bad.
+//! `--bench DIR` times the checker on every history in a directory instead ([`bench`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use quorumlab_experiment::checker::{check_history, CheckLimits, Verdict};
 use quorumlab_experiment::history_page::{render_history_html, HistoryPage};
-use quorumlab_experiment::{jepsen, History};
+use quorumlab_experiment::{jepsen, jepsen_log, History};
 use serde_json::Value as Json;
 
 use super::{Inconclusive, SafetyViolation};
 
+mod bench;
+
 /// `check`'s arguments.
 #[derive(clap::Args)]
 pub struct CheckArgs {
-    /// The history: the lab's JSON (`sim --json`, `run --json`, or {"ops": [...]}) or a Jepsen
-    /// EDN history (`.edn`; register or cas-register, plain or with [key value] tuples).
+    /// The history: the lab's JSON (`sim --json`, `run --json`, or {"ops": [...]}), a Jepsen
+    /// EDN history (`.edn`; register or cas-register, plain or with [key value] tuples) or a
+    /// Jepsen `jepsen.log` (`.log`; one register). With --bench: a directory of them.
     file: PathBuf,
+    /// Time the checker on every history in the directory FILE (each checked --repeats times,
+    /// the search alone, without shrinking a failure) and print each verdict and time.
+    #[arg(long)]
+    bench: bool,
+    /// With --bench: times each history is checked; its time is the median.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    repeats: u32,
     /// Write a page with every operation per client and the culprits marked into this directory.
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
@@ -42,6 +54,9 @@ struct Found {
 
 /// Runs `check`.
 pub fn command(args: CheckArgs) -> Result<()> {
+    if args.bench {
+        return bench::bench(&args.file, args.repeats, args.steps, args.json);
+    }
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let found = read_histories(&args.file, &text)?;
@@ -133,6 +148,15 @@ fn print_verdict(f: &Found, v: &Verdict) {
 /// The histories in `text`: EDN by extension or by its first form, else the lab's JSON.
 fn read_histories(path: &Path, text: &str) -> Result<Vec<Found>> {
     let name = path.display().to_string();
+    if is_log(path, text) {
+        let imported = jepsen_log::read_log(text).map_err(|e| anyhow::anyhow!("{name}:{e}"))?;
+        return Ok(vec![Found {
+            label: name,
+            history: imported.history,
+            model: imported.model,
+            time_unit: "log line positions",
+        }]);
+    }
     if is_edn(path, text) {
         let imported = jepsen::read(text).map_err(|e| anyhow::anyhow!("{name}:{e}"))?;
         return Ok(vec![Found {
@@ -182,6 +206,14 @@ fn read_histories(path: &Path, text: &str) -> Result<Vec<Found>> {
 fn unique_ids(history: &History) -> bool {
     let ids: std::collections::HashSet<u64> = history.ops.iter().map(|o| o.id).collect();
     ids.len() == history.ops.len()
+}
+
+fn is_log(path: &Path, text: &str) -> bool {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("log") => true,
+        Some("edn" | "json") => false,
+        _ => jepsen_log::looks_like_log(text),
+    }
 }
 
 fn is_edn(path: &Path, text: &str) -> bool {

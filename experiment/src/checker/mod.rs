@@ -135,6 +135,37 @@ pub fn check_history(history: &History, limits: CheckLimits) -> Verdict {
     Verdict::Linearizable
 }
 
+/// A yes/no answer without the explanation: what a benchmark against another checker times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decision {
+    /// Every key's sub-history has a linearization.
+    Linearizable,
+    /// This key's has none.
+    NotLinearizable {
+        /// The first key found without one.
+        key: Key,
+    },
+    /// The step budget ran out first.
+    Unknown,
+}
+
+/// Decides a history, key by key, within `limits`: the search alone, without shrinking a
+/// failing key to the operations [`check_history`] names (which can cost as much again).
+pub fn decide_history(history: &History, limits: CheckLimits) -> Decision {
+    let mut budget = Budget {
+        steps_left: limits.steps_max,
+    };
+    for (key, ops) in by_key(history) {
+        match check_register(&ops, &mut budget) {
+            Search::Linearizable => {}
+            Search::Stuck { .. } => return Decision::NotLinearizable { key },
+            Search::Exhausted => return Decision::Unknown,
+        }
+    }
+    Decision::Linearizable
+}
+
 /// The verdict for a key with no linearization: its operations shrunk to a smallest failing set,
 /// named after the operation the search could not place.
 fn explain(key: Key, ops: &[&Op], stuck: usize, limits: CheckLimits) -> Verdict {

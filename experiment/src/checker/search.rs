@@ -6,9 +6,6 @@
 //! already explored. Every loop iteration is one step of the caller's budget, so the answer
 //! depends only on the history, never on how busy the machine is.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use crate::history::{Op, Outcome, Value};
 
 use super::step;
@@ -70,6 +67,9 @@ impl OpSet {
             hash: 0,
         }
     }
+    fn contains(&self, i: usize) -> bool {
+        self.bits[i / 64] & (1 << (i % 64)) != 0
+    }
     fn flip(&mut self, i: usize) {
         self.bits[i / 64] ^= 1 << (i % 64);
         self.hash ^= mix(i as u64 + 1);
@@ -84,43 +84,78 @@ fn mix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One explored state: the linearized set and the register's value after it.
-type Explored = (OpSet, Option<Value>);
-
-/// States already explored, bucketed by hash.
-#[derive(Default)]
+/// States already explored: (linearized set, register value) pairs in one flat arena, found
+/// through an open-addressing table of their indices. One allocation per growth instead of one
+/// per state: allocating and freeing a set per state cost more than the search itself.
 struct Cache {
-    buckets: HashMap<u64, Vec<Explored>, BuildHasherDefault<Identity>>,
+    /// Words of each set.
+    words: usize,
+    /// Entry `i`'s set is `bits[i * words..(i + 1) * words]`.
+    bits: Vec<u64>,
+    states: Vec<Option<Value>>,
+    hashes: Vec<u64>,
+    /// Entry indices by hash; `EMPTY` where free. Its length is a power of two, at least twice
+    /// the entries.
+    slots: Vec<u32>,
 }
 
+const EMPTY: u32 = u32::MAX;
+
 impl Cache {
+    fn new(words: usize) -> Self {
+        Cache {
+            words,
+            bits: Vec::new(),
+            states: Vec::new(),
+            hashes: Vec::new(),
+            slots: vec![EMPTY; 1024],
+        }
+    }
+
     /// Records the state; false if it was already there.
     fn insert(&mut self, set: &OpSet, state: Option<Value>) -> bool {
         let h = set.hash ^ state.map_or(0, |v| mix(v ^ 0x5555_5555_5555_5555));
-        let bucket = self.buckets.entry(h).or_default();
-        if bucket.iter().any(|(s, v)| *v == state && s == set) {
-            return false;
+        if self.states.len() * 2 >= self.slots.len() {
+            self.grow();
         }
-        bucket.push((set.clone(), state));
+        let mask = self.slots.len() - 1;
+        let mut i = h as usize & mask;
+        loop {
+            let e = self.slots[i];
+            if e == EMPTY {
+                break;
+            }
+            let e = e as usize;
+            if self.hashes[e] == h
+                && self.states[e] == state
+                && self.bits[e * self.words..(e + 1) * self.words] == set.bits[..]
+            {
+                return false;
+            }
+            i = (i + 1) & mask;
+        }
+        assert!(
+            self.states.len() < EMPTY as usize,
+            "cache entries fit in u32"
+        );
+        self.slots[i] = self.states.len() as u32;
+        self.bits.extend_from_slice(&set.bits);
+        self.states.push(state);
+        self.hashes.push(h);
         true
     }
-}
 
-/// The hash map's hasher for keys that are already hashes.
-#[derive(Default)]
-struct Identity(u64);
-
-impl Hasher for Identity {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
+    fn grow(&mut self) {
+        let mut slots = vec![EMPTY; self.slots.len() * 2];
+        let mask = slots.len() - 1;
+        for (e, &h) in self.hashes.iter().enumerate() {
+            let mut i = h as usize & mask;
+            while slots[i] != EMPTY {
+                i = (i + 1) & mask;
+            }
+            slots[i] = e as u32;
         }
-    }
-    fn write_u64(&mut self, x: u64) {
-        self.0 = x;
+        self.slots = slots;
     }
 }
 
@@ -182,12 +217,65 @@ fn event_list(ops: &[&Op]) -> Vec<Entry> {
     entries
 }
 
+/// What an operation does to the register, as far as the search can tell: operations with the
+/// same effect are interchangeable.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Effect {
+    Write(Value),
+    Read(Option<Value>),
+    /// A compare-and-swap that swapped.
+    Swapped(Value, Value),
+    /// One that was linearized without swapping.
+    Kept(Value),
+    /// One whose outcome is unknown: it swaps if it can.
+    MaybeSwapped(Value, Value),
+    /// An operation the register allows anywhere (a read that saw nothing).
+    Any,
+}
+
+fn effect(op: &Op) -> Effect {
+    use crate::history::OpKind;
+    match (op.kind, op.outcome) {
+        (OpKind::Put { value, .. }, _) => Effect::Write(value),
+        (OpKind::Get { .. }, Outcome::Ok { read: Some(r), .. }) => Effect::Read(r),
+        (OpKind::Get { .. }, _) => Effect::Any,
+        (
+            OpKind::Cas { expect, new, .. },
+            Outcome::Ok {
+                swapped: Some(true),
+                ..
+            },
+        ) => Effect::Swapped(expect, new),
+        (OpKind::Cas { expect, .. }, Outcome::Ok { .. }) => Effect::Kept(expect),
+        (OpKind::Cas { expect, new, .. }, _) => Effect::MaybeSwapped(expect, new),
+    }
+}
+
+/// For each operation, the twin that must be linearized before it (`NIL`: none): the previous
+/// operation with the same effect whose interval starts and ends no later. Such twins can
+/// always trade places in a linearization (and an unknown write can take an earlier unknown
+/// twin's turn), so the search only tries them in order: without this, every subset of a
+/// history's identical timed-out writes is a state of its own.
+fn twins(ops: &[&Op]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..ops.len()).collect();
+    order.sort_by_key(|&i| (effect(ops[i]), ops[i].invoke_us, completion_us(ops[i]), i));
+    let mut before = vec![NIL; ops.len()];
+    for pair in order.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if effect(ops[a]) == effect(ops[b]) && completion_us(ops[a]) <= completion_us(ops[b]) {
+            before[b] = a;
+        }
+    }
+    before
+}
+
 /// Searches for a linearization of one key's operations, spending at most the budget's steps.
 pub(super) fn check_register(ops: &[&Op], budget: &mut Budget) -> Search {
     let mut entries = event_list(ops);
+    let twin_before = twins(ops);
     let mut state: Option<Value> = None;
     let mut linearized = OpSet::new(ops.len());
-    let mut cache = Cache::default();
+    let mut cache = Cache::new(linearized.bits.len());
     let mut calls: Vec<(usize, Option<Value>)> = Vec::new();
     let mut deepest: (usize, usize) = (0, NIL);
     let mut cursor = entries[0].next;
@@ -201,7 +289,12 @@ pub(super) fn check_register(ops: &[&Op], budget: &mut Budget) -> Search {
             "the search ran off the end of the event list"
         );
         let entry = entries[cursor];
+        let in_turn = |op: usize| twin_before[op] == NIL || linearized.contains(twin_before[op]);
         if entry.is_call {
+            if !in_turn(entry.op) {
+                cursor = entry.next;
+                continue;
+            }
             if let Some(next_state) = step(state, ops[entry.op]) {
                 linearized.flip(entry.op);
                 if cache.insert(&linearized, next_state) {
