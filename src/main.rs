@@ -113,7 +113,10 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::from(
-                if e.is::<cmd::SafetyViolation>() || e.is::<system::SweepFailed>() {
+                if e.is::<cmd::SafetyViolation>()
+                    || e.is::<system::SweepFailed>()
+                    || e.is::<cmd::Mismatch>()
+                {
                     1
                 } else if e.is::<cmd::Inconclusive>() {
                     3

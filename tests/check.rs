@@ -262,6 +262,38 @@ fn bench_times_every_history_in_a_directory() {
     );
     assert!(doc["results"][0]["median_ms"].as_f64().unwrap() > 0.0);
 
+    // Beside another checker's verdicts and times: agreeing, exit 0; one verdict apart, exit 1.
+    let base = temp_dir("bench-baseline");
+    let rows = |stale_ok: bool| {
+        serde_json::json!([
+            {"history": "jepsen-cas-ok.log", "linearizable": true, "expected": true, "median_ms": 0.5},
+            {"history": "jepsen-stale-read.log", "linearizable": stale_ok, "median_ms": 0.5},
+        ])
+        .to_string()
+    };
+    let file = base.0.join("baseline.json");
+    let with_baseline = |file: &Path| {
+        quorumlab(&[
+            "check",
+            "--bench",
+            dir.to_str().unwrap(),
+            "--baseline",
+            file.to_str().unwrap(),
+        ])
+    };
+    std::fs::write(&file, rows(false)).unwrap();
+    let out = with_baseline(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("baseline: 1.0 ms in total"),
+        "{}",
+        stdout(&out)
+    );
+    std::fs::write(&file, rows(true)).unwrap();
+    let out = with_baseline(&file);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("jepsen-stale-read.log"));
+
     // Not a directory, or a directory with a bad history: one line, exit 2, nothing on stdout.
     let out = quorumlab(&["check", "--bench", &history("jepsen-stale-read.log")]);
     assert_eq!(out.status.code(), Some(2));

@@ -33,6 +33,11 @@ pub struct CheckArgs {
     /// With --bench: times each history is checked; its time is the median.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     repeats: u32,
+    /// With --bench: another checker's verdicts and times on the same files (JSON list of
+    /// {history, linearizable, median_ms, expected?}), printed beside ours; exit 1 if a verdict
+    /// differs.
+    #[arg(long, value_name = "FILE", requires = "bench")]
+    baseline: Option<PathBuf>,
     /// Write a page with every operation per client and the culprits marked into this directory.
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
@@ -55,7 +60,13 @@ struct Found {
 /// Runs `check`.
 pub fn command(args: CheckArgs) -> Result<()> {
     if args.bench {
-        return bench::bench(&args.file, args.repeats, args.steps, args.json);
+        return bench::bench(
+            &args.file,
+            args.repeats,
+            args.steps,
+            args.baseline.as_deref(),
+            args.json,
+        );
     }
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;

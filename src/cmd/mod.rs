@@ -35,6 +35,19 @@ impl std::fmt::Display for SafetyViolation {
 
 impl std::error::Error for SafetyViolation {}
 
+/// What the command was asked to confirm came out false (exit code 1): e.g. the checker's
+/// verdicts disagree with another checker's.
+#[derive(Debug)]
+pub struct Mismatch(pub String);
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Mismatch {}
+
 /// The lab could not decide: the checker's search budget ran out (exit code 3).
 #[derive(Debug)]
 pub struct Inconclusive(pub String);
