@@ -82,18 +82,8 @@ enum KvAction {
         /// Kills.
         #[arg(long, default_value_t = 1000)]
         kills: u64,
-        /// always, batch or never.
-        #[arg(long, default_value = "always")]
-        fsync: String,
-        /// Writer threads in the child.
-        #[arg(long, default_value_t = 1)]
-        writers: u32,
-        /// Seed of the kill times.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        child: ChildArgs,
     },
     /// Cut the power under a writing child (root): the store on an ext4 filesystem in an image
     /// file on a loop device, the child killed, the disk kept as the block device held it (the
@@ -107,18 +97,8 @@ enum KvAction {
         /// Power cuts.
         #[arg(long, default_value_t = 20)]
         cuts: u64,
-        /// always, batch or never.
-        #[arg(long, default_value = "always")]
-        fsync: String,
-        /// Writer threads in the child.
-        #[arg(long, default_value_t = 1)]
-        writers: u32,
-        /// Seed of the cut times.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        child: ChildArgs,
     },
     /// Crash the store on the simulated disk, once per seed: a seeded workload, the power cut at
     /// a seeded moment, unsynced writes kept, reordered or torn by sector, then recovery and the
@@ -175,6 +155,23 @@ enum KvAction {
     },
 }
 
+/// The writing child of `crash-test` and `power-cut`, and how the result is printed.
+#[derive(Args)]
+struct ChildArgs {
+    /// always, batch or never.
+    #[arg(long, default_value = "always")]
+    fsync: String,
+    /// Writer threads in the child.
+    #[arg(long, default_value_t = 1)]
+    writers: u32,
+    /// Seed of the kill (or power cut) times.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Runs one `kv` action.
 pub fn command(args: KvArgs) -> Result<()> {
     match args.action {
@@ -205,27 +202,13 @@ pub fn command(args: KvArgs) -> Result<()> {
             );
             Ok(())
         }
-        KvAction::CrashTest {
-            dir,
-            kills,
-            fsync,
-            writers,
-            seed,
-            json,
-        } => {
-            let plan = crash_plan(kills, fsync, writers, seed)?;
-            crash_test(dir, &plan, json)
+        KvAction::CrashTest { dir, kills, child } => {
+            let json = child.json;
+            crash_test(dir, &crash_plan(kills, child)?, json)
         }
-        KvAction::PowerCut {
-            dir,
-            cuts,
-            fsync,
-            writers,
-            seed,
-            json,
-        } => {
-            let plan = crash_plan(cuts, fsync, writers, seed)?;
-            powercut::power_cut(dir, &plan, json)
+        KvAction::PowerCut { dir, cuts, child } => {
+            let json = child.json;
+            powercut::power_cut(dir, &crash_plan(cuts, child)?, json)
         }
         KvAction::Sim {
             seeds,
@@ -310,16 +293,16 @@ fn get(dir: &Path, key: &str, json: bool) -> Result<()> {
 }
 
 /// The plan of a crash or power-cut test, its arguments checked.
-fn crash_plan(kills: u64, fsync: String, writers: u32, seed: u64) -> Result<CrashPlan> {
-    let policy: Fsync = fsync.parse().map_err(anyhow::Error::msg)?;
-    if writers == 0 || writers > 256 {
-        bail!("--writers: 1 to 256, not {writers}");
+fn crash_plan(kills: u64, child: ChildArgs) -> Result<CrashPlan> {
+    let policy: Fsync = child.fsync.parse().map_err(anyhow::Error::msg)?;
+    if child.writers == 0 || child.writers > 256 {
+        bail!("--writers: 1 to 256, not {}", child.writers);
     }
     Ok(CrashPlan {
         kills,
-        fsync: (policy, fsync),
-        writers,
-        seed,
+        fsync: (policy, child.fsync),
+        writers: child.writers,
+        seed: child.seed,
     })
 }
 

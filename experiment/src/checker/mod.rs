@@ -113,26 +113,32 @@ fn by_key(history: &History) -> BTreeMap<Key, Vec<&Op>> {
     by_key
 }
 
-/// Checks a whole history, key by key, within `limits`.
-pub fn check_history(history: &History, limits: CheckLimits) -> Verdict {
+/// The first key whose search finds no linearization (or runs out of budget), with its
+/// operations and what the search said; `None` when every key has one.
+fn first_failing_key(history: &History, limits: CheckLimits) -> Option<(Key, Vec<&Op>, Search)> {
     let mut budget = Budget {
         steps_left: limits.steps_max,
     };
-    for (key, ops) in by_key(history) {
-        match check_register(&ops, &mut budget) {
-            Search::Linearizable => {}
-            Search::Stuck { op_index } => return explain(key, &ops, op_index, limits),
-            Search::Exhausted => {
-                return Verdict::Unknown {
-                    reason: format!(
-                        "search budget of {} steps spent on k{key}",
-                        limits.steps_max
-                    ),
-                };
-            }
-        }
+    by_key(history)
+        .into_iter()
+        .find_map(|(key, ops)| match check_register(&ops, &mut budget) {
+            Search::Linearizable => None,
+            found => Some((key, ops, found)),
+        })
+}
+
+/// Checks a whole history, key by key, within `limits`.
+pub fn check_history(history: &History, limits: CheckLimits) -> Verdict {
+    match first_failing_key(history, limits) {
+        None | Some((_, _, Search::Linearizable)) => Verdict::Linearizable,
+        Some((key, ops, Search::Stuck { op_index })) => explain(key, &ops, op_index, limits),
+        Some((key, _, Search::Exhausted)) => Verdict::Unknown {
+            reason: format!(
+                "search budget of {} steps spent on k{key}",
+                limits.steps_max
+            ),
+        },
     }
-    Verdict::Linearizable
 }
 
 /// A yes/no answer without the explanation: what a benchmark against another checker times.
@@ -153,17 +159,11 @@ pub enum Decision {
 /// Decides a history, key by key, within `limits`: the search alone, without shrinking a
 /// failing key to the operations [`check_history`] names (which can cost as much again).
 pub fn decide_history(history: &History, limits: CheckLimits) -> Decision {
-    let mut budget = Budget {
-        steps_left: limits.steps_max,
-    };
-    for (key, ops) in by_key(history) {
-        match check_register(&ops, &mut budget) {
-            Search::Linearizable => {}
-            Search::Stuck { .. } => return Decision::NotLinearizable { key },
-            Search::Exhausted => return Decision::Unknown,
-        }
+    match first_failing_key(history, limits) {
+        None | Some((_, _, Search::Linearizable)) => Decision::Linearizable,
+        Some((key, _, Search::Stuck { .. })) => Decision::NotLinearizable { key },
+        Some((_, _, Search::Exhausted)) => Decision::Unknown,
     }
-    Decision::Linearizable
 }
 
 /// The verdict for a key with no linearization: its operations shrunk to a smallest failing set,
