@@ -8,6 +8,7 @@
 
 mod cmd;
 mod lab_setup;
+mod logging;
 mod machine;
 mod runtime;
 mod system;
@@ -24,6 +25,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How the long-running commands (serve, agent, run, compare, machines) write their logs to
+    /// stderr: human or json (one object per line). RUST_LOG filters them.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -34,8 +39,9 @@ enum Command {
     Shard(cmd::shard::ShardArgs),
     /// A short, self-explaining simulated partition and election. Needs nothing installed.
     Demo,
-    /// Check a history for linearizability: the lab's JSON or a Jepsen EDN history (register,
-    /// cas-register, independent keys). Exit 0 linearizable, 1 not, 3 unknown, 2 bad input.
+    /// Check a history for linearizability: the lab's JSON, a Jepsen EDN history (register,
+    /// cas-register, independent keys) or a jepsen.log; `--bench DIR` times the checker. Exit 0
+    /// linearizable, 1 not, 3 unknown, 2 bad input.
     Check(cmd::check::CheckArgs),
     /// List the built-in scenarios.
     Scenarios,
@@ -62,8 +68,9 @@ enum Command {
     /// against QUORUMLAB_DATABASE_URL while the service keeps serving. Order: expand, backfill,
     /// restart instances with `serve --name-column display-name`, contract.
     MigrateOnline(cmd::migrate::MigrateArgs),
-    /// The durability lab's key-value store on this disk: put, get, and a crash test that kills
-    /// a writing process with SIGKILL over and over and checks every acknowledged write.
+    /// The durability lab's key-value store on this disk: put, get, a crash test that kills a
+    /// writing process with SIGKILL over and over, real power cuts of an ext4 loop disk, and
+    /// crashes on a simulated disk, each checking every acknowledged write.
     Kv(cmd::kv::KvArgs),
     /// Run the node agent on this host: the gRPC service the real-cluster driver uses for faults.
     Agent(cmd::agent::AgentArgs),
@@ -91,6 +98,9 @@ fn main() -> ExitCode {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
+    }
+    if !prints_for_a_pipe(&cli.command) {
+        logging::init(cli.log_format);
     }
     let result = match cli.command {
         Command::Sim(args) => cmd::sim::command(args),

@@ -326,7 +326,7 @@ fn the_service_follows_a_patroni_failover() {
         assert_eq!(profile["balance_minor"], 2, "{profile}");
     });
     let said = std::fs::read_to_string(&log).unwrap();
-    assert!(said.contains("primary is now n"), "{said}");
+    assert!(said.contains("primary changed node=n"), "{said}");
 }
 
 /// `quorumlab serve --lab` on a free loopback port, logging to the lab directory; stopped on drop.

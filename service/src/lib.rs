@@ -16,6 +16,7 @@ pub mod accounts;
 pub mod activity;
 pub mod error;
 pub mod idempotency;
+pub mod metrics;
 pub mod online;
 pub mod routing;
 pub mod summary;
@@ -53,9 +54,15 @@ pub enum ServeError {
     },
 }
 
-/// The API's routes over `db`.
+/// The API's routes over `db`, with `/metrics`; every request is counted and logged.
 pub fn router(db: routing::Db) -> Router {
+    let metrics = db.metrics();
+    let scrape = metrics.clone();
     Router::new()
+        .route(
+            "/metrics",
+            get(move || metrics::metrics_handler(scrape.clone())),
+        )
         .route("/users", post(users::create).get(users::find_by_email))
         .route("/users/{id}", get(users::get).patch(users::update))
         .route("/users/{id}/deposit", post(accounts::deposit))
@@ -67,6 +74,10 @@ pub fn router(db: routing::Db) -> Router {
         )
         .route("/transfers", post(accounts::transfer))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::observe,
+        ))
         .with_state(db)
 }
 
@@ -126,8 +137,10 @@ pub async fn connect_cluster(
         .await
         .map_err(|e| ServeError::Database(e.to_string()))?;
     for name in db.wait_for_replicas(schema, SCHEMA_WAIT).await {
-        eprintln!(
-            "quorumlab serve: replica {name} has not replayed the migrations within {SCHEMA_WAIT:?}; its reads may fail until it does"
+        tracing::warn!(
+            replica = %name,
+            wait_ms = SCHEMA_WAIT.as_millis() as u64,
+            "replica has not replayed the migrations; its reads may fail until it does"
         );
     }
     Ok(db)

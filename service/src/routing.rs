@@ -16,6 +16,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, Postgres};
 
 use crate::error::ApiError;
+use crate::metrics::{Metrics, TokenWait};
 
 /// The request and response header carrying a consistency token.
 pub const TOKEN_HEADER: &str = "x-consistency-token";
@@ -130,6 +131,7 @@ pub struct Db {
     display_name: Arc<AtomicBool>,
     /// Where activity events go, when MongoDB is configured.
     pub activity: Option<crate::activity::ActivityStore>,
+    metrics: Arc<Metrics>,
 }
 
 /// Why [`Db::discover`] found no primary.
@@ -155,7 +157,13 @@ impl Db {
             ignore_tokens: false,
             display_name: Arc::new(AtomicBool::new(false)),
             activity: None,
+            metrics: Metrics::new(),
         }
+    }
+
+    /// What this service has counted (reads per node, token waits, primary changes).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Everything on one server.
@@ -199,6 +207,7 @@ impl Db {
         tokio::spawn(watch_roles(
             Arc::downgrade(&db.nodes),
             Arc::downgrade(&db.roles),
+            db.metrics(),
         ));
         Ok(db)
     }
@@ -233,7 +242,7 @@ impl Db {
         match store.record(user, kind, amount_minor).await {
             Ok(time) => time.map(|t| (t.time, t.increment)),
             Err(e) => {
-                eprintln!("quorumlab serve: activity event not recorded: {e}");
+                tracing::warn!(error = %e, "activity event not recorded");
                 None
             }
         }
@@ -310,29 +319,56 @@ impl Db {
                 .then(|| &self.nodes[roles.replicas[turn % roles.replicas.len()]]);
             (&self.nodes[roles.primary], replica)
         };
+        let mut waited_out = false;
         if let Some(replica) = replica {
             if let Ok(mut conn) = replica.pool.acquire().await {
-                let deadline = Instant::now() + self.token_wait;
-                loop {
-                    let caught_up = match token {
-                        None => true,
-                        Some(t) => match has_replayed(&mut *conn, t).await {
-                            Ok(replayed) => replayed,
-                            // A replica that cannot answer cannot serve the read either.
-                            Err(_) => break,
-                        },
-                    };
-                    if caught_up {
+                match caught_up_within(&mut conn, token, self.token_wait).await {
+                    Some(true) => {
+                        self.count_read(&replica.name, token, TokenWait::ReplicaCaughtUp);
                         return Ok((conn, replica.name.clone()));
                     }
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    tokio::time::sleep(CATCH_UP_POLL).await;
+                    Some(false) => waited_out = true,
+                    None => {}
                 }
             }
         }
-        Ok((primary.pool.acquire().await?, primary.name.clone()))
+        let outcome = match waited_out {
+            true => TokenWait::PrimaryAfterTimeout,
+            false => TokenWait::PrimaryNoReplica,
+        };
+        let conn = primary.pool.acquire().await?;
+        self.count_read(&primary.name, token, outcome);
+        Ok((conn, primary.name.clone()))
+    }
+
+    fn count_read(&self, node: &str, token: Option<Token>, outcome: TokenWait) {
+        self.metrics.read_served(node);
+        if token.is_some() {
+            self.metrics.token_wait(outcome);
+        }
+    }
+}
+
+/// Whether the replica behind `conn` replays past `token` within `wait` (polling): `Some(true)`
+/// once it has (at once without a token), `Some(false)` if the wait ran out, `None` if it
+/// could not answer (and so cannot serve the read either).
+async fn caught_up_within(
+    conn: &mut PoolConnection<Postgres>,
+    token: Option<Token>,
+    wait: Duration,
+) -> Option<bool> {
+    let Some(token) = token else {
+        return Some(true);
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        if has_replayed(&mut **conn, token).await.ok()? {
+            return Some(true);
+        }
+        if Instant::now() >= deadline {
+            return Some(false);
+        }
+        tokio::time::sleep(CATCH_UP_POLL).await;
     }
 }
 
@@ -385,7 +421,7 @@ fn assign_roles(current: Option<usize>, answers: &[Option<bool>]) -> Option<Role
 }
 
 /// Re-reads the roles every [`ROLE_POLL`] until the [`Db`] is gone.
-async fn watch_roles(nodes: Weak<Vec<Node>>, roles: Weak<RwLock<Roles>>) {
+async fn watch_roles(nodes: Weak<Vec<Node>>, roles: Weak<RwLock<Roles>>, metrics: Arc<Metrics>) {
     loop {
         tokio::time::sleep(ROLE_POLL).await;
         let (Some(nodes), Some(roles)) = (nodes.upgrade(), roles.upgrade()) else {
@@ -397,9 +433,12 @@ async fn watch_roles(nodes: Weak<Vec<Node>>, roles: Weak<RwLock<Roles>>) {
         let mut roles = roles.write().expect("roles lock");
         if *roles != next {
             if next.primary != roles.primary {
-                eprintln!(
-                    "quorumlab serve: primary is now {} (was {})",
-                    nodes[next.primary].name, nodes[roles.primary].name
+                metrics.primary_changed();
+                tracing::info!(
+                    node = %nodes[next.primary].name,
+                    role = "primary",
+                    was = %nodes[roles.primary].name,
+                    "primary changed"
                 );
             }
             *roles = next;

@@ -70,10 +70,11 @@ pub fn command(args: ServeArgs) -> Result<()> {
         let mut db =
             quorumlab_service::connect_cluster(nodes.named_options(), args.connections, token_wait)
                 .await?;
-        eprintln!(
-            "quorumlab serve: listening on http://{listen}; primary {} of {} node(s) (Ctrl-C stops)",
-            db.primary_name(),
-            nodes.len()
+        tracing::info!(
+            listen = %format!("http://{listen}"),
+            primary = %db.primary_name(),
+            nodes = nodes.len(),
+            "serving (Ctrl-C stops)"
         );
         let column = match args.name_column.as_deref() {
             Some("display-name") => NameColumn::DisplayName,

@@ -10,6 +10,7 @@ mod activity;
 mod api;
 mod failover;
 mod indexes;
+mod observability;
 mod online_migration;
 mod replicas;
 

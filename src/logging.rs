@@ -1,0 +1,39 @@
+//! Logs of the long-running processes (`serve`, `agent`, the real driver's `run` and
+//! `compare`, `machines`) through `tracing`: `RUST_LOG` picks what is shown (default: quorumlab's
+//! own events from info up, other crates' from warn up), `--log-format json` makes one JSON object
+//! per line for shipping, the default is for people. Logs go to stderr; stdout stays the
+//! command's output.
+
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line (timestamp, level, fields, span context).
+    Json,
+}
+
+/// Used when `RUST_LOG` is not set.
+const DEFAULT_FILTER: &str =
+    "warn,quorumlab=info,quorumlab_service=info,quorumlab_cluster=info,quorumlab_loadtest=info";
+
+/// Installs the process's subscriber; `RUST_LOG` overrides the default filter.
+pub fn init(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Human => builder.with_target(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+    // A second init (tests calling in twice) keeps the first subscriber.
+    drop(installed);
+}
