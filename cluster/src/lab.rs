@@ -282,6 +282,7 @@ impl Lab {
                     .filter(|&peer| peer != host)
                     .map(|peer| (peer.to_string(), net.addr(peer)))
                     .collect(),
+                metrics_listen: None,
             };
             let pid = self.start_agent(host, &dir, &config, agent_binary)?;
             self.agent_pids.push(pid);

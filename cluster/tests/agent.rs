@@ -14,6 +14,8 @@ const TOKEN: &str = "s3cret-token";
 
 struct TestAgent {
     addr: SocketAddr,
+    /// Where the agent serves GET /metrics.
+    metrics: SocketAddr,
     dir: PathBuf,
     /// What a driver of this agent's lab holds (the token here is the test's).
     tls: DriverTls,
@@ -38,6 +40,10 @@ impl TestAgent {
             .unwrap()
             .local_addr()
             .unwrap();
+        let metrics = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let config = AgentConfig {
             listen: addr,
             token_file: dir.join("token"),
@@ -59,6 +65,7 @@ impl TestAgent {
             )]
             .into(),
             peers: [("n2".to_string(), "10.77.0.12".parse().unwrap())].into(),
+            metrics_listen: Some(metrics),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let agent = NodeAgent::new(config, TOKEN.to_string());
@@ -71,6 +78,7 @@ impl TestAgent {
         });
         TestAgent {
             addr,
+            metrics,
             dir,
             tls,
             stop: Some(tx),
@@ -188,9 +196,61 @@ async fn only_tls_with_the_labs_ca_and_the_right_token_gets_through() {
     let mut wrong = connect(agent.addr, &wrong_token, Duration::from_secs(5))
         .await
         .unwrap();
+    let refused_before = counter(
+        &agent,
+        "agent_calls_refused_total{reason=\"unauthenticated\"}",
+    )
+    .await;
     let err = signal(&mut wrong, Action::Start).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
+    // The refusal is counted, by reason, and the token shows nowhere in the metrics.
+    let refused_after = counter(
+        &agent,
+        "agent_calls_refused_total{reason=\"unauthenticated\"}",
+    )
+    .await;
+    assert_eq!(refused_after, refused_before + 1.0);
+    assert!(!scrape(&agent).await.contains(TOKEN));
+    // A bad request (an unknown service) is refused for another reason; a fault is applied.
+    assert!(signal_raw(&mut good, "nope", Action::Kill as i32)
+        .await
+        .is_err());
+    assert_eq!(
+        counter(&agent, "agent_calls_refused_total{reason=\"not_found\"}").await,
+        1.0
+    );
+    signal(&mut good, Action::Start).await.unwrap();
+    assert_eq!(
+        counter(&agent, "agent_faults_applied_total{kind=\"signal-start\"}").await,
+        1.0
+    );
+    signal(&mut good, Action::Kill).await.unwrap();
     agent.stop().await;
+}
+
+/// The agent's `GET /metrics` text, read over plain HTTP.
+async fn scrape(agent: &TestAgent) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(agent.metrics).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: agent\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+    let body = reply.split_once("\r\n\r\n").unwrap().1.to_string();
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    body
+}
+
+/// One series' value in the agent's metrics (0 when it is not there yet).
+async fn counter(agent: &TestAgent, series: &str) -> f64 {
+    scrape(agent)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //! handshake, another CA's certificate is refused, and a wrong token gets `UNAUTHENTICATED`.
 
 pub mod links;
+pub mod metrics;
 pub mod units;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -107,6 +108,9 @@ pub struct AgentConfig {
     /// Peer hosts by name, for cutting links.
     #[serde(default)]
     pub peers: BTreeMap<String, IpAddr>,
+    /// Where to serve `GET /metrics` (plain HTTP; faults applied, calls refused), if anywhere.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The agent's TLS files (PEM).
@@ -169,6 +173,7 @@ pub struct NodeAgent {
     cut: Mutex<BTreeMap<String, (IpAddr, links::Cut)>>,
     /// What the host's outgoing traffic is shaped with, and on which interface.
     shaping: Mutex<(Option<String>, links::Shaping)>,
+    metrics: std::sync::Arc<metrics::AgentMetrics>,
 }
 
 fn host_time_ms() -> u64 {
@@ -233,7 +238,30 @@ impl NodeAgent {
             paused_units: Mutex::new(BTreeSet::new()),
             cut: Mutex::new(BTreeMap::new()),
             shaping: Mutex::new((None, links::Shaping::default())),
+            metrics: metrics::AgentMetrics::new(),
         }
+    }
+
+    /// What this agent has counted.
+    pub fn metrics(&self) -> std::sync::Arc<metrics::AgentMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Counts a call's outcome: a fault of `kind` applied (when it is one), or the refusal, and
+    /// logs it.
+    fn counted<T>(&self, kind: Option<String>, result: Result<T, Status>) -> Result<T, Status> {
+        match (&result, kind) {
+            (Ok(_), Some(kind)) => {
+                self.metrics.applied(&kind);
+                tracing::info!(fault = %kind, "fault applied");
+            }
+            (Ok(_), None) => {}
+            (Err(status), kind) => {
+                self.metrics.refused(status.code());
+                tracing::warn!(call = kind.as_deref().unwrap_or("query"), code = ?status.code(), reason = status.message(), "call refused");
+            }
+        }
+        result
     }
 
     fn status_of(&self, service: &str, processes: &mut BTreeMap<String, Running>) -> ProcessStatus {
@@ -414,9 +442,9 @@ impl Drop for NodeAgent {
     }
 }
 
-#[tonic::async_trait]
-impl Agent for NodeAgent {
-    async fn signal(
+/// The calls themselves; [`Agent`] below counts each one's outcome.
+impl NodeAgent {
+    async fn signal_call(
         &self,
         request: Request<SignalRequest>,
     ) -> Result<Response<ProcessStatus>, Status> {
@@ -462,7 +490,10 @@ impl Agent for NodeAgent {
         Ok(Response::new(self.status_of(&req.service, &mut processes)))
     }
 
-    async fn links(&self, request: Request<LinksRequest>) -> Result<Response<LinksReply>, Status> {
+    async fn links_call(
+        &self,
+        request: Request<LinksRequest>,
+    ) -> Result<Response<LinksReply>, Status> {
         let req = request.into_inner();
         let how = if req.inbound_only {
             links::Cut::Inbound
@@ -496,7 +527,10 @@ impl Agent for NodeAgent {
         }))
     }
 
-    async fn shape(&self, request: Request<ShapeRequest>) -> Result<Response<ShapeReply>, Status> {
+    async fn shape_call(
+        &self,
+        request: Request<ShapeRequest>,
+    ) -> Result<Response<ShapeReply>, Status> {
         let req = request.into_inner();
         let rate_ok = |r: Option<f64>| r.is_none_or(|r| (0.0..=1.0).contains(&r));
         if !rate_ok(req.loss_rate) || !rate_ok(req.duplicate_rate) {
@@ -528,7 +562,7 @@ impl Agent for NodeAgent {
         Ok(Response::new(ShapeReply { qdisc }))
     }
 
-    async fn capabilities(
+    async fn capabilities_call(
         &self,
         _request: Request<CapabilitiesRequest>,
     ) -> Result<Response<CapabilitiesReply>, Status> {
@@ -539,7 +573,7 @@ impl Agent for NodeAgent {
         }))
     }
 
-    async fn status(
+    async fn status_call(
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<ProcessStatus>, Status> {
@@ -550,6 +584,63 @@ impl Agent for NodeAgent {
         self.spec(&req.service)?;
         let mut processes = self.processes.lock().expect("process table");
         Ok(Response::new(self.status_of(&req.service, &mut processes)))
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for NodeAgent {
+    async fn signal(
+        &self,
+        request: Request<SignalRequest>,
+    ) -> Result<Response<ProcessStatus>, Status> {
+        let kind = Action::try_from(request.get_ref().action)
+            .ok()
+            .map(|a| format!("signal-{}", a.as_str_name().to_lowercase()));
+        let result = self.signal_call(request).await;
+        self.counted(kind, result)
+    }
+
+    async fn links(&self, request: Request<LinksRequest>) -> Result<Response<LinksReply>, Status> {
+        let kind = match request.get_ref().cut {
+            true => "cut-links",
+            false => "heal-links",
+        };
+        let result = self.links_call(request).await;
+        self.counted(Some(kind.to_string()), result)
+    }
+
+    async fn shape(&self, request: Request<ShapeRequest>) -> Result<Response<ShapeReply>, Status> {
+        let kind = match request.get_ref().clear {
+            true => "clear-shaping",
+            false => "shape",
+        };
+        let result = self.shape_call(request).await;
+        self.counted(Some(kind.to_string()), result)
+    }
+
+    async fn capabilities(
+        &self,
+        request: Request<CapabilitiesRequest>,
+    ) -> Result<Response<CapabilitiesReply>, Status> {
+        let result = self.capabilities_call(request).await;
+        self.counted(None, result)
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<ProcessStatus>, Status> {
+        let result = self.status_call(request).await;
+        self.counted(None, result)
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -583,12 +674,22 @@ pub async fn serve(
     let expected = format!("Bearer {}", agent.token);
     let agent = std::sync::Arc::new(agent);
     let service = AgentServer::from_arc(agent.clone());
+    let counts = agent.metrics();
     let check = move |req: Request<()>| -> Result<Request<()>, Status> {
         match req.metadata().get("authorization") {
             Some(value) if same_secret(value.as_bytes(), expected.as_bytes()) => Ok(req),
-            _ => Err(Status::unauthenticated("missing or wrong agent token")),
+            _ => {
+                counts.refused(tonic::Code::Unauthenticated);
+                tracing::warn!("call refused: missing or wrong agent token");
+                Err(Status::unauthenticated("missing or wrong agent token"))
+            }
         }
     };
+    // The metrics listener lives as long as the gRPC server.
+    let _metrics = agent
+        .config
+        .metrics_listen
+        .map(|addr| AbortOnDrop(tokio::spawn(metrics::serve_metrics(addr, agent.metrics()))));
     crate::pki::install_crypto_provider();
     let tls = server_tls(&agent.config)?;
     let result = tonic::transport::Server::builder()
