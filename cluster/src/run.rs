@@ -125,6 +125,7 @@ pub fn check_supported(scenario: &Scenario) -> Result<(), RunError> {
 /// `service` (the database process of each host) is killed or started.
 pub async fn carry_out(lab: &Lab, steps: &[Disruption], service: &str) -> Result<(), RunError> {
     for step in steps {
+        tracing::info!(fault = ?step, target = service, "fault step");
         match *step {
             Disruption::Cut(a, b) => {
                 lab.links(a, &[b], true, false).await?;

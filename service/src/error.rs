@@ -113,12 +113,8 @@ fn log_database_error(e: &str) {
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     {
-        match UNLOGGED.swap(0, Ordering::Relaxed) {
-            0 => eprintln!("quorumlab serve: database error: {e}"),
-            n => {
-                eprintln!("quorumlab serve: database error: {e} (and {n} more in the last second)")
-            }
-        }
+        let more_in_last_second = UNLOGGED.swap(0, Ordering::Relaxed);
+        tracing::error!(error = %e, more_in_last_second, "database error");
     } else {
         UNLOGGED.fetch_add(1, Ordering::Relaxed);
     }

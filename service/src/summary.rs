@@ -54,7 +54,7 @@ pub async fn summary_handler(
         .and_then(|t| t.mongo)
         .map(|(time, increment)| Timestamp { time, increment });
     let rows = store.summary(user, from, to, after).await.map_err(|e| {
-        eprintln!("quorumlab serve: activity summary failed: {e}");
+        tracing::error!(error = %e, "activity summary failed");
         ApiError::Unavailable("the activity store did not answer".into())
     })?;
     Ok(Json(serde_json::json!({ "user_id": user, "days": rows })))
