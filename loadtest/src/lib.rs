@@ -214,6 +214,11 @@ pub struct LoadReport {
     pub endpoints: Vec<EndpointStats>,
     /// Reads per node that served them (`X-Served-By`).
     pub served_by: BTreeMap<String, u64>,
+    /// Reads per node as the service itself counted them during the run (its `/metrics`
+    /// `reads_total`, after minus before; reads from other clients count too); `None` when the
+    /// service has no metrics to read.
+    #[serde(default)]
+    pub service_reads_by_node: Option<BTreeMap<String, u64>>,
 }
 
 /// What every user of one load test shares.
@@ -268,6 +273,7 @@ pub async fn run(plan: &Plan, population: &Population) -> Result<LoadReport, Loa
         }))
         .set_name("request")
     };
+    let before = service_reads(&plan.target).await;
     let metrics = GooseAttack::initialize_with_config(goose_config(plan, users))
         .map_err(|e| LoadError::Goose(e.to_string()))?
         .register_scenario(
@@ -279,7 +285,42 @@ pub async fn run(plan: &Plan, population: &Population) -> Result<LoadReport, Loa
         .await
         .map_err(|e| LoadError::Goose(e.to_string()))?;
     let served_by = shared.served_by.lock().expect("served-by lock").clone();
-    Ok(report(plan, users, &metrics, served_by))
+    let mut report = report(plan, users, &metrics, served_by);
+    report.service_reads_by_node = match (before, service_reads(&plan.target).await) {
+        (Some(before), Some(after)) => Some(
+            after
+                .into_iter()
+                .map(|(node, n)| {
+                    let was = before.get(&node).copied().unwrap_or(0);
+                    (node, n.saturating_sub(was))
+                })
+                .filter(|&(_, n)| n > 0)
+                .collect(),
+        ),
+        _ => None,
+    };
+    Ok(report)
+}
+
+/// The service's own `reads_total` per node, from its `/metrics`; `None` if it has none.
+pub async fn service_reads(target: &str) -> Option<BTreeMap<String, u64>> {
+    let text = reqwest::get(format!("{target}/metrics"))
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix("reads_total{node=\"")?;
+                let (node, value) = rest.split_once("\"} ")?;
+                Some((node.to_string(), value.trim().parse::<f64>().ok()? as u64))
+            })
+            .collect(),
+    )
 }
 
 /// Goose's settings for one plan: an open model with average-cadence CO mitigation, quiet.
@@ -347,6 +388,7 @@ fn report(
         read_p99_ms,
         endpoints,
         served_by,
+        service_reads_by_node: None,
     }
 }
 

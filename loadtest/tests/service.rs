@@ -54,6 +54,25 @@ fn assert_measured(mix: Mix, report: &LoadReport) {
         "{:?}",
         report.served_by
     );
+    // The service's own count: every read the load test saw, by the same node; at most one more
+    // per user (a read still in flight when the run stopped).
+    let counted = report
+        .service_reads_by_node
+        .as_ref()
+        .expect("the service has /metrics");
+    for (node, seen) in &report.served_by {
+        assert!(
+            counted.get(node).copied().unwrap_or(0) >= *seen,
+            "{node}: {counted:?} vs {:?}",
+            report.served_by
+        );
+    }
+    let (seen, total): (u64, u64) = (report.served_by.values().sum(), counted.values().sum());
+    assert!(
+        total <= seen + report.users as u64,
+        "{counted:?} vs {:?}",
+        report.served_by
+    );
     if mix == Mix::Write {
         assert!(report
             .endpoints

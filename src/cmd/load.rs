@@ -241,6 +241,19 @@ fn print_report(report: &LoadReport, html: Option<&Path>) {
             .map(|(node, n)| format!("{node} {:.0}%", *n as f64 * 100.0 / reads as f64))
             .collect();
         println!("\nreads served by: {}", shares.join(", "));
+        match &report.service_reads_by_node {
+            Some(counted) => {
+                let counted: Vec<String> = counted
+                    .iter()
+                    .map(|(node, n)| format!("{node} {n}"))
+                    .collect();
+                println!(
+                    "the service's own count (reads_total, all clients): {}",
+                    counted.join(", ")
+                );
+            }
+            None => println!("(the service has no /metrics: its own count is not shown)"),
+        }
     }
     println!("percentiles are coordinated-omission corrected (Goose, average cadence)");
     if let Some(path) = html {
