@@ -63,7 +63,9 @@ fn parse_line(text: &str, line: usize) -> Result<Option<Line<'_>>, ImportError> 
         [] => return bad(line, format!("{kind} {f} has no value")),
         [one] => *one,
         _ => {
-            let start = text.find(rest[0]).expect("a word of the line");
+            // The first word's own offset (it is a slice of `text`), not a search that could
+            // match earlier on the line, e.g. inside a bracketed timestamp.
+            let start = rest[0].as_ptr() as usize - text.as_ptr() as usize;
             text[start..].trim_end()
         }
     };
