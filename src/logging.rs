@@ -2,8 +2,11 @@
 //! `compare`, `machines`) through `tracing`: `RUST_LOG` picks what is shown (default: quorumlab's
 //! own events from info up, other crates' from warn up), `--log-format json` makes one JSON object
 //! per line for shipping, the default is for people. Logs go to stderr; stdout stays the
-//! command's output.
+//! command's output. Each line is written above the progress bars, never into one.
 
+use std::io::Write;
+
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
@@ -28,7 +31,7 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .with_writer(std::io::stderr);
+        .with_writer(AboveBars);
     let installed = match format {
         LogFormat::Human => builder.with_target(false).try_init(),
         LogFormat::Json => builder
@@ -39,4 +42,43 @@ pub fn init(format: LogFormat) {
     };
     // A second init (tests calling in twice) keeps the first subscriber.
     drop(installed);
+}
+
+/// Writes each log line to stderr above the progress bars: the formatter writes one event into a
+/// [`LogLine`], which is written whole, with the bars lifted, when it is dropped.
+struct AboveBars;
+
+impl<'a> MakeWriter<'a> for AboveBars {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine(Vec::new())
+    }
+}
+
+/// One formatted event, held until it is complete.
+struct LogLine(Vec<u8>);
+
+impl Write for LogLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let line = std::mem::take(&mut self.0);
+        crate::runtime::bars().suspend(|| {
+            // A closed stderr has nowhere to report to.
+            let _ = std::io::stderr().lock().write_all(&line);
+        });
+    }
 }

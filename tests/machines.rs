@@ -212,12 +212,20 @@ fn scenarios_run_from_the_inventory(inventory: &Path, dir: &Path) {
         inventory: inventory.to_str().unwrap(),
         run_dir: dir.join("runs").to_str().unwrap().to_string(),
     };
-    let kill = &runner.run("etcd-leader-kill")[0]["summary"];
+    let kill_run = &runner.run("etcd-leader-kill")[0];
+    let kill = &kill_run["summary"];
     assert!(
         kill["election_ms"].as_u64().is_some(),
         "a new leader: {kill}"
     );
     assert_eq!(kill["verdict"]["verdict"], "linearizable", "{kill}");
+    // The agents' own metrics (the Ansible template's metrics_listen) count the crash and the
+    // restart once each: nothing else in the run signals a process.
+    assert_eq!(
+        kill_run["agent_faults"],
+        serde_json::json!({"signal-kill": 1, "signal-start": 1}),
+        "{kill_run:#}"
+    );
 
     // One mode of pg-failover: asynchronous streaming.
     let async_only = variant(
@@ -226,7 +234,13 @@ fn scenarios_run_from_the_inventory(inventory: &Path, dir: &Path) {
         r#"modes = ["async", "sync"]"#,
         r#"modes = ["async"]"#,
     );
-    let pg = &runner.run(async_only.to_str().unwrap())[0]["summary"];
+    let pg_run = &runner.run(async_only.to_str().unwrap())[0];
+    assert_eq!(
+        pg_run["agent_faults"],
+        serde_json::json!({"signal-kill": 1}),
+        "the primary's crash, counted by its agent"
+    );
+    let pg = &pg_run["summary"];
     assert!(pg["new_primary"].is_string(), "{pg}");
     assert_ne!(pg["new_primary"], pg["old_primary"], "{pg}");
     assert_eq!(pg["dual_primary_ms"], 0, "never two primaries: {pg}");
@@ -336,6 +350,27 @@ fn agents_refuse_what_they_must(inventory: &Path) {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+        // The refusal is counted by reason on the agent's metrics port, with no token in sight.
+        let port = n1
+            .metrics_port
+            .expect("inventory hosts have a metrics port");
+        let metrics = quorumlab_cluster::agent::metrics::scrape(
+            std::net::SocketAddr::new(n1.addr, port),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let refused: u64 = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("agent_calls_refused_total{reason=\"unauthenticated\"} ")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        assert!(refused >= 1, "{metrics}");
+        assert!(!metrics.contains(&tls.token), "the token in the metrics");
     });
 }
 

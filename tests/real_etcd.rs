@@ -79,6 +79,11 @@ fn killing_the_leader_elects_a_new_one_and_the_history_stays_linearizable() {
     assert!(election < 5_000, "election took {election} ms");
     assert!(s.ops.ok > 200, "{:?}", s.ops);
     assert_eq!(s.verdict, Verdict::Linearizable);
+    // The lab's agents count, on their own /metrics, exactly the kill and the restart.
+    let counted = out.agent_faults.expect("the lab's agents serve metrics");
+    let expected: std::collections::BTreeMap<String, u64> =
+        [("signal-kill".into(), 1), ("signal-start".into(), 1)].into();
+    assert_eq!(counted, expected);
     assert!(
         !dir.0.join("lab.json").exists(),
         "the run tears its cluster down"

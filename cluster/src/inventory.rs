@@ -11,6 +11,7 @@
 //! all:
 //!   vars:
 //!     quorumlab_agent_port: 7443
+//!     quorumlab_agent_metrics_port: 7444            # the agents' GET /metrics
 //!     quorumlab_pki_dir: /var/lib/quorumlab/pki      # lab CA, driver and host certificates
 //!   hosts:
 //!     db-a: { ansible_host: 192.0.2.11 }
@@ -25,6 +26,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+/// The agent's metrics port where the inventory does not say (`quorumlab_agent_metrics_port`;
+/// Ansible's agent role serves metrics there).
+pub const AGENT_METRICS_PORT_DEFAULT: u16 = 7444;
 
 /// The agent's TCP port where the inventory does not say (`quorumlab_agent_port`).
 pub const AGENT_PORT_DEFAULT: u16 = 7443;
@@ -59,6 +64,9 @@ pub struct InventoryHost {
     pub addr: IpAddr,
     /// Its agent's port.
     pub agent_port: u16,
+    /// The port of its agent's `GET /metrics` (`None`: the agent serves none).
+    #[serde(default)]
+    pub metrics_port: Option<u16>,
 }
 
 /// A group of the inventory, in the order the file lists its hosts.
@@ -122,18 +130,28 @@ impl Inventory {
         let file: FileShape =
             serde_yaml::from_str(text).map_err(|e| invalid(e.to_string().replace('\n', " ")))?;
         let all = file.all;
-        let port_default = match all.vars.get("quorumlab_agent_port") {
-            None => AGENT_PORT_DEFAULT,
-            Some(v) => port_of(v).ok_or_else(|| {
-                invalid("all.vars.quorumlab_agent_port: not a port number".into())
-            })?,
+        let ports = Ports {
+            agent: port_var(
+                all.vars.get("quorumlab_agent_port"),
+                "all.vars",
+                "quorumlab_agent_port",
+                AGENT_PORT_DEFAULT,
+            )
+            .map_err(invalid)?,
+            metrics: port_var(
+                all.vars.get("quorumlab_agent_metrics_port"),
+                "all.vars",
+                "quorumlab_agent_metrics_port",
+                AGENT_METRICS_PORT_DEFAULT,
+            )
+            .map_err(invalid)?,
         };
         let mut hosts = Vec::new();
         for (name, vars) in all.hosts.unwrap_or_default() {
             let name = name
                 .as_str()
                 .ok_or_else(|| invalid("all.hosts: a host name that is not a string".into()))?;
-            hosts.push(host_of(name, &vars, port_default).map_err(invalid)?);
+            hosts.push(host_of(name, &vars, ports).map_err(invalid)?);
         }
         let group = |name: &str| -> Result<Group, InventoryError> {
             let Some(g) = all.children.get(name) else {
@@ -197,7 +215,27 @@ fn port_of(v: &serde_yaml::Value) -> Option<u16> {
         .filter(|&p| p > 0)
 }
 
-fn host_of(name: &str, vars: &serde_yaml::Value, port: u16) -> Result<InventoryHost, String> {
+/// The agent's ports where a host does not name its own.
+#[derive(Clone, Copy)]
+struct Ports {
+    agent: u16,
+    metrics: u16,
+}
+
+/// The port `value` of `key` (at `place` in the file), or `default` where it is not set.
+fn port_var(
+    value: Option<&serde_yaml::Value>,
+    place: &str,
+    key: &str,
+    default: u16,
+) -> Result<u16, String> {
+    match value {
+        None => Ok(default),
+        Some(v) => port_of(v).ok_or_else(|| format!("{place}.{key}: not a port number")),
+    }
+}
+
+fn host_of(name: &str, vars: &serde_yaml::Value, ports: Ports) -> Result<InventoryHost, String> {
     let addr = vars
         .get("ansible_host")
         .and_then(|a| a.as_str())
@@ -207,15 +245,22 @@ fn host_of(name: &str, vars: &serde_yaml::Value, port: u16) -> Result<InventoryH
     let addr: IpAddr = addr
         .parse()
         .map_err(|_| format!("all.hosts.{name}.ansible_host: '{addr}' is not an IP address"))?;
-    let agent_port = match vars.get("quorumlab_agent_port") {
-        None => port,
-        Some(v) => port_of(v)
-            .ok_or_else(|| format!("all.hosts.{name}.quorumlab_agent_port: not a port number"))?,
-    };
+    let place = format!("all.hosts.{name}");
     Ok(InventoryHost {
         name: name.to_string(),
         addr,
-        agent_port,
+        agent_port: port_var(
+            vars.get("quorumlab_agent_port"),
+            &place,
+            "quorumlab_agent_port",
+            ports.agent,
+        )?,
+        metrics_port: Some(port_var(
+            vars.get("quorumlab_agent_metrics_port"),
+            &place,
+            "quorumlab_agent_metrics_port",
+            ports.metrics,
+        )?),
     })
 }
 
@@ -232,6 +277,7 @@ mod tests {
         assert_eq!(names, ["db-b", "db-a"]);
         assert_eq!(inv.etcd.0[1].agent_port, 9000);
         assert_eq!(inv.etcd.0[0].agent_port, 7443);
+        assert_eq!(inv.etcd.0[0].metrics_port, Some(AGENT_METRICS_PORT_DEFAULT));
         assert_eq!(inv.postgres.0.len(), 1);
         assert!(inv.mongodb.0.is_empty());
         assert_eq!(inv.pki_dir, Path::new("/x/pki"));
@@ -244,6 +290,20 @@ mod tests {
         let err = Inventory::parse(Path::new("inv.yml"), &text).unwrap_err();
         assert!(
             err.to_string().contains("children.postgres.hosts.db-z"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_metrics_port_that_is_not_one_is_refused_by_place() {
+        let text = THREE.replace(
+            "quorumlab_agent_port: 9000",
+            "quorumlab_agent_metrics_port: http",
+        );
+        let err = Inventory::parse(Path::new("inv.yml"), &text).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("all.hosts.db-a.quorumlab_agent_metrics_port: not a port number"),
             "{err}"
         );
     }

@@ -26,6 +26,9 @@ use crate::sharded::settings::ShardCluster;
 /// The agent's port on every host.
 pub const AGENT_PORT: u16 = 7070;
 
+/// The port of every lab agent's `GET /metrics`.
+pub const AGENT_METRICS_PORT: u16 = 7071;
+
 /// Why a lab operation failed; each message is one line.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -139,6 +142,28 @@ impl Lab {
         NodeId::all(self.hosts.len())
     }
 
+    /// The faults every agent of the lab has applied so far, by kind (`signal-kill`,
+    /// `cut-links`, ...), summed over the hosts, read from the agents' own `/metrics`. `None`
+    /// when an agent serves no metrics or did not answer (logged).
+    pub async fn agent_faults(&self) -> Option<BTreeMap<String, u64>> {
+        let mut sum = BTreeMap::new();
+        for host in &self.hosts {
+            let port = host.metrics_port?;
+            let addr = SocketAddr::new(host.addr, port);
+            let text = match crate::agent::metrics::scrape(addr, Duration::from_secs(2)).await {
+                Ok(text) => text,
+                Err(e) => {
+                    tracing::warn!(host = %host.name, error = %e, "agent metrics not read");
+                    return None;
+                }
+            };
+            for (kind, n) in crate::agent::metrics::faults_applied(&text) {
+                *sum.entry(kind).or_insert(0) += n;
+            }
+        }
+        Some(sum)
+    }
+
     /// The agent address of `host`.
     pub fn agent_addr(&self, host: NodeId) -> SocketAddr {
         let h = &self.hosts[host.index()];
@@ -217,6 +242,7 @@ impl Lab {
                 name: host.to_string(),
                 addr: net.addr(host),
                 agent_port: AGENT_PORT,
+                metrics_port: Some(AGENT_METRICS_PORT),
             })
             .collect();
         let names: Vec<_> = hosts.iter().map(|h| (h.name.clone(), h.addr)).collect();
@@ -282,7 +308,7 @@ impl Lab {
                     .filter(|&peer| peer != host)
                     .map(|peer| (peer.to_string(), net.addr(peer)))
                     .collect(),
-                metrics_listen: None,
+                metrics_listen: Some(SocketAddr::new(net.addr(host), AGENT_METRICS_PORT)),
             };
             let pid = self.start_agent(host, &dir, &config, agent_binary)?;
             self.agent_pids.push(pid);

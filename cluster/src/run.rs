@@ -2,6 +2,8 @@
 //! which faults a real lab can carry out ([`RealLab`], checked before anything starts), and how a
 //! fault's steps are carried out through the node agents ([`carry_out`]).
 
+use std::collections::BTreeMap;
+
 use quorumlab_experiment::fault::{Disruption, Fault, FaultExecutor};
 use quorumlab_experiment::scenario::Scenario;
 use quorumlab_proto::agent::{Action, CapabilitiesRequest, ShapeRequest};
@@ -17,6 +19,25 @@ pub struct FiredFault {
     pub at_ms: u64,
     /// What, e.g. `isolate leader (n2)`.
     pub label: String,
+}
+
+/// The faults the agents applied between two readings of their own metrics
+/// ([`Lab::agent_faults`]), by kind; `None` when either reading is missing.
+pub fn agent_faults_between(
+    before: Option<BTreeMap<String, u64>>,
+    after: Option<BTreeMap<String, u64>>,
+) -> Option<BTreeMap<String, u64>> {
+    let (before, after) = (before?, after?);
+    Some(
+        after
+            .into_iter()
+            .map(|(kind, n)| {
+                let earlier = before.get(&kind).copied().unwrap_or(0);
+                (kind, n.saturating_sub(earlier))
+            })
+            .filter(|&(_, n)| n > 0)
+            .collect(),
+    )
 }
 
 /// Why a real run failed.

@@ -67,7 +67,7 @@ fn step_bar(duration: Duration, what: String) -> indicatif::ProgressBar {
         bar.set_style(style);
     }
     bar.set_message(what);
-    bar
+    crate::runtime::shown(bar)
 }
 
 /// Runs `run_one` while a bar counts the seconds of a step.
@@ -120,7 +120,7 @@ pub fn command(args: LoadArgs) -> Result<()> {
 async fn find_max(args: &LoadArgs, plan: &Plan, population: &Population) -> Result<()> {
     let html = plan.html_report.clone();
     let html_for = |rate: u32| html.as_deref().map(|p| per_rate(p, rate));
-    let spinner = indicatif::ProgressBar::new_spinner();
+    let spinner = crate::runtime::shown(indicatif::ProgressBar::new_spinner());
     spinner.enable_steady_tick(Duration::from_millis(200));
     spinner.set_message(format!(
         "{}: one {} s step per rate, from {}/s",

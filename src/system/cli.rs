@@ -1,6 +1,7 @@
 //! The contract between the commands and the systems: what each command asks of a system
 //! ([`SystemCli`]) and the options it passes.
 
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
@@ -263,6 +264,21 @@ pub fn fired_faults(faults: &[FiredFault]) -> String {
         .map(|f| format!("{:.3}s {}", f.at_ms as f64 / 1e3, f.label))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The faults the agents counted during a real run (their own `/metrics`), as one line, or
+/// `None` when they were not read.
+pub fn agent_faults_line(counted: Option<&BTreeMap<String, u64>>) -> Option<String> {
+    let counted = counted?;
+    let kinds: Vec<String> = counted.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    Some(format!(
+        "  the agents' own count of faults applied: {}",
+        if kinds.is_empty() {
+            "none".to_string()
+        } else {
+            kinds.join(", ")
+        }
+    ))
 }
 
 /// Writes a report's files (name, text) into `dir`: temporary names first, then renamed, so a

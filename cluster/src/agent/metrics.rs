@@ -2,8 +2,10 @@
 //! /metrics`; the counts hold no secret): faults applied, by kind, and calls refused, by reason
 //! (the gRPC status code: `unauthenticated` for a wrong token, `invalid_argument`, ...).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -117,5 +119,64 @@ pub async fn serve_metrics(listen: SocketAddr, metrics: Arc<AgentMetrics>) -> st
             let _ = stream.write_all(head.as_bytes()).await;
             let _ = stream.write_all(body.as_bytes()).await;
         });
+    }
+}
+
+/// Reads an agent's `GET /metrics` text (plain HTTP, the connection closed by the agent), within
+/// `limit`.
+pub async fn scrape(addr: SocketAddr, limit: Duration) -> std::io::Result<String> {
+    let read = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: agent\r\n\r\n")
+            .await?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await?;
+        match reply.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.1 200 ") => Ok(body.to_string()),
+            _ => Err(std::io::Error::other(format!(
+                "{addr}: not a metrics answer: {}",
+                reply.lines().next().unwrap_or("(empty)")
+            ))),
+        }
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .map_err(|_| std::io::Error::other(format!("{addr}: no metrics answer within {limit:?}")))?
+}
+
+/// `agent_faults_applied_total` by kind, from an agent's metrics text.
+pub fn faults_applied(text: &str) -> BTreeMap<String, u64> {
+    let mut faults = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("agent_faults_applied_total{kind=\"") else {
+            continue;
+        };
+        let Some((kind, value)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        if let Ok(n) = value.trim().parse::<u64>() {
+            *faults.entry(kind.to_string()).or_insert(0) += n;
+        }
+    }
+    faults
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counts_read_back_from_the_text_are_the_counts_made() {
+        let metrics = AgentMetrics::new();
+        assert!(faults_applied(&metrics.encode()).is_empty());
+        metrics.applied("signal-kill");
+        metrics.applied("signal-kill");
+        metrics.applied("cut-links");
+        metrics.refused(tonic::Code::Unauthenticated);
+        let read = faults_applied(&metrics.encode());
+        let expected: BTreeMap<String, u64> =
+            [("cut-links".to_string(), 1), ("signal-kill".to_string(), 2)].into();
+        assert_eq!(read, expected, "{}", metrics.encode());
     }
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::lab::{EtcdTiming, StatusProbe};
 use crate::inventory::Inventory;
 use crate::lab::{Lab, LabError};
-use crate::run::{carry_out, check_supported, FiredFault, RealLab, RunError};
+use crate::run::{agent_faults_between, carry_out, check_supported, FiredFault, RealLab, RunError};
 
 /// How often the leader poller asks every member.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -64,6 +64,10 @@ pub struct RealRun {
     pub leaders: Vec<LeaderSeen>,
     /// The client history.
     pub history: History,
+    /// The faults the agents applied during the run, by kind, as their own `/metrics` count them
+    /// (`None` when an agent serves no metrics).
+    #[serde(default)]
+    pub agent_faults: Option<BTreeMap<String, u64>>,
 }
 
 quorumlab_experiment::run_record!(RealRun, RunSummary);
@@ -165,6 +169,7 @@ async fn drive(scenario: &Scenario, run_number: u64, lab: &Lab) -> Result<RealRu
         member_names: member_names(lab).await?,
     });
     let duration = Duration::from_millis(scenario.duration_ms);
+    let agents_before = lab.agent_faults().await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let poller = tokio::spawn(poll_leaders(lab.clone(), shared.clone(), stop_rx.clone()));
     let clients = spawn_clients(lab, scenario, run_number, &shared, &stop_rx);
@@ -175,7 +180,9 @@ async fn drive(scenario: &Scenario, run_number: u64, lab: &Lab) -> Result<RealRu
         let _ = c.await;
     }
     let _ = poller.await;
-    Ok(measure(scenario, run_number, &shared, fired))
+    let mut run = measure(scenario, run_number, &shared, fired);
+    run.agent_faults = agent_faults_between(agents_before, lab.agent_faults().await);
+    Ok(run)
 }
 
 /// The workload's clients, each with its own seeded schedule, through `etcd-client`.
@@ -283,6 +290,7 @@ fn measure(scenario: &Scenario, run_number: u64, shared: &Shared, fired: Fired) 
         faults: fired.faults,
         leaders,
         history,
+        agent_faults: None,
     }
 }
 

@@ -71,9 +71,10 @@ fn host_mirror() -> Result<String, MachineError> {
 }
 
 /// Builds the image at `dir` unless a complete one is there (or `rebuild`); returns whether it
-/// built one. Prints each step and its time on stderr.
+/// built one. Logs each step and its time.
 pub fn ensure(dir: &Path, rebuild: bool) -> Result<bool, MachineError> {
     if is_built(dir) && !rebuild {
+        tracing::info!(image_dir = %dir.display(), "base image cached");
         return Ok(false);
     }
     for program in ["/usr/sbin/debootstrap", "/usr/bin/systemd-nspawn"] {
@@ -88,9 +89,9 @@ pub fn ensure(dir: &Path, rebuild: bool) -> Result<bool, MachineError> {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| MachineError::state(&tmp, e))?;
     let started = Instant::now();
-    eprintln!(
-        "machines: building the base image in {} (debootstrap, a few minutes)",
-        dir.display()
+    tracing::info!(
+        image_dir = %dir.display(),
+        "building the base image (debootstrap, a few minutes)"
     );
     run_command(
         Command::new("debootstrap")
@@ -102,19 +103,16 @@ pub fn ensure(dir: &Path, rebuild: bool) -> Result<bool, MachineError> {
             .arg(&tmp)
             .arg(&mirror),
     )?;
-    eprintln!(
-        "machines: base system in {:.0} s; adding the lab's packages",
-        started.elapsed().as_secs_f64()
+    tracing::info!(
+        elapsed_s = started.elapsed().as_secs(),
+        "base system made; adding the lab's packages"
     );
     add_lab_layer(&tmp)?;
     make_generic(&tmp)?;
     std::fs::write(marker(&tmp), IMAGE_VERSION).map_err(|e| MachineError::state(&tmp, e))?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp, dir).map_err(|e| MachineError::state(dir, e))?;
-    eprintln!(
-        "machines: image ready in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    tracing::info!(elapsed_s = started.elapsed().as_secs(), "base image ready");
     Ok(true)
 }
 

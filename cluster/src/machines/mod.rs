@@ -217,6 +217,7 @@ pub fn up(options: &UpOptions) -> Result<(Machines, UpTimes), MachineError> {
             options.state_dir.display()
         )));
     }
+    let _up = tracing::info_span!("machines_up", machines = options.machines).entered();
     let started = Instant::now();
     image::ensure(&options.image_dir, options.rebuild)?;
     let image_s = started.elapsed().as_secs_f64();
@@ -239,7 +240,8 @@ pub fn up(options: &UpOptions) -> Result<(Machines, UpTimes), MachineError> {
     };
     set.save()?;
     let booted = boot_all(&mut set);
-    if booted.is_err() {
+    if let Err(e) = &booted {
+        tracing::error!(error = %e, "machines did not come up; taking down what was made");
         let _ = down(&options.state_dir);
     }
     let boot_to_ssh_s = booted?;
@@ -255,6 +257,7 @@ pub fn up(options: &UpOptions) -> Result<(Machines, UpTimes), MachineError> {
 /// Makes the network, prepares and boots every machine, waits for SSH, writes the inventory.
 fn boot_all(set: &mut Machines) -> Result<f64, MachineError> {
     set.net.create()?;
+    tracing::info!(bridge = %set.net.bridge(), subnet = %format!("10.78.{}.0/24", set.net.id), "network made");
     if !is_mountpoint(Path::new(NSPAWN_RUN)) {
         std::fs::create_dir_all(NSPAWN_RUN)
             .map_err(|e| MachineError::state(Path::new(NSPAWN_RUN), e))?;
@@ -274,14 +277,22 @@ fn boot_all(set: &mut Machines) -> Result<f64, MachineError> {
     let started = Instant::now();
     for node in set.nodes().collect::<Vec<_>>() {
         let pid = boot(set, node)?;
+        tracing::info!(node = %node, machine = %set.net.machine(node), pid, "machine booting");
         set.pids.push(pid);
         set.save()?;
     }
     for node in set.nodes() {
         wait_for_ssh(set, node, Duration::from_secs(60))?;
+        tracing::info!(
+            node = %node,
+            addr = %set.net.addr(node),
+            since_boot_ms = started.elapsed().as_millis() as u64,
+            "machine answers SSH"
+        );
     }
     let boot_to_ssh_s = started.elapsed().as_secs_f64();
     write_inventory(set)?;
+    tracing::info!(inventory = %Machines::inventory_path(&set.state_dir).display(), "inventory written");
     Ok(boot_to_ssh_s)
 }
 
@@ -517,6 +528,7 @@ pub fn down(state_dir: &Path) -> Result<bool, MachineError> {
     let Some(set) = Machines::load(state_dir)? else {
         return Ok(false);
     };
+    let _down = tracing::info_span!("machines_down", machines = set.pids.len()).entered();
     // SIGTERM asks nspawn to shut the machine's systemd down cleanly; SIGKILL after 15 s.
     for &pid in &set.pids {
         // SAFETY: kill(2) on a pid this set recorded; a stale pid only yields ESRCH.
@@ -527,6 +539,7 @@ pub fn down(state_dir: &Path) -> Result<bool, MachineError> {
         std::thread::sleep(Duration::from_millis(50));
     }
     for &pid in set.pids.iter().filter(|&&pid| alive(pid)) {
+        tracing::warn!(pid, "machine did not shut down within 15 s; killed");
         // SAFETY: as above.
         unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
     }
@@ -541,6 +554,7 @@ pub fn down(state_dir: &Path) -> Result<bool, MachineError> {
     }
     set.net.destroy();
     std::fs::remove_dir_all(state_dir).map_err(|e| MachineError::state(state_dir, e))?;
+    tracing::info!(state_dir = %state_dir.display(), "machines stopped and removed");
     Ok(true)
 }
 

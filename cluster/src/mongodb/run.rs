@@ -525,11 +525,16 @@ async fn fire_faults(
                         "replSetStepDown": step_down_secs as i64,
                         "secondaryCatchUpPeriodSecs": catch_up_secs as i64,
                     };
-                    // Its answer (ok, or "no electable secondaries caught up") shows in hello.
-                    let _ = shared.members[node.index()]
+                    tracing::info!(fault = ?disruption, target = "replSetStepDown", "fault step");
+                    // Its answer (ok, or "no electable secondaries caught up") shows in hello;
+                    // a refusal is logged, not an error of the run.
+                    let answer = shared.members[node.index()]
                         .database("admin")
                         .run_command(command)
                         .await;
+                    if let Err(e) = answer {
+                        tracing::info!(node = %node, answer = %e, "step-down not done");
+                    }
                 }
                 (other, Some(lab)) => {
                     match other {

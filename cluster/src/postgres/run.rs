@@ -10,7 +10,7 @@
 //! is polled every 10 ms for it, beside samples of `pg_stat_replication` and the replica's replay
 //! timestamp. After the run, the ids on the final primary are compared with the acknowledged ones.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use super::lab::{self as postgres, PgNodes, LEADER_KEY};
 use super::settings::PatroniSettings;
 use crate::lab::{Lab, LabError};
-use crate::run::{carry_out, check_supported, FiredFault, RealLab, RunError};
+use crate::run::{agent_faults_between, carry_out, check_supported, FiredFault, RealLab, RunError};
 
 /// How often the prober tries every node.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -57,6 +57,10 @@ pub struct PgRealRun {
     pub faults: Vec<FiredFault>,
     /// The client history (writers and prober).
     pub history: History,
+    /// The faults the agents applied during the run, by kind, as their own `/metrics` count them
+    /// (`None` without agents, or when one serves no metrics).
+    #[serde(default)]
+    pub agent_faults: Option<BTreeMap<String, u64>>,
 }
 
 quorumlab_experiment::run_record!(PgRealRun, PgRunSummary);
@@ -214,6 +218,10 @@ async fn run_on_nodes(
     let phases = pg.phases_or(scenario.duration_ms, scenario.workload.rate_per_s);
     let shared = Arc::new(Shared::new(&nodes, phases, run_number));
     let measuring_lag = !pg.phases.is_empty();
+    let agents_before = match lab {
+        Some(lab) => lab.agent_faults().await,
+        None => None,
+    };
     let (stop_tx, stop) = watch::channel(false);
     let detection = Arc::new(Mutex::new(Detection::default()));
     let mut tasks = spawn_workload(&shared, scenario, primary, measuring_lag, &stop);
@@ -231,6 +239,10 @@ async fn run_on_nodes(
         let _ = task.await;
     }
     let (fired, fault_at_us) = fired?;
+    let agent_faults = match lab {
+        Some(lab) => agent_faults_between(agents_before, lab.agent_faults().await),
+        None => None,
+    };
     // Let the cluster settle, then read what survived on whichever node is primary now.
     let new_primary = nodes
         .wait_for_primary(None, Duration::from_secs(scenario.duration_ms / 1000 + 60))
@@ -261,6 +273,7 @@ async fn run_on_nodes(
         summary,
         faults: fired,
         history,
+        agent_faults,
     })
 }
 

@@ -618,6 +618,7 @@ impl Balanced {
     /// Notes a step fault carried out at `at`.
     fn fire(&mut self, at: Instant, label: String) {
         let at_ms = at.saturating_duration_since(self.start).as_millis() as u64;
+        tracing::info!(fault = %label, at_ms, "fault step");
         self.fired.push(FiredFault { at_ms, label });
     }
 
@@ -655,6 +656,17 @@ impl Balanced {
             MoveOutcome::Committed => None,
             MoveOutcome::Aborted(why) | MoveOutcome::InDoubt(why) => Some(why.clone()),
         };
+        tracing::info!(
+            chunk = report.chunk,
+            donor = %format!("s{}", report.from + 1),
+            recipient = %format!("s{}", report.to + 1),
+            committed,
+            total_ms = report.total_ms,
+            critical_ms = report.critical_ms,
+            bytes = report.bytes,
+            why = why.as_deref().unwrap_or(""),
+            "chunk move {}", report.move_id
+        );
         self.migrations.push(MigrationRecord {
             number: report.move_id,
             chunk: report.chunk,

@@ -290,6 +290,9 @@ pub fn print_real_run(r: &RealRun) {
         s.seed,
         crate::system::cli::fired_faults(&r.faults)
     );
+    if let Some(line) = crate::system::cli::agent_faults_line(r.agent_faults.as_ref()) {
+        println!("{line}");
+    }
     println!(
         "  fault to new leader: {}",
         s.election_ms

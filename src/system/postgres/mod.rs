@@ -17,7 +17,8 @@ use quorumlab_sim::postgres::run_pg;
 use quorumlab_sim::sweep::sweep_pg;
 
 use super::cli::{
-    fired_faults, refuse_option, Build, RealOptions, SimOptions, SweepOptions, SystemCli, UpOptions,
+    agent_faults_line, fired_faults, refuse_option, Build, RealOptions, SimOptions, SweepOptions,
+    SystemCli, UpOptions,
 };
 use crate::cmd::SafetyViolation;
 use crate::lab_setup::{install_if_missing, this_binary, Package};
@@ -258,6 +259,9 @@ impl SystemCli for Postgres<'_> {
         );
         for r in &results {
             show::print_run(&r.summary, &fired_faults(&r.faults));
+            if let Some(line) = agent_faults_line(r.agent_faults.as_ref()) {
+                println!("{line}");
+            }
         }
         if options.runs > 1 {
             let summaries = table::summaries(&results);
