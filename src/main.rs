@@ -25,8 +25,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// How the long-running commands (serve, agent, run, compare, machines) write their logs to
-    /// stderr: human or json (one object per line). RUST_LOG filters them.
+    /// How logs are written to stderr: human or json (one object per line). The long-running
+    /// commands (serve, agent, run, compare, machines) log by default; RUST_LOG filters, e.g.
+    /// RUST_LOG=quorumlab_sim::trace=debug shows a simulated run's trace, stamped with sim_us.
     #[arg(long, global = true, value_enum, default_value = "human")]
     log_format: logging::LogFormat,
 }
@@ -99,9 +100,9 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    if !prints_for_a_pipe(&cli.command) {
-        logging::init(cli.log_format);
-    }
+    // Every command logs through the same subscriber; only the long-running ones log at the
+    // default level, and the simulator's trace shows with RUST_LOG=quorumlab_sim::trace=debug.
+    logging::init(cli.log_format);
     let result = match cli.command {
         Command::Sim(args) => cmd::sim::command(args),
         Command::Shard(args) => cmd::shard::command(args),

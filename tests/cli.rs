@@ -207,6 +207,45 @@ fn json_output_parses_and_holds_trace_history_and_summary() {
 }
 
 #[test]
+fn a_simulated_runs_trace_can_be_watched_as_tracing_events_without_changing_it() {
+    let args = ["sim", "etcd-leader-kill", "--seed", "2", "--json"];
+    let quiet = Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(quiet.status.success());
+    assert!(quiet.stderr.is_empty(), "no log lines by default");
+    let watched = Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+        .args(args)
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "quorumlab_sim::trace=debug")
+        .output()
+        .unwrap();
+    assert!(watched.status.success());
+    assert_eq!(
+        watched.stdout, quiet.stdout,
+        "the trace itself is unchanged"
+    );
+    let trace: serde_json::Value = serde_json::from_slice(&quiet.stdout).unwrap();
+    let trace = trace["trace"].as_array().unwrap();
+    let events: Vec<serde_json::Value> = String::from_utf8(watched.stderr)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), trace.len(), "one event per trace line");
+    for (event, line) in events.iter().zip(trace) {
+        assert_eq!(event["target"], "quorumlab_sim::trace");
+        assert_eq!(
+            event["fields"]["sim_us"], line["at_us"],
+            "stamped with simulated time"
+        );
+        assert_eq!(event["fields"]["node"], line["node"]);
+    }
+}
+
+#[test]
 fn report_writes_a_page_with_timeline_and_message_diagram() {
     let dir = temp_dir("report");
     let out = quorumlab(&[

@@ -211,6 +211,7 @@ impl World {
             self.events.last().is_none_or(|e| e.at_us <= at_us),
             "trace out of order"
         );
+        crate::trace::emit(at_us, &node, format_args!("{what:?}"));
         self.events.push(Event { at_us, node, what });
         if self.record_views {
             self.view_log.push(self.views.clone());

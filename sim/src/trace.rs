@@ -5,6 +5,16 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The `tracing` target of the simulator's trace lines.
+pub const TRACE_TARGET: &str = "quorumlab_sim::trace";
+
+/// Emits one trace line as a `tracing` event at debug level, stamped with simulated time
+/// (`sim_us`), so one subscriber can watch a simulated run (`RUST_LOG=quorumlab_sim::trace=debug`).
+/// The trace itself, the learner's timeline, is unchanged; with no subscriber this is one check.
+pub fn emit(at_us: u64, node: &str, what: impl std::fmt::Display) {
+    tracing::debug!(target: TRACE_TARGET, sim_us = at_us, node, "{what}");
+}
+
 use crate::node::Role;
 
 /// One thing that happened.

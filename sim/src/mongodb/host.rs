@@ -130,6 +130,7 @@ impl MongoWorld {
 
     /// A trace line, with every member's view as it is now.
     pub fn event_at(&mut self, event: MongoEvent) {
+        crate::trace::emit(event.at_us, &event.node, &event.what);
         self.events.push(event);
         let views = self.members.iter().map(MemberView::of).collect();
         self.views.push(views);

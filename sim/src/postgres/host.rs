@@ -144,6 +144,7 @@ impl PgWorld {
 
     fn event(&mut self, node: String, what: String) {
         let at_us = now_us().saturating_sub(self.start_us);
+        crate::trace::emit(at_us, &node, &what);
         self.events.push(PgEvent { at_us, node, what });
     }
 

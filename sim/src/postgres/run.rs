@@ -282,10 +282,12 @@ fn drive(
                 old_primary = primary;
             }
             let plan = plan_fault(&step.fault, &node_states(world, hosts, primary));
+            let label = plan.label(&step.fault);
+            crate::trace::emit(now_us - start_us, "fault", &label);
             world.borrow_mut().events.push(PgEvent {
                 at_us: now_us - start_us,
                 node: "fault".into(),
-                what: plan.label(&step.fault),
+                what: label,
             });
             let latency_ms_max = scenario.network.latency_ms_max;
             apply(sim, (world, etcd), &plan.steps, hosts, latency_ms_max);

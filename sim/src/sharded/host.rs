@@ -265,6 +265,7 @@ impl ShardedWorld {
 
     /// A trace line, with every host's view as it is now when views are recorded.
     pub fn event_at(&mut self, event: ShardedEvent) {
+        crate::trace::emit(event.at_us, &event.node, &event.what);
         self.events.push(event);
         if self.record_views {
             let views = self.host_views();
