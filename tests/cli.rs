@@ -242,6 +242,9 @@ fn a_simulated_runs_trace_can_be_watched_as_tracing_events_without_changing_it()
             "stamped with simulated time"
         );
         assert_eq!(event["fields"]["node"], line["node"]);
+        assert_eq!(event["span"]["name"], "sim");
+        assert_eq!(event["span"]["scenario"], "etcd-leader-kill");
+        assert_eq!(event["span"]["seed"], 2);
     }
 }
 

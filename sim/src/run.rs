@@ -125,6 +125,7 @@ impl FaultExecutor for EtcdSim {
 
 /// Runs `scenario` once.
 pub fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunOutput, SimError> {
+    let _sim = crate::trace::sim_span(&scenario.name, config.seed, "").entered();
     EtcdSim
         .check_faults(&scenario.faults, scenario.chaos.as_ref())
         .map_err(SimError::Unsupported)?;

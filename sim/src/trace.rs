@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 /// The `tracing` target of the simulator's trace lines.
 pub const TRACE_TARGET: &str = "quorumlab_sim::trace";
 
+/// The span a simulated run's trace events are in: its scenario, seed and, where a scenario runs
+/// once per setting, the setting (`async`, `w:majority`).
+pub fn sim_span(scenario: &str, seed: u64, setting: &str) -> tracing::Span {
+    tracing::debug_span!(target: TRACE_TARGET, "sim", scenario, seed, setting)
+}
+
 /// Emits one trace line as a `tracing` event at debug level, stamped with simulated time
 /// (`sim_us`), so one subscriber can watch a simulated run (`RUST_LOG=quorumlab_sim::trace=debug`).
 /// The trace itself, the learner's timeline, is unchanged; with no subscriber this is one check.

@@ -72,6 +72,7 @@ impl FaultExecutor for MongoSim {
 
 /// Runs `scenario` (system `mongodb`) once with write concern `w` and `seed`.
 pub fn run_mongo(scenario: &Scenario, w: WriteConcern, seed: u64) -> Result<MongoSimRun, SimError> {
+    let _sim = crate::trace::sim_span(&scenario.name, seed, &w.to_string()).entered();
     let System::Mongodb(mongo) = &scenario.system else {
         let why = format!("{} is not a mongodb scenario", scenario.name);
         return Err(SimError::Unsupported(why));

@@ -75,6 +75,7 @@ impl FaultExecutor for PgSim {
 
 /// Runs `scenario` (system `postgres`) once in `mode` with `seed`.
 pub fn run_pg(scenario: &Scenario, mode: ReplicationMode, seed: u64) -> Result<PgSimRun, SimError> {
+    let _sim = crate::trace::sim_span(&scenario.name, seed, &mode.to_string()).entered();
     let System::Postgres(pg) = &scenario.system else {
         let why = format!("{} is not a postgres scenario", scenario.name);
         return Err(SimError::Unsupported(why));

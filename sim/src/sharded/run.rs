@@ -100,6 +100,7 @@ pub fn run_sharded(
     seed: u64,
     build: ShardedBuild,
 ) -> Result<ShardedSimRun, SimError> {
+    let _sim = crate::trace::sim_span(&scenario.name, seed, "").entered();
     let System::Sharded(settings) = &scenario.system else {
         return Err(SimError::Unsupported(format!(
             "{} is not a sharded scenario",

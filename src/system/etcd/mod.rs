@@ -99,7 +99,9 @@ impl Etcd<'_> {
         let bar = progress(options.runs, "real runs");
         let mut out = Vec::new();
         for run in 1..=options.runs {
-            let _run = tracing::info_span!("run", scenario = %self.scenario.name, run).entered();
+            // A real run's number seeds its workload, as a seed does in the simulator.
+            let _run = tracing::info_span!("run", scenario = %self.scenario.name, run, seed = run)
+                .entered();
             let real = match options.inventory {
                 Some(inventory) => rt.block_on(run_etcd_on_inventory(
                     self.scenario,

@@ -150,7 +150,7 @@ impl Mongodb<'_> {
         let mut out = Vec::new();
         for &w in self.concerns() {
             for run in 1..=runs {
-                let _run = tracing::info_span!("run", scenario = %self.scenario.name, run, write_concern = %w)
+                let _run = tracing::info_span!("run", scenario = %self.scenario.name, run, seed = run, write_concern = %w)
                     .entered();
                 let real = match set {
                     RealSet::Target(uri) => rt.block_on(run_on_uri(self.scenario, w, run, uri)),

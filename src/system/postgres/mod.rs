@@ -106,7 +106,7 @@ impl Postgres<'_> {
         for &mode in self.modes() {
             for run in 1..=options.runs {
                 let _run =
-                    tracing::info_span!("run", scenario = %self.scenario.name, run, mode = ?mode)
+                    tracing::info_span!("run", scenario = %self.scenario.name, run, seed = run, mode = ?mode)
                         .entered();
                 let real = match options.inventory {
                     Some(inventory) => rt.block_on(run_postgres_on_inventory(

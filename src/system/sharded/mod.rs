@@ -83,7 +83,8 @@ impl Sharded<'_> {
         let bar = progress(options.runs, "real runs");
         let mut out = Vec::new();
         for run in 1..=options.runs {
-            let _run = tracing::info_span!("run", scenario = %self.scenario.name, run).entered();
+            let _run = tracing::info_span!("run", scenario = %self.scenario.name, run, seed = run)
+                .entered();
             out.push(rt.block_on(run_sharded_real(
                 self.scenario,
                 run,
