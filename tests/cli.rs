@@ -47,6 +47,38 @@ fn temp_dir(tag: &str) -> TempDir {
 }
 
 #[test]
+fn a_sharded_lab_on_an_inventory_needs_as_many_shard_hosts_as_shards() {
+    let dir = temp_dir("shard-inventory");
+    let inventory = dir.join("inventory.yml");
+    std::fs::write(
+        &inventory,
+        "all:\n  hosts:\n    a: { ansible_host: 192.0.2.1 }\n    b: { ansible_host: 192.0.2.2 }\n  children:\n    etcd: { hosts: { a: {}, b: {} } }\n    shards: { hosts: { a: {}, b: {} } }\n",
+    )
+    .unwrap();
+    let state = dir.join("state");
+    let up = |system: &str| {
+        quorumlab(&[
+            "cluster",
+            "up",
+            system,
+            "--shards",
+            "2",
+            "--inventory",
+            inventory.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
+    };
+    // shard-add-shard's layout: two shards holding chunks and one added.
+    assert_user_error(
+        &up("sharded"),
+        "3 shards are needed (2 holding chunks, 1 added) but the shards group has 2",
+    );
+    assert_user_error(&up("etcd"), "provisioned by Ansible");
+    assert!(!state.exists(), "nothing written");
+}
+
+#[test]
 fn unknown_scenario_is_one_line_and_exit_2() {
     assert_user_error(
         &quorumlab(&["sim", "etcd-no-such-thing"]),

@@ -163,6 +163,7 @@ fn machines_provisioned_by_ansible_run_the_simulators_scenarios() {
     mongodb_role_runs_in_check_mode(&inventory, &dir);
 
     scenarios_run_from_the_inventory(&inventory, &dir);
+    sharded_scenarios_run_from_the_inventory(&inventory, &dir);
     agents_refuse_what_they_must(&inventory);
 
     drop(state);
@@ -247,6 +248,123 @@ fn scenarios_run_from_the_inventory(inventory: &Path, dir: &Path) {
 
     one_way_partition_as_the_simulator_predicts(&runner);
     delay_is_refused_without_netem(&runner, dir);
+}
+
+/// The sharded lab on the machines' provisioned shards (Ansible's `shard` role, port 5433 beside
+/// Patroni's Postgres): shard-donor-crash cut to two shards and one added, for three machines. The
+/// donor killed in the first move's critical section leaves one owner and loses no acknowledged
+/// write; a second run on the same shards starts as fresh as the first (what the first left is
+/// dropped); cutting a router off is refused in one line (the routers run in the driver).
+fn sharded_scenarios_run_from_the_inventory(inventory: &Path, dir: &Path) {
+    let runner = Runner {
+        inventory: inventory.to_str().unwrap(),
+        run_dir: dir.join("sharded-runs").to_str().unwrap().to_string(),
+    };
+    let three = variant(
+        dir,
+        "shard-donor-crash",
+        "shards = 3\nnew_shards = 1",
+        "shards = 2\nnew_shards = 1",
+    );
+    let short = dir.join("shard-donor-crash-short.toml");
+    let text = std::fs::read_to_string(&three).unwrap();
+    std::fs::write(
+        &short,
+        text.replace("duration_ms = 30000", "duration_ms = 12000")
+            .replace("nodes = 9", "nodes = 8"),
+    )
+    .unwrap();
+    for pass in 1..=2 {
+        let run = &runner.run(short.to_str().unwrap())[0];
+        let s = &run["summary"];
+        eprintln!(
+            "sharded on the machines, pass {pass}: migrations {} committed / {} aborted, {} writes acknowledged, {} lost, faults {}",
+            s["migrations_committed"], s["migrations_aborted"], s["acked_writes"], s["lost_writes"], run["faults"]
+        );
+        let first = &run["migrations"][0];
+        assert_eq!(first["outcome"], "aborted", "pass {pass}: {first}");
+        assert!(
+            first["critical_from_us"].is_u64(),
+            "killed in the critical section: {first}"
+        );
+        assert!(
+            s["migrations_committed"].as_u64().unwrap() >= 1,
+            "pass {pass}: {s}"
+        );
+        assert!(
+            s["acked_writes"].as_u64().unwrap() > 500,
+            "pass {pass}: {s}"
+        );
+        assert_eq!(s["lost_writes"], 0, "pass {pass}: {s}");
+        assert_eq!(s["bad_reads"], 0, "pass {pass}: {s}");
+        assert_eq!(
+            s["invariant_violations"],
+            serde_json::json!([]),
+            "pass {pass}: {s}"
+        );
+        let faults: Vec<&str> = run["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["label"].as_str().unwrap())
+            .collect();
+        assert!(faults[0].starts_with("kill s"), "pass {pass}: {faults:?}");
+    }
+    sharded_lab_by_hand_on_the_inventory(&runner, dir);
+    let out = Command::new(QUORUMLAB)
+        .args(["run", "shard-stale-router", "--inventory", runner.inventory])
+        .args(["--state-dir", &runner.run_dir])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("routers run in the driver") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+}
+
+/// `cluster up sharded --inventory` on the same shards: a chunk moved by hand lands on the shard
+/// it was sent to, and `down` forgets the lab but leaves the hosts running.
+fn sharded_lab_by_hand_on_the_inventory(runner: &Runner, dir: &Path) {
+    let lab_dir = dir.join("sharded-lab");
+    let lab_dir = lab_dir.to_str().unwrap();
+    let with_lab = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--state-dir", lab_dir]);
+        quorumlab(&all)
+    };
+    // shard-add-shard's layout with two shards holding chunks and one empty: the three machines.
+    with_lab(&[
+        "cluster",
+        "up",
+        "sharded",
+        "--shards",
+        "2",
+        "--inventory",
+        runner.inventory,
+    ]);
+    let moved = json(&with_lab(&[
+        "cluster",
+        "move-chunk",
+        "--chunk",
+        "0",
+        "--to",
+        "s3",
+        "--json",
+    ]));
+    assert_eq!(moved["outcome"], "committed", "{moved}");
+    let status = json(&with_lab(&["cluster", "status", "--json"]));
+    let shards = status["sharded"]["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 3, "{status}");
+    assert_eq!(shards[2]["chunks"], serde_json::json!([0]), "{status}");
+    assert!(shards.iter().all(|s| s["up"] == true), "{status}");
+    assert!(
+        shards[2]["endpoint"].as_str().unwrap().ends_with(":5433"),
+        "{status}"
+    );
+    with_lab(&["cluster", "down"]);
+    assert!(!Path::new(lab_dir).join("lab.json").exists());
 }
 
 /// What the simulator predicts for the one-way partition, the machines do (the drop is on the

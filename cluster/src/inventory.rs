@@ -3,8 +3,8 @@
 //! It is an ordinary Ansible YAML inventory. Ansible reads it to provision the hosts
 //! (`ansible/site.yml`); `quorumlab run --inventory` reads the same file to find each host's
 //! address, its agent and the lab's TLS material. Hosts are listed once under `all.hosts`, with
-//! `ansible_host` as their address, and put into the groups `etcd`, `postgres`, `mongodb` and
-//! `service`. Inside a group the driver numbers hosts in the order the file lists them: the first
+//! `ansible_host` as their address, and put into the groups `etcd`, `postgres`, `mongodb`,
+//! `service` and `shards`. Inside a group the driver numbers hosts in the order the file lists them: the first
 //! host of the `etcd` group is `n1` of an etcd scenario, whatever its name.
 //!
 //! ```yaml
@@ -88,6 +88,9 @@ pub struct Inventory {
     pub mongodb: Group,
     /// Hosts running the reference service.
     pub service: Group,
+    /// Hosts running a plain Postgres shard (logical WAL, port `shard_pg_port`), `s1` first.
+    #[serde(default)]
+    pub shards: Group,
     /// Where the lab's CA, the driver's client certificate and the agent token are.
     pub pki_dir: PathBuf,
     /// Every variable of `all.vars`, for settings a system reads (`etcd_heartbeat_ms`, ...).
@@ -181,6 +184,7 @@ impl Inventory {
             postgres: group("postgres")?,
             mongodb: group("mongodb")?,
             service: group("service")?,
+            shards: group("shards")?,
             hosts,
             pki_dir,
             vars: all.vars,

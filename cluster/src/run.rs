@@ -145,57 +145,70 @@ pub fn check_supported(scenario: &Scenario) -> Result<(), RunError> {
 /// Carries out a fault's steps through the agents: links are cut and healed with nftables, and
 /// `service` (the database process of each host) is killed or started.
 pub async fn carry_out(lab: &Lab, steps: &[Disruption], service: &str) -> Result<(), RunError> {
-    for step in steps {
-        tracing::info!(fault = ?step, target = service, "fault step");
-        match *step {
-            Disruption::Cut(a, b) => {
-                lab.links(a, &[b], true, false).await?;
-                lab.links(b, &[a], true, false).await?;
-            }
-            // Dropped on the receiver's input: what `b` sends still reaches `a`. (TCP
-            // connections between them stall all the same: their acknowledgements are lost.)
-            Disruption::CutOneway(a, b) => lab.links(b, &[a], true, true).await?,
-            Disruption::Kill(id) => lab.signal(id, service, Action::Kill).await?,
-            Disruption::Start(id) => lab.signal(id, service, Action::Start).await?,
-            Disruption::HealAll => {
-                lab.heal_all().await?;
-                lab.shape_all(ShapeRequest {
-                    clear: true,
-                    ..Default::default()
-                })
-                .await?;
-            }
-            Disruption::Delay { ms_max } => {
-                let delay = ShapeRequest {
-                    delay_ms_max: Some(ms_max),
-                    ..Default::default()
-                };
-                lab.shape_all(delay).await?;
-            }
-            Disruption::Loss(rate) => {
-                let loss = ShapeRequest {
-                    loss_rate: Some(rate),
-                    ..Default::default()
-                };
-                lab.shape_all(loss).await?;
-            }
-            Disruption::Duplicate(rate) => {
-                let duplicate = ShapeRequest {
-                    duplicate_rate: Some(rate),
-                    ..Default::default()
-                };
-                lab.shape_all(duplicate).await?;
-            }
-            Disruption::Bandwidth(kbit) => {
-                let limit = ShapeRequest {
-                    rate_kbit_per_s: Some(kbit),
-                    ..Default::default()
-                };
-                lab.shape_all(limit).await?;
-            }
-            Disruption::DuplicateRequests(_) | Disruption::StepDown { .. } => {
-                unreachable!("refused before the run by RealLab::supports")
-            }
+    use tracing::Instrument;
+    for &step in steps {
+        // What is logged while the step is carried out is in the fault's span. A failure is
+        // not logged here: it ends the run and is reported once, by the command.
+        let span = tracing::info_span!("fault", fault = ?step, target = service);
+        let one = async {
+            tracing::info!("fault step");
+            carry_out_one(lab, step, service).await
+        };
+        one.instrument(span).await?;
+    }
+    Ok(())
+}
+
+/// Carries out one step of a fault.
+async fn carry_out_one(lab: &Lab, step: Disruption, service: &str) -> Result<(), RunError> {
+    match step {
+        Disruption::Cut(a, b) => {
+            lab.links(a, &[b], true, false).await?;
+            lab.links(b, &[a], true, false).await?;
+        }
+        // Dropped on the receiver's input: what `b` sends still reaches `a`. (TCP
+        // connections between them stall all the same: their acknowledgements are lost.)
+        Disruption::CutOneway(a, b) => lab.links(b, &[a], true, true).await?,
+        Disruption::Kill(id) => lab.signal(id, service, Action::Kill).await?,
+        Disruption::Start(id) => lab.signal(id, service, Action::Start).await?,
+        Disruption::HealAll => {
+            lab.heal_all().await?;
+            lab.shape_all(ShapeRequest {
+                clear: true,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Disruption::Delay { ms_max } => {
+            let delay = ShapeRequest {
+                delay_ms_max: Some(ms_max),
+                ..Default::default()
+            };
+            lab.shape_all(delay).await?;
+        }
+        Disruption::Loss(rate) => {
+            let loss = ShapeRequest {
+                loss_rate: Some(rate),
+                ..Default::default()
+            };
+            lab.shape_all(loss).await?;
+        }
+        Disruption::Duplicate(rate) => {
+            let duplicate = ShapeRequest {
+                duplicate_rate: Some(rate),
+                ..Default::default()
+            };
+            lab.shape_all(duplicate).await?;
+        }
+        Disruption::Bandwidth(kbit) => {
+            let limit = ShapeRequest {
+                rate_kbit_per_s: Some(kbit),
+                ..Default::default()
+            };
+            lab.shape_all(limit).await?;
+        }
+        Disruption::DuplicateRequests(_) | Disruption::StepDown { .. } => {
+            unreachable!("refused before the run by RealLab::supports")
         }
     }
     Ok(())

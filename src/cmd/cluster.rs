@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
+use quorumlab_cluster::inventory::Inventory;
 use quorumlab_cluster::lab::Lab;
 use quorumlab_cluster::postgres::lab as postgres;
 use quorumlab_cluster::sharded;
@@ -51,6 +52,11 @@ enum ClusterAction {
         /// Sharded: shards holding chunks (default: the scenario's; its new_shards start empty).
         #[arg(long)]
         shards: Option<usize>,
+        /// Sharded: make the lab on the `shards` and `etcd` groups of this inventory (provisioned
+        /// by ansible/site.yml) instead of namespace hosts: every shard reset, the map written.
+        /// `down` then forgets the lab and leaves the hosts running.
+        #[arg(long)]
+        inventory: Option<PathBuf>,
     },
     /// Show members, leader, term and health (and each Postgres node's role and lag).
     Status {
@@ -91,7 +97,14 @@ pub fn command(args: ClusterArgs) -> Result<()> {
             scenario,
             mode,
             shards,
+            inventory,
         } => {
+            if inventory.is_some() && system != SystemName::Sharded {
+                bail!(
+                    "cluster up {system} --inventory: an inventory's {system} is provisioned by Ansible (ansible/site.yml); run scenarios on it with `run --inventory`"
+                );
+            }
+            let inventory = inventory.as_deref().map(Inventory::load).transpose()?;
             let scenario =
                 load_scenario(scenario.as_deref().unwrap_or(system.lab_scenario()), None)?;
             if scenario.system.name() != system {
@@ -107,6 +120,7 @@ pub fn command(args: ClusterArgs) -> Result<()> {
                 mode: mode.as_deref(),
                 shards,
                 state_dir,
+                inventory: inventory.as_ref(),
             })?;
             status(state_dir, false)
         }

@@ -197,6 +197,8 @@ pub struct UpOptions<'a> {
     pub shards: Option<usize>,
     /// The lab's state directory.
     pub state_dir: &'a Path,
+    /// Provisioned hosts to make the lab on (`--inventory`, sharded only) instead of namespaces.
+    pub inventory: Option<&'a quorumlab_cluster::inventory::Inventory>,
 }
 
 /// One system's side of every command. Each method either does what is asked or refuses in one

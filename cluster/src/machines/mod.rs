@@ -465,8 +465,9 @@ fn wait_for_ssh(set: &Machines, node: NodeId, limit: Duration) -> Result<(), Mac
     }
 }
 
-/// Writes the inventory: every machine in every group the lab runs here (MongoDB's group stays
-/// empty: no mongod can be had on these machines).
+/// Writes the inventory: every machine in every group the lab runs here (etcd, Patroni's
+/// Postgres, a Postgres shard; MongoDB's group stays empty: no mongod can be had on these
+/// machines).
 fn write_inventory(set: &Machines) -> Result<(), MachineError> {
     let key = Machines::ssh_key(&set.state_dir);
     let known = Machines::known_hosts(&set.state_dir);
@@ -482,7 +483,7 @@ fn write_inventory(set: &Machines) -> Result<(), MachineError> {
     let members: Vec<String> = set.nodes().map(|n| format!("{n}: {{}}")).collect();
     let members = members.join(", ");
     text += &format!(
-        "  children:\n    etcd:\n      hosts: {{ {members} }}\n    postgres:\n      hosts: {{ {members} }}\n    service:\n      hosts: {{ n1: {{}} }}\n    mongodb:\n      hosts: {{}}\n"
+        "  children:\n    etcd:\n      hosts: {{ {members} }}\n    postgres:\n      hosts: {{ {members} }}\n    shards:\n      hosts: {{ {members} }}\n    service:\n      hosts: {{ n1: {{}} }}\n    mongodb:\n      hosts: {{}}\n"
     );
     let path = Machines::inventory_path(&set.state_dir);
     std::fs::write(&path, text).map_err(|e| MachineError::state(&path, e))

@@ -120,13 +120,9 @@ pub async fn up(state_dir: &Path, layout: Layout, agent_binary: &Path) -> Result
         chunks,
         superuser_password: password.clone(),
         router_hosts: (data_hosts..hosts).map(NodeId::from_index).collect(),
+        port: PG_PORT,
     });
-    let table: Table = (0..chunks)
-        .map(|c| Entry {
-            version: 1,
-            shard: c % (shards - empty),
-        })
-        .collect();
+    let table = initial_table(shards, empty, chunks);
     if let Err(e) = start_shards(&lab, &table).await {
         let _ = Lab::down(state_dir);
         return Err(e);
@@ -244,7 +240,23 @@ async fn start_shards(lab: &Lab, table: &Table) -> Result<(), LabError> {
         lab.signal(shard_host(shard), "postgres", Action::Start)
             .await?;
     }
-    for shard in 0..shards {
+    make_fresh(lab, table).await
+}
+
+/// The initial chunk map: `chunks` chunks dealt round-robin over the first `shards - empty`.
+pub fn initial_table(shards: usize, empty: usize, chunks: usize) -> Table {
+    (0..chunks)
+        .map(|c| Entry {
+            version: 1,
+            shard: c % (shards - empty),
+        })
+        .collect()
+}
+
+/// On running, empty shards: the schema, the tables of the chunks each owns, and `table` as the
+/// chunk map in etcd (replacing any map there).
+pub(crate) async fn make_fresh(lab: &Lab, table: &Table) -> Result<(), LabError> {
+    for shard in 0..cluster(lab)?.shards {
         let mut conn = wait_for_shard(lab, shard, Duration::from_secs(60)).await?;
         install_schema(&mut conn).await?;
         for (c, entry) in table.iter().enumerate() {
@@ -255,7 +267,74 @@ async fn start_shards(lab: &Lab, table: &Table) -> Result<(), LabError> {
         }
     }
     let mut map = ChunkMap::connect(lab).await?;
+    map.clear().await?;
     map.write_initial(table).await
+}
+
+/// Empties every shard of what a run leaves: the moves' subscriptions first (on every shard, so
+/// no walsender still holds a slot), then their slots and publications, then the lab's tables.
+/// A shard the lab made is empty already; one that outlives runs (an inventory's) is not.
+pub(crate) async fn reset_shards(lab: &Lab) -> Result<(), LabError> {
+    let shards = cluster(lab)?.shards;
+    let mut conns = Vec::new();
+    for shard in 0..shards {
+        conns.push(wait_for_shard(lab, shard, Duration::from_secs(60)).await?);
+    }
+    for conn in &mut conns {
+        for name in names(
+            conn,
+            "SELECT subname::text FROM pg_subscription WHERE subname LIKE 'ql\\_%'",
+        )
+        .await?
+        {
+            // Detached from its slot first: the donor's slot may be gone, or the donor down.
+            exec(conn, &format!("ALTER SUBSCRIPTION {name} DISABLE")).await?;
+            exec(
+                conn,
+                &format!("ALTER SUBSCRIPTION {name} SET (slot_name = NONE)"),
+            )
+            .await?;
+            exec(conn, &format!("DROP SUBSCRIPTION {name}")).await?;
+        }
+    }
+    for conn in &mut conns {
+        let slots =
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE 'ql\\_%'";
+        for name in names(conn, slots).await? {
+            drop_slot(conn, &name).await?;
+        }
+        let publications = "SELECT pubname::text FROM pg_publication WHERE pubname LIKE 'ql\\_%'";
+        for name in names(conn, publications).await? {
+            exec(conn, &format!("DROP PUBLICATION {name}")).await?;
+        }
+        let tables = "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'ql\\_%'";
+        for name in names(conn, tables).await? {
+            exec(conn, &format!("DROP TABLE {name}")).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops replication slot `name`, waiting (up to 10 s) for its walsender to let go of it.
+async fn drop_slot(conn: &mut PgConnection, name: &str) -> Result<(), LabError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sql = format!("SELECT pg_drop_replication_slot('{name}')");
+        match exec(conn, &sql).await {
+            Err(e) if Instant::now() < deadline && e.to_string().contains("is active") => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// The one text column of `sql`'s rows.
+async fn names(conn: &mut PgConnection, sql: &str) -> Result<Vec<String>, LabError> {
+    sqlx::query_scalar(sql)
+        .fetch_all(conn)
+        .await
+        .map_err(|e| LabError::Postgres(one_line(&e.to_string())))
 }
 
 /// Waits until shard `shard` takes connections.

@@ -73,6 +73,18 @@ impl ChunkMap {
         &mut self.client
     }
 
+    /// Deletes the whole map (what an earlier run on the same etcd left).
+    pub async fn clear(&mut self) -> Result<(), LabError> {
+        self.client
+            .delete(
+                PREFIX,
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| etcd_err("deleting the chunk map", e))
+    }
+
     /// Writes a fresh map: every chunk's entry and the collection version.
     pub async fn write_initial(&mut self, table: &Table) -> Result<(), LabError> {
         let top = table.iter().map(|e| e.version).max().unwrap_or(1);

@@ -6,8 +6,10 @@
 //! the map, watches it, sends each write to the owner it names and retries on "stale config"),
 //! `mover` (a chunk move by logical replication, in moveChunk's steps, leaving exactly one owner),
 //! `status` (what `cluster status` shows of each shard), `run` (a scenario on the real shards,
-//! measured as the simulator measures it); `settings` (`ShardCluster`, what `lab.json` records).
+//! measured as the simulator measures it), `inventory` (the same on an inventory's provisioned
+//! shards); `settings` (`ShardCluster`, what `lab.json` records).
 
+pub mod inventory;
 pub mod lab;
 pub mod map;
 pub mod mover;

@@ -34,7 +34,6 @@ use super::lab::{chunk_table, cluster, connect, create_chunk_table, exec, own, s
 use super::map::ChunkMap;
 use crate::lab::{Lab, LabError};
 use crate::postgres::lab::one_line;
-use crate::postgres::settings::PG_PORT;
 
 /// How a move ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -326,12 +325,12 @@ async fn clone(
     exec(&mut ends.recipient, &format!("DROP TABLE IF EXISTS {t}")).await?;
     create_chunk_table(&mut ends.recipient, chunk).await?;
     exec(&mut ends.recipient, &marker_table).await?;
-    let password = &cluster(lab)?.superuser_password;
+    let (password, port) = (&cluster(lab)?.superuser_password, cluster(lab)?.port);
     let donor_addr = lab.addr(shard_host(from));
     exec(
         &mut ends.recipient,
         &format!(
-            "CREATE SUBSCRIPTION {name} CONNECTION 'host={donor_addr} port={PG_PORT} user=postgres password={password} dbname=postgres' PUBLICATION {name} WITH (copy_data = true)"
+            "CREATE SUBSCRIPTION {name} CONNECTION 'host={donor_addr} port={port} user=postgres password={password} dbname=postgres' PUBLICATION {name} WITH (copy_data = true)"
         ),
     )
     .await?;

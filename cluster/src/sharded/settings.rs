@@ -6,7 +6,7 @@ use quorumlab_experiment::routing::Bounds;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnectOptions;
 
-use crate::postgres::settings::superuser_options;
+use crate::postgres::settings::{superuser_options, PG_PORT};
 
 /// What `lab.json` records about a sharded cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -21,12 +21,20 @@ pub struct ShardCluster {
     /// recorded before routers had hosts; its routers run in the driver's own namespace.
     #[serde(default)]
     pub router_hosts: Vec<NodeId>,
+    /// Every shard's Postgres port: 5432 on the lab's hosts, the inventory's `shard_pg_port`
+    /// beside Patroni's Postgres on provisioned ones.
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+fn default_port() -> u16 {
+    PG_PORT
 }
 
 impl ShardCluster {
     /// Connection options for the shard at `addr`.
     pub fn connect_options(&self, addr: std::net::IpAddr) -> PgConnectOptions {
-        superuser_options(addr, &self.superuser_password)
+        superuser_options(addr, &self.superuser_password).port(self.port)
     }
 
     /// The chunk bounds.

@@ -11,7 +11,6 @@ use super::lab::{chunk_table, cluster, connect, shard_host};
 use super::map::ChunkMap;
 use crate::lab::{Lab, LabError};
 use crate::postgres::lab::one_line;
-use crate::postgres::settings::PG_PORT;
 
 /// One shard as `cluster status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,7 +45,7 @@ pub async fn status(lab: &Lab, timeout: Duration) -> Result<(u64, Vec<ShardStatu
         };
         out.push(ShardStatus {
             name: format!("s{}", shard + 1),
-            endpoint: format!("{}:{PG_PORT}", lab.addr(shard_host(shard))),
+            endpoint: format!("{}:{}", lab.addr(shard_host(shard)), cluster(lab)?.port),
             up: rows.is_some(),
             chunks: owned,
             owned_rows: rows.map(|(owned, _)| owned),

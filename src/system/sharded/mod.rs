@@ -1,12 +1,15 @@
 //! Sharded clusters on the command line: the simulator's config servers, shards, routers and
 //! balancer (sim, sweep, `--step`, `--report`, shrink), and the real side: Postgres shards with
 //! the chunk map in etcd (`cluster up sharded`), where `run` and `compare` take the same scenario
-//! files on namespace hosts (no timed faults yet; step faults that crash a shard or cut a router
-//! off).
+//! files on namespace hosts or on an inventory's provisioned shards (no timed faults yet; step
+//! faults that crash a shard, or cut a router off on namespace hosts).
 
 mod show;
 
 use anyhow::Result;
+use quorumlab_cluster::sharded::inventory::{
+    refused_on_inventory, run_sharded_on_inventory, up_on_inventory,
+};
 use quorumlab_cluster::sharded::lab::Layout;
 use quorumlab_cluster::sharded::run::{run_sharded_real, unsupported, RealShardedRun};
 use quorumlab_experiment::rebalance::ShardedRunSummary;
@@ -60,13 +63,10 @@ impl Sharded<'_> {
 
     /// Refuses in one line, before anything starts, what a real sharded run cannot do.
     fn check_real(&self, options: &RealOptions) -> Result<()> {
-        refuse_option(
-            options.inventory.is_some(),
-            "--inventory",
-            "sharded",
-            "real sharded runs use namespace hosts for now",
-        )?;
-        if let Some(why) = unsupported(self.scenario, self.settings) {
+        let on_inventory = options
+            .inventory
+            .and_then(|_| refused_on_inventory(self.settings));
+        if let Some(why) = unsupported(self.scenario, self.settings).or(on_inventory) {
             anyhow::bail!(quorumlab_cluster::run::RunError::Unsupported {
                 scenario: self.scenario.name.clone(),
                 reason: why,
@@ -75,22 +75,34 @@ impl Sharded<'_> {
         Ok(())
     }
 
-    /// `options.runs` real runs, each on a fresh namespace lab.
+    /// `options.runs` real runs, each on a fresh namespace lab, or on the inventory's shards
+    /// made fresh.
     fn real_runs(&self, options: &RealOptions) -> Result<Vec<RealShardedRun>> {
         self.check_real(options)?;
-        install_if_missing(PACKAGES)?;
+        if options.inventory.is_none() {
+            install_if_missing(PACKAGES)?;
+        }
         let (binary, rt) = (this_binary()?, runtime()?);
         let bar = progress(options.runs, "real runs");
         let mut out = Vec::new();
         for run in 1..=options.runs {
             let _run = tracing::info_span!("run", scenario = %self.scenario.name, run, seed = run)
                 .entered();
-            out.push(rt.block_on(run_sharded_real(
-                self.scenario,
-                run,
-                options.state_dir,
-                &binary,
-            ))?);
+            let real = match options.inventory {
+                Some(inventory) => rt.block_on(run_sharded_on_inventory(
+                    self.scenario,
+                    run,
+                    inventory,
+                    options.state_dir,
+                )),
+                None => rt.block_on(run_sharded_real(
+                    self.scenario,
+                    run,
+                    options.state_dir,
+                    &binary,
+                )),
+            };
+            out.push(real?);
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -152,13 +164,24 @@ impl SystemCli for Sharded<'_> {
         )?;
         let s = self.settings;
         let full = options.shards.unwrap_or(s.shards);
-        install_if_missing(PACKAGES)?;
         let layout = Layout {
             shards: full + s.new_shards,
             empty: s.new_shards,
             chunks: s.chunks,
             routers: s.routers,
         };
+        if let Some(inventory) = options.inventory {
+            runtime()?.block_on(up_on_inventory(inventory, layout, options.state_dir))?;
+            println!(
+                "{} Postgres shards ({} empty) with {} chunks on the inventory's hosts, the chunk map in its etcd, routers in the driver; recorded in {}",
+                layout.shards,
+                layout.empty,
+                layout.chunks,
+                options.state_dir.display()
+            );
+            return Ok(());
+        }
+        install_if_missing(PACKAGES)?;
         let lab = runtime()?.block_on(quorumlab_cluster::sharded::lab::up(
             options.state_dir,
             layout,
