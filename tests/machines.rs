@@ -196,6 +196,20 @@ impl Runner<'_> {
             "--json",
         ]))
     }
+
+    /// `run SCENARIO --inventory`, which must be refused before anything runs: exit 2 and one
+    /// line, returned.
+    fn refused(&self, scenario: &str) -> String {
+        let out = Command::new(QUORUMLAB)
+            .args(["run", scenario, "--inventory", self.inventory])
+            .args(["--state-dir", &self.run_dir])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        stderr
+    }
 }
 
 /// A built-in scenario file with one piece of text replaced, written into `dir`.
@@ -311,17 +325,8 @@ fn sharded_scenarios_run_from_the_inventory(inventory: &Path, dir: &Path) {
         assert!(faults[0].starts_with("kill s"), "pass {pass}: {faults:?}");
     }
     sharded_lab_by_hand_on_the_inventory(&runner, dir);
-    let out = Command::new(QUORUMLAB)
-        .args(["run", "shard-stale-router", "--inventory", runner.inventory])
-        .args(["--state-dir", &runner.run_dir])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("routers run in the driver") && stderr.lines().count() == 1,
-        "{stderr}"
-    );
+    let refused = runner.refused("shard-stale-router");
+    assert!(refused.contains("routers run in the driver"), "{refused}");
 }
 
 /// `cluster up sharded --inventory` on the same shards: a chunk moved by hand lands on the shard
@@ -402,22 +407,8 @@ fn delay_is_refused_without_netem(runner: &Runner, dir: &Path) {
         "kind = \"crash\"\nnode = \"leader\"",
         "kind = \"delay\"\nms_max = 50",
     );
-    let out = Command::new(QUORUMLAB)
-        .args([
-            "run",
-            delayed.to_str().unwrap(),
-            "--inventory",
-            runner.inventory,
-        ])
-        .args(["--state-dir", &runner.run_dir])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("needs tc netem") && stderr.lines().count() == 1,
-        "{stderr}"
-    );
+    let refused = runner.refused(delayed.to_str().unwrap());
+    assert!(refused.contains("needs tc netem"), "{refused}");
 }
 
 fn agents_refuse_what_they_must(inventory: &Path) {
