@@ -228,18 +228,12 @@ async fn only_tls_with_the_labs_ca_and_the_right_token_gets_through() {
     agent.stop().await;
 }
 
-/// The agent's `GET /metrics` text, read over plain HTTP.
+/// The agent's `GET /metrics` text, read over plain HTTP as the driver reads it (an answer other
+/// than 200 is an error there).
 async fn scrape(agent: &TestAgent) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(agent.metrics).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: agent\r\n\r\n")
+    let body = quorumlab_cluster::agent::metrics::scrape(agent.metrics, Duration::from_secs(5))
         .await
         .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).await.unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
-    let body = reply.split_once("\r\n\r\n").unwrap().1.to_string();
     assert!(body.ends_with("# EOF\n"), "{body}");
     body
 }
