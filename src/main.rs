@@ -73,6 +73,12 @@ enum Command {
     /// writing process with SIGKILL over and over, real power cuts of an ext4 loop disk, and
     /// crashes on a simulated disk, each checking every acknowledged write.
     Kv(cmd::kv::KvArgs),
+    /// Storage engines side by side: Postgres (B-tree) and RocksDB (LSM) on identical key/value
+    /// streams at one or more scales; throughput, coordinated-omission corrected p50/p99, bytes
+    /// on disk, space and write amplification, RocksDB's compaction debt, and a markdown report
+    /// with SVG charts and a verdict table. Postgres is a server of the run's own, or the
+    /// database QUORUMLAB_ENGINES_POSTGRES_URL names.
+    Engines(cmd::engines::EnginesArgs),
     /// Run the node agent on this host: the gRPC service the real-cluster driver uses for faults.
     Agent(cmd::agent::AgentArgs),
 }
@@ -118,6 +124,7 @@ fn main() -> ExitCode {
         Command::MigrateOnline(args) => cmd::migrate::command(args),
         Command::Agent(args) => cmd::agent::command(args),
         Command::Kv(args) => cmd::kv::command(args),
+        Command::Engines(args) => cmd::engines::command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@ pub mod check;
 pub mod cluster;
 pub mod compare;
 pub mod demo;
+pub mod engines;
 pub mod kv;
 pub mod load;
 pub mod machines;

@@ -17,7 +17,8 @@ use std::process::{exit, Command};
 /// `protoc` and the well-known `.proto` files are needed by the build scripts of the gRPC crates
 /// (`etcd-client`, the node agent); etcd, Postgres 15 and Patroni are what the real-cluster tests
 /// run; nftables cuts the lab's links; systemd-nspawn, debootstrap and SSH make and reach the
-/// machines, e2fsprogs makes the power-cut test's filesystem, and python3-venv holds Ansible (from PyPI, see `ensure_ansible`).
+/// machines, e2fsprogs makes the power-cut test's filesystem, python3-venv holds Ansible (from PyPI, see
+/// `ensure_ansible`), and librocksdb-dev with libclang-dev build the storage-engine experiment.
 const PACKAGES: &[(&str, &str)] = &[
     ("protobuf-compiler", "/usr/bin/protoc"),
     (
@@ -36,6 +37,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("e2fsprogs", "/usr/sbin/mkfs.ext4"),
     // A metapackage: its doc directory is the one file it installs itself.
     ("python3-venv", "/usr/share/doc/python3-venv"),
+    // `engines` links RocksDB 7.8 from Debian rather than building its C++ in every clean build
+    // (ROCKSDB_LIB_DIR in .cargo/config.toml); bindgen reads the crate's C header with libclang.
+    ("librocksdb-dev", "/usr/include/rocksdb/c.h"),
+    ("libclang-dev", "/usr/share/doc/libclang-dev"),
 ];
 
 fn main() {
