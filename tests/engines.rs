@@ -168,6 +168,64 @@ fn a_table_already_there_is_refused_and_kept() {
     assert!(!data.exists());
 }
 
+#[test]
+fn ctrl_c_stops_the_run_and_removes_what_it_made() {
+    if !postgres_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let report = dir.path().join("report");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+        .args([
+            "engines",
+            "--scale",
+            "200k",
+            "--phase-ms",
+            "1000",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--out")
+        .arg(&report)
+        .env_remove("QUORUMLAB_ENGINES_POSTGRES_URL")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once both engines are loaded and measuring has begun.
+    let rocks = data.join("rocksdb-200k");
+    let started = std::time::Instant::now();
+    while !(rocks.join("CURRENT").exists() && started.elapsed().as_secs() >= 4) {
+        assert!(started.elapsed().as_secs() < 60, "the run never got going");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("error: interrupted; what the run made has been removed"),
+        "{stderr}"
+    );
+    assert!(!data.exists(), "data directory left behind");
+    assert!(!report.exists(), "a report from an interrupted run");
+    let left = Command::new("pgrep")
+        .args(["-f", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
+
 fn cells(json: &Value) -> &Vec<Value> {
     json["cells"].as_array().unwrap()
 }

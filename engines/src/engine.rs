@@ -70,6 +70,12 @@ pub trait Engine: Sync {
     /// Writes keys `from..to` in one batch (one transaction, one write batch), values from
     /// `value`.
     fn load_batch(&self, from: u64, to: u64, value: &dyn Fn(u64, &mut [u8])) -> Result<()>;
+    /// What a careful operator does after a bulk load, before serving (Postgres: `VACUUM
+    /// (ANALYZE)`, which sets the visibility map and statistics autovacuum would otherwise set
+    /// during the first measured phases). Counted in the load.
+    fn after_load(&self) -> Result<()> {
+        Ok(())
+    }
     /// A client for one worker thread (Postgres: its own connection).
     fn client(&self) -> Result<Box<dyn Client + '_>>;
     /// Puts what is in memory on disk, as the engine would eventually (Postgres `CHECKPOINT`,

@@ -3,6 +3,7 @@
 //! rate for both (latency), then settled and counted (bytes written, footprint, debt).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,20 @@ pub struct Config {
     /// An empty directory the caller made; RocksDB (and the own Postgres) live under it.
     pub data_dir: PathBuf,
     pub postgres: PostgresSource,
+    /// Set (e.g. by Ctrl-C) to stop the run at the next batch or phase; what it made is removed.
+    pub stop: &'static AtomicBool,
+}
+
+/// The run was stopped through [`Config::stop`].
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted; what the run made has been removed")]
+pub struct Interrupted;
+
+fn check_stop(config: &Config) -> Result<()> {
+    if config.stop.load(Ordering::Relaxed) {
+        return Err(Interrupted.into());
+    }
+    Ok(())
 }
 
 /// Progress of long work, shown by the caller (a bar per load, one over the phases).
@@ -193,6 +208,7 @@ fn measure_scale(
                     })
                     .collect()
             };
+            check_stop(config)?;
             let cells = measure_cell(config, engines, &streams)?;
             for (engine, (closed, open, rate, written, footprint, debt)) in
                 engines.iter().zip(cells)
@@ -227,6 +243,7 @@ fn measure_cell(
     let mut before = Vec::new();
     let mut closed = Vec::new();
     for engine in engines {
+        check_stop(config)?;
         quiesce(engines)?;
         before.push(engine.written()?);
         closed.push(closed_loop(*engine, streams(0), config.phase)?);
@@ -241,6 +258,7 @@ fn measure_cell(
         .max(1.0);
     let mut out = Vec::new();
     for ((engine, closed), before) in engines.iter().zip(closed).zip(before) {
+        check_stop(config)?;
         quiesce(engines)?;
         let open = open_loop(*engine, streams(1), config.phase, rate)?;
         engine.settle()?;
@@ -351,6 +369,7 @@ fn load(
     let value = move |key: u64, out: &mut [u8]| load_value(seed, key, out);
     let mut from = 0;
     while from < scale.keys {
+        check_stop(config)?;
         let to = (from + LOAD_BATCH).min(scale.keys);
         engine
             .load_batch(from, to, &value)
@@ -358,6 +377,7 @@ fn load(
         progress.inc(to - from);
         from = to;
     }
+    engine.after_load()?;
     engine.settle()?;
     let seconds = started.elapsed().as_secs_f64();
     progress.end();

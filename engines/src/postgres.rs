@@ -234,6 +234,10 @@ impl Engine for Postgres {
         })
     }
 
+    fn after_load(&self) -> Result<()> {
+        self.execute(&format!("VACUUM (ANALYZE) {TABLE}"))
+    }
+
     fn client(&self) -> Result<Box<dyn Client + '_>> {
         let rt = runtime()?;
         let conn = rt.block_on(connect(&self.options, self.synchronous_commit))?;

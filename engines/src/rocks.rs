@@ -163,7 +163,10 @@ impl Engine for Rocks {
             ("WAL sync per write".into(), self.sync.to_string()),
             ("compression".into(), "none".into()),
             ("bloom filter".into(), "10 bits per key".into()),
-            ("index and filter blocks".into(), "in the block cache".into()),
+            (
+                "index and filter blocks".into(),
+                "in the block cache".into(),
+            ),
             (
                 "compaction".into(),
                 "leveled (default), 2 background jobs".into(),

@@ -5,6 +5,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -163,6 +164,7 @@ pub fn command(args: EnginesArgs) -> Result<()> {
              names no server"
         ),
     };
+    stop_on_ctrl_c();
     if make_dir {
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot make data directory {}", data_dir.display()))?;
@@ -177,10 +179,16 @@ pub fn command(args: EnginesArgs) -> Result<()> {
         seed: args.seed,
         data_dir: data_dir.clone(),
         postgres,
+        stop: &STOP,
     };
     let result = quorumlab_engines::run(&config, &Bars::default());
     clean_up(&data_dir, make_dir);
-    let outcome = result?;
+    // Ctrl-C reaches the own Postgres too (same process group), so the error the run ended on
+    // may be a closed connection: the cause to report is the interruption.
+    let outcome = match result {
+        Err(_) if STOP.load(Ordering::Relaxed) => return Err(quorumlab_engines::Interrupted.into()),
+        other => other?,
+    };
     write_report(&args, &outcome)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
@@ -188,6 +196,26 @@ pub fn command(args: EnginesArgs) -> Result<()> {
         print_summary(&outcome, &args.out);
     }
     Ok(())
+}
+
+/// Set by Ctrl-C (SIGINT) or SIGTERM: the run stops at its next batch or phase and removes
+/// what it made, rather than dying with its own Postgres still running.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn stop_on_ctrl_c() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(
+                signal,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
+    }
 }
 
 /// Removes what the run made under the data directory, and the directory if the run made it.
