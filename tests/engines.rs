@@ -181,7 +181,7 @@ fn ctrl_c_stops_the_run_and_removes_what_it_made() {
     .unwrap();
     let data = dir.path().join("data");
     let report = dir.path().join("report");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quorumlab"))
+    let child = Command::new(env!("CARGO_BIN_EXE_quorumlab"))
         .args([
             "engines",
             "--scale",
@@ -268,6 +268,34 @@ fn both_engines_run_every_workload_on_the_smallest_scale() {
     let json: Value = serde_json::from_slice(&run.stdout).unwrap();
     check_outcome(&json);
     check_report(&report);
+    // The report renders again from its JSON, the same to the byte; junk is refused.
+    let again = dir.path().join("again");
+    let rerun = engines(
+        &[
+            "--report-from",
+            report.join("report.json").to_str().unwrap(),
+            "--out",
+            again.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    let md = |d: &Path| std::fs::read_to_string(d.join("report.md")).unwrap();
+    assert_eq!(md(&report), md(&again));
+    let junk = engines(
+        &[
+            "--report-from",
+            report.join("1M-p99.svg").to_str().unwrap(),
+            "--out",
+            again.to_str().unwrap(),
+        ],
+        &[],
+    );
+    refused(&junk, "is not an engines report.json");
     // The run made the data directory, so it removed it; its own Postgres is gone.
     assert!(!data.exists(), "data directory left behind");
     let left = Command::new("pgrep")

@@ -19,6 +19,18 @@ const SMALLER: &[(&str, &str)] = &[
         "kv bench --json",
         "kv bench --seconds 0.2 --recovery-mib 8 --json",
     ),
+    (
+        "--scale 1m,10m,100m --out docs/engines",
+        "--scale 5k --phase-ms 200 --workload mixed --keys uniform",
+    ),
+    (
+        "--scale 1m",
+        "--scale 5k --phase-ms 200 --workload range-scan",
+    ),
+    (
+        "--durability relaxed",
+        "--durability relaxed --scale 5k --phase-ms 200",
+    ),
 ];
 
 /// Why a command is not run here, by its subcommand; `None`: it runs.

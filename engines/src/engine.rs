@@ -1,12 +1,12 @@
 //! What the experiment asks of a storage engine, and the settings both engines share.
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::workload::Op;
 
 /// How durable an acknowledged write is, the same for both engines.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Each commit waits for its WAL record to be synced (Postgres `synchronous_commit = on`,
@@ -18,7 +18,7 @@ pub enum Durability {
 }
 
 /// The settings both engines run with, written into the report.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Shared {
     pub durability: Durability,
     /// Postgres `shared_buffers` and RocksDB's block cache, in MiB.
@@ -28,7 +28,7 @@ pub struct Shared {
 }
 
 /// The engine's own count of what it wrote to disk, and what it holds there.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Written {
     /// WAL bytes written.
     pub wal_bytes: u64,
@@ -51,7 +51,7 @@ impl Written {
 }
 
 /// Bytes on disk: the data (table and index, or SST files) and the write-ahead log.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Footprint {
     pub data_bytes: u64,
     pub wal_bytes: u64,

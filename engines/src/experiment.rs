@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, Footprint, Shared, Written};
 use crate::measure::{closed_loop, open_loop, PhaseResult};
@@ -70,7 +70,7 @@ pub const OPEN_LOOP_SHARE: f64 = 0.7;
 const LOAD_BATCH: u64 = 10_000;
 
 /// One engine's load of one scale.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Load {
     pub scale: Scale,
     pub engine: String,
@@ -81,7 +81,7 @@ pub struct Load {
 }
 
 /// One engine on one scale x distribution x mix.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Cell {
     pub scale: Scale,
     pub dist: KeyDist,
@@ -103,9 +103,20 @@ pub struct Cell {
     pub compaction_debt_bytes: Option<u64>,
 }
 
+/// Where and how a run was made: written at the top of its report.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Measured {
+    pub date: String,
+    pub machine: String,
+    pub command: String,
+}
+
 /// Everything measured, with the settings it was measured under.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Outcome {
+    /// Filled in by the caller (the library does not know the command line).
+    #[serde(default)]
+    pub measured: Measured,
     pub shared: Shared,
     pub phase_ms: u64,
     pub seed: u64,
@@ -143,6 +154,7 @@ pub fn run(config: &Config, progress: &dyn Progress) -> Result<Outcome> {
         (PostgresSource::Own, None) => unreachable!("an own server was started above"),
     };
     let mut outcome = Outcome {
+        measured: Measured::default(),
         shared: config.shared.clone(),
         phase_ms: config.phase.as_millis() as u64,
         seed: config.seed,
@@ -225,7 +237,7 @@ fn measure_scale(
     Ok(())
 }
 
-type Measured = (
+type EngineCell = (
     PhaseResult,
     PhaseResult,
     f64,
@@ -239,7 +251,7 @@ fn measure_cell(
     config: &Config,
     engines: &[&dyn Engine],
     streams: &dyn Fn(u64) -> Vec<OpStream>,
-) -> Result<Vec<Measured>> {
+) -> Result<Vec<EngineCell>> {
     let mut before = Vec::new();
     let mut closed = Vec::new();
     for engine in engines {

@@ -17,4 +17,4 @@ pub mod rocks;
 pub mod server;
 pub mod workload;
 
-pub use experiment::{run, Config, Interrupted, Outcome, PostgresSource, Progress};
+pub use experiment::{run, Config, Interrupted, Measured, Outcome, PostgresSource, Progress};

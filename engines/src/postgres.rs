@@ -165,7 +165,9 @@ fn open_control(
     let shown = redact(url);
     let options = PgConnectOptions::from_str(url)
         .map_err(|_| anyhow::anyhow!("Postgres URL {shown} does not parse"))?
-        .application_name("quorumlab-engines");
+        .application_name("quorumlab-engines")
+        // A bulk load's VACUUM or CHECKPOINT is slow by nature; the run times what matters.
+        .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(1));
     let rt = runtime()?;
     let mut conn = rt
         .block_on(async {

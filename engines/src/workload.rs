@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Input that does not parse: a scale, a mix or a key distribution.
 #[derive(Debug, thiserror::Error)]
@@ -15,7 +15,7 @@ use serde::Serialize;
 pub struct ParseError(String);
 
 /// How many keys the store holds, e.g. `1m` (1,000,000), `100k`, `10m`, `100m`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scale {
     pub keys: u64,
 }
@@ -60,7 +60,7 @@ impl fmt::Display for Scale {
 }
 
 /// The share of reads, writes and range scans in a workload, in percent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mix {
     pub name: String,
     pub read_pct: u32,
@@ -114,7 +114,7 @@ impl Mix {
 }
 
 /// Which keys the operations touch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyDist {
     /// Every key equally likely.

@@ -14,10 +14,10 @@ use clap::Args;
 use indicatif::ProgressBar;
 use quorumlab_engines::engine::{Durability, Shared};
 use quorumlab_engines::postgres::Postgres;
-use quorumlab_engines::report::{self, Header};
+use quorumlab_engines::report;
 use quorumlab_engines::server::OwnPostgres;
 use quorumlab_engines::workload::{KeyDist, Mix, Scale};
-use quorumlab_engines::{Config, Outcome, PostgresSource, Progress};
+use quorumlab_engines::{Config, Measured, Outcome, PostgresSource, Progress};
 
 use crate::runtime::progress;
 
@@ -73,6 +73,10 @@ pub struct EnginesArgs {
     /// Print the outcome as JSON on stdout instead of the summary.
     #[arg(long)]
     json: bool,
+    /// Measure nothing: write the report again (into --out) from a report.json an earlier run
+    /// wrote, with that run's date, machine and command.
+    #[arg(long, value_name = "REPORT_JSON")]
+    report_from: Option<PathBuf>,
 }
 
 fn list<T, E: std::fmt::Display>(
@@ -144,6 +148,13 @@ fn check_data_dir(dir: &Path) -> Result<bool> {
 
 /// The command.
 pub fn command(args: EnginesArgs) -> Result<()> {
+    if let Some(path) = &args.report_from {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let outcome: Outcome = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not an engines report.json", path.display()))?;
+        return finish(&args, &outcome);
+    }
     let mut scales = list(&args.scale, Scale::parse)?;
     scales.dedup();
     let mixes = list(&args.workload, Mix::parse)?;
@@ -185,15 +196,25 @@ pub fn command(args: EnginesArgs) -> Result<()> {
     clean_up(&data_dir, make_dir);
     // Ctrl-C reaches the own Postgres too (same process group), so the error the run ended on
     // may be a closed connection: the cause to report is the interruption.
-    let outcome = match result {
+    let mut outcome = match result {
         Err(_) if STOP.load(Ordering::Relaxed) => return Err(quorumlab_engines::Interrupted.into()),
         other => other?,
     };
-    write_report(&args, &outcome)?;
+    outcome.measured = Measured {
+        date: crate::machine::today(),
+        machine: crate::machine::describe(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    finish(&args, &outcome)
+}
+
+/// Writes the report and prints the outcome.
+fn finish(args: &EnginesArgs, outcome: &Outcome) -> Result<()> {
+    write_report(args, outcome)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
-        print_summary(&outcome, &args.out);
+        print_summary(outcome, &args.out);
     }
     Ok(())
 }
@@ -242,11 +263,6 @@ fn write_file(dir: &Path, name: &str, text: &str) -> Result<()> {
 fn write_report(args: &EnginesArgs, outcome: &Outcome) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot make report directory {}", args.out.display()))?;
-    let header = Header {
-        date: crate::machine::today(),
-        machine: crate::machine::describe(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-    };
     for chart in report::charts(outcome) {
         write_file(&args.out, &chart.file, &chart.svg)?;
     }
@@ -255,7 +271,7 @@ fn write_report(args: &EnginesArgs, outcome: &Outcome) -> Result<()> {
         "report.json",
         &serde_json::to_string_pretty(outcome)?,
     )?;
-    write_file(&args.out, "report.md", &report::markdown(outcome, &header))
+    write_file(&args.out, "report.md", &report::markdown(outcome))
 }
 
 fn print_summary(outcome: &Outcome, out: &Path) {
