@@ -28,6 +28,24 @@ fn refused(out: &Output, needle: &str) -> String {
     stderr
 }
 
+/// A temp dir the `postgres` user can reach (an own server runs as that user when we are root).
+fn reachable_temp_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(dir.path(), mode).unwrap();
+    dir
+}
+
+/// No process still runs with `dir` on its command line (the own Postgres was stopped).
+fn assert_no_process_under(dir: &Path) {
+    let left = Command::new("pgrep")
+        .args(["-f", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(left.is_empty(), "processes left: {left}");
+}
+
 fn postgres_installed() -> bool {
     if OwnPostgres::installed() {
         return true;
@@ -129,18 +147,13 @@ fn a_table_already_there_is_refused_and_kept() {
     if !postgres_installed() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let dir = reachable_temp_dir();
     let server_dir = dir.path().join("pg");
     std::fs::create_dir(&server_dir).unwrap();
     let server = OwnPostgres::start(&server_dir, 16).unwrap();
     let sql = |statement: &str| {
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--", "psql", "-h", "127.0.0.1", "-p"])
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p"])
             .arg(server.port.to_string())
             .args(["-U", "postgres", "-tAc", statement])
             .output()
@@ -173,12 +186,7 @@ fn ctrl_c_stops_the_run_and_removes_what_it_made() {
     if !postgres_installed() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let dir = reachable_temp_dir();
     let data = dir.path().join("data");
     let report = dir.path().join("report");
     let child = Command::new(env!("CARGO_BIN_EXE_quorumlab"))
@@ -215,15 +223,7 @@ fn ctrl_c_stops_the_run_and_removes_what_it_made() {
     );
     assert!(!data.exists(), "data directory left behind");
     assert!(!report.exists(), "a report from an interrupted run");
-    let left = Command::new("pgrep")
-        .args(["-f", data.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        left.stdout.is_empty(),
-        "processes left: {}",
-        String::from_utf8_lossy(&left.stdout)
-    );
+    assert_no_process_under(&data);
 }
 
 fn cells(json: &Value) -> &Vec<Value> {
@@ -239,12 +239,7 @@ fn both_engines_run_every_workload_on_the_smallest_scale() {
     if !postgres_installed() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let dir = reachable_temp_dir();
     let data = dir.path().join("data");
     let report = dir.path().join("report");
     let run = engines(
@@ -298,15 +293,7 @@ fn both_engines_run_every_workload_on_the_smallest_scale() {
     refused(&junk, "is not an engines report.json");
     // The run made the data directory, so it removed it; its own Postgres is gone.
     assert!(!data.exists(), "data directory left behind");
-    let left = Command::new("pgrep")
-        .args(["-f", data.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        left.stdout.is_empty(),
-        "processes left: {}",
-        String::from_utf8_lossy(&left.stdout)
-    );
+    assert_no_process_under(&data);
 }
 
 fn check_outcome(json: &Value) {
