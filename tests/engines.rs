@@ -151,9 +151,9 @@ fn a_table_already_there_is_refused_and_kept() {
     let server_dir = dir.path().join("pg");
     std::fs::create_dir(&server_dir).unwrap();
     let server = OwnPostgres::start(&server_dir, 16).unwrap();
-    let sql = |statement: &str| {
+    let sql_in = |db: &str, statement: &str| {
         let out = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p"])
+            .args(["-h", "127.0.0.1", "-d", db, "-p"])
             .arg(server.port.to_string())
             .args(["-U", "postgres", "-tAc", statement])
             .output()
@@ -165,6 +165,7 @@ fn a_table_already_there_is_refused_and_kept() {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
+    let sql = |statement: &str| sql_in("postgres", statement);
     sql("CREATE TABLE quorumlab_engines_kv (k bigint PRIMARY KEY, v bytea); INSERT INTO quorumlab_engines_kv VALUES (1, 'mine')");
     let data = dir.path().join("data");
     let run = engines(
@@ -178,6 +179,57 @@ fn a_table_already_there_is_refused_and_kept() {
     );
     refused(&run, "already exists");
     assert_eq!(sql("SELECT count(*) FROM quorumlab_engines_kv"), "1");
+    assert!(!data.exists());
+
+    // A role that may not checkpoint is refused before anything is made.
+    sql("CREATE DATABASE other");
+    let other = format!("postgres://postgres@127.0.0.1:{}/other", server.port);
+    sql("CREATE ROLE plain LOGIN");
+    let plain = format!("postgres://plain@127.0.0.1:{}/other", server.port);
+    let run = engines(
+        &["--data-dir", data.to_str().unwrap()],
+        &[("QUORUMLAB_ENGINES_POSTGRES_URL", &plain)],
+    );
+    refused(&run, "grant it pg_checkpoint and pg_monitor");
+    assert!(!data.exists());
+
+    // In another database of the same server the run goes ahead, gives RocksDB the server's
+    // shared_buffers (16 MiB here), and drops only the table it made.
+    let report = dir.path().join("r");
+    let run = engines(
+        &[
+            "--scale",
+            "5k",
+            "--phase-ms",
+            "200",
+            "--workload",
+            "mixed",
+            "--keys",
+            "uniform",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            report.to_str().unwrap(),
+        ],
+        &[("QUORUMLAB_ENGINES_POSTGRES_URL", &other)],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(
+        md.contains("shared_buffers = 16MB") && md.contains("block cache = 16 MiB"),
+        "{md}"
+    );
+    assert!(
+        md.contains(&format!("127.0.0.1:{}/other", server.port)),
+        "{md}"
+    );
+    assert_eq!(sql("SELECT count(*) FROM quorumlab_engines_kv"), "1");
+    let left = "SELECT to_regclass('quorumlab_engines_kv') IS NULL";
+    assert_eq!(sql_in("other", left), "t", "the run's own table dropped");
     assert!(!data.exists());
 }
 

@@ -56,11 +56,36 @@ async fn connect(options: &PgConnectOptions, sync: &str) -> Result<PgConnection,
 
 impl Postgres {
     /// Connects to `url` and checks the table is not there yet, without changing anything:
-    /// what the command line asks before it makes any directory.
-    pub fn probe(url: &str) -> Result<()> {
-        let (rt, conn, _) = open_control(url, "on")?;
+    /// what the command line asks before it makes any directory. Returns the server's
+    /// `shared_buffers` in MiB, the cache RocksDB is then given.
+    pub fn probe(url: &str) -> Result<u64> {
+        let (rt, mut conn, _) = open_control(url, "on")?;
+        let bytes: i64 = rt.block_on(
+            sqlx::query_scalar(
+                "SELECT setting::int8 * current_setting('block_size')::int8 \
+                 FROM pg_settings WHERE name = 'shared_buffers'",
+            )
+            .fetch_one(&mut conn),
+        )?;
+        // The run counts WAL on disk and checkpoints after each workload: say now, not after
+        // the load, if the role may not.
+        let allowed: bool = rt.block_on(
+            sqlx::query_scalar(
+                "SELECT rolsuper OR (pg_has_role(current_user, 'pg_checkpoint', 'MEMBER') \
+                 AND pg_has_role(current_user, 'pg_monitor', 'MEMBER')) \
+                 FROM pg_roles WHERE rolname = current_user",
+            )
+            .fetch_one(&mut conn),
+        )?;
         rt.block_on(conn.close())?;
-        Ok(())
+        if !allowed {
+            bail!(
+                "the role in {} may not run CHECKPOINT or read pg_ls_waldir(); grant it \
+                 pg_checkpoint and pg_monitor, or use a superuser",
+                redact(url)
+            );
+        }
+        Ok((bytes as u64 / (1024 * 1024)).max(1))
     }
 
     /// Connects to `url` and makes the table; refuses if the table is already there. Errors

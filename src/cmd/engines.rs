@@ -43,8 +43,9 @@ pub struct EnginesArgs {
     /// synced (each commit waits for its WAL to be synced) or relaxed (written, not synced).
     #[arg(long, default_value = "synced")]
     durability: String,
-    /// Cache memory for each engine: Postgres shared_buffers and RocksDB's block cache, in MiB
-    /// (an own server only; with QUORUMLAB_ENGINES_POSTGRES_URL the server's shared_buffers).
+    /// Cache memory for each engine: Postgres shared_buffers and RocksDB's block cache, in MiB.
+    /// With QUORUMLAB_ENGINES_POSTGRES_URL, the server's own shared_buffers instead (RocksDB
+    /// gets the same).
     #[arg(long, default_value_t = 128)]
     cache_mib: u64,
     /// Bytes per value.
@@ -159,14 +160,15 @@ pub fn command(args: EnginesArgs) -> Result<()> {
     scales.dedup();
     let mixes = list(&args.workload, Mix::parse)?;
     let dists = list(&args.keys, KeyDist::parse)?;
-    let shared = shared(&args)?;
+    let mut shared = shared(&args)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| {
         PathBuf::from(format!("/var/tmp/quorumlab-engines-{}", std::process::id()))
     });
     let make_dir = check_data_dir(&data_dir)?;
     let postgres = match std::env::var(POSTGRES_URL_ENV) {
         Ok(url) => {
-            Postgres::probe(&url)?;
+            // The server's shared_buffers is what Postgres has; RocksDB gets the same.
+            shared.cache_mib = Postgres::probe(&url)?;
             PostgresSource::Url(url)
         }
         Err(_) if OwnPostgres::installed() => PostgresSource::Own,
