@@ -53,16 +53,28 @@ impl TestAgent {
                 client_ca: pki_dir.join(pki::CA_CERT),
             },
             units: Default::default(),
-            services: [(
-                "sleeper".to_string(),
-                ServiceSpec {
-                    program: "/bin/sleep".into(),
-                    args: vec!["1000".into()],
-                    log: dir.join("sleeper.log"),
-                    user: None,
-                    pid_files: vec![],
-                },
-            )]
+            services: [
+                (
+                    "sleeper".to_string(),
+                    ServiceSpec {
+                        program: "/bin/sleep".into(),
+                        args: vec!["1000".into()],
+                        log: dir.join("sleeper.log"),
+                        user: None,
+                        pid_files: vec![],
+                    },
+                ),
+                (
+                    "supervisor".to_string(),
+                    ServiceSpec {
+                        program: "/bin/sh".into(),
+                        args: vec!["-c".into(), SUPERVISOR.into(), dir.display().to_string()],
+                        log: dir.join("supervisor.log"),
+                        user: None,
+                        pid_files: vec![dir.join("server.pid")],
+                    },
+                ),
+            ]
             .into(),
             peers: [("n2".to_string(), "10.77.0.12".parse().unwrap())].into(),
             metrics_listen: Some(metrics),
@@ -101,6 +113,13 @@ impl Drop for TestAgent {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Starts a server the way Patroni starts a postmaster: a helper in a session of its own
+/// launches it and exits, so the server outlives its supervisor. The server (a shell) has one
+/// worker (a sleep), as a postmaster has backends; both pids are written for the test.
+const SUPERVISOR: &str = r#"dir="$0"
+setsid sh -c "sh -c 'sleep 1000 & echo \$! > $dir/worker.pid; echo \$\$ > $dir/server.pid; wait' &"
+exec sleep 1000"#;
 
 fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -360,6 +379,47 @@ async fn start_pause_resume_kill_a_real_process() {
         .unwrap()
         .into_inner();
     assert!(!status.running);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_kill_takes_a_detached_server_with_its_workers() {
+    let agent = TestAgent::start("detached").await;
+    let mut client = connect(agent.addr, &agent.tls, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let supervisor = signal_raw(&mut client, "supervisor", Action::Start as i32)
+        .await
+        .unwrap();
+    let pid_of = |name: &str| -> Option<u32> {
+        let text = std::fs::read_to_string(agent.dir.join(name)).ok()?;
+        text.trim().parse().ok()
+    };
+    let mut pids = None;
+    for _ in 0..250 {
+        pids = pid_of("server.pid").zip(pid_of("worker.pid"));
+        if pids.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (server, worker) = pids.expect("the server wrote its pid within 5 s");
+    assert!(process_state(worker).is_some(), "the worker runs");
+    signal_raw(&mut client, "supervisor", Action::Kill as i32)
+        .await
+        .unwrap();
+    // SIGKILL is delivered at once, the exit follows when each is next scheduled; nobody may
+    // reap the orphans here (PID 1 need not), so a zombie counts as gone.
+    let gone = |pid| matches!(process_state(pid), None | Some('Z'));
+    for _ in 0..100 {
+        if [supervisor, server, worker].into_iter().all(gone) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone(supervisor), "the supervisor is killed");
+    assert!(gone(server), "the server named by its pid file is killed");
+    assert!(gone(worker), "the server's worker dies with it");
     agent.stop().await;
 }
 

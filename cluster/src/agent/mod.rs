@@ -50,7 +50,8 @@ pub struct ServiceSpec {
     #[serde(default)]
     pub user: Option<String>,
     /// Processes the service starts in sessions of their own, which outlive it (Patroni's
-    /// postmaster), named by their pid files. A kill reaches them too, as a host crash would.
+    /// postmaster), named by their pid files. A kill reaches them and their process groups too
+    /// (the postmaster's backends), as a host crash would.
     #[serde(default)]
     pub pid_files: Vec<PathBuf>,
 }
@@ -193,6 +194,20 @@ fn signal(pid: u32, sig: libc::c_int) -> Result<(), Status> {
             std::io::Error::last_os_error()
         )))
     }
+}
+
+/// SIGKILLs a detached process and every process in its group: Patroni's postmaster with its
+/// backends, as a host crash would. Why the group: a backend outlives its postmaster until it
+/// notices, and in those milliseconds it could still acknowledge a commit after the kill was
+/// reported done. The agent's own group is never signalled; ESRCH only means it had gone.
+fn kill_detached(pid: u32) {
+    // SAFETY: getpgid(2), getpgrp(2) and kill(2) take plain integers and touch no memory of ours.
+    let (group, own) = unsafe { (libc::getpgid(pid as libc::pid_t), libc::getpgrp()) };
+    if group > 1 && group != own {
+        // SAFETY: as above; a negative pid names the process group.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    }
+    let _ = signal(pid, libc::SIGKILL);
 }
 
 /// Whether `pid` is stopped (state `T` in /proc), as Linux reports it.
@@ -402,7 +417,7 @@ impl NodeAgent {
             let _ = running.child.wait();
             if let Some(spec) = self.config.services.get(&service) {
                 for pid in spec.detached_pids() {
-                    let _ = signal(pid, libc::SIGKILL);
+                    kill_detached(pid);
                 }
             }
         }
@@ -427,9 +442,8 @@ fn end_process(mut running: Running, spec: &ServiceSpec, graceful: bool) -> Resu
         let _ = running.child.wait();
     }
     if !graceful {
-        // ESRCH only means the detached process had already gone.
         for detached in spec.detached_pids() {
-            let _ = signal(detached, libc::SIGKILL);
+            kill_detached(detached);
         }
     }
     Ok(())

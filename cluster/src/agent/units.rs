@@ -65,8 +65,7 @@ pub fn signal(spec: &UnitSpec, action: Action) -> Result<(), Status> {
         Action::Kill => {
             kill(unit, "SIGKILL")?;
             for pid in super::detached_pids(&spec.pid_files) {
-                // ESRCH only means it had already gone with the main process.
-                let _ = super::signal(pid, libc::SIGKILL);
+                super::kill_detached(pid);
             }
             // The unit then fails (its main process died of a signal); clear that, so the next
             // start is an ordinary one.
