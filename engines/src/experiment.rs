@@ -146,7 +146,9 @@ pub fn run(config: &Config, progress: &dyn Progress) -> Result<Outcome> {
         PostgresSource::Url(_) => None,
     };
     let (url, source) = match (&config.postgres, &own) {
-        (PostgresSource::Url(url), _) => (url.clone(), crate::postgres::redact(url)),
+        (PostgresSource::Url(url), _) => {
+            (url.clone(), quorumlab_experiment::secret::redact_url(url))
+        }
         (PostgresSource::Own, Some(pg)) => (
             pg.url(),
             "its own Postgres 15 (initdb in the data directory)".into(),

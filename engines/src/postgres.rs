@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use quorumlab_experiment::secret::{redact_url, scrub};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::runtime::Runtime;
@@ -16,20 +17,6 @@ use crate::workload::Op;
 /// The experiment's table; made by the run, dropped by it, never one that was there before.
 pub const TABLE: &str = "quorumlab_engines_kv";
 const WORKER_APP: &str = "quorumlab-engines-worker";
-
-/// `url` with its password replaced by `***`, for messages.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
 
 fn runtime() -> Result<Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -82,7 +69,7 @@ impl Postgres {
             bail!(
                 "the role in {} may not run CHECKPOINT or read pg_ls_waldir(); grant it \
                  pg_checkpoint and pg_monitor, or use a superuser",
-                redact(url)
+                redact_url(url)
             );
         }
         Ok((bytes as u64 / (1024 * 1024)).max(1))
@@ -187,7 +174,7 @@ fn open_control(
     url: &str,
     synchronous_commit: &str,
 ) -> Result<(Runtime, PgConnection, PgConnectOptions)> {
-    let shown = redact(url);
+    let shown = redact_url(url);
     let options = PgConnectOptions::from_str(url)
         .map_err(|_| anyhow::anyhow!("Postgres URL {shown} does not parse"))?
         .application_name("quorumlab-engines")
@@ -220,21 +207,6 @@ fn open_control(
 
 fn sql_head(sql: &str) -> &str {
     sql.split_whitespace().next().unwrap_or(sql)
-}
-
-/// An error message without the URL's password, whatever the driver put in it.
-fn scrub(message: &str, url: &str) -> String {
-    let out = message.replace(url, &redact(url));
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.rsplit_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, pw)| pw)
-        .filter(|pw| !pw.is_empty());
-    match password {
-        Some(pw) => out.replace(pw, "***"),
-        None => out,
-    }
 }
 
 impl Engine for Postgres {
@@ -422,14 +394,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statements_name_the_table_and_messages_lose_the_password() {
+    fn statements_name_the_table() {
         for sql in [GET, PUT, SCAN] {
             assert!(sql.contains(TABLE), "{sql}");
         }
-        let url = "postgres://alice:s3cret@db.example:5432/lab";
-        assert_eq!(redact(url), "postgres://alice:***@db.example:5432/lab");
-        let message = scrub("password authentication failed (s3cret) at postgres://alice:s3cret@db.example:5432/lab", url);
-        assert!(!message.contains("s3cret"), "{message}");
-        assert_eq!(redact("postgres://alice@h/db"), "postgres://alice@h/db");
     }
 }

@@ -25,6 +25,7 @@ pub mod replication;
 pub mod replset;
 pub mod report;
 pub mod routing;
+pub mod secret;
 pub mod sharded;
 
 pub mod scenario;

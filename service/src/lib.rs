@@ -149,19 +149,10 @@ pub async fn connect_cluster(
 /// How long [`connect_cluster`] waits for the replicas to replay the migrations.
 const SCHEMA_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// `message` with any occurrence of the URL's password removed.
+/// `message` on one line, with the URL's password masked wherever it appears.
 fn redacted(message: &str, database_url: &str) -> String {
-    let password = database_url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, password)| password)
-        .filter(|p| !p.is_empty());
     let one_line = message.split_whitespace().collect::<Vec<_>>().join(" ");
-    match password {
-        Some(p) => one_line.replace(p, "***"),
-        None => one_line,
-    }
+    quorumlab_experiment::secret::scrub(&one_line, database_url)
 }
 
 /// Serves the API on `listen` until Ctrl-C.

@@ -16,7 +16,7 @@ use quorumlab_experiment::scenario::Scenario;
 use quorumlab_experiment::system::System;
 use quorumlab_proto::agent::Action;
 
-use super::run::{run_on_set, MongoRealRun, MONGOD_UNIT};
+use super::run::{run_on_set, target_error, MongoRealRun, MONGOD_UNIT};
 use super::uri::ReplSetUri;
 use crate::inventory::Inventory;
 use crate::lab::{Lab, LabError};
@@ -75,9 +75,7 @@ fn uri_of(
 
 /// Gives the set the scenario's settings (`replSetReconfig` on the primary).
 async fn reconfigure(uri: &ReplSetUri, mongo: &MongoSettings) -> Result<(), RunError> {
-    let fail = |what: &str, e: mongodb::error::Error| {
-        RunError::Target(format!("{} {what}: {e}", uri.redacted()))
-    };
+    let fail = |what: &str, e: mongodb::error::Error| target_error(uri, what, e);
     let client = Client::with_uri_str(&uri.uri)
         .await
         .map_err(|e| fail("cannot be used", e))?;

@@ -10,4 +10,4 @@ mod uri;
 
 pub use inventory::run_mongo_on_inventory;
 pub use run::{run_on_uri, MongoRealRun, TargetSet};
-pub use uri::{redact, ReplSetUri};
+pub use uri::ReplSetUri;

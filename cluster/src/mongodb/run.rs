@@ -115,8 +115,9 @@ impl Shared {
     }
 }
 
-fn target_error(uri: &ReplSetUri, what: &str, e: impl std::fmt::Display) -> RunError {
-    let reason = e.to_string().replace(&uri.uri, &uri.redacted());
+/// A driver's error about `uri` as one line for the user, its password masked wherever it was.
+pub(super) fn target_error(uri: &ReplSetUri, what: &str, e: impl std::fmt::Display) -> RunError {
+    let reason = quorumlab_experiment::secret::scrub(&e.to_string(), &uri.uri);
     RunError::Target(format!("{} {what}: {reason}", uri.redacted()))
 }
 

@@ -2,6 +2,8 @@
 //! the `replicaSet` option (which must name the scenario's set), and a form with the password
 //! hidden for every message.
 
+use quorumlab_experiment::secret::redact_url;
+
 use crate::run::RunError;
 
 /// A `mongodb://` URI that names a replica set.
@@ -16,28 +18,7 @@ pub struct ReplSetUri {
 }
 
 fn bad(uri: &str, why: &str) -> RunError {
-    RunError::Target(format!("--target {}: {why}", redact(uri)))
-}
-
-/// The URI with any password replaced by `****`.
-pub fn redact(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        return uri.to_string();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((user_info, hosts)) => {
-            let user = user_info.split(':').next().unwrap_or_default();
-            let masked = if user_info.contains(':') {
-                format!("{user}:****")
-            } else {
-                user.to_string()
-            };
-            format!("{scheme}://{masked}@{hosts}{tail}")
-        }
-        None => uri.to_string(),
-    }
+    RunError::Target(format!("--target {}: {why}", redact_url(uri)))
 }
 
 impl ReplSetUri {
@@ -91,7 +72,7 @@ impl ReplSetUri {
 
     /// The URI with its password hidden.
     pub fn redacted(&self) -> String {
-        redact(&self.uri)
+        redact_url(&self.uri)
     }
 
     /// A URI reaching one member directly (for `hello` and `replSetGetStatus` on each).
@@ -117,7 +98,7 @@ mod tests {
         assert_eq!(uri.hosts, ["h1:27017", "h2:27018", "h3:27017"]);
         assert_eq!(
             uri.redacted(),
-            "mongodb://lab:****@h1,h2:27018,h3/?replicaSet=rs0"
+            "mongodb://lab:***@h1,h2:27018,h3/?replicaSet=rs0"
         );
         assert_eq!(
             uri.direct("h2:27018"),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use quorumlab_experiment::node::NodeId;
 use quorumlab_experiment::postgres::ReplicationMode;
+use quorumlab_experiment::secret::{redact_url, scrub};
 use quorumlab_proto::agent::Action;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -103,8 +104,8 @@ impl PgNodes {
             let parsed = url.parse::<PgConnectOptions>().map_err(|e| {
                 LabError::Postgres(format!(
                     "'{}' is not a Postgres URL: {}",
-                    redact(url),
-                    one_line(&e.to_string())
+                    redact_url(url),
+                    scrub(&one_line(&e.to_string()), url)
                 ))
             })?;
             names.push(format!(
@@ -234,20 +235,6 @@ impl RoleProbe<'_> {
         for conn in self.conns.into_iter().flatten() {
             let _ = conn.close().await;
         }
-    }
-}
-
-/// A URL with its password replaced, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
     }
 }
 
@@ -633,11 +620,6 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_messages() {
-        assert_eq!(
-            redact("postgres://app:s3cret@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
-        assert_eq!(redact("postgres://db/x"), "postgres://db/x");
         let err = PgNodes::from_urls(&["postgres://app:s3cret@db:notaport/x".into()])
             .unwrap_err()
             .to_string();
