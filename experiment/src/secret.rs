@@ -1,48 +1,38 @@
 //! A connection URL's password never reaches a message: the one way every crate hides it, for
 //! Postgres URLs and MongoDB URIs alike.
 
+use std::ops::Range;
+
 /// What stands for a password in anything printed.
 pub const MASK: &str = "***";
 
-/// The user-info part of `url` and where it ends (`app:s3cret` in
-/// `postgres://app:s3cret@db:5432/x`), with the scheme's length; `None` without one. Only the
-/// authority is searched, so an `@` in the path or options is not mistaken for one.
-fn user_info(url: &str) -> Option<(usize, &str)> {
+/// Where `url`'s password stands, as a byte range, if it has a non-empty one
+/// (`s3cret` in `postgres://app:s3cret@db:5432/x`). Only the authority is searched, so an `@`
+/// in the path or the options is not mistaken for the end of a user name.
+fn password_range(url: &str) -> Option<Range<usize>> {
     let (scheme, rest) = url.split_once("://")?;
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (user_info, _) = rest[..authority_end].rsplit_once('@')?;
-    Some((scheme.len() + 3, user_info))
-}
-
-/// The password in `url`, if it has a non-empty one.
-fn password(url: &str) -> Option<&str> {
-    let (_, user_info) = user_info(url)?;
-    user_info
-        .split_once(':')
-        .map(|(_, pw)| pw)
-        .filter(|pw| !pw.is_empty())
+    let (user, password) = user_info.split_once(':')?;
+    let start = scheme.len() + "://".len() + user.len() + ":".len();
+    (!password.is_empty()).then(|| start..start + password.len())
 }
 
 /// `url` with its password replaced by [`MASK`] (`postgres://app:***@db:5432/x`,
 /// `mongodb://lab:***@h1,h2/?replicaSet=rs0`); a URL without one comes back as it was.
 pub fn redact_url(url: &str) -> String {
-    match (user_info(url), password(url)) {
-        (Some((start, user_info)), Some(_)) => {
-            let user = user_info.split_once(':').map_or(user_info, |(u, _)| u);
-            let hosts = &url[start + user_info.len()..];
-            format!("{}{user}:{MASK}{hosts}", &url[..start])
-        }
-        _ => url.to_string(),
+    match password_range(url) {
+        Some(at) => format!("{}{MASK}{}", &url[..at.start], &url[at.end..]),
+        None => url.to_string(),
     }
 }
 
-/// `message` (a driver's error, say) with `url` redacted wherever it appears and its password
-/// masked wherever else the driver put it.
+/// `message` (a driver's error, say) with `url`'s password masked wherever it appears: inside
+/// the URL, if the message quotes it, and anywhere else the driver put it.
 pub fn scrub(message: &str, url: &str) -> String {
-    let out = message.replace(url, &redact_url(url));
-    match password(url) {
-        Some(pw) => out.replace(pw, MASK),
-        None => out,
+    match password_range(url) {
+        Some(at) => message.replace(&url[at], MASK),
+        None => message.to_string(),
     }
 }
 
